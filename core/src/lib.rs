@@ -1,0 +1,15 @@
+//! Sans-IO core of Chorus.
+//!
+//! Everything here is pure: it takes bytes, events and the current time as
+//! arguments and hands back bytes, events and decisions. No lunatic, no
+//! sockets, no clocks, no files. The guest processes and the native host are
+//! thin shells around these types, which keeps the logic testable natively and
+//! fuzzable.
+
+pub mod config;
+pub mod http;
+pub mod jwt;
+pub mod phoenix;
+pub mod ring;
+pub mod snowflake;
+pub mod ws;

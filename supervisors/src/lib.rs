@@ -1,0 +1,1 @@
+//! Erlang-style supervision for lunatic.
