@@ -1,1 +1,472 @@
-//! (in progress)
+//! Node configuration: `lunatic.toml`, overridden key by key by `CHORUS_*`
+//! environment variables.
+//!
+//! Pure: the caller reads the file and the environment and hands both in, so
+//! the precedence rules and every error message are unit-tested here. Every
+//! limit the node enforces is a key with a default (NATS' habit): hitting it
+//! produces a message naming the key.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The whole configuration of one node. Field names are the TOML keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub presence: PresenceConfig,
+    pub runtime: RuntimeConfig,
+}
+
+/// Where the node listens and keeps its files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Name of this node on the channel hash ring.
+    pub name: String,
+    /// Address the WebSocket and HTTP listener binds.
+    pub host: String,
+    /// Port of the WebSocket and HTTP listener (one port for both).
+    pub port: u16,
+    /// Directory for the embedded store and other node files.
+    pub data_dir: String,
+}
+
+/// Which backend the data service uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite` (embedded, default) or `scylla` (any CQL database).
+    pub backend: String,
+    /// CQL contact points, `host:port`.
+    pub scylla_nodes: Vec<String>,
+    /// Room-state cache lifetime in the data service.
+    pub room_state_ttl_ms: u64,
+}
+
+/// Authentication of sockets and joins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret. Empty: the node runs open (and says so at start).
+    pub jwt_secret: String,
+}
+
+/// Per-session and per-channel limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// A socket silent for this long is closed.
+    pub heartbeat_timeout_ms: u64,
+    /// Topics one socket may join at once.
+    pub max_channels_per_socket: u32,
+    /// Largest broadcast/presence payload accepted (`payload_size_exceeded`).
+    pub max_payload_bytes: u32,
+    /// Largest WebSocket message accepted; larger closes the socket (1009).
+    pub max_frame_bytes: u32,
+    /// Largest HTTP request head before the request is refused with 400/431.
+    pub max_http_head_bytes: u32,
+    /// A channel with no subscriber and no traffic for this long stops.
+    pub channel_idle_ms: u64,
+    /// Messages a channel keeps in memory for late joiners and replay.
+    pub channel_history: u32,
+}
+
+/// Presence shards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Number of presence shard processes users are hashed onto.
+    pub shards: u32,
+}
+
+/// The host's wasmtime settings (read by the native host only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Process slots the pooling allocator reserves: the most processes alive at once.
+    pub max_processes: u32,
+    /// Largest linear memory of one process, in MiB.
+    pub process_memory_mib: u32,
+    /// Native stack of one process (wasm frames and host calls), in KiB.
+    pub process_stack_kib: u32,
+    /// `vm.max_map_count` the node needs; raised at start when running as root.
+    pub min_max_map_count: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: "chorus-1".into(),
+            host: "127.0.0.1".into(),
+            port: 4000,
+            data_dir: "./data".into(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: "sqlite".into(),
+            scylla_nodes: vec!["127.0.0.1:9042".into()],
+            room_state_ttl_ms: 5_000,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: String::new(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout_ms: 60_000,
+            max_channels_per_socket: 100,
+            max_payload_bytes: 256 * 1024,
+            max_frame_bytes: 5 * 1024 * 1024,
+            max_http_head_bytes: 16 * 1024,
+            channel_idle_ms: 30_000,
+            channel_history: 100,
+        }
+    }
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self { shards: 16 }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_processes: 110_000,
+            process_memory_mib: 16,
+            process_stack_kib: 128,
+            min_max_map_count: 1_048_576,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node: NodeConfig::default(),
+            store: StoreConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            presence: PresenceConfig::default(),
+            runtime: RuntimeConfig::default(),
+        }
+    }
+}
+
+/// Short environment names for the keys operators set most, as documented in
+/// the README. Every key also has the long form `CHORUS_<SECTION>_<KEY>`.
+const ALIASES: &[(&str, &str)] = &[
+    ("CHORUS_HOST", "node.host"),
+    ("CHORUS_PORT", "node.port"),
+    ("CHORUS_DATA_DIR", "node.data_dir"),
+    ("CHORUS_NODE_NAME", "node.name"),
+    ("CHORUS_STORE", "store.backend"),
+    ("CHORUS_SCYLLA_NODES", "store.scylla_nodes"),
+    ("CHORUS_JWT_SECRET", "auth.jwt_secret"),
+];
+
+/// Environment variables with the `CHORUS_` prefix that are not config keys
+/// (used by tools and tests); they are neither applied nor warned about.
+const NOT_KEYS: &[&str] = &["CHORUS_BIN", "CHORUS_GUEST", "CHORUS_LOG_FORMAT"];
+
+/// A configuration problem, always naming the key and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// The file or environment variable the bad value came from.
+    pub source: String,
+    /// The offending key, dotted (`limits.max_payload_bytes`), when known.
+    pub key: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{}: key `{}`: {}", self.source, key, self.reason),
+            None => write!(f, "{}: {}", self.source, self.reason),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The result of loading: the config plus warnings worth logging.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Parses a TOML document; `source` names it in errors (usually the path).
+    pub fn from_toml(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let reason = e.message().to_string();
+            ConfigError {
+                source: source.to_string(),
+                key: unknown_field_path(text, &reason),
+                reason,
+            }
+        })?;
+        config.validate(source)?;
+        Ok(config)
+    }
+
+    /// Loads from an optional TOML text, then applies `CHORUS_*` variables.
+    pub fn load<I>(toml_text: Option<(&str, &str)>, env: I) -> Result<Loaded, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut config = match toml_text {
+            Some((text, source)) => Config::from_toml(text, source)?,
+            None => Config::default(),
+        };
+        let mut warnings = Vec::new();
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("CHORUS_") && !NOT_KEYS.contains(&k.as_str()))
+            .collect();
+        // Long forms first, aliases last, so the documented short name wins.
+        vars.sort_by_key(|(k, _)| ALIASES.iter().any(|(a, _)| a == k));
+        for (name, value) in vars {
+            match key_for_env(&name) {
+                Some(key) => config = config.with_override(&key, &value, &name)?,
+                None => warnings.push(format!(
+                    "environment variable {name} is not a Chorus config key; ignored"
+                )),
+            }
+        }
+        config.validate("environment")?;
+        Ok(Loaded { config, warnings })
+    }
+
+    /// Sets one dotted key from a string, parsed as that key's type.
+    fn with_override(&self, key: &str, value: &str, source: &str) -> Result<Config, ConfigError> {
+        let err = |reason: String| ConfigError {
+            source: source.to_string(),
+            key: Some(key.to_string()),
+            reason,
+        };
+        let mut tree = serde_json::to_value(self).map_err(|e| err(e.to_string()))?;
+        let (section, field) = key
+            .split_once('.')
+            .ok_or_else(|| err("not a section.key name".into()))?;
+        let slot = tree
+            .get_mut(section)
+            .and_then(|s| s.get_mut(field))
+            .ok_or_else(|| err("no such key".into()))?;
+        *slot = match slot {
+            serde_json::Value::Bool(_) => match value {
+                "true" | "1" => serde_json::Value::Bool(true),
+                "false" | "0" => serde_json::Value::Bool(false),
+                _ => return Err(err(format!("expected true or false, got {value:?}"))),
+            },
+            serde_json::Value::Number(_) => value
+                .trim()
+                .parse::<u64>()
+                .map(serde_json::Value::from)
+                .map_err(|_| err(format!("expected a non-negative integer, got {value:?}")))?,
+            serde_json::Value::Array(_) => serde_json::Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| serde_json::Value::String(s.to_string()))
+                    .collect(),
+            ),
+            _ => serde_json::Value::String(value.to_string()),
+        };
+        serde_json::from_value(tree).map_err(|e| err(e.to_string()))
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: &str| {
+            Err(ConfigError {
+                source: source.to_string(),
+                key: Some(key.to_string()),
+                reason: reason.to_string(),
+            })
+        };
+        if !matches!(self.store.backend.as_str(), "sqlite" | "scylla") {
+            return bad("store.backend", "must be \"sqlite\" or \"scylla\"");
+        }
+        if self.store.backend == "scylla" && self.store.scylla_nodes.is_empty() {
+            return bad("store.scylla_nodes", "needs at least one host:port");
+        }
+        if self.node.name.is_empty() {
+            return bad("node.name", "must not be empty");
+        }
+        if self.limits.heartbeat_timeout_ms < 1_000 {
+            return bad("limits.heartbeat_timeout_ms", "must be at least 1000");
+        }
+        if self.limits.max_channels_per_socket == 0 {
+            return bad("limits.max_channels_per_socket", "must be at least 1");
+        }
+        if self.limits.max_payload_bytes == 0
+            || self.limits.max_payload_bytes > self.limits.max_frame_bytes
+        {
+            return bad(
+                "limits.max_payload_bytes",
+                "must be between 1 and limits.max_frame_bytes",
+            );
+        }
+        if self.presence.shards == 0 {
+            return bad("presence.shards", "must be at least 1");
+        }
+        if self.runtime.max_processes < 16 {
+            return bad("runtime.max_processes", "must be at least 16");
+        }
+        if !(1..=4096).contains(&self.runtime.process_memory_mib) {
+            return bad("runtime.process_memory_mib", "must be between 1 and 4096");
+        }
+        if !(64..=8192).contains(&self.runtime.process_stack_kib) {
+            return bad("runtime.process_stack_kib", "must be between 64 and 8192");
+        }
+        Ok(())
+    }
+}
+
+/// Maps `CHORUS_PORT` / `CHORUS_LIMITS_MAX_PAYLOAD_BYTES` to a dotted key.
+fn key_for_env(name: &str) -> Option<String> {
+    if let Some((_, key)) = ALIASES.iter().find(|(alias, _)| *alias == name) {
+        return Some((*key).to_string());
+    }
+    let rest = name.strip_prefix("CHORUS_")?.to_ascii_lowercase();
+    let (section, field) = rest.split_once('_')?;
+    let tree = serde_json::to_value(Config::default()).ok()?;
+    tree.get(section)?.get(field)?;
+    Some(format!("{section}.{field}"))
+}
+
+/// toml reports `unknown field `x`, expected ...`; find which section holds it
+/// so the error can name the dotted key.
+fn unknown_field_path(text: &str, reason: &str) -> Option<String> {
+    let field = reason
+        .strip_prefix("unknown field `")?
+        .split('`')
+        .next()?
+        .to_string();
+    let mut section = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_string();
+        } else if line
+            .split('=')
+            .next()
+            .is_some_and(|k| k.trim() == field.as_str())
+            && line.contains('=')
+        {
+            return Some(if section.is_empty() {
+                field
+            } else {
+                format!("{section}.{field}")
+            });
+        }
+    }
+    Some(field)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::default();
+        assert_eq!(c.node.port, 4000);
+        assert_eq!(c.node.data_dir, "./data");
+        assert_eq!(c.store.backend, "sqlite");
+        assert_eq!(c.limits.heartbeat_timeout_ms, 60_000);
+        assert_eq!(c.limits.max_channels_per_socket, 100);
+        assert_eq!(c.limits.max_payload_bytes, 262_144);
+    }
+
+    #[test]
+    fn the_shipped_lunatic_toml_parses() {
+        let text = include_str!("../../lunatic.toml");
+        let c = Config::from_toml(text, "lunatic.toml").expect("shipped config parses");
+        assert_eq!(c.node.port, 4000);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let err = Config::from_toml("[limits]\nmax_payload = 3\n", "my.toml").unwrap_err();
+        assert_eq!(err.source, "my.toml");
+        assert_eq!(err.key.as_deref(), Some("limits.max_payload"));
+        assert!(err.to_string().contains("my.toml"), "{err}");
+        assert!(err.to_string().contains("limits.max_payload"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_refused_with_the_file_named() {
+        let err = Config::from_toml("[node]\nport = \"x\"\n", "a.toml").unwrap_err();
+        assert!(err.to_string().starts_with("a.toml"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_names_key() {
+        let err = Config::from_toml("[store]\nbackend = \"mongo\"\n", "a.toml").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("store.backend"));
+    }
+
+    #[test]
+    fn env_overrides_file_and_alias_wins_over_long_form() {
+        let loaded = Config::load(
+            Some(("[node]\nport = 5000\n", "f.toml")),
+            env(&[
+                ("CHORUS_PORT", "6000"),
+                ("CHORUS_NODE_PORT", "7000"),
+                ("CHORUS_LIMITS_MAX_PAYLOAD_BYTES", "1000"),
+                ("CHORUS_SCYLLA_NODES", "a:1, b:2"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(loaded.config.node.port, 6000);
+        assert_eq!(loaded.config.limits.max_payload_bytes, 1000);
+        assert_eq!(loaded.config.store.scylla_nodes, vec!["a:1", "b:2"]);
+        assert!(loaded.warnings.is_empty());
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let err = Config::load(None, env(&[("CHORUS_PORT", "http")])).unwrap_err();
+        assert_eq!(err.source, "CHORUS_PORT");
+        assert_eq!(err.key.as_deref(), Some("node.port"));
+        let err = Config::load(None, env(&[("CHORUS_PORT", "70000")])).unwrap_err();
+        assert_eq!(err.source, "CHORUS_PORT");
+    }
+
+    #[test]
+    fn unknown_chorus_variable_is_a_warning() {
+        let loaded = Config::load(None, env(&[("CHORUS_PROT", "1")])).unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert!(loaded.warnings[0].contains("CHORUS_PROT"));
+    }
+}
