@@ -252,7 +252,10 @@ impl fmt::Display for WsError {
             WsError::Protocol(why) => write!(f, "WebSocket protocol error: {why}"),
             WsError::InvalidUtf8 => write!(f, "WebSocket text is not valid UTF-8"),
             WsError::TooLarge { limit } => {
-                write!(f, "WebSocket message larger than the {limit}-byte limit")
+                write!(
+                    f,
+                    "WebSocket message larger than the {limit}-byte limit (limits.max_frame_bytes)"
+                )
             }
         }
     }
