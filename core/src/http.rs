@@ -105,7 +105,7 @@ impl fmt::Display for HttpError {
             HttpError::HeadTooLarge { limit } => {
                 write!(
                     f,
-                    "request head larger than the {limit}-byte limit (http.max_head)"
+                    "request head larger than the {limit}-byte limit (limits.max_http_head_bytes)"
                 )
             }
             HttpError::TooManyHeaders => {
