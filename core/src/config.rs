@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The whole configuration of one node. Field names are the TOML keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub node: NodeConfig,
@@ -48,7 +48,7 @@ pub struct StoreConfig {
 }
 
 /// Authentication of sockets and joins.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// HS256 secret. Empty: the node runs open (and says so at start).
@@ -118,14 +118,6 @@ impl Default for StoreConfig {
     }
 }
 
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            jwt_secret: String::new(),
-        }
-    }
-}
-
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
@@ -153,19 +145,6 @@ impl Default for RuntimeConfig {
             process_memory_mib: 16,
             process_stack_kib: 128,
             min_max_map_count: 1_048_576,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            node: NodeConfig::default(),
-            store: StoreConfig::default(),
-            auth: AuthConfig::default(),
-            limits: LimitsConfig::default(),
-            presence: PresenceConfig::default(),
-            runtime: RuntimeConfig::default(),
         }
     }
 }

@@ -7,8 +7,10 @@
 //! fuzzable.
 
 pub mod config;
+pub mod data;
 pub mod http;
 pub mod jwt;
+pub mod metrics;
 pub mod phoenix;
 pub mod ring;
 pub mod snowflake;

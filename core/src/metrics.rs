@@ -1,0 +1,96 @@
+//! The node's counters and gauges. Guests bump them through one cheap host
+//! call (`chorus::metric_add`) with the index of a [`Metric`]; the host keeps
+//! them in atomics and renders Prometheus text, so /metrics sees every process
+//! without messages on the hot path.
+
+/// Whether a metric only grows or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+macro_rules! metrics {
+    ($($variant:ident => $name:literal, $kind:ident, $help:literal;)*) => {
+        /// Every metric the node exports, in a fixed order (the host-call index).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u32)]
+        pub enum Metric { $($variant,)* }
+
+        impl Metric {
+            /// All metrics, index = `self as u32`.
+            pub const ALL: &'static [Metric] = &[$(Metric::$variant,)*];
+            /// Prometheus name.
+            pub fn name(self) -> &'static str { match self { $(Metric::$variant => $name,)* } }
+            /// Counter or gauge.
+            pub fn kind(self) -> Kind { match self { $(Metric::$variant => Kind::$kind,)* } }
+            /// Prometheus HELP text.
+            pub fn help(self) -> &'static str { match self { $(Metric::$variant => $help,)* } }
+        }
+    };
+}
+
+metrics! {
+    SessionsActive => "chorus_sessions", Gauge, "WebSocket sessions open now";
+    SessionsTotal => "chorus_sessions_total", Counter, "WebSocket sessions accepted since start";
+    ChannelsActive => "chorus_channels", Gauge, "Channel processes running now";
+    MessagesIn => "chorus_messages_in_total", Counter, "Frames received from clients";
+    MessagesOut => "chorus_messages_out_total", Counter, "Frames sent to clients";
+    BytesIn => "chorus_bytes_in_total", Counter, "WebSocket payload bytes received";
+    BytesOut => "chorus_bytes_out_total", Counter, "WebSocket payload bytes sent";
+    HttpRequests => "chorus_http_requests_total", Counter, "HTTP requests served";
+    Restarts => "chorus_restarts_total", Counter, "Processes restarted by a supervisor";
+    ProtocolErrors => "chorus_protocol_errors_total", Counter, "Client frames refused as malformed or over a limit";
+}
+
+impl Metric {
+    /// The metric with host-call index `i`, if any.
+    pub fn from_index(i: u32) -> Option<Metric> {
+        Metric::ALL.get(i as usize).copied()
+    }
+}
+
+/// Renders values (indexed like [`Metric::ALL`]) plus extra host-side lines
+/// as Prometheus text exposition format.
+pub fn render(values: &[i64], extra: &[(&str, Kind, &str, i64)]) -> String {
+    let mut out = String::new();
+    let own = Metric::ALL
+        .iter()
+        .zip(values)
+        .map(|(m, v)| (m.name(), m.kind(), m.help(), *v));
+    for (name, kind, help, value) in own.chain(extra.iter().copied()) {
+        let kind = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_round_trips() {
+        for (i, m) in Metric::ALL.iter().enumerate() {
+            assert_eq!(Metric::from_index(i as u32), Some(*m));
+        }
+        assert_eq!(Metric::from_index(Metric::ALL.len() as u32), None);
+    }
+
+    #[test]
+    fn renders_prometheus_text() {
+        let mut values = vec![0; Metric::ALL.len()];
+        values[Metric::SessionsActive as usize] = 3;
+        let text = render(
+            &values,
+            &[("chorus_processes", Kind::Gauge, "Processes", 9)],
+        );
+        assert!(text.contains("# TYPE chorus_sessions gauge\nchorus_sessions 3\n"));
+        assert!(text.contains("chorus_processes 9\n"));
+    }
+}

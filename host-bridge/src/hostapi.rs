@@ -1,0 +1,201 @@
+//! Chorus' own host-function module, `chorus`, linked next to lunatic's APIs.
+//!
+//! The ABI is deliberately small. Calls that answer with bytes (`config`,
+//! `metrics_text`, `data`) return the answer's length and park the bytes in a
+//! per-process slot; the guest allocates that many bytes and calls `take` to
+//! copy them in. Everything else is a plain scalar call.
+//!
+//! | function | signature | what |
+//! |---|---|---|
+//! | `log` | `(level: u32, ptr: u32, len: u32)` | structured log line at a level (1 error … 5 trace) |
+//! | `metric_add` | `(index: u32, delta: i64)` | bump a [`Metric`] |
+//! | `config` | `() -> u64` | the node config as JSON |
+//! | `metrics_text` | `() -> u64` | Prometheus text of all metrics |
+//! | `data` | `(ptr: u32, len: u32) -> u64` | a JSON [`chorus_core::data::DataRequest`], answered with a `DataResponse` |
+//! | `take` | `(ptr: u32, len: u32) -> u32` | copy the parked answer; 0 ok, 1 nothing parked / wrong length |
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, Result};
+use chorus_core::data::{DataRequest, DataResponse};
+use chorus_core::metrics::{self, Kind, Metric};
+use lunatic_process::state::ProcessState;
+use lunatic_runtime::DefaultProcessState;
+use wasmtime::{Caller, Linker};
+
+use crate::store::DataService;
+
+type State = DefaultProcessState;
+
+/// Shared by every process of the node.
+pub struct HostApi {
+    config_json: Vec<u8>,
+    metrics: Vec<AtomicI64>,
+    /// Answers waiting for the guest's `take`, by process id.
+    parked: Mutex<HashMap<u64, Vec<u8>>>,
+    data: Option<DataService>,
+    env: Arc<lunatic_process::env::LunaticEnvironment>,
+}
+
+impl HostApi {
+    pub fn new(
+        config_json: Vec<u8>,
+        data: Option<DataService>,
+        env: Arc<lunatic_process::env::LunaticEnvironment>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config_json,
+            metrics: Metric::ALL.iter().map(|_| AtomicI64::new(0)).collect(),
+            parked: Mutex::new(HashMap::new()),
+            data,
+            env,
+        })
+    }
+
+    fn park(&self, process: u64, bytes: Vec<u8>) -> u64 {
+        let len = bytes.len() as u64;
+        if let Ok(mut parked) = self.parked.lock() {
+            parked.insert(process, bytes);
+        }
+        len
+    }
+
+    /// Current value of a metric (for the host's own logging and tests).
+    pub fn metric(&self, m: Metric) -> i64 {
+        self.metrics[m as usize].load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text: guest-reported metrics plus what only the host knows.
+    pub fn render_metrics(&self) -> String {
+        let values: Vec<i64> = self
+            .metrics
+            .iter()
+            .map(|v| v.load(Ordering::Relaxed))
+            .collect();
+        let processes = lunatic_process::env::Environment::process_count(self.env.as_ref());
+        metrics::render(
+            &values,
+            &[(
+                "chorus_processes",
+                Kind::Gauge,
+                "lunatic processes alive on this node",
+                processes as i64,
+            )],
+        )
+    }
+
+    /// Adds the `chorus` module to a linker.
+    pub fn register(self: &Arc<Self>, linker: &mut Linker<State>) -> Result<()> {
+        linker.func_wrap(
+            "chorus",
+            "log",
+            |mut caller: Caller<'_, State>, level: u32, ptr: u32, len: u32| -> Result<()> {
+                let text = read_guest(&mut caller, ptr, len)?;
+                let text = String::from_utf8_lossy(&text);
+                let process = caller.data().id();
+                match level {
+                    1 => tracing::error!(target: "guest", process, "{text}"),
+                    2 => tracing::warn!(target: "guest", process, "{text}"),
+                    3 => tracing::info!(target: "guest", process, "{text}"),
+                    4 => tracing::debug!(target: "guest", process, "{text}"),
+                    _ => tracing::trace!(target: "guest", process, "{text}"),
+                }
+                Ok(())
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap(
+            "chorus",
+            "metric_add",
+            move |_: Caller<'_, State>, index: u32, delta: i64| {
+                if let Some(m) = Metric::from_index(index) {
+                    api.metrics[m as usize].fetch_add(delta, Ordering::Relaxed);
+                }
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap("chorus", "config", move |caller: Caller<'_, State>| {
+            api.park(caller.data().id(), api.config_json.clone())
+        })?;
+
+        let api = self.clone();
+        linker.func_wrap(
+            "chorus",
+            "metrics_text",
+            move |caller: Caller<'_, State>| {
+                api.park(caller.data().id(), api.render_metrics().into_bytes())
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap2_async(
+            "chorus",
+            "data",
+            move |mut caller: Caller<'_, State>, ptr: u32, len: u32| {
+                let api = api.clone();
+                Box::new(async move {
+                    let bytes = read_guest(&mut caller, ptr, len)?;
+                    let response = match serde_json::from_slice::<DataRequest>(&bytes) {
+                        Err(e) => DataResponse::Error {
+                            reason: format!("malformed data request: {e}"),
+                        },
+                        Ok(request) => match &api.data {
+                            Some(data) => data.call(request).await,
+                            None => DataResponse::Error {
+                                reason: "this node runs without a data service".into(),
+                            },
+                        },
+                    };
+                    let out = serde_json::to_vec(&response)?;
+                    Ok(api.park(caller.data().id(), out))
+                })
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap(
+            "chorus",
+            "take",
+            move |mut caller: Caller<'_, State>, ptr: u32, len: u32| -> Result<u32> {
+                let process = caller.data().id();
+                let bytes = match api.parked.lock() {
+                    Ok(mut parked) => parked.remove(&process),
+                    Err(_) => None,
+                };
+                match bytes {
+                    Some(bytes) if bytes.len() == len as usize => {
+                        write_guest(&mut caller, ptr, &bytes)?;
+                        Ok(0)
+                    }
+                    _ => Ok(1),
+                }
+            },
+        )?;
+        Ok(())
+    }
+}
+
+fn memory(caller: &mut Caller<'_, State>) -> Result<wasmtime::Memory> {
+    caller
+        .get_export("memory")
+        .and_then(|e| e.into_memory())
+        .ok_or_else(|| anyhow!("guest exports no memory"))
+}
+
+fn read_guest(caller: &mut Caller<'_, State>, ptr: u32, len: u32) -> Result<Vec<u8>> {
+    let mem = memory(caller)?;
+    let mut buf = vec![0; len as usize];
+    mem.read(&*caller, ptr as usize, &mut buf)
+        .map_err(|_| anyhow!("guest pointer out of bounds"))?;
+    Ok(buf)
+}
+
+fn write_guest(caller: &mut Caller<'_, State>, ptr: u32, bytes: &[u8]) -> Result<()> {
+    let mem = memory(caller)?;
+    mem.write(&mut *caller, ptr as usize, bytes)
+        .map_err(|_| anyhow!("guest pointer out of bounds"))
+}

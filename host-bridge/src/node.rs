@@ -1,0 +1,237 @@
+//! Starting a node (`chorus run`) or a plain guest (`chorus exec`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use chorus_core::config::Config;
+use lunatic_process::env::{Environment, Environments, LunaticEnvironments};
+use lunatic_process::wasm::spawn_wasm;
+use lunatic_process_api::ProcessConfigCtx;
+use lunatic_runtime::{DefaultProcessConfig, DefaultProcessState};
+
+use crate::engine::Engine;
+use crate::hostapi::HostApi;
+use crate::store::DataService;
+use crate::sysctl;
+
+/// Where `cargo build --target wasm32-wasip1 --release` puts the guest.
+const DEFAULT_GUEST: &str = "target/wasm32-wasip1/release/chorus-guest.wasm";
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Config file; a missing default file means built-in defaults
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The guest module (default: the release build in ./target)
+    #[arg(long, value_name = "FILE", env = "CHORUS_GUEST")]
+    guest: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// The .wasm module to run
+    wasm: PathBuf,
+    /// Host directories the guest may access
+    #[arg(long, value_name = "DIRECTORY")]
+    dir: Vec<String>,
+    /// Arguments passed to the guest
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    let (text, source) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading config file {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => match std::fs::read_to_string("lunatic.toml") {
+            Ok(text) => (text, "lunatic.toml".to_string()),
+            Err(_) => {
+                tracing::info!("no lunatic.toml here; using built-in defaults");
+                (String::new(), "defaults".to_string())
+            }
+        },
+    };
+    let loaded = Config::load(Some((&text, &source)), std::env::vars())?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(loaded.config)
+}
+
+pub async fn run(args: RunArgs) -> Result<ExitCode> {
+    let config = load_config(args.config.as_deref())?;
+    let guest = args.guest.unwrap_or_else(|| PathBuf::from(DEFAULT_GUEST));
+    let wasm = std::fs::read(&guest).map_err(|e| {
+        anyhow!(
+            "cannot read the guest module {}: {e} (build it with `scripts/build.sh`)",
+            guest.display()
+        )
+    })?;
+
+    // Fail fast, naming the port, rather than from inside the guest.
+    let addr = format!("{}:{}", config.node.host, config.node.port);
+    std::net::TcpListener::bind(&addr).map_err(|e| {
+        anyhow!(
+            "cannot listen on {addr}: {e} (is another node running? set CHORUS_PORT or node.port)"
+        )
+    })?;
+
+    if config.auth.jwt_secret.is_empty() {
+        tracing::warn!(
+            "AUTH DISABLED: no auth.jwt_secret / CHORUS_JWT_SECRET set; any client may connect and join any topic"
+        );
+    }
+    sysctl::ensure_max_map_count(config.runtime.min_max_map_count);
+
+    let data = match config.store.backend.as_str() {
+        "sqlite" => DataService::open_sqlite(Path::new(&config.node.data_dir), 1)?,
+        other => bail!("store.backend = {other:?} is not available in this build yet"),
+    };
+    let config_json = serde_json::to_vec(&config)?;
+    let code = spawn_main(
+        &config,
+        wasm,
+        vec!["chorus-guest".into()],
+        Vec::new(),
+        Some(data),
+        config_json,
+        true,
+    )
+    .await?;
+    Ok(code)
+}
+
+pub async fn exec(args: ExecArgs) -> Result<ExitCode> {
+    let config = load_config(None)?;
+    let wasm = std::fs::read(&args.wasm)
+        .with_context(|| format!("reading module {}", args.wasm.display()))?;
+    let name = args
+        .wasm
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let mut argv = vec![name];
+    argv.extend(args.args);
+    sysctl::ensure_max_map_count(config.runtime.min_max_map_count);
+    let config_json = serde_json::to_vec(&config)?;
+    spawn_main(&config, wasm, argv, args.dir, None, config_json, false).await
+}
+
+/// Compiles `wasm`, spawns its `_start` as the root process and waits for it
+/// (or for SIGINT/SIGTERM when `serve` is set).
+async fn spawn_main(
+    config: &Config,
+    wasm: Vec<u8>,
+    argv: Vec<String>,
+    dirs: Vec<String>,
+    data: Option<DataService>,
+    config_json: Vec<u8>,
+    serve: bool,
+) -> Result<ExitCode> {
+    let engine = Engine::new(&config.runtime)?;
+    let envs = Arc::new(LunaticEnvironments::default());
+    let env = envs.create(1).await;
+    let api = HostApi::new(config_json, data, env.clone());
+    let module = Arc::new(engine.compile(wasm, api)?);
+
+    let mut pconfig = DefaultProcessConfig::default();
+    pconfig.set_can_compile_modules(false);
+    pconfig.set_can_create_configs(true);
+    pconfig.set_can_spawn_processes(true);
+    pconfig.set_command_line_arguments(argv);
+    // Children inherit this config: no environment copied into every
+    // process and no preopened directory (each would cost a descriptor per
+    // process, and a process may hold at most ~20 k files here).
+    pconfig.set_environment_variables(Vec::new());
+    for d in dirs {
+        pconfig.preopen_dir(d);
+    }
+    let max_memory = config.runtime.process_memory_mib as usize * 1024 * 1024;
+    lunatic_process::config::ProcessConfig::set_max_memory(&mut pconfig, max_memory);
+
+    let state = DefaultProcessState::new(
+        env.clone(),
+        None,
+        engine.runtime.clone(),
+        module.clone(),
+        Arc::new(pconfig),
+        Default::default(),
+    )?;
+    env.can_spawn_next_process().await?;
+    let (task, _) = spawn_wasm(
+        env.clone(),
+        engine.runtime.clone(),
+        &module,
+        state,
+        "_start",
+        Vec::new(),
+        None,
+    )
+    .await
+    .context("spawning the guest's main process")?;
+
+    let outcome = if serve {
+        tokio::select! {
+            r = task => Some(r),
+            _ = shutdown_signal() => None,
+        }
+    } else {
+        Some(task.await)
+    };
+    match outcome {
+        None => {
+            tracing::info!("signal received; shutting down");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Ok(Ok(_))) => Ok(ExitCode::SUCCESS),
+        Some(Ok(Err(e))) => {
+            let text = e.to_string();
+            match exit_status(&text) {
+                Some(code) => Ok(ExitCode::from(code)),
+                None => Err(anyhow!("the guest's main process failed: {text}")),
+            }
+        }
+        Some(Err(join)) => Err(anyhow!("the guest's main process panicked: {join}")),
+    }
+}
+
+/// `proc_exit(n)` in the guest surfaces as "Exited with i32 exit status n".
+fn exit_status(failure: &str) -> Option<u8> {
+    let rest = failure.split("exit status ").nth(1)?;
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse::<u32>().ok().map(|n| n.min(255) as u8)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_status;
+
+    #[test]
+    fn exit_status_is_read_from_the_trap_text() {
+        assert_eq!(
+            exit_status("Exited with i32 exit status 3\nwasm backtrace"),
+            Some(3)
+        );
+        assert_eq!(exit_status("unreachable executed"), None);
+    }
+}
