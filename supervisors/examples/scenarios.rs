@@ -206,8 +206,11 @@ enum OnShutdown {
 struct Worker {
     label: String,
     on_shutdown: OnShutdown,
-    /// Told `"stop <label>"` when the stop request arrives.
+    /// Told `"stop <label>"` when the stop request arrives, and `"done
+    /// <label>"` once a cooperative worker has cleaned up.
     events: Option<Probe>,
+    /// Time a cooperative worker spends cleaning up before it returns.
+    cleanup: Duration,
 }
 
 impl Worker {
@@ -216,6 +219,7 @@ impl Worker {
             label: label.into(),
             on_shutdown: OnShutdown::Stop,
             events: None,
+            cleanup: Duration::ZERO,
         }
     }
 
@@ -224,6 +228,7 @@ impl Worker {
             label: label.into(),
             on_shutdown,
             events: Some(events),
+            cleanup: Duration::ZERO,
         }
     }
 }
@@ -242,6 +247,10 @@ fn worker(config: Worker, inbox: Inbox<Cmd>) {
                     events.send(format!("stop {}", config.label));
                 }
                 if config.on_shutdown == OnShutdown::Stop {
+                    sleep(config.cleanup);
+                    if let Some(events) = config.events {
+                        events.send(format!("done {}", config.label));
+                    }
                     return;
                 }
             }
@@ -545,15 +554,16 @@ fn restarts_older_than_period_forgotten() -> Result<(), String> {
 
 fn shutdown_timeout_cooperative_child() -> Result<(), String> {
     let events = Probe::new();
+    let cleanup = Duration::from_millis(100);
+    let cooperative = Worker {
+        cleanup,
+        ..Worker::reporting("a", OnShutdown::Stop, events)
+    };
     let sup = start(
         "s11",
         SupervisorSpec::new(Strategy::OneForOne).child(
-            ChildSpec::new(
-                "s11.a",
-                worker,
-                Worker::reporting("a", OnShutdown::Stop, events),
-            )
-            .shutdown(Shutdown::Timeout(Duration::from_secs(2))),
+            ChildSpec::new("s11.a", worker, cooperative)
+                .shutdown(Shutdown::Timeout(Duration::from_secs(2))),
         ),
     )?;
     let pid = pid_of(&sup, "s11.a")?.ok_or("child not running")?;
@@ -563,7 +573,10 @@ fn shutdown_timeout_cooperative_child() -> Result<(), String> {
     check(events.receive::<String>(SETTLE)? == "stop a", || {
         "child was not asked to stop".into()
     })?;
-    check(took < Duration::from_secs(1), || {
+    check(events.receive::<String>(SETTLE)? == "done a", || {
+        "child was not allowed to finish its cleanup".into()
+    })?;
+    check(took >= cleanup && took < Duration::from_secs(1), || {
         format!("cooperative stop took {took:?}")
     })?;
     dead("terminated child", pid)?;
@@ -641,12 +654,12 @@ fn children_stop_in_reverse_order() -> Result<(), String> {
             .child(child("c")),
     )?;
     sup.shutdown().map_err(err)?;
-    let order: Vec<String> = (0..3)
+    // Each child is done before the next one is asked.
+    let order: Vec<String> = (0..6)
         .map(|_| events.receive::<String>(SETTLE))
         .collect::<Result<_, _>>()?;
-    check(order == ["stop c", "stop b", "stop a"], || {
-        format!("stop order {order:?}")
-    })?;
+    let expected = ["stop c", "done c", "stop b", "done b", "stop a", "done a"];
+    check(order == expected, || format!("stop order {order:?}"))?;
     dead("stopped supervisor", sup.pid())
 }
 
