@@ -11,6 +11,7 @@
 //! };
 //!
 //! fn acceptor(port: u16, inbox: Inbox<()>) {
+//!     println!("accepting on {port}");
 //!     let sessions = DynamicSupervisor::<u64, String>::lookup("sessions").unwrap();
 //!     let session = sessions.start_child(42).unwrap();
 //!     session.send("hello".into());

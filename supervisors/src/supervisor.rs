@@ -14,7 +14,7 @@
 //! child it waits only for that child's tag, and everything else queues in the
 //! mailbox for the main loop.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use lunatic::serializer::Bincode;
@@ -155,8 +155,6 @@ struct Running {
 }
 
 struct Child {
-    /// Stable identity across restarts (pids and tags change).
-    key: u64,
     spec: ChildSpec,
     /// Started through the template: forgotten, not kept, once it ends for
     /// good.
@@ -171,13 +169,80 @@ impl Child {
     }
 }
 
+/// The children, keyed so that a dynamic supervisor with 100 k sessions
+/// handles each exit, start and terminate in O(log n), not by scanning.
+/// A child keeps its key across restarts and keys grow with every added
+/// child, so key order is start order, which every strategy relies on.
+#[derive(Default)]
+struct Children {
+    by_key: BTreeMap<u64, Child>,
+    /// Running incarnations by link tag (what exit notices carry).
+    by_tag: HashMap<Tag, u64>,
+    by_pid: HashMap<u64, u64>,
+    next_key: u64,
+}
+
+impl Children {
+    fn add(&mut self, spec: ChildSpec, dynamic: bool) -> u64 {
+        let key = self.next_key;
+        self.next_key += 1;
+        let child = Child {
+            spec,
+            dynamic,
+            running: None,
+        };
+        self.by_key.insert(key, child);
+        key
+    }
+
+    fn get(&self, key: u64) -> &Child {
+        self.by_key
+            .get(&key)
+            .expect("child keys are only used while the child is listed")
+    }
+
+    fn contains(&self, key: u64) -> bool {
+        self.by_key.contains_key(&key)
+    }
+
+    fn set_running(&mut self, key: u64, running: Option<Running>) -> Option<Running> {
+        let child = self
+            .by_key
+            .get_mut(&key)
+            .expect("child keys are only used while the child is listed");
+        let previous = std::mem::replace(&mut child.running, running);
+        if let Some(old) = previous {
+            self.by_tag.remove(&old.tag);
+            self.by_pid.remove(&old.pid);
+        }
+        if let Some(new) = running {
+            self.by_tag.insert(new.tag, key);
+            self.by_pid.insert(new.pid, key);
+        }
+        previous
+    }
+
+    /// Forgets the child (it must not be running) and its registry entry.
+    fn remove(&mut self, key: u64) {
+        if let Some(child) = self.by_key.remove(&key) {
+            debug_assert!(child.running.is_none(), "removing a running child");
+            if let Some(name) = &child.spec.registered {
+                unregister_key(name);
+            }
+        }
+    }
+
+    fn keys(&self) -> impl DoubleEndedIterator<Item = u64> + '_ {
+        self.by_key.keys().copied()
+    }
+}
+
 struct Supervisor {
     name: String,
     strategy: Strategy,
     template: Option<Template>,
     initial: Vec<ChildSpec>,
-    children: Vec<Child>,
-    next_key: u64,
+    children: Children,
     window: RestartWindow,
     /// Child processes restarted so far (a one_for_all restart of three
     /// children counts three; intensity counts it once, as OTP does).
@@ -197,8 +262,7 @@ impl Supervisor {
             strategy: spec.strategy,
             template,
             initial: spec.children,
-            children: Vec::new(),
-            next_key: 0,
+            children: Children::default(),
             window: RestartWindow::new(spec.intensity, spec.period),
             restarts: 0,
             mailbox,
@@ -211,7 +275,7 @@ impl Supervisor {
     fn start_initial_children(&mut self) {
         for spec in std::mem::take(&mut self.initial) {
             let id = spec.id.clone();
-            let key = self.add(spec, false);
+            let key = self.children.add(spec, false);
             if self.start(key).is_err() {
                 self.terminate_all();
                 panic!("supervisor `{}`: child `{id}` failed to start", self.name);
@@ -223,7 +287,7 @@ impl Supervisor {
         loop {
             match self.mailbox.try_receive() {
                 Ok(MessageSignal::Signal(LinkDiedSignal(tag))) => {
-                    if let Some(key) = self.key_of_tag(tag) {
+                    if let Some(&key) = self.children.by_tag.get(&tag) {
                         self.child_exited(key, Exit::Abnormal);
                     } else if tag == Tag::none() {
                         eprintln!("supervisor `{}`: parent died; stopping children", self.name);
@@ -238,7 +302,7 @@ impl Supervisor {
                     return;
                 }
                 Ok(MessageSignal::Message(Envelope::Msg(SupervisorMsg::Exited { tag }))) => {
-                    if let Some(key) = self.key_of_tag(tag) {
+                    if let Some(&key) = self.children.by_tag.get(&tag) {
                         self.child_exited(key, Exit::Normal);
                     }
                 }
@@ -264,11 +328,12 @@ impl Supervisor {
     fn handle(&mut self, request: Request) -> Reply {
         match request {
             Request::StartChild(spec) => {
-                if self
+                let duplicate = self
                     .children
-                    .iter()
-                    .any(|c| !c.dynamic && c.spec.id == spec.id)
-                {
+                    .by_key
+                    .values()
+                    .any(|c| !c.dynamic && c.spec.id == spec.id);
+                if duplicate {
                     return Reply::Failed(Error::DuplicateChild(spec.id));
                 }
                 self.start_requested(spec, false)
@@ -278,7 +343,7 @@ impl Supervisor {
                     return Reply::Failed(Error::NotDynamic);
                 };
                 let spec = ChildSpec {
-                    id: format!("{}#{}", self.name, self.next_key),
+                    id: format!("{}#{}", self.name, self.children.next_key),
                     start: StartFn {
                         runner: template.runner,
                         func: template.func,
@@ -293,40 +358,45 @@ impl Supervisor {
                 self.start_requested(spec, true)
             }
             Request::TerminateChild(target) => {
-                let index = match &target {
-                    Target::Id(id) => self.children.iter().position(|c| &c.spec.id == id),
-                    Target::Pid(pid) => self
+                let key = match &target {
+                    Target::Id(id) => self
                         .children
+                        .by_key
                         .iter()
-                        .position(|c| c.running.map(|r| r.pid) == Some(*pid)),
+                        .find(|(_, c)| &c.spec.id == id)
+                        .map(|(&key, _)| key),
+                    Target::Pid(pid) => self.children.by_pid.get(pid).copied(),
                 };
-                let Some(index) = index else {
+                let Some(key) = key else {
                     let what = match target {
                         Target::Id(id) => id,
                         Target::Pid(pid) => format!("pid {pid}"),
                     };
                     return Reply::Failed(Error::UnknownChild(what));
                 };
-                self.terminate(index);
-                self.remove(index);
+                self.terminate(key);
+                self.children.remove(key);
                 Reply::Done
             }
             Request::CountChildren => {
+                let specs = self.children.by_key.len();
                 let supervisors = self
                     .children
-                    .iter()
+                    .by_key
+                    .values()
                     .filter(|c| c.spec.kind == ChildKind::Supervisor)
                     .count();
                 Reply::Counts(Counts {
-                    specs: self.children.len(),
-                    active: self.children.iter().filter(|c| c.running.is_some()).count(),
+                    specs,
+                    active: self.children.by_tag.len(),
                     supervisors,
-                    workers: self.children.len() - supervisors,
+                    workers: specs - supervisors,
                 })
             }
             Request::WhichChildren => Reply::Children(
                 self.children
-                    .iter()
+                    .by_key
+                    .values()
                     .map(|c| ChildInfo {
                         id: c.spec.id.clone(),
                         pid: c.running.map(|r| r.pid),
@@ -345,50 +415,22 @@ impl Supervisor {
 
     fn start_requested(&mut self, spec: ChildSpec, dynamic: bool) -> Reply {
         let id = spec.id.clone();
-        let key = self.add(spec, dynamic);
+        let key = self.children.add(spec, dynamic);
         match self.start(key) {
             Ok(running) => Reply::Started {
                 node: host::node_id(),
                 pid: running.pid,
             },
             Err(()) => {
-                let index = self.index_of(key);
-                self.remove(index);
+                self.children.remove(key);
                 Reply::Failed(Error::StartFailed(id))
             }
         }
     }
 
-    fn add(&mut self, spec: ChildSpec, dynamic: bool) -> u64 {
-        let key = self.next_key;
-        self.next_key += 1;
-        self.children.push(Child {
-            key,
-            spec,
-            dynamic,
-            running: None,
-        });
-        key
-    }
-
-    fn index_of(&self, key: u64) -> usize {
-        self.children
-            .iter()
-            .position(|c| c.key == key)
-            .expect("child keys are only used while the child is listed")
-    }
-
-    fn key_of_tag(&self, tag: Tag) -> Option<u64> {
-        self.children
-            .iter()
-            .find(|c| c.running.map(|r| r.tag) == Some(tag))
-            .map(|c| c.key)
-    }
-
     /// Spawns one incarnation of the child and waits until it is up.
     fn start(&mut self, key: u64) -> Result<Running, ()> {
-        let index = self.index_of(key);
-        let spec = &self.children[index].spec;
+        let spec = &self.children.get(key).spec;
         let tag = Tag::new();
         let pid = spawn_linked(spec, tag, true);
         loop {
@@ -408,17 +450,17 @@ impl Supervisor {
             register_key(name, host::node_id(), pid);
         }
         let running = Running { pid, tag };
-        self.children[index].running = Some(running);
+        self.children.set_running(key, Some(running));
         Ok(running)
     }
 
     /// Stops a running child by its shutdown spec and waits until it is gone.
-    fn terminate(&mut self, index: usize) {
-        let child = &mut self.children[index];
-        let Some(Running { pid, tag }) = child.running.take() else {
+    fn terminate(&mut self, key: u64) {
+        let Some(Running { pid, tag }) = self.children.set_running(key, None) else {
             return;
         };
-        let (id, shutdown) = (child.spec.id.clone(), child.spec.shutdown);
+        let spec = &self.children.get(key).spec;
+        let (id, shutdown) = (spec.id.clone(), spec.shutdown);
         let node = host::node_id();
         match shutdown {
             Shutdown::BrutalKill => {
@@ -462,26 +504,21 @@ impl Supervisor {
         }
     }
 
+    /// Stops every child in reverse start order; the supervisor is about to
+    /// exit, so their registry entries go too.
     fn terminate_all(&mut self) {
-        for index in (0..self.children.len()).rev() {
-            self.terminate(index);
-            if let Some(name) = &self.children[index].spec.registered {
+        let keys: Vec<u64> = self.children.keys().rev().collect();
+        for key in keys {
+            self.terminate(key);
+            if let Some(name) = &self.children.get(key).spec.registered {
                 unregister_key(name);
             }
         }
     }
 
-    fn remove(&mut self, index: usize) {
-        let child = self.children.remove(index);
-        if let Some(name) = &child.spec.registered {
-            unregister_key(name);
-        }
-    }
-
     fn child_exited(&mut self, key: u64, exit: Exit) {
-        let index = self.index_of(key);
-        let child = &mut self.children[index];
-        let pid = child.running.take().map_or(0, |r| r.pid);
+        let pid = self.children.set_running(key, None).map_or(0, |r| r.pid);
+        let child = self.children.get(key);
         let how = match exit {
             Exit::Normal => "exited normally",
             Exit::Abnormal => "crashed",
@@ -492,7 +529,7 @@ impl Supervisor {
                 self.name, child.spec.id, child.spec.restart
             );
             if child.forgotten_when_stopped() {
-                self.remove(index);
+                self.children.remove(key);
             } else if let Some(name) = &child.spec.registered {
                 unregister_key(name);
             }
@@ -510,7 +547,7 @@ impl Supervisor {
     fn restart(&mut self, failed: u64) {
         let mut pending = VecDeque::from([failed]);
         while let Some(key) = pending.pop_front() {
-            if !self.children.iter().any(|c| c.key == key) {
+            if !self.children.contains(key) {
                 continue;
             }
             if !self.window.allow(Instant::now()) {
@@ -519,17 +556,15 @@ impl Supervisor {
             let group = self.restart_group(key);
             let mut stopped = Vec::new();
             for &sibling in group.iter().rev().filter(|&&k| k != key) {
-                let index = self.index_of(sibling);
-                if self.children[index].running.is_some() {
-                    self.terminate(index);
+                if self.children.get(sibling).running.is_some() {
+                    self.terminate(sibling);
                     stopped.push(sibling);
                 }
             }
             for &member in &group {
-                let index = self.index_of(member);
                 let again = member == key
                     || (stopped.contains(&member)
-                        && self.children[index].spec.restart != Restart::Temporary);
+                        && self.children.get(member).spec.restart != Restart::Temporary);
                 if !again {
                     continue;
                 }
@@ -538,25 +573,24 @@ impl Supervisor {
                         self.restarts += 1;
                         eprintln!(
                             "supervisor `{}`: restarted child `{}` as pid {} ({} restarts so far)",
-                            self.name, self.children[index].spec.id, running.pid, self.restarts
+                            self.name,
+                            self.children.get(member).spec.id,
+                            running.pid,
+                            self.restarts
                         );
                     }
                     Err(()) => pending.push_back(member),
                 }
             }
             // Temporary siblings stopped for the group restart are gone for
-            // good; keep what is still waiting for a restart.
-            let mut index = 0;
-            while index < self.children.len() {
-                let child = &self.children[index];
+            // good; what waits for another restart attempt stays.
+            for &member in &stopped {
+                let child = self.children.get(member);
                 if child.running.is_none()
                     && child.forgotten_when_stopped()
-                    && !pending.contains(&child.key)
-                    && group.contains(&child.key)
+                    && !pending.contains(&member)
                 {
-                    self.remove(index);
-                } else {
-                    index += 1;
+                    self.children.remove(member);
                 }
             }
         }
@@ -564,11 +598,10 @@ impl Supervisor {
 
     /// The children restarted together with `key`, in start order.
     fn restart_group(&self, key: u64) -> Vec<u64> {
-        let keys = self.children.iter().map(|c| c.key);
         match self.strategy {
             Strategy::OneForOne => vec![key],
-            Strategy::OneForAll => keys.collect(),
-            Strategy::RestForOne => keys.skip(self.index_of(key)).collect(),
+            Strategy::OneForAll => self.children.keys().collect(),
+            Strategy::RestForOne => self.children.by_key.range(key..).map(|(&k, _)| k).collect(),
         }
     }
 
