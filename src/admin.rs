@@ -1,26 +1,197 @@
 //! The admin HTTP API, served on the node's port by the connection process
-//! that received the request (stateless, like Discord's admin servers).
+//! that received the request (stateless, like Discord's admin servers): it
+//! finds channels through the same ring as the gateway.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /healthz` | liveness |
+//! | `GET /metrics` | Prometheus text |
+//! | `POST /realtime/v1/api/broadcast` | `{messages:[{topic, event, payload}]}` to subscribers |
+//! | `POST /realtime/v1/api/broadcast/<topic>/events/<event>` | realtime-js `httpSend`: the body is the payload |
+//! | `GET /realtime/v1/api/presence/online?keys=a,b` | which presence keys are online anywhere |
+
+use std::io::Read;
 
 use chorus_core::config::Config;
 use chorus_core::http::{Request, Response};
+use chorus_core::phoenix::Payload;
 use lunatic::net::TcpStream;
-use serde_json::json;
+use serde_json::{json, Value};
+use supervisors::SupervisorRef;
 
-use crate::host;
+use crate::channel::{self, Body, ChannelMsg, Publish};
+use crate::{host, presence, tree};
 
-/// Answers one request. `_body_start` holds body bytes already read with the head.
+/// Answers one request. `body_start` holds body bytes read with the head.
 pub fn handle(
-    _stream: &mut TcpStream,
+    stream: &mut TcpStream,
     request: &Request,
-    _body_start: Vec<u8>,
+    body_start: Vec<u8>,
     config: &Config,
 ) -> Response {
-    match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/healthz") => {
+    if !config.auth.jwt_secret.is_empty() && request.path.starts_with("/realtime/v1/api/") {
+        if let Err(reason) = authorize(request, config) {
+            return Response::json(401, &json!({ "error": reason }));
+        }
+    }
+    let path = request.path.as_str();
+    match request.method.as_str() {
+        "GET" if path == "/healthz" => {
             Response::json(200, &json!({"status": "ok", "node": config.node.name}))
         }
-        ("GET", "/metrics") => Response::text(200, &host::metrics_text())
-            .with_header("content-type", "text/plain; version=0.0.4"),
-        _ => Response::json(404, &json!({"error": "not found", "path": request.path})),
+        "GET" if path == "/metrics" => metrics(),
+        "GET" if path == "/realtime/v1/api/presence/online" => {
+            let keys: Vec<String> = request
+                .query_param("keys")
+                .unwrap_or("")
+                .split(',')
+                .filter(|k| !k.is_empty())
+                .map(str::to_string)
+                .collect();
+            let online = presence::online(&keys, config.presence.shards);
+            Response::json(200, &json!({ "online": online }))
+        }
+        "POST" if path == "/realtime/v1/api/broadcast" => {
+            match read_body(stream, request, body_start, config) {
+                Ok(body) => broadcast_batch(&body),
+                Err(r) => r,
+            }
+        }
+        "POST" if path.starts_with("/realtime/v1/api/broadcast/") => {
+            let Some((topic, event)) = path
+                .trim_start_matches("/realtime/v1/api/broadcast/")
+                .split_once("/events/")
+            else {
+                return Response::json(404, &json!({"error": "not found", "path": path}));
+            };
+            let topic = chorus_core::http::percent_decode(topic);
+            let event = chorus_core::http::percent_decode(event);
+            let body = match read_body(stream, request, body_start, config) {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let binary = request
+                .header("content-type")
+                .is_some_and(|c| c.starts_with("application/octet-stream"));
+            let payload = if binary {
+                Payload::Binary(body)
+            } else {
+                match serde_json::from_slice::<Value>(&body) {
+                    Ok(v) => Payload::Json(v),
+                    Err(e) => return bad_request(&format!("body is not JSON: {e}")),
+                }
+            };
+            publish(&topic, &event, &payload);
+            Response::json(202, &json!({}))
+        }
+        _ => Response::json(404, &json!({"error": "not found", "path": path})),
     }
+}
+
+fn bad_request(reason: &str) -> Response {
+    Response::json(400, &json!({ "error": reason }))
+}
+
+/// Bearer token or `apikey` header, verified like a socket's apikey.
+fn authorize(request: &Request, config: &Config) -> Result<(), String> {
+    let token = request
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .or_else(|| request.header("apikey"))
+        .ok_or("missing apikey or Authorization header")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    chorus_core::jwt::verify_hs256(token, config.auth.jwt_secret.as_bytes(), now)
+        .map(|_| ())
+        .map_err(|e| format!("invalid token: {e}"))
+}
+
+fn read_body(
+    stream: &mut TcpStream,
+    request: &Request,
+    mut body: Vec<u8>,
+    config: &Config,
+) -> Result<Vec<u8>, Response> {
+    let Some(len) = request.content_length else {
+        return Err(Response::json(
+            411,
+            &json!({"error": "Content-Length required"}),
+        ));
+    };
+    // A batch may hold many messages; each is capped by max_payload_bytes.
+    let limit = config.limits.max_frame_bytes as usize;
+    if len > limit {
+        return Err(Response::json(
+            413,
+            &json!({"error": format!("payload_size_exceeded: body over {limit} bytes (limits.max_frame_bytes)")}),
+        ));
+    }
+    let mut chunk = vec![0u8; 16 * 1024];
+    while body.len() < len {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return Err(bad_request("body shorter than Content-Length")),
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    body.truncate(len);
+    Ok(body)
+}
+
+/// Supabase topics over REST name the channel without the `realtime:` prefix.
+fn full_topic(topic: &str) -> String {
+    if topic.starts_with("realtime:") {
+        topic.to_string()
+    } else {
+        format!("realtime:{topic}")
+    }
+}
+
+fn publish(topic: &str, event: &str, payload: &Payload) {
+    // Only running channels have subscribers; REST never starts one.
+    if let Some(ch) = channel::locate(&full_topic(topic), false) {
+        ch.send(ChannelMsg::Publish(Publish {
+            from: None,
+            event: event.to_string(),
+            payload: Body::from_payload(payload),
+            ack: None,
+        }));
+    }
+}
+
+fn broadcast_batch(body: &[u8]) -> Response {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return bad_request(&format!("body is not JSON: {e}")),
+    };
+    let Some(messages) = v.get("messages").and_then(Value::as_array) else {
+        return bad_request("expected {\"messages\": [{\"topic\", \"event\", \"payload\"}]}");
+    };
+    for (i, m) in messages.iter().enumerate() {
+        let topic = m.get("topic").and_then(Value::as_str);
+        let event = m.get("event").and_then(Value::as_str);
+        if topic.is_none_or(str::is_empty) || event.is_none() {
+            return bad_request(&format!("messages[{i}] needs a topic and an event"));
+        }
+    }
+    for m in messages {
+        let topic = m.get("topic").and_then(Value::as_str).unwrap_or_default();
+        let event = m.get("event").and_then(Value::as_str).unwrap_or_default();
+        let payload = m.get("payload").cloned().unwrap_or(json!({}));
+        publish(topic, event, &Payload::Json(payload));
+    }
+    Response::json(202, &json!({}))
+}
+
+fn metrics() -> Response {
+    let mut text = host::metrics_text();
+    let restarts = SupervisorRef::lookup(tree::ROOT)
+        .and_then(|root| root.tree_restarts().ok())
+        .unwrap_or(0);
+    text.push_str(&format!(
+        "# HELP chorus_restarts_total Processes restarted by a supervisor\n\
+         # TYPE chorus_restarts_total counter\nchorus_restarts_total {restarts}\n"
+    ));
+    Response::text(200, &text).with_header("content-type", "text/plain; version=0.0.4")
 }

@@ -3,8 +3,10 @@
 //! the host and starts the supervision tree declared in [`tree`].
 
 mod admin;
+mod channel;
 mod gateway;
 mod host;
+mod presence;
 mod tree;
 
 use chorus_core::config::Config;

@@ -1,3 +1,113 @@
-pub fn start(config: chorus_core::config::Config) {
-    crate::gateway::acceptor(config)
+//! Chorus' supervision tree, declared in one place.
+//!
+//! ```text
+//! chorus (one_for_one, 10 restarts / 10 s)
+//! ├── presence (one_for_one)      fixed shards chorus-presence-0..N
+//! ├── channels (one_for_all)
+//! │   ├── channels                dynamic: one process per active topic (transient)
+//! │   └── chorus-dir-0..3         directory shards owning topics by hash ring
+//! └── gateway (rest_for_one)
+//!     ├── sessions                dynamic: one process per connection (temporary)
+//!     └── acceptor                the TCP listener (permanent)
+//! ```
+//!
+//! Admin HTTP requests are served by the connection process that received
+//! them (stateless, under `sessions`). Order matters: the gateway starts
+//! last, once channels and presence can serve it; if the acceptor dies,
+//! rest_for_one restarts it alone, but if `sessions` dies the acceptor is
+//! restarted after it.
+
+use std::time::Duration;
+
+use chorus_core::config::Config;
+use supervisors::{
+    ChildSpec, DynamicSupervisorSpec, Restart, Shutdown, Strategy, SupervisorRef, SupervisorSpec,
+};
+
+use crate::{channel, gateway, host, presence};
+
+/// Registered name of the root supervisor.
+pub const ROOT: &str = "chorus";
+
+fn spec(config: &Config) -> SupervisorSpec {
+    let presence = (0..config.presence.shards).fold(
+        SupervisorSpec::new(Strategy::OneForOne)
+            .intensity(10)
+            .period(Duration::from_secs(10)),
+        |sup, i| {
+            sup.child(
+                ChildSpec::new(format!("presence-{i}"), presence::shard, i)
+                    .register(&presence::shard_name(i)),
+            )
+        },
+    );
+
+    let directories = (0..channel::DIRECTORIES).fold(
+        SupervisorSpec::new(Strategy::OneForAll)
+            .intensity(10)
+            .period(Duration::from_secs(10))
+            .child(
+                ChildSpec::dynamic_supervisor(
+                    channel::CHANNELS,
+                    DynamicSupervisorSpec::new(channel::channel)
+                        .restart(Restart::Transient)
+                        .shutdown(Shutdown::Timeout(Duration::from_secs(2)))
+                        .intensity(1000)
+                        .period(Duration::from_secs(10)),
+                )
+                .register(channel::CHANNELS),
+            ),
+        |sup, i| {
+            let name = channel::directory_name(i);
+            sup.child(
+                ChildSpec::new(
+                    name.clone(),
+                    channel::directory,
+                    (name.clone(), config.clone()),
+                )
+                .register(&name),
+            )
+        },
+    );
+
+    let gateway = SupervisorSpec::new(Strategy::RestForOne)
+        .intensity(10)
+        .period(Duration::from_secs(10))
+        .child(
+            ChildSpec::dynamic_supervisor(
+                gateway::SESSIONS,
+                DynamicSupervisorSpec::new(gateway::session::session)
+                    .restart(Restart::Temporary)
+                    .shutdown(Shutdown::BrutalKill),
+            )
+            .register(gateway::SESSIONS),
+        )
+        .child(
+            ChildSpec::new("acceptor", gateway::acceptor, config.clone())
+                .restart(Restart::Permanent)
+                .shutdown(Shutdown::BrutalKill),
+        );
+
+    SupervisorSpec::new(Strategy::OneForOne)
+        .intensity(10)
+        .period(Duration::from_secs(10))
+        .child(ChildSpec::supervisor("presence", presence))
+        .child(ChildSpec::supervisor("channels", directories))
+        .child(ChildSpec::supervisor("gateway", gateway))
+}
+
+/// Starts the tree and parks the main process. If the root supervisor gives
+/// up (too many restarts), the link takes the main process down with it and
+/// the node exits with an error.
+pub fn start(config: Config) {
+    match SupervisorRef::start_link(ROOT, spec(&config)) {
+        Ok(_) => host::log(host::Level::Info, "supervision tree started"),
+        Err(e) => {
+            host::log(host::Level::Error, &format!("cannot start the tree: {e}"));
+            std::process::exit(1);
+        }
+    }
+    loop {
+        lunatic::sleep(Duration::from_secs(3600));
+    }
 }

@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub port: u16,
     /// Directory for the embedded store and other node files.
     pub data_dir: String,
+    /// Test-only fault injection: a client may crash its own session with
+    /// the `chorus_crash` event on topic `phoenix`. Never enable in production.
+    pub fault_injection: bool,
 }
 
 /// Which backend the data service uses.
@@ -104,6 +107,7 @@ impl Default for NodeConfig {
             host: "127.0.0.1".into(),
             port: 4000,
             data_dir: "./data".into(),
+            fault_injection: false,
         }
     }
 }

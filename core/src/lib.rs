@@ -9,9 +9,11 @@
 pub mod config;
 pub mod data;
 pub mod http;
+pub mod join;
 pub mod jwt;
 pub mod metrics;
 pub mod phoenix;
+pub mod presence;
 pub mod ring;
 pub mod snowflake;
 pub mod ws;

@@ -39,7 +39,6 @@ metrics! {
     BytesIn => "chorus_bytes_in_total", Counter, "WebSocket payload bytes received";
     BytesOut => "chorus_bytes_out_total", Counter, "WebSocket payload bytes sent";
     HttpRequests => "chorus_http_requests_total", Counter, "HTTP requests served";
-    Restarts => "chorus_restarts_total", Counter, "Processes restarted by a supervisor";
     ProtocolErrors => "chorus_protocol_errors_total", Counter, "Client frames refused as malformed or over a limit";
 }
 

@@ -62,11 +62,6 @@ impl HostApi {
         len
     }
 
-    /// Current value of a metric (for the host's own logging and tests).
-    pub fn metric(&self, m: Metric) -> i64 {
-        self.metrics[m as usize].load(Ordering::Relaxed)
-    }
-
     /// Prometheus text: guest-reported metrics plus what only the host knows.
     pub fn render_metrics(&self) -> String {
         let values: Vec<i64> = self

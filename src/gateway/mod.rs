@@ -1,5 +1,5 @@
-//! The gateway: the TCP acceptor and one process per connection. A
-//! connection is either a WebSocket session (Phoenix protocol) or one HTTP
+//! The gateway: the TCP acceptor and one supervised process per connection.
+//! A connection is either a WebSocket session (Phoenix protocol) or one HTTP
 //! request for the admin API; both share the node's single port.
 
 pub mod conn;
@@ -7,30 +7,48 @@ pub mod session;
 
 use chorus_core::config::Config;
 use lunatic::net::TcpListener;
+use supervisors::{DynamicSupervisor, Inbox, Incoming};
+
+use crate::host;
+use session::SessionMsg;
+
+/// Registered name of the sessions' dynamic supervisor.
+pub const SESSIONS: &str = "sessions";
 
 /// The acceptor: binds the node's port and hands every connection to a new
-/// connection process. Supervised as permanent: if it dies the port is
-/// re-bound by its restart.
-pub fn acceptor(config: Config) {
+/// session process under the `sessions` supervisor. If it dies, its restart
+/// binds the port again.
+pub fn acceptor(config: Config, inbox: Inbox<()>) {
     let addr = format!("{}:{}", config.node.host, config.node.port);
     let listener = match TcpListener::bind(addr.as_str()) {
         Ok(l) => l,
         Err(e) => {
-            crate::host::log(
-                crate::host::Level::Error,
+            host::log(
+                host::Level::Error,
                 &format!("cannot listen on {addr}: {e} (set CHORUS_PORT or node.port)"),
             );
             panic!("cannot listen on {addr}: {e}");
         }
     };
-    crate::host::log(
-        crate::host::Level::Info,
+    host::log(
+        host::Level::Info,
         &format!("listening on ws://{addr}/realtime/v1/websocket"),
     );
+    let Some(sessions) = DynamicSupervisor::<Config, SessionMsg>::lookup(SESSIONS) else {
+        panic!("the sessions supervisor is not running");
+    };
+    // The acceptor blocks in accept(); a shutdown request is noticed on the
+    // next connection, and the supervisor's timeout kills it otherwise.
     loop {
         match listener.accept() {
-            Ok((stream, _peer)) => conn::spawn(stream, config.clone()),
-            Err(e) => crate::host::log(crate::host::Level::Warn, &format!("accept failed: {e}")),
+            Ok((stream, _peer)) => match sessions.start_child(config.clone()) {
+                Ok(child) => child.send(SessionMsg::Socket(stream)),
+                Err(e) => host::log(host::Level::Error, &format!("cannot start a session: {e}")),
+            },
+            Err(e) => host::log(host::Level::Warn, &format!("accept failed: {e}")),
+        }
+        if let Some(Incoming::Shutdown) = inbox.receive_timeout(std::time::Duration::ZERO) {
+            return;
         }
     }
 }

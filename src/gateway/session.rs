@@ -1,25 +1,37 @@
-//! A WebSocket session: one process owning the socket's write side, plus a
-//! linked reader process that decodes frames and mails them in. Everything a
-//! session receives (client frames, channel deliveries) arrives in its one
-//! mailbox, so it handles them in order without locks.
+//! A WebSocket session: one supervised process owning the socket's write
+//! side and the session's joins, plus a linked reader process that decodes
+//! frames and mails them in. Client frames and channel deliveries arrive in
+//! the one mailbox, so the session handles them in order without locks.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chorus_core::config::Config;
+use chorus_core::join::{self, JoinConfig};
+use chorus_core::jwt;
 use chorus_core::metrics::Metric;
-use chorus_core::phoenix::{self, event, Frame, FrameRef, Inbound, Outbound, Vsn};
+use chorus_core::phoenix::{self, event, FrameRef, Inbound, Outbound, Payload, Vsn};
 use chorus_core::ws::{self, FrameDecoder, WsEvent};
 use lunatic::net::TcpStream;
 use lunatic::{Mailbox, Process};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
+use supervisors::{ChildRef, Inbox, Incoming};
 
+use crate::channel::{self, Body, ChannelMsg, JoinReq, Publish};
 use crate::host;
+
+/// A socket that cannot take a write for this long is a slow consumer and is
+/// closed rather than allowed to grow the session's memory.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a session process receives.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SessionMsg {
+    /// The accepted connection, sent by the acceptor right after the start
+    /// (a lunatic resource cannot be a restartable start argument).
+    Socket(TcpStream),
     /// A data message from the client.
     Text(String),
     Binary(Vec<u8>),
@@ -31,13 +43,33 @@ pub enum SessionMsg {
         code: u16,
         reason: String,
     },
+    /// Encoded frame bytes to write as they are (channel deliveries).
+    Write(Vec<u8>),
+    /// A join raced with its channel stopping: join again.
+    Rejoin {
+        topic: String,
+    },
 }
 
-/// Runs the session in the current (connection) process until the socket
-/// closes or the heartbeat times out.
-pub fn run(stream: TcpStream, vsn: Vsn, early: Vec<u8>, config: Config) {
-    let mailbox: Mailbox<SessionMsg> = unsafe { Mailbox::new() };
-    let this = mailbox.this();
+/// The session process: waits for its socket, then serves it.
+pub fn session(config: Config, inbox: Inbox<SessionMsg>) {
+    let stream = match inbox.receive_timeout(Duration::from_secs(5)) {
+        Some(Incoming::Message(SessionMsg::Socket(s))) => s,
+        _ => return,
+    };
+    super::conn::serve(stream, config, inbox);
+}
+
+/// Runs an upgraded WebSocket until it closes or its heartbeat times out.
+pub fn run(
+    stream: TcpStream,
+    vsn: Vsn,
+    early: Vec<u8>,
+    config: Config,
+    claims: Option<jwt::Claims>,
+    inbox: Inbox<SessionMsg>,
+) {
+    let this = inbox.this();
     let max_frame = config.limits.max_frame_bytes as usize;
     let reader = Process::spawn_link(
         (stream.clone(), early, max_frame, this),
@@ -45,20 +77,28 @@ pub fn run(stream: TcpStream, vsn: Vsn, early: Vec<u8>, config: Config) {
     );
     host::metric(Metric::SessionsActive, 1);
     host::metric(Metric::SessionsTotal, 1);
+    let mut stream = stream;
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut session = Session {
         stream,
         vsn,
         heartbeat: Duration::from_millis(config.limits.heartbeat_timeout_ms),
         last_seen: Instant::now(),
+        joined: HashMap::new(),
+        this,
+        config,
+        claims,
+        closed: None,
     };
-    let close = session.serve(&mailbox);
+    let close = session.serve(&inbox);
+    session.leave_all();
     session.close(close);
     reader.kill();
     host::metric(Metric::SessionsActive, -1);
 }
 
 /// Reads the socket and mails each WebSocket event to the session.
-fn read_loop(mut stream: TcpStream, early: Vec<u8>, max: usize, session: Process<SessionMsg>) {
+fn read_loop(mut stream: TcpStream, early: Vec<u8>, max: usize, session: ChildRef<SessionMsg>) {
     let mut decoder = FrameDecoder::new(max);
     decoder.push(&early);
     let mut buf = vec![0u8; 16 * 1024];
@@ -114,26 +154,57 @@ struct Close {
     reason: String,
 }
 
+/// One topic this socket has joined.
+struct Joined {
+    join_ref: String,
+    /// The join push's ref, to answer a retried join.
+    msg_ref: Option<String>,
+    channel: ChildRef<ChannelMsg>,
+    config: JoinConfig,
+}
+
 struct Session {
     stream: TcpStream,
     vsn: Vsn,
     heartbeat: Duration,
     last_seen: Instant,
+    joined: HashMap<String, Joined>,
+    this: ChildRef<SessionMsg>,
+    config: Config,
+    /// Claims of the socket's `apikey` when auth is on.
+    claims: Option<jwt::Claims>,
+    /// Set when a write failed: the session ends.
+    closed: Option<Close>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Session {
-    fn serve(&mut self, mailbox: &Mailbox<SessionMsg>) -> Close {
+    fn serve(&mut self, inbox: &Inbox<SessionMsg>) -> Close {
         loop {
+            if let Some(close) = self.closed.take() {
+                return close;
+            }
             let left = self.heartbeat.saturating_sub(self.last_seen.elapsed());
-            let msg = match mailbox.receive_timeout(left) {
-                Ok(msg) => msg,
-                Err(e) if e.is_timed_out() => {
+            let msg = match inbox.receive_timeout(left) {
+                Some(Incoming::Message(msg)) => msg,
+                Some(Incoming::Shutdown) => {
+                    return Close {
+                        code: 1001,
+                        reason: "server shutting down".into(),
+                    }
+                }
+                None => {
                     return Close {
                         code: 1000,
                         reason: "heartbeat timeout".into(),
                     }
                 }
-                Err(_) => continue,
             };
             match msg {
                 SessionMsg::Text(text) => {
@@ -150,13 +221,23 @@ impl Session {
                     ws::encode_pong(&mut out, &payload);
                     self.write(&out);
                 }
+                SessionMsg::Write(bytes) => {
+                    host::metric(Metric::MessagesOut, 1);
+                    self.write(&bytes);
+                }
+                SessionMsg::Rejoin { topic } => self.rejoin(topic),
                 SessionMsg::ReaderClosed { code, reason } => return Close { code, reason },
+                SessionMsg::Socket(_) => {}
             }
         }
     }
 
     fn on_frame(&mut self, frame: FrameRef<'_>) {
         host::metric(Metric::MessagesIn, 1);
+        let size = match frame {
+            FrameRef::Text(t) => t.len(),
+            FrameRef::Binary(b) => b.len(),
+        };
         let inbound = match phoenix::decode(self.vsn, frame) {
             Ok(m) => m,
             Err(e) => {
@@ -166,7 +247,7 @@ impl Session {
                     None,
                     phoenix::PHOENIX_TOPIC,
                     "phx_error",
-                    json!({"reason": format!("malformed message: {e}")}),
+                    json!({ "reason": format!("malformed message: {e}") }),
                 ));
                 return;
             }
@@ -174,39 +255,303 @@ impl Session {
         let topic = inbound.topic().to_string();
         let join_ref = inbound.join_ref().map(str::to_string);
         let msg_ref = inbound.msg_ref().map(str::to_string);
-        if topic == phoenix::PHOENIX_TOPIC && inbound.event() == event::HEARTBEAT {
-            self.send(&Outbound::reply(join_ref, msg_ref, topic, "ok", json!({})));
+        let event_name = inbound.event().to_string();
+
+        if topic == phoenix::PHOENIX_TOPIC {
+            match event_name.as_str() {
+                event::HEARTBEAT => {
+                    self.check_channels();
+                    self.reply_ok(join_ref, msg_ref, topic, json!({}));
+                }
+                "chorus_crash" if self.config.node.fault_injection => {
+                    panic!("fault injection: session crash requested by the client")
+                }
+                other => {
+                    let reason = format!("unknown event {other:?} on topic phoenix");
+                    self.reply_error(join_ref, msg_ref, topic, &reason);
+                }
+            }
             return;
         }
-        if let Inbound::Push(_) | Inbound::Broadcast { .. } = inbound {
-            self.send(&Outbound::reply(
-                join_ref,
-                msg_ref,
-                topic,
-                "error",
-                json!({"reason": "unmatched topic"}),
-            ));
+        if size > self.config.limits.max_payload_bytes as usize && event_name != event::LEAVE {
+            host::metric(Metric::ProtocolErrors, 1);
+            self.reply_error(join_ref, msg_ref, topic, "payload_size_exceeded");
+            return;
+        }
+        match inbound {
+            Inbound::Push(m) if m.event == event::JOIN => {
+                self.join(m.topic, join_ref, msg_ref, &m.payload)
+            }
+            Inbound::Push(m) if m.event == event::LEAVE => self.leave(m.topic, msg_ref),
+            Inbound::Broadcast { broadcast, .. } => {
+                let Some(joined) = self.joined.get(&topic) else {
+                    return self.unmatched(join_ref, msg_ref, topic);
+                };
+                let ack = joined
+                    .config
+                    .broadcast_ack
+                    .then(|| (joined.join_ref.clone(), msg_ref.clone()));
+                joined.channel.send(ChannelMsg::Publish(Publish {
+                    from: Some(self.this.pid()),
+                    event: broadcast.event,
+                    payload: Body::from_payload(&broadcast.payload),
+                    ack,
+                }));
+            }
+            Inbound::Push(m) => {
+                if !self.joined.contains_key(&topic) {
+                    return self.unmatched(join_ref, msg_ref, topic);
+                }
+                match m.event.as_str() {
+                    "presence" => self.presence(topic, join_ref, msg_ref, &m.payload),
+                    "access_token" => self.access_token(topic, join_ref, msg_ref, &m.payload),
+                    other => {
+                        let reason = format!("unknown event {other:?}");
+                        self.reply_error(join_ref, msg_ref, topic, &reason)
+                    }
+                }
+            }
         }
     }
 
-    fn send(&mut self, msg: &Outbound) {
-        match phoenix::encode(self.vsn, msg) {
-            Ok(frame) => {
-                let mut out = Vec::new();
-                match &frame {
-                    Frame::Text(t) => ws::encode_text(&mut out, t),
-                    Frame::Binary(b) => ws::encode_binary(&mut out, b),
-                }
-                host::metric(Metric::MessagesOut, 1);
-                self.write(&out);
+    /// Verifies a token when the node has a JWT secret.
+    fn verify(&self, token: Option<&str>) -> Result<(), String> {
+        let secret = &self.config.auth.jwt_secret;
+        if secret.is_empty() {
+            return Ok(());
+        }
+        match token {
+            Some(t) => jwt::verify_hs256(t, secret.as_bytes(), now_secs())
+                .map(|_| ())
+                .map_err(|e| format!("invalid access token: {e}")),
+            None if self.claims.is_some() => Ok(()),
+            None => Err("an access token is required".into()),
+        }
+    }
+
+    fn join(
+        &mut self,
+        topic: String,
+        join_ref: Option<String>,
+        msg_ref: Option<String>,
+        payload: &Payload,
+    ) {
+        if let Err(reason) = join::validate_topic(&topic) {
+            return self.reply_error(join_ref, msg_ref, topic, &reason);
+        }
+        let config = match payload {
+            Payload::Json(v) => join::parse_join(v),
+            Payload::Binary(_) => Err("join payload must be JSON".into()),
+        };
+        let config = match config {
+            Ok(c) => c,
+            Err(reason) => return self.reply_error(join_ref, msg_ref, topic, &reason),
+        };
+        if let Err(reason) = self.verify(config.access_token.as_deref()) {
+            return self.reply_error(join_ref, msg_ref, topic, &reason);
+        }
+        if let Some(old) = self.joined.remove(&topic) {
+            // A second join of the same topic replaces the first.
+            old.channel.send(ChannelMsg::Leave {
+                session: self.this.pid(),
+            });
+            self.send(&Outbound::close(Some(old.join_ref), topic.clone()));
+        } else if self.joined.len() >= self.config.limits.max_channels_per_socket as usize {
+            let reason = format!(
+                "ChannelRateLimitReached: at most {} channels per socket (limits.max_channels_per_socket)",
+                self.config.limits.max_channels_per_socket
+            );
+            return self.reply_error(join_ref, msg_ref, topic, &reason);
+        }
+        let join_ref = join_ref.unwrap_or_else(|| msg_ref.clone().unwrap_or_default());
+        self.start_join(topic, join_ref, msg_ref, config);
+    }
+
+    fn start_join(
+        &mut self,
+        topic: String,
+        join_ref: String,
+        msg_ref: Option<String>,
+        config: JoinConfig,
+    ) {
+        let Some(channel) = channel::locate(&topic, true) else {
+            let reason = "channel unavailable, retry";
+            return self.reply_error(Some(join_ref), msg_ref, topic, reason);
+        };
+        let presence_key = if config.presence_key.is_empty() {
+            format!("{:x}-{:x}", lunatic::host::process_id(), now_secs())
+        } else {
+            config.presence_key.clone()
+        };
+        channel.send(ChannelMsg::Join(JoinReq {
+            session: self.this,
+            join_ref: join_ref.clone(),
+            msg_ref: msg_ref.clone(),
+            v2: self.vsn == Vsn::V2,
+            broadcast_self: config.broadcast_self,
+            presence_key,
+            presence_enabled: config.presence_enabled,
+        }));
+        self.joined.insert(
+            topic,
+            Joined {
+                join_ref,
+                msg_ref,
+                channel,
+                config,
+            },
+        );
+    }
+
+    fn rejoin(&mut self, topic: String) {
+        if let Some(j) = self.joined.remove(&topic) {
+            self.start_join(topic, j.join_ref, j.msg_ref, j.config);
+        }
+    }
+
+    fn leave(&mut self, topic: String, msg_ref: Option<String>) {
+        match self.joined.remove(&topic) {
+            Some(j) => {
+                j.channel.send(ChannelMsg::Leave {
+                    session: self.this.pid(),
+                });
+                self.reply_ok(Some(j.join_ref.clone()), msg_ref, topic.clone(), json!({}));
+                self.send(&Outbound::close(Some(j.join_ref), topic));
             }
-            Err(e) => host::log(host::Level::Warn, &format!("cannot encode reply: {e}")),
+            None => self.unmatched(None, msg_ref, topic),
+        }
+    }
+
+    fn presence(
+        &mut self,
+        topic: String,
+        join_ref: Option<String>,
+        msg_ref: Option<String>,
+        payload: &Payload,
+    ) {
+        let Payload::Json(v) = payload else {
+            return self.reply_error(join_ref, msg_ref, topic, "presence payload must be JSON");
+        };
+        let meta = match v.get("event").and_then(Value::as_str) {
+            Some("track") => Some(v.get("payload").cloned().unwrap_or(json!({})).to_string()),
+            Some("untrack") => None,
+            _ => {
+                let reason = "presence event must be track or untrack";
+                return self.reply_error(join_ref, msg_ref, topic, reason);
+            }
+        };
+        if let Some(j) = self.joined.get(&topic) {
+            j.channel.send(ChannelMsg::Presence {
+                session: self.this.pid(),
+                meta,
+                refs: (j.join_ref.clone(), msg_ref),
+            });
+        }
+    }
+
+    fn access_token(
+        &mut self,
+        topic: String,
+        join_ref: Option<String>,
+        msg_ref: Option<String>,
+        payload: &Payload,
+    ) {
+        let token = match payload {
+            Payload::Json(v) => v.get("access_token").and_then(Value::as_str),
+            Payload::Binary(_) => None,
+        };
+        match self.verify(token.or(Some(""))) {
+            Ok(()) => self.reply_ok(join_ref, msg_ref, topic, json!({})),
+            Err(reason) => {
+                // Supabase's way: a system error, then the channel closes.
+                if let Some(j) = self.joined.remove(&topic) {
+                    j.channel.send(ChannelMsg::Leave {
+                        session: self.this.pid(),
+                    });
+                    self.send(&Outbound::push(
+                        Some(j.join_ref.clone()),
+                        topic.clone(),
+                        "system",
+                        json!({"extension": "system", "status": "error", "message": reason, "channel": topic}),
+                    ));
+                    self.send(&Outbound::close(Some(j.join_ref), topic));
+                }
+            }
+        }
+    }
+
+    /// Sends `phx_error` for every joined channel whose process died.
+    fn check_channels(&mut self) {
+        let dead: Vec<String> = self
+            .joined
+            .iter()
+            .filter(|(_, j)| !j.channel.is_alive())
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in dead {
+            if let Some(j) = self.joined.remove(&topic) {
+                self.send(&Outbound::channel_error(Some(j.join_ref), topic));
+            }
+        }
+    }
+
+    fn leave_all(&mut self) {
+        for (_, j) in self.joined.drain() {
+            j.channel.send(ChannelMsg::Leave {
+                session: self.this.pid(),
+            });
+        }
+    }
+
+    fn unmatched(&mut self, join_ref: Option<String>, msg_ref: Option<String>, topic: String) {
+        self.reply_error(join_ref, msg_ref, topic, "unmatched topic");
+    }
+
+    fn reply_ok(
+        &mut self,
+        join_ref: Option<String>,
+        msg_ref: Option<String>,
+        topic: String,
+        response: Value,
+    ) {
+        self.send(&Outbound::reply(join_ref, msg_ref, topic, "ok", response));
+    }
+
+    fn reply_error(
+        &mut self,
+        join_ref: Option<String>,
+        msg_ref: Option<String>,
+        topic: String,
+        reason: &str,
+    ) {
+        self.send(&Outbound::reply(
+            join_ref,
+            msg_ref,
+            topic,
+            "error",
+            json!({ "reason": reason }),
+        ));
+    }
+
+    fn send(&mut self, msg: &Outbound) {
+        if let Some(bytes) = channel::encode_ws(self.vsn, msg) {
+            host::metric(Metric::MessagesOut, 1);
+            self.write(&bytes);
         }
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        if self.stream.write_all(bytes).is_ok() {
-            host::metric(Metric::BytesOut, bytes.len() as i64);
+        if self.closed.is_some() {
+            return;
+        }
+        match self.stream.write_all(bytes) {
+            Ok(()) => host::metric(Metric::BytesOut, bytes.len() as i64),
+            Err(_) => {
+                self.closed = Some(Close {
+                    code: 0,
+                    reason: "slow_consumer or write failed".into(),
+                })
+            }
         }
     }
 
@@ -214,7 +559,7 @@ impl Session {
         if close.code != 0 {
             let mut out = Vec::new();
             ws::encode_close(&mut out, close.code, &close.reason);
-            self.write(&out);
+            let _ = self.stream.write_all(&out);
         }
     }
 }

@@ -1,0 +1,122 @@
+//! What a `phx_join` asks for, parsed and checked without I/O.
+
+use serde_json::Value;
+
+/// Longest topic accepted: binary frames (vsn 2.0.0) carry its length in one
+/// byte, so a longer topic could never be broadcast to realtime-js.
+pub const MAX_TOPIC_BYTES: usize = 255;
+
+/// The join's `config`, with Supabase's defaults for what is missing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JoinConfig {
+    /// `broadcast.self`: the sender receives its own broadcasts.
+    pub broadcast_self: bool,
+    /// `broadcast.ack`: the server acknowledges each broadcast push.
+    pub broadcast_ack: bool,
+    /// `presence.key`: empty means "generate one".
+    pub presence_key: String,
+    /// `presence.enabled`: whether to send `presence_state` after the join.
+    pub presence_enabled: bool,
+    /// `access_token` sent with the join, if any.
+    pub access_token: Option<String>,
+}
+
+/// Checks a topic a client wants to join or publish to.
+pub fn validate_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() {
+        return Err("join without a topic".into());
+    }
+    if topic.len() > MAX_TOPIC_BYTES {
+        return Err(format!("topic longer than {MAX_TOPIC_BYTES} bytes"));
+    }
+    if topic == crate::phoenix::PHOENIX_TOPIC {
+        return Err("the phoenix topic cannot be joined".into());
+    }
+    Ok(())
+}
+
+/// Reads a `phx_join` payload. Wrongly typed fields are errors (a client bug
+/// better reported than ignored); absent ones take defaults.
+pub fn parse_join(payload: &Value) -> Result<JoinConfig, String> {
+    let empty = serde_json::Map::new();
+    let root = match payload {
+        Value::Object(m) => m,
+        Value::Null => &empty,
+        _ => return Err("join payload must be an object".into()),
+    };
+    let config = match root.get("config") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err("config must be an object".into()),
+    };
+    let section = |name: &str| -> Result<&serde_json::Map<String, Value>, String> {
+        match config.get(name) {
+            None | Some(Value::Null) => Ok(&empty),
+            Some(Value::Object(m)) => Ok(m),
+            Some(_) => Err(format!("config.{name} must be an object")),
+        }
+    };
+    let flag = |m: &serde_json::Map<String, Value>, path: &str, key: &str| match m.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(format!("config.{path}.{key} must be a boolean")),
+    };
+    let broadcast = section("broadcast")?;
+    let presence = section("presence")?;
+    let presence_key = match presence.get("key") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(_) => return Err("config.presence.key must be a string".into()),
+    };
+    let access_token = match root.get("access_token") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("access_token must be a string".into()),
+    };
+    Ok(JoinConfig {
+        broadcast_self: flag(broadcast, "broadcast", "self")?,
+        broadcast_ack: flag(broadcast, "broadcast", "ack")?,
+        presence_key,
+        presence_enabled: flag(presence, "presence", "enabled")?,
+        access_token,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn realtime_js_join_payload_parses() {
+        let p = json!({"config": {"broadcast": {"ack": true, "self": false},
+            "presence": {"key": "u1", "enabled": true}, "postgres_changes": [], "private": false},
+            "access_token": "tok"});
+        let c = parse_join(&p).unwrap();
+        assert!(c.broadcast_ack && !c.broadcast_self && c.presence_enabled);
+        assert_eq!(c.presence_key, "u1");
+        assert_eq!(c.access_token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn phoenix_js_empty_join_takes_defaults() {
+        assert_eq!(parse_join(&json!({})).unwrap(), JoinConfig::default());
+        assert_eq!(parse_join(&Value::Null).unwrap(), JoinConfig::default());
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let e = parse_join(&json!({"config": {"broadcast": {"self": "yes"}}})).unwrap_err();
+        assert_eq!(e, "config.broadcast.self must be a boolean");
+        assert!(parse_join(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn topics_are_checked() {
+        assert!(validate_topic("realtime:room").is_ok());
+        assert!(validate_topic("").is_err());
+        assert!(validate_topic("phoenix").is_err());
+        assert!(validate_topic(&"x".repeat(256)).is_err());
+    }
+}

@@ -1,0 +1,520 @@
+//! Channel servers: one process per active topic, owning its subscribers,
+//! its presence and its recent history, so every subscriber sees one total
+//! order. Channels are found through a consistent-hash ring of directory
+//! shards: the ring (in `core`) maps a topic to its directory, found in the
+//! lunatic registry; the directory spawns the channel under the `channels`
+//! dynamic supervisor the first time it is asked for it, and forgets it when
+//! the channel goes idle.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use chorus_core::config::Config;
+use chorus_core::data::{DataRequest, DataResponse};
+use chorus_core::metrics::Metric;
+use chorus_core::phoenix::{self, Frame, Outbound, Payload, UserBroadcast, Vsn};
+use chorus_core::presence::{Diff, Presence};
+use chorus_core::ring::HashRing;
+use chorus_core::ws;
+use lunatic::{host as lhost, Mailbox, Process, Tag};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use supervisors::{ChildRef, DynamicSupervisor, Inbox, Incoming};
+
+use crate::gateway::session::SessionMsg;
+use crate::host;
+
+/// Registered name of the channels' dynamic supervisor.
+pub const CHANNELS: &str = "channels";
+/// Directory shards on one node; each owns the topics the ring gives it.
+pub const DIRECTORIES: u32 = 4;
+/// Virtual nodes per directory on the ring.
+const VNODES: u32 = 64;
+/// How long a caller waits for a directory to answer.
+const LOCATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most metas under one presence key (Supabase's limit).
+const MAX_METAS_PER_KEY: usize = 10;
+
+/// A JSON value in transit between processes: bincode cannot carry
+/// `serde_json::Value` (it needs `deserialize_any`), so JSON travels as text.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Body {
+    Json(String),
+    Binary(Vec<u8>),
+}
+
+impl Body {
+    pub fn from_payload(p: &Payload) -> Body {
+        match p {
+            Payload::Json(v) => Body::Json(v.to_string()),
+            Payload::Binary(b) => Body::Binary(b.clone()),
+        }
+    }
+
+    fn to_payload(&self) -> Payload {
+        match self {
+            Body::Json(s) => Payload::Json(serde_json::from_str(s).unwrap_or(Value::Null)),
+            Body::Binary(b) => Payload::Binary(b.clone()),
+        }
+    }
+}
+
+/// A subscriber's view of a join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinReq {
+    pub session: ChildRef<SessionMsg>,
+    pub join_ref: String,
+    pub msg_ref: Option<String>,
+    pub v2: bool,
+    pub broadcast_self: bool,
+    pub presence_key: String,
+    pub presence_enabled: bool,
+}
+
+/// A broadcast entering the channel, from a session or the admin API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Publish {
+    /// The publishing session, excluded from delivery unless it joined with
+    /// `self: true`; `None` for the admin API.
+    pub from: Option<u64>,
+    pub event: String,
+    pub payload: Body,
+    /// `(join_ref, ref)` to acknowledge, when the join asked for `ack`.
+    pub ack: Option<(String, Option<String>)>,
+}
+
+/// Everything a channel process receives.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ChannelMsg {
+    Join(JoinReq),
+    Leave {
+        session: u64,
+    },
+    Publish(Publish),
+    /// Track (`meta: Some`) or untrack (`None`) the session's presence,
+    /// answered with an ok reply carrying `refs`.
+    Presence {
+        session: u64,
+        meta: Option<String>,
+        refs: (String, Option<String>),
+    },
+    /// From the directory: the idle channel may stop now.
+    Stop,
+}
+
+/// Arguments of a channel process (plain data, kept for restarts).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChannelArgs {
+    pub topic: String,
+    pub directory: String,
+    pub idle_ms: u64,
+    pub history: u32,
+    pub sweep_ms: u64,
+    pub presence_shards: u32,
+}
+
+/// Messages to a directory shard.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum DirMsg {
+    /// Find (spawning if needed) the channel of `topic`; the answer goes to
+    /// process `(node, pid)` tagged `tag`. With `spawn: false` a missing
+    /// channel is answered with `None` (the admin API does not start
+    /// channels nobody listens to).
+    Locate {
+        topic: String,
+        spawn: bool,
+        reply: (u64, u64),
+        tag: Tag,
+    },
+    /// A channel has had no subscriber for its idle period.
+    Idle { topic: String, pid: u64 },
+}
+
+/// The name of directory shard `i` on this node.
+pub fn directory_name(i: u32) -> String {
+    format!("chorus-dir-{i}")
+}
+
+fn ring() -> HashRing<String> {
+    let mut ring = HashRing::new(VNODES);
+    for i in 0..DIRECTORIES {
+        ring.add(directory_name(i));
+    }
+    ring
+}
+
+/// The channel of `topic`, if it runs or (with `spawn`) once started.
+pub fn locate(topic: &str, spawn: bool) -> Option<ChildRef<ChannelMsg>> {
+    let ring = ring();
+    let dir_name = ring.owner(topic)?.clone();
+    let dir = ChildRef::<DirMsg>::lookup(&dir_name)?;
+    let tag = Tag::new();
+    dir.send(DirMsg::Locate {
+        topic: topic.to_string(),
+        spawn,
+        reply: (lhost::node_id(), lhost::process_id()),
+        tag,
+    });
+    // SAFETY: the directory answers with exactly this type under `tag`, and a
+    // tagged receive only takes the message carrying that tag.
+    let mailbox: Mailbox<Option<ChildRef<ChannelMsg>>> = unsafe { Mailbox::new() };
+    mailbox
+        .tag_receive_timeout(&[tag], LOCATE_TIMEOUT)
+        .ok()
+        .flatten()
+}
+
+/// A directory shard process.
+pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
+    let (name, config) = args;
+    let mut channels: HashMap<String, ChildRef<ChannelMsg>> = HashMap::new();
+    let sweep_ms = (config.limits.heartbeat_timeout_ms / 2).max(500);
+    loop {
+        match inbox.receive() {
+            Incoming::Shutdown => return,
+            Incoming::Message(DirMsg::Locate {
+                topic,
+                spawn,
+                reply,
+                tag,
+            }) => {
+                let found = match channels.get(&topic) {
+                    Some(c) if c.is_alive() => Some(*c),
+                    _ if spawn => {
+                        let args = ChannelArgs {
+                            topic: topic.clone(),
+                            directory: name.clone(),
+                            idle_ms: config.limits.channel_idle_ms,
+                            history: config.limits.channel_history,
+                            sweep_ms,
+                            presence_shards: config.presence.shards,
+                        };
+                        match DynamicSupervisor::<ChannelArgs, ChannelMsg>::lookup(CHANNELS)
+                            .map(|sup| sup.start_child(args))
+                        {
+                            Some(Ok(child)) => {
+                                channels.insert(topic, child);
+                                Some(child)
+                            }
+                            _ => {
+                                host::log(host::Level::Error, "cannot start a channel process");
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                // SAFETY: `locate` waits for exactly this type under `tag`.
+                let to: Process<Option<ChildRef<ChannelMsg>>> =
+                    unsafe { Process::new(reply.0, reply.1) };
+                to.tag_send(tag, found);
+            }
+            Incoming::Message(DirMsg::Idle { topic, pid }) => {
+                if let Some(c) = channels.get(&topic) {
+                    if c.pid() == pid {
+                        c.send(ChannelMsg::Stop);
+                        channels.remove(&topic);
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Subscriber {
+    session: ChildRef<SessionMsg>,
+    join_ref: String,
+    v2: bool,
+    broadcast_self: bool,
+    presence_key: String,
+}
+
+struct Channel {
+    topic: String,
+    /// Chat lanes of rooms are persisted through the data service.
+    persist: bool,
+    presence_shards: u32,
+    subs: HashMap<u64, Subscriber>,
+    presence: Presence,
+    history: VecDeque<(String, Body)>,
+    history_len: usize,
+}
+
+/// A channel process.
+pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
+    host::metric(Metric::ChannelsActive, 1);
+    host::log(
+        host::Level::Debug,
+        &format!("channel {} started", args.topic),
+    );
+    let mut ch = Channel {
+        persist: is_chat_lane(&args.topic),
+        presence_shards: args.presence_shards,
+        topic: args.topic.clone(),
+        subs: HashMap::new(),
+        presence: Presence::new(MAX_METAS_PER_KEY),
+        history: VecDeque::new(),
+        history_len: args.history as usize,
+    };
+    let idle = Duration::from_millis(args.idle_ms);
+    let sweep = Duration::from_millis(args.sweep_ms);
+    let mut idle_since = Some(Instant::now());
+    let mut asked_to_stop = false;
+    loop {
+        match inbox.receive_timeout(sweep) {
+            Some(Incoming::Shutdown) => break,
+            Some(Incoming::Message(ChannelMsg::Stop)) => {
+                if ch.subs.is_empty() {
+                    ch.drain_for_restart(&inbox);
+                    break;
+                }
+                asked_to_stop = false;
+            }
+            Some(Incoming::Message(msg)) => ch.handle(msg),
+            None => ch.sweep_dead(),
+        }
+        if ch.subs.is_empty() {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= idle && !asked_to_stop {
+                if let Some(dir) = ChildRef::<DirMsg>::lookup(&args.directory) {
+                    dir.send(DirMsg::Idle {
+                        topic: args.topic.clone(),
+                        pid: lhost::process_id(),
+                    });
+                    asked_to_stop = true;
+                }
+            }
+        } else {
+            idle_since = None;
+        }
+    }
+    host::metric(Metric::ChannelsActive, -1);
+}
+
+impl Channel {
+    fn handle(&mut self, msg: ChannelMsg) {
+        match msg {
+            ChannelMsg::Join(j) => self.join(j),
+            ChannelMsg::Leave { session } => self.remove(session),
+            ChannelMsg::Publish(p) => self.publish(p),
+            ChannelMsg::Presence {
+                session,
+                meta,
+                refs,
+            } => self.presence(session, meta, refs),
+            ChannelMsg::Stop => {}
+        }
+    }
+
+    fn join(&mut self, j: JoinReq) {
+        let pid = j.session.pid();
+        // A second join of the same session replaces the first.
+        if self.subs.contains_key(&pid) {
+            self.remove(pid);
+        }
+        let reply = Outbound::reply(
+            Some(j.join_ref.clone()),
+            j.msg_ref.clone(),
+            &self.topic,
+            "ok",
+            json!({"postgres_changes": []}),
+        );
+        send_outbound(&j.session, j.v2, &reply);
+        if j.presence_enabled {
+            let state = Outbound::push(
+                Some(j.join_ref.clone()),
+                &self.topic,
+                "presence_state",
+                self.presence.state_json(),
+            );
+            send_outbound(&j.session, j.v2, &state);
+        }
+        self.subs.insert(
+            pid,
+            Subscriber {
+                session: j.session,
+                join_ref: j.join_ref,
+                v2: j.v2,
+                broadcast_self: j.broadcast_self,
+                presence_key: j.presence_key,
+            },
+        );
+    }
+
+    fn remove(&mut self, session: u64) {
+        if self.subs.remove(&session).is_some() {
+            let diff = self.presence.untrack(session);
+            self.fan_out_diff(diff);
+        }
+    }
+
+    /// Drops subscribers whose session died without leaving (a crash):
+    /// their presences leave within half a heartbeat timeout.
+    fn sweep_dead(&mut self) {
+        let dead: Vec<u64> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| !s.session.is_alive())
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in dead {
+            self.remove(pid);
+        }
+    }
+
+    fn publish(&mut self, p: Publish) {
+        if self.persist {
+            if let Err(reason) = self.store(&p) {
+                if let (Some(from), Some((join_ref, msg_ref))) = (p.from, p.ack) {
+                    if let Some(sub) = self.subs.get(&from) {
+                        let err = Outbound::reply(
+                            Some(join_ref),
+                            msg_ref,
+                            &self.topic,
+                            "error",
+                            json!({ "reason": reason }),
+                        );
+                        send_outbound(&sub.session, sub.v2, &err);
+                    }
+                }
+                return;
+            }
+        }
+        let broadcast = Outbound::UserBroadcast(UserBroadcast {
+            topic: self.topic.clone(),
+            event: p.event.clone(),
+            meta: None,
+            payload: p.payload.to_payload(),
+        });
+        let v1 = encode_ws(Vsn::V1, &broadcast);
+        let v2 = encode_ws(Vsn::V2, &broadcast);
+        for (pid, sub) in &self.subs {
+            if Some(*pid) == p.from && !sub.broadcast_self {
+                continue;
+            }
+            let bytes = if sub.v2 { &v2 } else { &v1 };
+            if let Some(bytes) = bytes {
+                sub.session.send(SessionMsg::Write(bytes.clone()));
+            }
+        }
+        if let (Some(from), Some((join_ref, msg_ref))) = (p.from, p.ack) {
+            if let Some(sub) = self.subs.get(&from) {
+                let ok = Outbound::reply(Some(join_ref), msg_ref, &self.topic, "ok", json!({}));
+                send_outbound(&sub.session, sub.v2, &ok);
+            }
+        }
+        if self.history_len > 0 {
+            if self.history.len() == self.history_len {
+                self.history.pop_front();
+            }
+            self.history.push_back((p.event, p.payload));
+        }
+    }
+
+    /// Persists a chat message; it is fanned out (and acknowledged) only
+    /// once the backend has committed it.
+    fn store(&self, p: &Publish) -> Result<(), String> {
+        let payload = match &p.payload {
+            Body::Json(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+            Body::Binary(_) => return Err("chat messages must be JSON".into()),
+        };
+        match host::data(&DataRequest::Append {
+            topic: self.topic.clone(),
+            event: p.event.clone(),
+            payload,
+        }) {
+            DataResponse::Appended { .. } => Ok(()),
+            DataResponse::Error { reason } => Err(reason),
+            other => Err(format!("unexpected store answer {other:?}")),
+        }
+    }
+
+    fn presence(&mut self, session: u64, meta: Option<String>, refs: (String, Option<String>)) {
+        let Some(sub) = self.subs.get(&session) else {
+            return;
+        };
+        let (session_ref, v2) = (sub.session, sub.v2);
+        let result = match meta {
+            Some(meta) => {
+                let meta: Value = serde_json::from_str(&meta).unwrap_or(Value::Null);
+                let key = sub.presence_key.clone();
+                self.presence
+                    .track(session, &key, meta)
+                    .map_err(|e| e.to_string())
+            }
+            None => Ok(self.presence.untrack(session)),
+        };
+        let reply = match &result {
+            Ok(_) => Outbound::reply(Some(refs.0), refs.1, &self.topic, "ok", json!({})),
+            Err(reason) => Outbound::reply(
+                Some(refs.0),
+                refs.1,
+                &self.topic,
+                "error",
+                json!({ "reason": reason }),
+            ),
+        };
+        send_outbound(&session_ref, v2, &reply);
+        if let Ok(diff) = result {
+            self.fan_out_diff(diff);
+        }
+    }
+
+    fn fan_out_diff(&self, diff: Diff) {
+        if diff.is_empty() {
+            return;
+        }
+        for (key, metas) in &diff.joins {
+            crate::presence::report(key, metas.len() as i32, self.presence_shards);
+        }
+        for (key, metas) in &diff.leaves {
+            crate::presence::report(key, -(metas.len() as i32), self.presence_shards);
+        }
+        let payload = diff.to_json();
+        for sub in self.subs.values() {
+            let msg = Outbound::push(
+                Some(sub.join_ref.clone()),
+                &self.topic,
+                "presence_diff",
+                payload.clone(),
+            );
+            send_outbound(&sub.session, sub.v2, &msg);
+        }
+    }
+
+    /// Joins that raced with the stop are sent back to be retried against
+    /// the channel's next incarnation.
+    fn drain_for_restart(&mut self, inbox: &Inbox<ChannelMsg>) {
+        while let Some(Incoming::Message(msg)) = inbox.receive_timeout(Duration::ZERO) {
+            if let ChannelMsg::Join(j) = msg {
+                j.session.send(SessionMsg::Rejoin {
+                    topic: self.topic.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// `realtime:room:<id>:chat` (or `room:<id>:chat`): a room's chat lane.
+fn is_chat_lane(topic: &str) -> bool {
+    let t = topic.strip_prefix("realtime:").unwrap_or(topic);
+    t.starts_with("room:") && t.ends_with(":chat") && t.len() > "room::chat".len()
+}
+
+/// Encodes a message as the WebSocket frame bytes for one serializer.
+pub fn encode_ws(vsn: Vsn, msg: &Outbound) -> Option<Vec<u8>> {
+    let frame = phoenix::encode(vsn, msg).ok()?;
+    let mut out = Vec::new();
+    match &frame {
+        Frame::Text(t) => ws::encode_text(&mut out, t),
+        Frame::Binary(b) => ws::encode_binary(&mut out, b),
+    }
+    Some(out)
+}
+
+fn send_outbound(session: &ChildRef<SessionMsg>, v2: bool, msg: &Outbound) {
+    let vsn = if v2 { Vsn::V2 } else { Vsn::V1 };
+    if let Some(bytes) = encode_ws(vsn, msg) {
+        session.send(SessionMsg::Write(bytes));
+    }
+}
