@@ -1,0 +1,458 @@
+//! One run: start the system, spread the clients over loader processes
+//! (this binary re-run as `worker`), step them through join → go → stop,
+//! sample the server's RSS, and aggregate what the workers report.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::payload;
+use crate::proto::System;
+use crate::scenario::{Params, Scenario};
+use crate::servers::{rss_kib, Paths, Server};
+use crate::stats::{self, Latency};
+use crate::worker::{Done, Line, Progress, Ready, WorkerSpec};
+
+/// Everything one run measured; written as one JSON file.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct RunResult {
+    pub system: Option<System>,
+    pub version: String,
+    pub params: Option<Params>,
+    /// Unix seconds at start.
+    pub started_at: u64,
+    /// `None` when the run went through; otherwise why it did not.
+    pub failure: Option<String>,
+    pub workers: usize,
+    pub sessions_requested: u64,
+    pub sessions_joined: u64,
+    pub connect_s: f64,
+    pub sessions_per_s: f64,
+    pub join_latency: Latency,
+    pub published: u64,
+    pub expected_deliveries: u64,
+    pub delivered: u64,
+    pub delivered_pct: f64,
+    pub deliveries_per_s: f64,
+    pub latency: Latency,
+    pub sessions_alive_at_end: u64,
+    pub rss_baseline_kib: u64,
+    pub rss_connected_kib: u64,
+    pub rss_peak_kib: u64,
+    pub rss_per_session_kib: f64,
+    /// (seconds since start, KiB)
+    pub rss_series: Vec<(f64, u64)>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl RunResult {
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+struct WorkerProc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl WorkerProc {
+    fn say(&mut self, word: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = writeln!(stdin, "{word}");
+            let _ = stdin.flush();
+        }
+    }
+}
+
+fn merge_errors(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+fn worker_specs(system: System, server: std::net::SocketAddr, p: &Params) -> Vec<WorkerSpec> {
+    let per = p.clients_per_worker.max(1);
+    let mut specs = Vec::new();
+    let base = WorkerSpec {
+        system,
+        server: server,
+        source: None,
+        first_id: 0,
+        count: 0,
+        members_per_room: 0,
+        publish_rate: 0.0,
+        payload_bytes: p.payload_bytes,
+        duration_ms: (p.duration_s * 1000.0) as u64,
+        max_run_ms: ((p.duration_s + p.drain_s) * 1000.0) as u64 + 30_000,
+        connect_timeout_ms: (p.connect_timeout_s * 1000.0) as u64,
+        connect_concurrency: p.connect_concurrency,
+    };
+    let mut first = 0;
+    while first < p.clients {
+        let count = per.min(p.clients - first);
+        specs.push(WorkerSpec {
+            first_id: first,
+            count,
+            members_per_room: if p.scenario == Scenario::ManyRooms {
+                p.members_per_room
+            } else {
+                0
+            },
+            publish_rate: if p.scenario == Scenario::ManyRooms {
+                p.rate
+            } else {
+                0.0
+            },
+            ..base.clone()
+        });
+        first += count;
+    }
+    if p.scenario == Scenario::FanOut {
+        specs.push(WorkerSpec {
+            first_id: p.clients,
+            count: 1,
+            publish_rate: p.rate,
+            ..base
+        });
+    }
+    // Each loader connects from its own loopback address, so no single
+    // address runs out of ephemeral ports (~28k each).
+    for (k, s) in specs.iter_mut().enumerate() {
+        s.source = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (k % 250) as u8)));
+    }
+    specs
+}
+
+fn unix_now() -> u64 {
+    payload::now_ns() / 1_000_000_000
+}
+
+/// Runs one scenario against one system and always returns a result (with
+/// `failure` set when something did not work).
+pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
+    let mut r = RunResult {
+        system: Some(system),
+        params: Some(params.clone()),
+        started_at: unix_now(),
+        sessions_requested: params.clients,
+        ..RunResult::default()
+    };
+    eprintln!("== {system} {}: {}", params.scenario, params.describe());
+    let mut server = match Server::start(system, paths) {
+        Ok(s) => s,
+        Err(e) => {
+            r.failure = Some(format!("server did not start: {e}"));
+            eprintln!("   failed: {}", r.failure.as_deref().unwrap_or_default());
+            return r;
+        }
+    };
+    r.version = server.version.clone();
+    std::thread::sleep(Duration::from_millis(500));
+    r.rss_baseline_kib = rss_kib(server.pid).unwrap_or(0);
+
+    let t0 = Instant::now();
+    let series = Arc::new(Mutex::new(Vec::<(f64, u64)>::new()));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let series = series.clone();
+        let sampling = sampling.clone();
+        let pid = server.pid;
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(pid) {
+                    if let Ok(mut s) = series.lock() {
+                        s.push((t0.elapsed().as_secs_f64(), kib));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+
+    drive(&mut r, &mut server, params);
+
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.join();
+    if let Ok(s) = series.lock() {
+        r.rss_series = s.clone();
+    }
+    r.rss_peak_kib = r.rss_series.iter().map(|(_, k)| *k).max().unwrap_or(0);
+    if r.sessions_joined > 0 && r.rss_connected_kib > 0 {
+        r.rss_per_session_kib = r.rss_connected_kib.saturating_sub(r.rss_baseline_kib) as f64
+            / r.sessions_joined as f64;
+    }
+    if r.failure.is_none() && !server.alive() {
+        r.failure = Some(format!(
+            "server exited during the run: {}",
+            server.log_tail()
+        ));
+    }
+    server.stop();
+    match &r.failure {
+        None => eprintln!(
+            "   done: {} sessions ({:.0}/s), {:.0} deliveries/s ({:.1}%), p50 {:.2} ms p99 {:.2} ms, {:.1} KiB/session",
+            r.sessions_joined,
+            r.sessions_per_s,
+            r.deliveries_per_s,
+            r.delivered_pct,
+            r.latency.p50_ms,
+            r.latency.p99_ms,
+            r.rss_per_session_kib
+        ),
+        Some(f) => eprintln!("   failed: {f}"),
+    }
+    r
+}
+
+fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
+    let specs = worker_specs(r.system.unwrap_or(System::Nats), server.addr, p);
+    r.workers = specs.len();
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            r.failure = Some(format!("cannot find own executable: {e}"));
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::channel::<(usize, Line)>();
+    let mut procs = Vec::new();
+    let connect_started = Instant::now();
+    for (i, spec) in specs.iter().enumerate() {
+        let json = serde_json::to_string(spec).unwrap_or_default();
+        let child = Command::new(&exe)
+            .arg("worker")
+            .arg(json)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                r.failure = Some(format!("cannot start loader process: {e}"));
+                kill_all(&mut procs);
+                return;
+            }
+        };
+        let stdin = child.stdin.take();
+        if let Some(out) = child.stdout.take() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(l) = serde_json::from_str::<Line>(&line) {
+                        if tx.send((i, l)).is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+        procs.push(WorkerProc { child, stdin });
+    }
+    drop(tx);
+
+    // Join phase.
+    let join_deadline = connect_started + Duration::from_secs_f64(p.connect_timeout_s + 30.0);
+    let mut ready: Vec<Option<Ready>> = vec![None; procs.len()];
+    let mut last_print = Instant::now();
+    while ready.iter().any(Option::is_none) {
+        let left = join_deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            r.failure = Some("loaders did not finish joining in time".into());
+            kill_all(&mut procs);
+            return;
+        }
+        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
+            Ok((i, Line::Ready(rd))) => ready[i] = Some(rd),
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                r.failure = Some("a loader process died while joining".into());
+                kill_all(&mut procs);
+                return;
+            }
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            let done = ready.iter().filter(|x| x.is_some()).count();
+            eprintln!(
+                "   joining: {:.0}s, {done}/{} loaders ready, server RSS {} MiB",
+                connect_started.elapsed().as_secs_f64(),
+                procs.len(),
+                rss_kib(server.pid).unwrap_or(0) / 1024
+            );
+        }
+    }
+    r.connect_s = connect_started.elapsed().as_secs_f64();
+    let mut join_hist: Histogram<u64> = stats::new_histogram();
+    let mut failed = 0;
+    for rd in ready.iter().flatten() {
+        r.sessions_joined += rd.joined;
+        failed += rd.failed;
+        merge_errors(&mut r.errors, &rd.errors);
+        if let Ok(h) = stats::decode_histogram(&rd.join_hist) {
+            let _ = join_hist.add(&h);
+        }
+    }
+    // The publisher of fan-out is not one of the N sessions.
+    r.sessions_joined = r.sessions_joined.min(p.clients);
+    r.join_latency = Latency::of(&join_hist);
+    r.sessions_per_s = r.sessions_joined as f64 / r.connect_s.max(1e-9);
+    std::thread::sleep(Duration::from_millis(500));
+    r.rss_connected_kib = rss_kib(server.pid).unwrap_or(0);
+    if failed > 0 {
+        let top = r
+            .errors
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(k, n)| format!("{k} (×{n})"))
+            .unwrap_or_default();
+        r.failure = Some(format!(
+            "{failed} of {} sessions failed to join: {top}",
+            specs.iter().map(|s| s.count).sum::<u64>()
+        ));
+    }
+    eprintln!(
+        "   joined {} sessions in {:.1}s ({:.0}/s), server RSS {} MiB",
+        r.sessions_joined,
+        r.connect_s,
+        r.sessions_per_s,
+        r.rss_connected_kib / 1024
+    );
+    if p.scenario == Scenario::ConnectStorm || r.failure.is_some() {
+        for w in procs.iter_mut() {
+            w.say("stop");
+        }
+        collect(r, &rx, &mut procs, p, None);
+        return;
+    }
+
+    // Publish phase.
+    let go_ns = payload::now_ns();
+    for w in procs.iter_mut() {
+        w.say("go");
+    }
+    let go = Instant::now();
+    let run_for = Duration::from_secs_f64(p.duration_s + p.drain_s);
+    let mut progress: Vec<Progress> = vec![Progress::default(); procs.len()];
+    let mut early_done: Vec<Option<Done>> = vec![None; procs.len()];
+    let mut last = (Instant::now(), 0u64);
+    while go.elapsed() < run_for {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok((i, Line::Progress(pr))) => progress[i] = pr,
+            Ok((i, Line::Done(d))) => early_done[i] = Some(d),
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if last.0.elapsed() >= Duration::from_secs(1) {
+            let sent: u64 = progress.iter().map(|x| x.sent).sum();
+            let recv: u64 = progress.iter().map(|x| x.received).sum();
+            let alive: u64 = progress.iter().map(|x| x.alive).sum();
+            let rate = (recv - last.1.min(recv)) as f64 / last.0.elapsed().as_secs_f64();
+            last = (Instant::now(), recv);
+            eprintln!(
+                "   {:>5.1}s  sent {sent}  delivered {recv}  {:.0}/s  alive {alive}  server RSS {} MiB",
+                go.elapsed().as_secs_f64(),
+                rate,
+                rss_kib(server.pid).unwrap_or(0) / 1024
+            );
+        }
+    }
+    for w in procs.iter_mut() {
+        w.say("stop");
+    }
+    collect(r, &rx, &mut procs, p, Some((go_ns, early_done)));
+}
+
+/// Waits for every loader's `done` line (bounded), then aggregates.
+fn collect(
+    r: &mut RunResult,
+    rx: &mpsc::Receiver<(usize, Line)>,
+    procs: &mut [WorkerProc],
+    p: &Params,
+    publish: Option<(u64, Vec<Option<Done>>)>,
+) {
+    let (go_ns, mut done) = publish.unwrap_or((0, vec![None; procs.len()]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while done.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match rx.recv_timeout(left) {
+            Ok((i, Line::Done(d))) => done[i] = Some(d),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    kill_all(procs);
+    if done.iter().any(Option::is_none) && r.failure.is_none() {
+        r.failure = Some("a loader process did not report its results".into());
+    }
+    let mut lat: Histogram<u64> = stats::new_histogram();
+    let mut last_recv = 0;
+    for d in done.iter().flatten() {
+        r.published += d.sent;
+        r.delivered += d.received;
+        r.sessions_alive_at_end += d.alive_at_end;
+        last_recv = last_recv.max(d.last_recv_ns);
+        merge_errors(&mut r.errors, &d.errors);
+        if let Ok(h) = stats::decode_histogram(&d.latency_hist) {
+            let _ = lat.add(&h);
+        }
+    }
+    r.latency = Latency::of(&lat);
+    if p.scenario == Scenario::ConnectStorm || go_ns == 0 {
+        return;
+    }
+    let receivers_per_message = match p.scenario {
+        Scenario::FanOut => r.sessions_joined,
+        _ => p.members_per_room.saturating_sub(1),
+    };
+    r.expected_deliveries = r.published * receivers_per_message;
+    if r.expected_deliveries > 0 {
+        r.delivered_pct = 100.0 * r.delivered as f64 / r.expected_deliveries as f64;
+    }
+    // Rate over the publishing time, or longer if deliveries lagged past it.
+    let window_s = (last_recv.saturating_sub(go_ns) as f64 / 1e9).max(p.duration_s);
+    r.deliveries_per_s = r.delivered as f64 / window_s.max(1e-9);
+    if r.failure.is_none() {
+        if r.published == 0 {
+            r.failure = Some("the publishers could not publish".into());
+        } else if r.delivered_pct < 1.0 {
+            let top = r.errors.keys().next().cloned().unwrap_or_default();
+            r.failure = Some(format!(
+                "delivered {} of {} expected messages ({:.2}%) {top}",
+                r.delivered, r.expected_deliveries, r.delivered_pct
+            ));
+        }
+    }
+}
+
+fn kill_all(procs: &mut [WorkerProc]) {
+    for w in procs.iter_mut() {
+        w.stdin = None;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for w in procs.iter_mut() {
+        while Instant::now() < deadline {
+            if !matches!(w.child.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = w.child.kill();
+        let _ = w.child.wait();
+    }
+}

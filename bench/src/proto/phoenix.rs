@@ -1,0 +1,269 @@
+//! Supabase Realtime over Phoenix Channels, serializer `2.0.0`, as
+//! realtime-js speaks it, built on Chorus' own codec
+//! (`chorus_core::phoenix::client`) so the bench exercises it too.
+//!
+//! Every session joins `realtime:<room>` with broadcast `self: false,
+//! ack: false`; publishes are kind-3 binary frames (what realtime-js sends
+//! for `channel.send({type: "broadcast", …})`); broadcasts arrive as kind-4
+//! binary frames.
+
+use chorus_core::phoenix::client::{decode_server, encode_push};
+use chorus_core::phoenix::{
+    Frame, FrameRef, Inbound, Message, Outbound, Payload, UserBroadcast, Vsn,
+};
+use serde_json::{json, Value};
+
+use super::{Event, Out};
+use crate::payload;
+
+/// The join's ref; one topic per session, so it is always the first push.
+const JOIN_REF: &str = "1";
+/// User event name of benchmark messages.
+pub const EVENT: &str = "m";
+
+#[derive(Debug, Default)]
+pub struct Client {
+    next_ref: u64,
+}
+
+impl Client {
+    pub fn new() -> Client {
+        Client { next_ref: 1 }
+    }
+
+    fn take_ref(&mut self) -> String {
+        let r = self.next_ref;
+        self.next_ref += 1;
+        r.to_string()
+    }
+
+    /// `phx_join` with the config realtime-js sends for a broadcast-only
+    /// channel.
+    pub fn join(&mut self, room: &str) -> Out {
+        let msg_ref = self.take_ref();
+        debug_assert_eq!(msg_ref, JOIN_REF);
+        let payload = json!({
+            "config": {
+                "broadcast": {"ack": false, "self": false},
+                "presence": {"key": "", "enabled": false},
+                "postgres_changes": [],
+                "private": false
+            }
+        });
+        encode(&Inbound::Push(Message {
+            join_ref: Some(JOIN_REF.into()),
+            msg_ref: Some(msg_ref),
+            topic: topic(room),
+            event: "phx_join".into(),
+            payload: Payload::Json(payload),
+        }))
+    }
+
+    /// A broadcast push (kind 3, JSON payload, no metadata).
+    pub fn publish(&mut self, room: &str, body: &[u8]) -> Out {
+        let msg_ref = self.take_ref();
+        // Our payloads are JSON objects; parsing here keeps the frame what
+        // realtime-js would send for the same object.
+        let value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        encode(&Inbound::Broadcast {
+            join_ref: Some(JOIN_REF.into()),
+            msg_ref: Some(msg_ref),
+            broadcast: UserBroadcast {
+                topic: topic(room),
+                event: EVENT.into(),
+                meta: None,
+                payload: Payload::Json(value),
+            },
+        })
+    }
+
+    /// `[null, "<ref>", "phoenix", "heartbeat", {}]`.
+    pub fn heartbeat(&mut self) -> Out {
+        let msg_ref = self.take_ref();
+        encode(&Inbound::Push(Message {
+            join_ref: None,
+            msg_ref: Some(msg_ref),
+            topic: "phoenix".into(),
+            event: "heartbeat".into(),
+            payload: Payload::Json(json!({})),
+        }))
+    }
+
+    pub fn on_message(&mut self, binary: bool, data: &[u8], out: &mut Vec<Event>) {
+        let frame = if binary {
+            FrameRef::Binary(data)
+        } else {
+            match std::str::from_utf8(data) {
+                Ok(text) => FrameRef::Text(text),
+                Err(_) => {
+                    out.push(Event::Error("Phoenix text frame is not UTF-8".into()));
+                    return;
+                }
+            }
+        };
+        match decode_server(Vsn::V2, frame) {
+            Ok(Outbound::UserBroadcast(b)) => {
+                let stamp = match &b.payload {
+                    Payload::Json(v) => payload::parse_json(v),
+                    Payload::Binary(bytes) => payload::parse(bytes),
+                };
+                out.push(Event::Message(stamp));
+            }
+            Ok(Outbound::Reply {
+                msg_ref,
+                status,
+                response,
+                topic,
+                ..
+            }) => {
+                if msg_ref.as_deref() == Some(JOIN_REF) && topic != "phoenix" {
+                    if status == "ok" {
+                        out.push(Event::Subscribed);
+                    } else {
+                        out.push(Event::Error(format!(
+                            "join of {topic} refused: {status} {}",
+                            describe(&response)
+                        )));
+                    }
+                } else if status != "ok" {
+                    out.push(Event::Error(format!(
+                        "push {msg_ref:?} on {topic} refused: {status} {}",
+                        describe(&response)
+                    )));
+                }
+            }
+            Ok(Outbound::Message(m)) => match m.event.as_str() {
+                "phx_error" | "phx_close" => {
+                    out.push(Event::Error(format!("channel {} got {}", m.topic, m.event)));
+                }
+                "system" => {
+                    if let Payload::Json(v) = &m.payload {
+                        if v.get("status").and_then(Value::as_str) == Some("error") {
+                            out.push(Event::Error(format!("system error: {v}")));
+                        }
+                    }
+                }
+                // presence_state and friends: not part of these scenarios.
+                _ => {}
+            },
+            Err(e) => out.push(Event::Error(format!("undecodable server frame: {e}"))),
+        }
+    }
+}
+
+fn topic(room: &str) -> String {
+    format!("realtime:{room}")
+}
+
+fn describe(p: &Payload) -> String {
+    match p {
+        Payload::Json(v) => v.to_string(),
+        Payload::Binary(b) => format!("<{} bytes>", b.len()),
+    }
+}
+
+fn encode(msg: &Inbound) -> Out {
+    // Our own messages always fit the codec's limits (short topics and
+    // refs), so an error here is a bench bug worth seeing in the results.
+    match encode_push(Vsn::V2, msg) {
+        Ok(Frame::Text(t)) => Out::text(t),
+        Ok(Frame::Binary(b)) => Out::binary(b),
+        Err(e) => Out::text(format!("chorus-bench encode error: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_core::phoenix::encode as server_encode;
+
+    #[test]
+    fn join_is_the_realtime_js_array_form() {
+        let out = Client::new().join("r0");
+        assert_eq!(out.opcode, chorus_core::ws::Opcode::Text);
+        let v: Value = serde_json::from_slice(&out.data).expect("JSON");
+        assert_eq!(v[0], "1");
+        assert_eq!(v[1], "1");
+        assert_eq!(v[2], "realtime:r0");
+        assert_eq!(v[3], "phx_join");
+        assert_eq!(v[4]["config"]["broadcast"]["self"], false);
+        assert_eq!(v[4]["config"]["presence"]["enabled"], false);
+    }
+
+    #[test]
+    fn heartbeat_has_null_join_ref_and_phoenix_topic() {
+        let mut c = Client::new();
+        let _ = c.join("r0");
+        let hb = c.heartbeat();
+        assert_eq!(hb.data, br#"[null,"2","phoenix","heartbeat",{}]"#);
+    }
+
+    #[test]
+    fn publish_is_a_kind_3_frame_with_json_encoding() {
+        let mut c = Client::new();
+        let _ = c.join("r0");
+        let body = payload::make(1, 2, 3, 100);
+        let out = c.publish("r0", &body);
+        assert_eq!(out.opcode, chorus_core::ws::Opcode::Binary);
+        // kind, join_ref_len, ref_len, topic_len, event_len, meta_len, encoding
+        assert_eq!(&out.data[..7], &[3, 1, 1, 11, 1, 0, 1]);
+        assert_eq!(&out.data[7..21], b"12realtime:r0m");
+        let sent: Value = serde_json::from_slice(&out.data[21..]).expect("JSON payload");
+        assert_eq!(payload::parse_json(&sent), payload::parse(&body));
+    }
+
+    #[test]
+    fn join_reply_and_kind_4_broadcast_decode() {
+        let mut c = Client::new();
+        let mut ev = Vec::new();
+        let reply = server_encode(
+            Vsn::V2,
+            &Outbound::reply(
+                Some("1".into()),
+                Some("1".into()),
+                "realtime:r0",
+                "ok",
+                json!({"postgres_changes": []}),
+            ),
+        )
+        .expect("encode reply");
+        let Frame::Text(reply) = reply else {
+            panic!("replies are text")
+        };
+        c.on_message(false, reply.as_bytes(), &mut ev);
+        let body: Value = serde_json::from_slice(&payload::make(77, 5, 0, 100)).expect("JSON");
+        let bcast = server_encode(Vsn::V2, &Outbound::user_broadcast("realtime:r0", "m", body))
+            .expect("encode broadcast");
+        let Frame::Binary(bcast) = bcast else {
+            panic!("user broadcasts are kind 4")
+        };
+        assert_eq!(bcast[0], 4);
+        c.on_message(true, &bcast, &mut ev);
+        assert_eq!(
+            ev,
+            vec![
+                Event::Subscribed,
+                Event::Message(Some(payload::Stamp {
+                    sent_ns: 77,
+                    client: 5
+                }))
+            ]
+        );
+    }
+
+    #[test]
+    fn refused_join_and_garbage_are_errors() {
+        let mut c = Client::new();
+        let mut ev = Vec::new();
+        c.on_message(
+            false,
+            br#"["1","1","realtime:r0","phx_reply",{"status":"error","response":{"reason":"nope"}}]"#,
+            &mut ev,
+        );
+        c.on_message(true, &[4, 200], &mut ev);
+        c.on_message(false, b"not json", &mut ev);
+        assert_eq!(ev.len(), 3);
+        assert!(matches!(&ev[0], Event::Error(e) if e.contains("nope")));
+        assert!(ev.iter().all(|e| matches!(e, Event::Error(_))));
+    }
+}

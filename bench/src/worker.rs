@@ -1,0 +1,452 @@
+//! A loader process: opens its share of the clients, joins them to their
+//! rooms, then publishes and receives on the driver's signal, and prints
+//! JSON lines (`ready`, `progress`, `done`) that the driver aggregates.
+//!
+//! Control on stdin: `go` starts publishing, `stop` ends the run (as does
+//! stdin closing, or the worker's own deadline, so it always stops).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::{interval_at, sleep, timeout, MissedTickBehavior};
+
+use crate::payload;
+use crate::proto::{Adapter, Event, System};
+use crate::stats;
+use crate::ws::{Data, WsConn};
+
+/// What one worker process does; the driver passes it as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    pub system: System,
+    pub server: SocketAddr,
+    /// Local address to connect from (127.0.0.x), `None` for the default.
+    pub source: Option<IpAddr>,
+    /// Global id of this worker's first client; ids are unique per run.
+    pub first_id: u64,
+    pub count: u64,
+    /// Clients `id / members_per_room` share a room; 0 puts all in `r0`.
+    pub members_per_room: u64,
+    /// Messages per second each client publishes once told to go.
+    pub publish_rate: f64,
+    pub payload_bytes: usize,
+    /// How long publishers publish after `go`.
+    pub duration_ms: u64,
+    /// Hard limit on the whole worker life after `go`.
+    pub max_run_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub connect_concurrency: usize,
+}
+
+impl WorkerSpec {
+    fn room(&self, id: u64) -> String {
+        match self.members_per_room {
+            0 => "r0".to_string(),
+            m => format!("r{}", id / m),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Joining,
+    Run,
+    Stop,
+}
+
+/// Counters of this worker, shared by its client tasks (one thread).
+struct Shared {
+    joined: u64,
+    failed: u64,
+    alive: u64,
+    sent: u64,
+    received: u64,
+    first_recv_ns: u64,
+    last_recv_ns: u64,
+    errors: BTreeMap<String, u64>,
+    join_us: Histogram<u64>,
+    latency_us: Histogram<u64>,
+}
+
+impl Shared {
+    fn error(&mut self, why: String) {
+        // Keep the distinct reasons few: numbers vary, the kind matters.
+        let key: String = why.chars().take(160).collect();
+        if self.errors.len() < 20 || self.errors.contains_key(&key) {
+            *self.errors.entry(key).or_default() += 1;
+        }
+    }
+}
+
+/// The `ready` line: the join phase's outcome.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Ready {
+    pub joined: u64,
+    pub failed: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub join_hist: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub sent: u64,
+    pub received: u64,
+    pub alive: u64,
+}
+
+/// The `done` line.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Done {
+    pub sent: u64,
+    pub received: u64,
+    pub first_recv_ns: u64,
+    pub last_recv_ns: u64,
+    pub alive_at_end: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub latency_hist: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Line {
+    Ready(Ready),
+    Progress(Progress),
+    Done(Done),
+}
+
+fn emit(line: &Line) {
+    if let Ok(s) = serde_json::to_string(line) {
+        println!("{s}");
+    }
+}
+
+pub fn main(spec: WorkerSpec) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run(spec));
+    Ok(())
+}
+
+async fn run(spec: WorkerSpec) {
+    let spec = Rc::new(spec);
+    let shared = Rc::new(RefCell::new(Shared {
+        joined: 0,
+        failed: 0,
+        alive: 0,
+        sent: 0,
+        received: 0,
+        first_recv_ns: 0,
+        last_recv_ns: 0,
+        errors: BTreeMap::new(),
+        join_us: stats::new_histogram(),
+        latency_us: stats::new_histogram(),
+    }));
+    let (phase_tx, phase_rx) = watch::channel(Phase::Joining);
+    let permits = Rc::new(Semaphore::new(spec.connect_concurrency.max(1)));
+    let (settled_tx, mut settled_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+
+    let mut tasks = Vec::new();
+    for i in 0..spec.count {
+        let id = spec.first_id + i;
+        tasks.push(tokio::task::spawn_local(client(
+            id,
+            spec.clone(),
+            shared.clone(),
+            phase_rx.clone(),
+            permits.clone(),
+            settled_tx.clone(),
+        )));
+    }
+    drop(settled_tx);
+    // Every client reports once: joined or failed.
+    let mut settled = 0;
+    while settled < spec.count {
+        if settled_rx.recv().await.is_none() {
+            break;
+        }
+        settled += 1;
+    }
+    {
+        let s = shared.borrow();
+        emit(&Line::Ready(Ready {
+            joined: s.joined,
+            failed: s.failed,
+            errors: s.errors.clone(),
+            join_hist: stats::encode_histogram(&s.join_us),
+        }));
+    }
+
+    // Wait for `go`, then for `stop`; stdin EOF or the deadline also stop.
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut go = false;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim() == "go" {
+            go = true;
+            break;
+        }
+        if line.trim() == "stop" {
+            break;
+        }
+    }
+    if go {
+        let _ = phase_tx.send(Phase::Run);
+        let deadline = sleep(Duration::from_millis(spec.max_run_ms));
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                line = lines.next_line() => match line {
+                    Ok(Some(l)) if l.trim() != "stop" => {}
+                    _ => break,
+                },
+                _ = tick.tick() => {
+                    let s = shared.borrow();
+                    emit(&Line::Progress(Progress { sent: s.sent, received: s.received, alive: s.alive }));
+                }
+            }
+        }
+    }
+    let _ = phase_tx.send(Phase::Stop);
+    // Let clients close politely, but never wait long.
+    let _ = timeout(Duration::from_secs(5), async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    })
+    .await;
+    let s = shared.borrow();
+    emit(&Line::Done(Done {
+        sent: s.sent,
+        received: s.received,
+        first_recv_ns: s.first_recv_ns,
+        last_recv_ns: s.last_recv_ns,
+        alive_at_end: s.alive,
+        errors: s.errors.clone(),
+        latency_hist: stats::encode_histogram(&s.latency_us),
+    }));
+}
+
+/// Connects, says hello, joins, and waits for the confirmations.
+async fn open(id: u64, spec: &WorkerSpec, adapter: &mut Adapter) -> Result<WsConn, String> {
+    let mut conn = WsConn::connect(
+        spec.server,
+        spec.source,
+        spec.system.ws_path(),
+        spec.system.subprotocol(),
+        id,
+    )
+    .await
+    .map_err(|e| format!("connect: {e}"))?;
+    let room = spec.room(id);
+    let mut connected = adapter.connected_on_open();
+    for out in adapter.hello() {
+        conn.queue(out.opcode, &out.data);
+    }
+    if connected {
+        for out in adapter.subscribe(&room) {
+            conn.queue(out.opcode, &out.data);
+        }
+    }
+    conn.flush().await.map_err(|e| format!("send: {e}"))?;
+    let mut events = Vec::new();
+    loop {
+        let data = conn.recv().await.map_err(|e| format!("join: {e}"))?;
+        events.clear();
+        feed(adapter, data, &mut events);
+        for ev in events.drain(..) {
+            match ev {
+                Event::Connected if !connected => {
+                    connected = true;
+                    for out in adapter.subscribe(&room) {
+                        conn.queue(out.opcode, &out.data);
+                    }
+                }
+                Event::Subscribed => {
+                    conn.flush().await.map_err(|e| format!("send: {e}"))?;
+                    return Ok(conn);
+                }
+                Event::Reply(out) => conn.queue(out.opcode, &out.data),
+                Event::Error(why) => return Err(why),
+                Event::Connected | Event::Message(_) => {}
+            }
+        }
+        conn.flush().await.map_err(|e| format!("send: {e}"))?;
+    }
+}
+
+fn feed(adapter: &mut Adapter, data: Data, events: &mut Vec<Event>) {
+    match data {
+        Data::Text(t) => adapter.on_message(false, t.as_bytes(), events),
+        Data::Binary(b) => adapter.on_message(true, &b, events),
+    }
+}
+
+async fn client(
+    id: u64,
+    spec: Rc<WorkerSpec>,
+    shared: Rc<RefCell<Shared>>,
+    mut phase: watch::Receiver<Phase>,
+    permits: Rc<Semaphore>,
+    settled: tokio::sync::mpsc::UnboundedSender<()>,
+) {
+    let mut adapter = Adapter::new(spec.system, id);
+    let started = Instant::now();
+    let opened = {
+        let _permit = permits.acquire().await;
+        timeout(
+            Duration::from_millis(spec.connect_timeout_ms),
+            open(id, &spec, &mut adapter),
+        )
+        .await
+        .unwrap_or_else(|_| Err("connect and join timed out".into()))
+    };
+    let mut conn = match opened {
+        Ok(conn) => {
+            let mut s = shared.borrow_mut();
+            s.joined += 1;
+            s.alive += 1;
+            let us = started.elapsed().as_micros() as u64;
+            let _ = s.join_us.record(us.max(1));
+            drop(s);
+            let _ = settled.send(());
+            conn
+        }
+        Err(why) => {
+            let mut s = shared.borrow_mut();
+            s.failed += 1;
+            s.error(why);
+            drop(s);
+            let _ = settled.send(());
+            return;
+        }
+    };
+    drop(settled);
+
+    let room = spec.room(id);
+    let hb_every = Duration::from_secs(adapter.heartbeat_every_s());
+    let mut heartbeat = interval_at(tokio::time::Instant::now() + hb_every, hb_every);
+    let publishing = spec.publish_rate > 0.0;
+    let period = if publishing {
+        Duration::from_secs_f64(1.0 / spec.publish_rate)
+    } else {
+        Duration::from_secs(3600)
+    };
+    let mut publish_timer: Option<tokio::time::Interval> = None;
+    let mut publish_until = tokio::time::Instant::now();
+    let mut publish_started = false;
+    let mut seq = 0u64;
+    let mut events = Vec::new();
+    let mut failure: Option<String> = None;
+    loop {
+        let current = *phase.borrow_and_update();
+        match current {
+            Phase::Stop => break,
+            Phase::Run if publishing && !publish_started => {
+                publish_started = true;
+                let now = tokio::time::Instant::now();
+                // Spread the first publish of each client over one period.
+                let frac =
+                    (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64 / (1u64 << 24) as f64;
+                let mut t = interval_at(now + period.mul_f64(frac), period);
+                t.set_missed_tick_behavior(MissedTickBehavior::Burst);
+                publish_timer = Some(t);
+                publish_until = now + Duration::from_millis(spec.duration_ms);
+            }
+            _ => {}
+        }
+        tokio::select! {
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            data = conn.recv() => {
+                let data = match data {
+                    Ok(d) => d,
+                    Err(e) => { failure = Some(format!("connection lost: {e}")); break; }
+                };
+                events.clear();
+                feed(&mut adapter, data, &mut events);
+                let mut stop = false;
+                for ev in events.drain(..) {
+                    match ev {
+                        Event::Message(Some(stamp)) if stamp.client != id => {
+                            let now = payload::now_ns();
+                            let mut s = shared.borrow_mut();
+                            s.received += 1;
+                            if s.first_recv_ns == 0 {
+                                s.first_recv_ns = now;
+                            }
+                            s.last_recv_ns = now;
+                            let us = now.saturating_sub(stamp.sent_ns) / 1000;
+                            let _ = s.latency_us.record(us.max(1));
+                        }
+                        Event::Message(_) | Event::Connected | Event::Subscribed => {}
+                        Event::Reply(out) => conn.queue(out.opcode, &out.data),
+                        Event::Error(why) => { failure = Some(why); stop = true; }
+                    }
+                }
+                if stop {
+                    break;
+                }
+                if conn.has_pending() {
+                    if let Err(e) = conn.flush().await {
+                        failure = Some(format!("send: {e}"));
+                        break;
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                let out = adapter.heartbeat();
+                if let Err(e) = conn.send(out.opcode, &out.data).await {
+                    failure = Some(format!("heartbeat: {e}"));
+                    break;
+                }
+            }
+            _ = tick(&mut publish_timer) => {
+                if tokio::time::Instant::now() >= publish_until {
+                    publish_timer = None;
+                    continue;
+                }
+                let body = payload::make(payload::now_ns(), id, seq, spec.payload_bytes);
+                seq += 1;
+                let out = adapter.publish(&room, &body);
+                if let Err(e) = conn.send(out.opcode, &out.data).await {
+                    failure = Some(format!("publish: {e}"));
+                    break;
+                }
+                shared.borrow_mut().sent += 1;
+            }
+        }
+    }
+    {
+        let mut s = shared.borrow_mut();
+        s.alive = s.alive.saturating_sub(1);
+        if let Some(why) = failure {
+            s.error(why);
+        }
+    }
+    let _ = timeout(Duration::from_millis(500), conn.close()).await;
+}
+
+/// Ticks when the timer is set; pending forever otherwise.
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
