@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# README command 2: install what is missing, build, and run every test:
+# formatting and lints, native unit and property tests (core), the host's
+# end-to-end tests against real node processes (Rust WebSocket client),
+# the supervision scenarios under `chorus exec`, the Node.js suite with the
+# real @supabase/realtime-js and phoenix clients, and a tiny run of each
+# benchmark (to keep the harness working; no timing is asserted).
+source "$(dirname "$0")/lib.sh"
+
+build_all
+apt_install sqlite3
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  apt_install nodejs npm
+fi
+
+log "checking formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --release --all-targets -- -D warnings
+"${GUEST_CARGO[@]}" clippy --release --target wasm32-wasip1 \
+  -p chorus-guest -p supervisors -p platform-guest --all-targets -- -D warnings
+
+log "building the guest test modules"
+build_guest -p supervisors --example scenarios
+build_guest -p platform-guest
+
+export CHORUS_BIN="$ROOT/target/release/chorus"
+export CHORUS_GUEST="$ROOT/target/wasm32-wasip1/release/chorus-guest.wasm"
+export CHORUS_SUPERVISOR_SCENARIOS_WASM="$ROOT/target/wasm32-wasip1/release/examples/scenarios.wasm"
+
+log "native tests (core, host end-to-end, supervisors under chorus)"
+cargo test --release --workspace --exclude chorus-guest --exclude supervisors --exclude platform-guest
+
+log "Node.js tests with @supabase/realtime-js and phoenix"
+(cd tests/node && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
+log "benchmarks, tiny size (harness check only)"
+python3 bench/platform.py --tiny
+if [ -x scripts/bench.sh ]; then scripts/bench.sh --tiny; fi
+
+log "all tests passed"
