@@ -84,7 +84,7 @@ fn worker_specs(system: System, server: std::net::SocketAddr, p: &Params) -> Vec
     let mut specs = Vec::new();
     let base = WorkerSpec {
         system,
-        server: server,
+        server,
         source: None,
         first_id: 0,
         count: 0,

@@ -222,7 +222,7 @@ fn fmt_num(v: f64, digits: usize) -> String {
         let d: Vec<char> = s.trim_start_matches('-').chars().collect();
         let mut out = String::new();
         for (i, c) in d.iter().enumerate() {
-            if i > 0 && (d.len() - i) % 3 == 0 {
+            if i > 0 && (d.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(*c);

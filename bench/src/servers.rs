@@ -127,9 +127,7 @@ impl Server {
 
     pub fn stop(mut self) {
         let pgid = self.child.id() as i32;
-        let _ = Command::new("kill")
-            .args(["-TERM", "--", &format!("-{pgid}")])
-            .status();
+        signal_group(pgid, "-TERM");
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if !matches!(self.child.try_wait(), Ok(None)) {
@@ -137,9 +135,7 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pgid}")])
-            .status();
+        signal_group(pgid, "-KILL");
         let _ = self.child.wait();
         if self.stop_epmd {
             if let Some(pid) = pid_listening_on(4369) {
@@ -148,6 +144,14 @@ impl Server {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Sends `signal` to the process group `pgid` (the server and its children).
+fn signal_group(pgid: i32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Waits until `port` accepts TCP connections, the child is still alive,

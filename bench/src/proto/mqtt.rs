@@ -132,7 +132,10 @@ fn handle(first: u8, body: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
 }
 
 /// One complete packet at the start of `buf`: (first byte, body, bytes used).
-fn split_packet(buf: &[u8]) -> Result<Option<(u8, &[u8], usize)>, String> {
+/// A complete packet: its first byte, its body, and the bytes it used.
+type Packet<'a> = (u8, &'a [u8], usize);
+
+fn split_packet(buf: &[u8]) -> Result<Option<Packet<'_>>, String> {
     let Some((&first, rest)) = buf.split_first() else {
         return Ok(None);
     };

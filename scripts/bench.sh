@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# README command: the benchmark suite of issue 6. Chorus, NATS and RabbitMQ
+# (Web-MQTT) side by side: connect storm, fan-out, many rooms. Installs the
+# peers and fonts it needs, builds Chorus and the load generator, runs the
+# suite (under 15 minutes) and rewrites BENCHMARKS.md from the results files.
+#
+#   scripts/bench.sh            the standard suite
+#   scripts/bench.sh --tiny     seconds-long harness check for CI (no timings
+#                               asserted; exit 0 when every required system ran)
+#
+# Any other argument goes to `chorus-bench suite` (see `--help`), e.g.
+# `--systems nats,chorus --fanout-subscribers 10000`.
+source "$(dirname "$0")/lib.sh"
+
+apt_install nats-server rabbitmq-server fonts-dejavu-core
+# The Debian package may start its own broker as a service; the bench starts
+# and stops its own node, so make sure no other one lingers.
+if command -v systemctl >/dev/null && systemctl is-active --quiet rabbitmq-server 2>/dev/null; then
+  log "stopping and disabling the rabbitmq-server service"
+  $SUDO systemctl stop rabbitmq-server || true
+  $SUDO systemctl disable rabbitmq-server || true
+elif [ -x /etc/init.d/rabbitmq-server ] && /etc/init.d/rabbitmq-server status >/dev/null 2>&1; then
+  log "stopping the rabbitmq-server service"
+  $SUDO /etc/init.d/rabbitmq-server stop || true
+fi
+
+build_all
+log "building the load generator (chorus-bench)"
+cargo build --release -p chorus-bench
+
+log "running the benchmark suite"
+exec "$ROOT/target/release/chorus-bench" suite --root "$ROOT" --out "$ROOT/bench/results" "$@"
