@@ -380,14 +380,29 @@ impl Channel {
                 return;
             }
         }
+        let payload = p.payload.to_payload();
+        // Under 2.0.0 a JSON broadcast goes out as the text array
+        // `[null, null, topic, "broadcast", {type, event, payload}]`: both
+        // realtime-js and phoenix.js decode it (to the same message a kind-4
+        // frame gives realtime-js), while phoenix.js cannot decode kind 4 and
+        // throws. Only binary payloads need kind 4.
+        let v2_text = match &payload {
+            Payload::Json(v) => Some(Outbound::push(
+                None,
+                &self.topic,
+                phoenix::event::BROADCAST,
+                json!({"type": "broadcast", "event": p.event, "payload": v}),
+            )),
+            Payload::Binary(_) => None,
+        };
         let broadcast = Outbound::UserBroadcast(UserBroadcast {
             topic: self.topic.clone(),
             event: p.event.clone(),
             meta: None,
-            payload: p.payload.to_payload(),
+            payload,
         });
         let v1 = encode_ws(Vsn::V1, &broadcast);
-        let v2 = encode_ws(Vsn::V2, &broadcast);
+        let v2 = encode_ws(Vsn::V2, v2_text.as_ref().unwrap_or(&broadcast));
         for (pid, sub) in &self.subs {
             if Some(*pid) == p.from && !sub.broadcast_self {
                 continue;
