@@ -379,6 +379,17 @@ async fn client(
                 };
                 events.clear();
                 feed(&mut adapter, data, &mut events);
+                // Whatever else the same read brought in, in one go.
+                loop {
+                    match conn.recv_buffered() {
+                        Ok(Some(more)) => feed(&mut adapter, more, &mut events),
+                        Ok(None) => break,
+                        Err(e) => {
+                            events.push(Event::Error(format!("connection lost: {e}")));
+                            break;
+                        }
+                    }
+                }
                 let mut stop = false;
                 for ev in events.drain(..) {
                     match ev {

@@ -156,6 +156,28 @@ impl WsConn {
         }
     }
 
+    /// A data message already received and buffered, without reading the
+    /// socket: lets the caller drain a batch before waiting again.
+    pub fn recv_buffered(&mut self) -> io::Result<Option<Data>> {
+        loop {
+            match self.decoder.next() {
+                Ok(Some(WsEvent::Text(t))) => return Ok(Some(Data::Text(t))),
+                Ok(Some(WsEvent::Binary(b))) => return Ok(Some(Data::Binary(b))),
+                Ok(Some(WsEvent::Ping(p))) => self.queue(Opcode::Pong, &p),
+                Ok(Some(WsEvent::Pong)) => {}
+                Ok(Some(WsEvent::Close(c))) => {
+                    let why = match c {
+                        Some((code, reason)) => format!("server closed: {code} {reason}"),
+                        None => "server closed".into(),
+                    };
+                    return Err(other(why));
+                }
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(other(e.to_string())),
+            }
+        }
+    }
+
     /// Frames queued by `recv` (pongs) that still need a flush.
     pub fn has_pending(&self) -> bool {
         !self.wbuf.is_empty()
