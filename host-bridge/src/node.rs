@@ -89,7 +89,12 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     sysctl::ensure_max_map_count(config.runtime.min_max_map_count);
 
     let data = match config.store.backend.as_str() {
-        "sqlite" => DataService::open_sqlite(Path::new(&config.node.data_dir), 1)?,
+        "sqlite" => DataService::new(
+            Arc::new(crate::store::sqlite::Sqlite::open(Path::new(
+                &config.node.data_dir,
+            ))?),
+            1,
+        )?,
         other => bail!("store.backend = {other:?} is not available in this build yet"),
     };
     let config_json = serde_json::to_vec(&config)?;

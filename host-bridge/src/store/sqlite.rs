@@ -1,196 +1,176 @@
-//! The data service and its first backend, embedded SQLite.
+//! Embedded SQLite backend, the default.
 //!
-//! Guests never open a database: they send a [`DataRequest`] through the
-//! `chorus::data` host call and the service answers. SQLite is synchronous,
-//! so the connection lives on its own thread and requests reach it over a
-//! channel; the calling lunatic process just awaits the answer and the other
-//! processes keep running.
+//! SQLite is synchronous, so the connection lives on its own thread and
+//! requests reach it over a channel; the calling lunatic process just awaits
+//! the answer and the other processes keep running. WAL mode with
+//! `synchronous = FULL`: an append returns once it is on disk.
 //!
 //! Schema: Discord's message layout, partition `(channel_id, bucket)` with
-//! ten-day buckets, clustered by Snowflake `message_id` (descending reads).
+//! ten-day buckets, clustered by Snowflake `message_id` (read newest first).
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
-use chorus_core::data::{DataRequest, DataResponse, StoredMessage};
-use chorus_core::snowflake::{self, Generator, Id};
+use anyhow::{anyhow, Context, Result};
+use chorus_core::data::StoredMessage;
+use chorus_core::snowflake::{self, Id};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-type Job = (DataRequest, oneshot::Sender<DataResponse>);
+use super::{Backend, BoxFuture, HistoryQuery, NewMessage};
 
-/// Handle to the data service; cheap to clone.
-#[derive(Clone)]
-pub struct DataService {
+enum Job {
+    Append(NewMessage, oneshot::Sender<Result<()>>),
+    History(HistoryQuery, oneshot::Sender<Result<Vec<StoredMessage>>>),
+    GetRoom(String, oneshot::Sender<Result<Option<Value>>>),
+    PutRoom(String, Value, oneshot::Sender<Result<()>>),
+}
+
+/// Handle to the SQLite thread.
+pub struct Sqlite {
     tx: mpsc::UnboundedSender<Job>,
 }
 
-impl DataService {
-    /// Opens (creating if needed) `<data_dir>/chorus.db` in WAL mode.
-    pub fn open_sqlite(data_dir: &Path, worker_id: u16) -> Result<Self> {
+impl Sqlite {
+    /// Opens (creating if needed) `<data_dir>/chorus.db`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
         let path = data_dir.join("chorus.db");
-        let store = SqliteStore::open(&path, worker_id)?;
+        let conn = open_db(&path)?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         std::thread::Builder::new()
             .name("chorus-sqlite".into())
             .spawn(move || {
-                let mut store = store;
-                while let Some((request, reply)) = rx.blocking_recv() {
-                    let response = store.handle(request).unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "sqlite request failed");
-                        DataResponse::Error {
-                            reason: format!("storage error: {e}"),
-                        }
-                    });
-                    let _ = reply.send(response);
+                while let Some(job) = rx.blocking_recv() {
+                    match job {
+                        Job::Append(m, reply) => drop(reply.send(append(&conn, &m))),
+                        Job::History(q, reply) => drop(reply.send(history(&conn, &q))),
+                        Job::GetRoom(r, reply) => drop(reply.send(get_room(&conn, &r))),
+                        Job::PutRoom(r, s, reply) => drop(reply.send(put_room(&conn, &r, &s))),
+                    }
                 }
             })?;
         tracing::info!(path = %path.display(), "sqlite store open");
         Ok(Self { tx })
     }
 
-    /// Runs one request; an unavailable backend is an error answer, never a hang.
-    pub async fn call(&self, request: DataRequest) -> DataResponse {
+    async fn run<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T>>) -> Job) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send((request, reply)).is_err() {
-            return DataResponse::Error {
-                reason: "storage unavailable".into(),
-            };
-        }
-        answer.await.unwrap_or(DataResponse::Error {
-            reason: "storage unavailable".into(),
-        })
+        self.tx
+            .send(job(reply))
+            .map_err(|_| anyhow!("sqlite thread stopped"))?;
+        answer.await.map_err(|_| anyhow!("sqlite thread stopped"))?
     }
 }
 
-struct SqliteStore {
-    conn: sqlite::Connection,
-    ids: Generator,
+impl Backend for Sqlite {
+    fn append(&self, msg: NewMessage) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.run(|r| Job::Append(msg, r)))
+    }
+    fn history(&self, q: HistoryQuery) -> BoxFuture<'_, Result<Vec<StoredMessage>>> {
+        Box::pin(self.run(|r| Job::History(q, r)))
+    }
+    fn get_room_state(&self, room: String) -> BoxFuture<'_, Result<Option<Value>>> {
+        Box::pin(self.run(|r| Job::GetRoom(room, r)))
+    }
+    fn put_room_state(&self, room: String, state: Value) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.run(|r| Job::PutRoom(room, state, r)))
+    }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-impl SqliteStore {
-    fn open(path: &Path, worker_id: u16) -> Result<Self> {
-        let conn = sqlite::open(path).with_context(|| format!("opening {}", path.display()))?;
-        conn.execute(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS messages (
-                 channel_id TEXT NOT NULL,
-                 bucket INTEGER NOT NULL,
-                 message_id INTEGER NOT NULL,
-                 event TEXT NOT NULL,
-                 payload TEXT NOT NULL,
-                 PRIMARY KEY (channel_id, bucket, message_id)
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS room_state (
-                 room_id TEXT PRIMARY KEY,
-                 state TEXT NOT NULL,
-                 updated_at INTEGER NOT NULL
-             );",
-        )
-        .with_context(|| format!("creating the schema in {}", path.display()))?;
-        let ids = Generator::new(worker_id).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Self { conn, ids })
-    }
-
-    fn handle(&mut self, request: DataRequest) -> Result<DataResponse> {
-        Ok(match request {
-            DataRequest::Append {
-                topic,
-                event,
-                payload,
-            } => {
-                let id = self.ids.next(now_ms());
-                let mut st = self.conn.prepare(
-                    "INSERT INTO messages (channel_id, bucket, message_id, event, payload)
-                     VALUES (?, ?, ?, ?, ?)",
-                )?;
-                st.bind((1, topic.as_str()))?;
-                st.bind((2, bucket(id)))?;
-                st.bind((3, id_i64(id)))?;
-                st.bind((4, event.as_str()))?;
-                st.bind((5, payload.to_string().as_str()))?;
-                while st.next()? != sqlite::State::Done {}
-                DataResponse::Appended {
-                    id: id.to_string(),
-                    inserted_at: id.timestamp_ms(),
-                }
-            }
-            DataRequest::History {
-                topic,
-                before,
-                after,
-                limit,
-            } => {
-                let mut st = self.conn.prepare(
-                    "SELECT message_id, event, payload FROM messages
-                     WHERE channel_id = ? AND message_id < ? AND message_id > ?
-                     ORDER BY bucket DESC, message_id DESC LIMIT ?",
-                )?;
-                st.bind((1, topic.as_str()))?;
-                st.bind((
-                    2,
-                    before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64),
-                ))?;
-                st.bind((3, after.map_or(-1, |a| a.min(i64::MAX as u64) as i64)))?;
-                st.bind((4, i64::from(limit)))?;
-                let mut messages = Vec::new();
-                while st.next()? == sqlite::State::Row {
-                    let raw = st.read::<i64, _>(0)? as u64;
-                    let payload: String = st.read(2)?;
-                    messages.push(StoredMessage {
-                        id: raw.to_string(),
-                        topic: topic.clone(),
-                        event: st.read(1)?,
-                        payload: serde_json::from_str(&payload)
-                            .unwrap_or(serde_json::Value::String(payload)),
-                        inserted_at: Id::from_u64(raw).timestamp_ms(),
-                    });
-                }
-                DataResponse::Messages { messages }
-            }
-            DataRequest::GetRoomState { room } => {
-                let mut st = self
-                    .conn
-                    .prepare("SELECT state FROM room_state WHERE room_id = ?")?;
-                st.bind((1, room.as_str()))?;
-                let state = if st.next()? == sqlite::State::Row {
-                    let text: String = st.read(0)?;
-                    Some(serde_json::from_str(&text)?)
-                } else {
-                    None
-                };
-                DataResponse::RoomState { state }
-            }
-            DataRequest::PutRoomState { room, state } => {
-                let mut st = self.conn.prepare(
-                    "INSERT INTO room_state (room_id, state, updated_at) VALUES (?, ?, ?)
-                     ON CONFLICT(room_id) DO UPDATE SET state = excluded.state,
-                     updated_at = excluded.updated_at",
-                )?;
-                st.bind((1, room.as_str()))?;
-                st.bind((2, state.to_string().as_str()))?;
-                st.bind((3, now_ms() as i64))?;
-                while st.next()? != sqlite::State::Done {}
-                DataResponse::Done
-            }
-        })
-    }
+fn open_db(path: &Path) -> Result<sqlite::Connection> {
+    let conn = sqlite::open(path).with_context(|| format!("opening {}", path.display()))?;
+    conn.execute(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         CREATE TABLE IF NOT EXISTS messages (
+             channel_id TEXT NOT NULL,
+             bucket INTEGER NOT NULL,
+             message_id INTEGER NOT NULL,
+             event TEXT NOT NULL,
+             payload TEXT NOT NULL,
+             PRIMARY KEY (channel_id, bucket, message_id)
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS room_state (
+             room_id TEXT PRIMARY KEY,
+             state TEXT NOT NULL,
+             updated_at INTEGER NOT NULL
+         );",
+    )
+    .with_context(|| format!("creating the schema in {}", path.display()))?;
+    Ok(conn)
 }
 
 fn bucket(id: Id) -> i64 {
     snowflake::bucket_of(id, snowflake::BUCKET_WIDTH_MS) as i64
 }
 
-fn id_i64(id: Id) -> i64 {
-    id.as_u64() as i64
+fn append(conn: &sqlite::Connection, m: &NewMessage) -> Result<()> {
+    let mut st = conn.prepare(
+        "INSERT INTO messages (channel_id, bucket, message_id, event, payload)
+         VALUES (?, ?, ?, ?, ?)",
+    )?;
+    st.bind((1, m.topic.as_str()))?;
+    st.bind((2, bucket(m.id)))?;
+    st.bind((3, m.id.as_u64() as i64))?;
+    st.bind((4, m.event.as_str()))?;
+    st.bind((5, m.payload.to_string().as_str()))?;
+    while st.next()? != sqlite::State::Done {}
+    Ok(())
+}
+
+fn history(conn: &sqlite::Connection, q: &HistoryQuery) -> Result<Vec<StoredMessage>> {
+    let mut st = conn.prepare(
+        "SELECT message_id, event, payload FROM messages
+         WHERE channel_id = ? AND message_id < ? AND message_id > ?
+         ORDER BY bucket DESC, message_id DESC LIMIT ?",
+    )?;
+    st.bind((1, q.topic.as_str()))?;
+    st.bind((
+        2,
+        q.before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64),
+    ))?;
+    st.bind((3, q.after.map_or(-1, |a| a.min(i64::MAX as u64) as i64)))?;
+    st.bind((4, i64::from(q.limit)))?;
+    let mut messages = Vec::new();
+    while st.next()? == sqlite::State::Row {
+        let raw = st.read::<i64, _>(0)? as u64;
+        let payload: String = st.read(2)?;
+        messages.push(StoredMessage {
+            id: raw.to_string(),
+            topic: q.topic.clone(),
+            event: st.read(1)?,
+            payload: serde_json::from_str(&payload).unwrap_or(Value::String(payload)),
+            inserted_at: Id::from_u64(raw).timestamp_ms(),
+        });
+    }
+    Ok(messages)
+}
+
+fn get_room(conn: &sqlite::Connection, room: &str) -> Result<Option<Value>> {
+    let mut st = conn.prepare("SELECT state FROM room_state WHERE room_id = ?")?;
+    st.bind((1, room))?;
+    if st.next()? == sqlite::State::Row {
+        let text: String = st.read(0)?;
+        Ok(Some(serde_json::from_str(&text)?))
+    } else {
+        Ok(None)
+    }
+}
+
+fn put_room(conn: &sqlite::Connection, room: &str, state: &Value) -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut st = conn.prepare(
+        "INSERT INTO room_state (room_id, state, updated_at) VALUES (?, ?, ?)
+         ON CONFLICT(room_id) DO UPDATE SET state = excluded.state,
+         updated_at = excluded.updated_at",
+    )?;
+    st.bind((1, room))?;
+    st.bind((2, state.to_string().as_str()))?;
+    st.bind((3, now))?;
+    while st.next()? != sqlite::State::Done {}
+    Ok(())
 }
