@@ -524,10 +524,14 @@ impl Supervisor {
             Exit::Abnormal => "crashed",
         };
         if !child.spec.restart.restarts_after(exit) {
-            eprintln!(
-                "supervisor `{}`: child `{}` (pid {pid}) {how}; not restarted ({:?})",
-                self.name, child.spec.id, child.spec.restart
-            );
+            // A normal end that needs no restart is routine (every closed
+            // session): only crashes are worth a log line.
+            if exit == Exit::Abnormal {
+                eprintln!(
+                    "supervisor `{}`: child `{}` (pid {pid}) {how}; not restarted ({:?})",
+                    self.name, child.spec.id, child.spec.restart
+                );
+            }
             if child.forgotten_when_stopped() {
                 self.children.remove(key);
             } else if let Some(name) = &child.spec.registered {
