@@ -11,8 +11,9 @@
 mod engine;
 mod hostapi;
 mod node;
-mod store;
 mod sysctl;
+
+use chorus_host::store;
 
 use std::process::ExitCode;
 
