@@ -63,12 +63,18 @@ impl Body {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinReq {
     pub session: ChildRef<SessionMsg>,
+    /// The session's outlet: where everything for this client is written.
+    pub outlet: u64,
     pub join_ref: String,
     pub msg_ref: Option<String>,
     pub v2: bool,
     pub broadcast_self: bool,
     pub presence_key: String,
     pub presence_enabled: bool,
+    /// `config.broadcast.replay`: `(since_ms, limit)` of stored messages to
+    /// send after the join reply.
+    #[serde(default)]
+    pub replay: Option<(u64, u32)>,
 }
 
 /// A broadcast entering the channel, from a session or the admin API.
@@ -223,6 +229,7 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
 
 struct Subscriber {
     session: ChildRef<SessionMsg>,
+    outlet: u64,
     join_ref: String,
     v2: bool,
     broadcast_self: bool,
@@ -236,8 +243,17 @@ struct Channel {
     presence_shards: u32,
     subs: HashMap<u64, Subscriber>,
     presence: Presence,
-    history: VecDeque<(String, Body)>,
+    history: VecDeque<Kept>,
     history_len: usize,
+}
+
+/// A message in a channel's in-memory recent history.
+struct Kept {
+    /// The stored message's id (chat lanes), as a decimal string.
+    id: Option<String>,
+    inserted_at: u64,
+    event: String,
+    body: Body,
 }
 
 /// A channel process.
@@ -256,12 +272,17 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
         history: VecDeque::new(),
         history_len: args.history as usize,
     };
+    ch.refill();
     let idle = Duration::from_millis(args.idle_ms);
     let sweep = Duration::from_millis(args.sweep_ms);
     let mut idle_since = Some(Instant::now());
     let mut asked_to_stop = false;
+    // Sweeps run on a clock, not only when the mailbox is quiet: a channel
+    // that receives a message more often than every sweep period must still
+    // drop its crashed subscribers (and their presences).
+    let mut last_sweep = Instant::now();
     loop {
-        match inbox.receive_timeout(sweep) {
+        match inbox.receive_timeout(sweep.saturating_sub(last_sweep.elapsed())) {
             Some(Incoming::Shutdown) => break,
             Some(Incoming::Message(ChannelMsg::Stop)) => {
                 if ch.subs.is_empty() {
@@ -271,7 +292,11 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
                 asked_to_stop = false;
             }
             Some(Incoming::Message(msg)) => ch.handle(msg),
-            None => ch.sweep_dead(),
+            None => {}
+        }
+        if last_sweep.elapsed() >= sweep {
+            ch.sweep_dead();
+            last_sweep = Instant::now();
         }
         if ch.subs.is_empty() {
             let since = *idle_since.get_or_insert_with(Instant::now);
@@ -319,7 +344,7 @@ impl Channel {
             "ok",
             json!({"postgres_changes": []}),
         );
-        send_outbound(&j.session, j.v2, &reply);
+        send_outbound(j.outlet, j.v2, &reply);
         if j.presence_enabled {
             let state = Outbound::push(
                 Some(j.join_ref.clone()),
@@ -327,12 +352,16 @@ impl Channel {
                 "presence_state",
                 self.presence.state_json(),
             );
-            send_outbound(&j.session, j.v2, &state);
+            send_outbound(j.outlet, j.v2, &state);
+        }
+        if let Some((since_ms, limit)) = j.replay {
+            self.replay(j.outlet, j.v2, since_ms, limit);
         }
         self.subs.insert(
             pid,
             Subscriber {
                 session: j.session,
+                outlet: j.outlet,
                 join_ref: j.join_ref,
                 v2: j.v2,
                 broadcast_self: j.broadcast_self,
@@ -363,21 +392,25 @@ impl Channel {
     }
 
     fn publish(&mut self, p: Publish) {
+        let mut stored = None;
         if self.persist {
-            if let Err(reason) = self.store(&p) {
-                if let (Some(from), Some((join_ref, msg_ref))) = (p.from, p.ack) {
-                    if let Some(sub) = self.subs.get(&from) {
-                        let err = Outbound::reply(
-                            Some(join_ref),
-                            msg_ref,
-                            &self.topic,
-                            "error",
-                            json!({ "reason": reason }),
-                        );
-                        send_outbound(&sub.session, sub.v2, &err);
+            match self.store(&p) {
+                Ok(id) => stored = Some(id),
+                Err(reason) => {
+                    if let (Some(from), Some((join_ref, msg_ref))) = (p.from, p.ack) {
+                        if let Some(sub) = self.subs.get(&from) {
+                            let err = Outbound::reply(
+                                Some(join_ref),
+                                msg_ref,
+                                &self.topic,
+                                "error",
+                                json!({ "reason": reason }),
+                            );
+                            send_outbound(sub.outlet, sub.v2, &err);
+                        }
                     }
+                    return;
                 }
-                return;
             }
         }
         let payload = p.payload.to_payload();
@@ -403,32 +436,158 @@ impl Channel {
         });
         let v1 = encode_ws(Vsn::V1, &broadcast);
         let v2 = encode_ws(Vsn::V2, v2_text.as_ref().unwrap_or(&broadcast));
+        // One host call per serializer: the host queues the same bytes on
+        // every subscriber's outlet (see host-bridge/src/outlet.rs).
+        let (mut to_v1, mut to_v2) = (Vec::new(), Vec::new());
         for (pid, sub) in &self.subs {
             if Some(*pid) == p.from && !sub.broadcast_self {
                 continue;
             }
-            let bytes = if sub.v2 { &v2 } else { &v1 };
+            if sub.v2 {
+                to_v2.push(sub.outlet);
+            } else {
+                to_v1.push(sub.outlet);
+            }
+        }
+        for (outlets, bytes) in [(&to_v1, &v1), (&to_v2, &v2)] {
             if let Some(bytes) = bytes {
-                sub.session.send(SessionMsg::Write(bytes.clone()));
+                host::fanout(outlets, bytes);
             }
         }
         if let (Some(from), Some((join_ref, msg_ref))) = (p.from, p.ack) {
             if let Some(sub) = self.subs.get(&from) {
                 let ok = Outbound::reply(Some(join_ref), msg_ref, &self.topic, "ok", json!({}));
-                send_outbound(&sub.session, sub.v2, &ok);
+                send_outbound(sub.outlet, sub.v2, &ok);
             }
         }
         if self.history_len > 0 {
             if self.history.len() == self.history_len {
                 self.history.pop_front();
             }
-            self.history.push_back((p.event, p.payload));
+            let (id, inserted_at) = match stored {
+                Some((id, at)) => (Some(id), at),
+                None => (None, now_ms()),
+            };
+            self.history.push_back(Kept {
+                id,
+                inserted_at,
+                event: p.event,
+                body: p.payload,
+            });
+        }
+    }
+
+    /// Refills the in-memory recent history of a chat lane from storage, so
+    /// a channel restarted after a crash (or an idle stop) has it back.
+    fn refill(&mut self) {
+        if !self.persist || self.history_len == 0 {
+            return;
+        }
+        let limit = u32::try_from(self.history_len).unwrap_or(u32::MAX);
+        match host::data(&DataRequest::History {
+            topic: self.topic.clone(),
+            before: None,
+            after: None,
+            limit,
+        }) {
+            DataResponse::Messages { messages } => {
+                host::metric(Metric::HistoryRefilled, messages.len() as i64);
+                // The answer is newest first; history is oldest first.
+                self.history = messages
+                    .into_iter()
+                    .rev()
+                    .map(|m| Kept {
+                        id: Some(m.id),
+                        inserted_at: m.inserted_at,
+                        event: m.event,
+                        body: Body::Json(m.payload.to_string()),
+                    })
+                    .collect();
+            }
+            other => host::log(
+                host::Level::Warn,
+                &format!(
+                    "channel {}: cannot refill history from storage: {other:?}",
+                    self.topic
+                ),
+            ),
+        }
+    }
+
+    /// Supabase's `broadcast.replay`: the stored messages since `since_ms`
+    /// (the newest `limit` of them), oldest first, as broadcasts with
+    /// `meta: {id, replayed: true}`. When storage cannot answer, the
+    /// in-memory recent history is replayed instead.
+    fn replay(&self, outlet: u64, v2: bool, since_ms: u64, limit: u32) {
+        let from_storage = if self.persist {
+            match host::data(&chorus_core::data::replay_request(
+                &self.topic,
+                since_ms,
+                limit,
+            )) {
+                DataResponse::Messages { messages } => Some(
+                    messages
+                        .into_iter()
+                        .rev()
+                        .map(|m| (Some(m.id), m.event, Payload::Json(m.payload)))
+                        .collect::<Vec<_>>(),
+                ),
+                other => {
+                    host::log(
+                        host::Level::Warn,
+                        &format!(
+                            "channel {}: replay from memory, storage answered {other:?}",
+                            self.topic
+                        ),
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let items = from_storage.unwrap_or_else(|| {
+            let recent: Vec<_> = self
+                .history
+                .iter()
+                .filter(|k| k.inserted_at >= since_ms)
+                .collect();
+            let skip = recent.len().saturating_sub(limit as usize);
+            recent
+                .into_iter()
+                .skip(skip)
+                .map(|k| (k.id.clone(), k.event.clone(), k.body.to_payload()))
+                .collect()
+        });
+        host::metric(Metric::Replayed, items.len() as i64);
+        for (id, event, payload) in items {
+            let mut meta = serde_json::Map::new();
+            if let Some(id) = id {
+                meta.insert("id".into(), Value::String(id));
+            }
+            meta.insert("replayed".into(), Value::Bool(true));
+            let msg = match (&payload, v2) {
+                // JSON under 2.0.0 goes as the text array (see `publish`).
+                (Payload::Json(v), true) => Outbound::push(
+                    None,
+                    &self.topic,
+                    phoenix::event::BROADCAST,
+                    json!({"type": "broadcast", "event": event, "payload": v, "meta": meta}),
+                ),
+                _ => Outbound::UserBroadcast(UserBroadcast {
+                    topic: self.topic.clone(),
+                    event,
+                    meta: Some(meta),
+                    payload,
+                }),
+            };
+            send_outbound(outlet, v2, &msg);
         }
     }
 
     /// Persists a chat message; it is fanned out (and acknowledged) only
     /// once the backend has committed it.
-    fn store(&self, p: &Publish) -> Result<(), String> {
+    fn store(&self, p: &Publish) -> Result<(String, u64), String> {
         let payload = match &p.payload {
             Body::Json(text) => serde_json::from_str(text).unwrap_or(Value::Null),
             Body::Binary(_) => return Err("chat messages must be JSON".into()),
@@ -438,7 +597,7 @@ impl Channel {
             event: p.event.clone(),
             payload,
         }) {
-            DataResponse::Appended { .. } => Ok(()),
+            DataResponse::Appended { id, inserted_at } => Ok((id, inserted_at)),
             DataResponse::Error { reason } => Err(reason),
             other => Err(format!("unexpected store answer {other:?}")),
         }
@@ -448,7 +607,7 @@ impl Channel {
         let Some(sub) = self.subs.get(&session) else {
             return;
         };
-        let (session_ref, v2) = (sub.session, sub.v2);
+        let (outlet, v2) = (sub.outlet, sub.v2);
         let result = match meta {
             Some(meta) => {
                 let meta: Value = serde_json::from_str(&meta).unwrap_or(Value::Null);
@@ -469,7 +628,7 @@ impl Channel {
                 json!({ "reason": reason }),
             ),
         };
-        send_outbound(&session_ref, v2, &reply);
+        send_outbound(outlet, v2, &reply);
         if let Ok(diff) = result {
             self.fan_out_diff(diff);
         }
@@ -493,7 +652,7 @@ impl Channel {
                 "presence_diff",
                 payload.clone(),
             );
-            send_outbound(&sub.session, sub.v2, &msg);
+            send_outbound(sub.outlet, sub.v2, &msg);
         }
     }
 
@@ -508,6 +667,13 @@ impl Channel {
             }
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// `realtime:room:<id>:chat` (or `room:<id>:chat`): a room's chat lane.
@@ -527,9 +693,9 @@ pub fn encode_ws(vsn: Vsn, msg: &Outbound) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn send_outbound(session: &ChildRef<SessionMsg>, v2: bool, msg: &Outbound) {
+fn send_outbound(outlet: u64, v2: bool, msg: &Outbound) {
     let vsn = if v2 { Vsn::V2 } else { Vsn::V1 };
     if let Some(bytes) = encode_ws(vsn, msg) {
-        session.send(SessionMsg::Write(bytes));
+        host::outlet_send(outlet, &bytes);
     }
 }

@@ -14,6 +14,10 @@ mod ffi {
         pub fn metrics_text() -> u64;
         pub fn data(ptr: *const u8, len: u32) -> u64;
         pub fn take(ptr: *mut u8, len: u32) -> u32;
+        pub fn outlet_open(tcp_stream: u64) -> u64;
+        pub fn outlet_send(outlet: u64, ptr: *const u8, len: u32) -> u32;
+        pub fn outlet_close(outlet: u64);
+        pub fn fanout(ids: *const u64, n: u32, ptr: *const u8, len: u32) -> u32;
     }
 }
 
@@ -78,4 +82,65 @@ pub fn data(request: &DataRequest) -> DataResponse {
     serde_json::from_slice(&take(len)).unwrap_or_else(|e| DataResponse::Error {
         reason: format!("bad answer from the data service: {e}"),
     })
+}
+
+/// The lunatic resource id of a TCP stream. lunatic 0.14.1 (pinned) keeps it
+/// private but prints it in `Debug` (`TcpStream { id: 7, .. }`); reading it
+/// there avoids forking the crate for one accessor.
+fn stream_id(stream: &lunatic::net::TcpStream) -> Option<u64> {
+    let text = format!("{stream:?}");
+    let rest = text.split("id: ").nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Hands the write side of `stream` to the host; everything the client
+/// receives then goes through [`outlet_send`] / [`fanout`], in order.
+pub fn outlet_open(stream: &lunatic::net::TcpStream) -> Option<u64> {
+    let id = stream_id(stream)?;
+    // SAFETY: scalar call.
+    let outlet = unsafe { ffi::outlet_open(id) };
+    (outlet != 0).then_some(outlet)
+}
+
+/// How a queued write went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Ok,
+    /// The client does not keep up; the host is closing the socket.
+    SlowConsumer,
+    /// The socket is gone.
+    Gone,
+}
+
+/// Queues frame bytes on an outlet.
+pub fn outlet_send(outlet: u64, bytes: &[u8]) -> Sent {
+    // SAFETY: pointer and length describe `bytes`.
+    match unsafe { ffi::outlet_send(outlet, bytes.as_ptr(), bytes.len() as u32) } {
+        0 => Sent::Ok,
+        1 => Sent::SlowConsumer,
+        _ => Sent::Gone,
+    }
+}
+
+/// Closes an outlet once its queued frames are written.
+pub fn outlet_close(outlet: u64) {
+    // SAFETY: scalar call.
+    unsafe { ffi::outlet_close(outlet) }
+}
+
+/// Queues the same frame bytes on many outlets; returns how many took them.
+pub fn fanout(outlets: &[u64], bytes: &[u8]) -> u32 {
+    if outlets.is_empty() {
+        return 0;
+    }
+    // SAFETY: both pointer/length pairs describe live slices.
+    unsafe {
+        ffi::fanout(
+            outlets.as_ptr(),
+            outlets.len() as u32,
+            bytes.as_ptr(),
+            bytes.len() as u32,
+        )
+    }
 }

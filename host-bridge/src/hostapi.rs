@@ -13,6 +13,10 @@
 //! | `metrics_text` | `() -> u64` | Prometheus text of all metrics |
 //! | `data` | `(ptr: u32, len: u32) -> u64` | a JSON [`chorus_core::data::DataRequest`], answered with a `DataResponse` |
 //! | `take` | `(ptr: u32, len: u32) -> u32` | copy the parked answer; 0 ok, 1 nothing parked / wrong length |
+//! | `outlet_open` | `(tcp_stream: u64) -> u64` | hand a socket's write side to the host (see [`crate::outlet`]); 0 on failure |
+//! | `outlet_send` | `(outlet: u64, ptr: u32, len: u32) -> u32` | queue frame bytes; 0 ok, 1 slow consumer, 2 gone |
+//! | `outlet_close` | `(outlet: u64)` | close after the queued frames are written |
+//! | `fanout` | `(ids: u32, n: u32, ptr: u32, len: u32) -> u32` | queue the same bytes on `n` outlets (`u64` ids); returns how many took them |
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -21,10 +25,12 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, Result};
 use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::metrics::{self, Kind, Metric};
+use lunatic_networking_api::NetworkingCtx;
 use lunatic_process::state::ProcessState;
 use lunatic_runtime::DefaultProcessState;
 use wasmtime::{Caller, Linker};
 
+use crate::outlet::Outlets;
 use crate::store::DataService;
 
 type State = DefaultProcessState;
@@ -37,6 +43,7 @@ pub struct HostApi {
     parked: Mutex<HashMap<u64, Vec<u8>>>,
     data: Option<DataService>,
     env: Arc<lunatic_process::env::LunaticEnvironment>,
+    outlets: Arc<Outlets>,
 }
 
 impl HostApi {
@@ -51,6 +58,7 @@ impl HostApi {
             parked: Mutex::new(HashMap::new()),
             data,
             env,
+            outlets: Outlets::new(),
         })
     }
 
@@ -62,23 +70,55 @@ impl HostApi {
         len
     }
 
+    /// Drops, every second, the outlets of processes that are gone, so a
+    /// crashed session's socket closes. Call once, inside the runtime.
+    pub fn start_sweeper(self: &Arc<Self>) {
+        let api = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                match api.upgrade() {
+                    Some(api) => api.outlets.sweep(&api.env),
+                    None => return,
+                }
+            }
+        });
+    }
+
     /// Prometheus text: guest-reported metrics plus what only the host knows.
     pub fn render_metrics(&self) -> String {
-        let values: Vec<i64> = self
+        let mut values: Vec<i64> = self
             .metrics
             .iter()
             .map(|v| v.load(Ordering::Relaxed))
             .collect();
+        // Frames written through outlets are counted by the host.
+        values[Metric::MessagesOut as usize] +=
+            self.outlets.frames_out.load(Ordering::Relaxed) as i64;
+        values[Metric::BytesOut as usize] += self.outlets.bytes_out.load(Ordering::Relaxed) as i64;
         let processes = lunatic_process::env::Environment::process_count(self.env.as_ref());
-        metrics::render(
+        let mut text = metrics::render(
             &values,
-            &[(
-                "chorus_processes",
-                Kind::Gauge,
-                "lunatic processes alive on this node",
-                processes as i64,
-            )],
-        )
+            &[
+                (
+                    "chorus_processes",
+                    Kind::Gauge,
+                    "lunatic processes alive on this node",
+                    processes as i64,
+                ),
+                (
+                    "chorus_outlets",
+                    Kind::Gauge,
+                    "sockets whose writes the host drains",
+                    self.outlets.count() as i64,
+                ),
+            ],
+        );
+        if let Some(data) = &self.data {
+            text.push_str(&data.render_metrics());
+        }
+        text
     }
 
     /// Adds the `chorus` module to a linker.
@@ -148,6 +188,56 @@ impl HostApi {
                     let out = serde_json::to_vec(&response)?;
                     Ok(api.park(caller.data().id(), out))
                 })
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap(
+            "chorus",
+            "outlet_open",
+            move |caller: Caller<'_, State>, stream: u64| -> u64 {
+                let owner = caller.data().id();
+                match caller.data().tcp_stream_resources().get(stream) {
+                    Some(conn) => api.outlets.open(owner, conn.clone()),
+                    None => 0,
+                }
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap(
+            "chorus",
+            "outlet_send",
+            move |mut caller: Caller<'_, State>, id: u64, ptr: u32, len: u32| -> Result<u32> {
+                let bytes = read_guest(&mut caller, ptr, len)?;
+                Ok(api.outlets.send(id, &bytes) as u32)
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap(
+            "chorus",
+            "outlet_close",
+            move |_: Caller<'_, State>, id: u64| api.outlets.close(id),
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap(
+            "chorus",
+            "fanout",
+            move |mut caller: Caller<'_, State>,
+                  ids: u32,
+                  n: u32,
+                  ptr: u32,
+                  len: u32|
+                  -> Result<u32> {
+                let raw = read_guest(&mut caller, ids, n.saturating_mul(8))?;
+                let ids: Vec<u64> = raw
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                    .collect();
+                let bytes = read_guest(&mut caller, ptr, len)?;
+                Ok(api.outlets.fanout(&ids, &bytes))
             },
         )?;
 

@@ -11,6 +11,7 @@
 mod engine;
 mod hostapi;
 mod node;
+mod outlet;
 mod sysctl;
 
 use chorus_host::store;

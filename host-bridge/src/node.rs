@@ -89,10 +89,24 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     sysctl::ensure_max_map_count(config.runtime.min_max_map_count);
 
     let data = match config.store.backend.as_str() {
-        "sqlite" => DataService::new(
+        "sqlite" => DataService::with_config(
             Arc::new(crate::store::sqlite::Sqlite::open(Path::new(
                 &config.node.data_dir,
             ))?),
+            1,
+            &config.store,
+        )?,
+        // CQL (ScyllaDB / Cassandra); a failed connection names the nodes
+        // and CHORUS_SCYLLA_NODES (store/cql.rs).
+        "scylla" => DataService::new(
+            Arc::new(
+                crate::store::cql::Cql::connect(&crate::store::cql::CqlOptions {
+                    nodes: config.store.scylla_nodes.clone(),
+                    keyspace: config.store.keyspace.clone(),
+                    replication_factor: config.store.replication_factor,
+                })
+                .await?,
+            ),
             1,
         )?,
         other => bail!("store.backend = {other:?} is not available in this build yet"),
@@ -142,6 +156,7 @@ async fn spawn_main(
     let envs = Arc::new(LunaticEnvironments::default());
     let env = envs.create(1).await;
     let api = HostApi::new(config_json, data, env.clone());
+    api.start_sweeper();
     let module = Arc::new(engine.compile(wasm, api)?);
 
     let mut pconfig = DefaultProcessConfig::default();

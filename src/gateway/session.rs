@@ -4,7 +4,7 @@
 //! the one mailbox, so the session handles them in order without locks.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chorus_core::config::Config;
@@ -21,10 +21,6 @@ use supervisors::{ChildRef, Inbox, Incoming};
 
 use crate::channel::{self, Body, ChannelMsg, JoinReq, Publish};
 use crate::host;
-
-/// A socket that cannot take a write for this long is a slow consumer and is
-/// closed rather than allowed to grow the session's memory.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a session process receives.
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,8 +39,6 @@ pub enum SessionMsg {
         code: u16,
         reason: String,
     },
-    /// Encoded frame bytes to write as they are (channel deliveries).
-    Write(Vec<u8>),
     /// A join raced with its channel stopping: join again.
     Rejoin {
         topic: String,
@@ -75,12 +69,15 @@ pub fn run(
         (stream.clone(), early, max_frame, this),
         |(stream, early, max, session), _: Mailbox<()>| read_loop(stream, early, max, session),
     );
+    let Some(outlet) = host::outlet_open(&stream) else {
+        host::log(host::Level::Error, "cannot hand the socket to the host");
+        reader.kill();
+        return;
+    };
     host::metric(Metric::SessionsActive, 1);
     host::metric(Metric::SessionsTotal, 1);
-    let mut stream = stream;
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut session = Session {
-        stream,
+        outlet,
         vsn,
         heartbeat: Duration::from_millis(config.limits.heartbeat_timeout_ms),
         last_seen: Instant::now(),
@@ -101,7 +98,8 @@ pub fn run(
 fn read_loop(mut stream: TcpStream, early: Vec<u8>, max: usize, session: ChildRef<SessionMsg>) {
     let mut decoder = FrameDecoder::new(max);
     decoder.push(&early);
-    let mut buf = vec![0u8; 16 * 1024];
+    // Small: one per connection; a large message just takes more reads.
+    let mut buf = vec![0u8; 4 * 1024];
     loop {
         loop {
             match decoder.next() {
@@ -164,7 +162,8 @@ struct Joined {
 }
 
 struct Session {
-    stream: TcpStream,
+    /// The host-side write queue of this socket (see `host::outlet_send`).
+    outlet: u64,
     vsn: Vsn,
     heartbeat: Duration,
     last_seen: Instant,
@@ -220,10 +219,6 @@ impl Session {
                     let mut out = Vec::new();
                     ws::encode_pong(&mut out, &payload);
                     self.write(&out);
-                }
-                SessionMsg::Write(bytes) => {
-                    host::metric(Metric::MessagesOut, 1);
-                    self.write(&bytes);
                 }
                 SessionMsg::Rejoin { topic } => self.rejoin(topic),
                 SessionMsg::ReaderClosed { code, reason } => return Close { code, reason },
@@ -385,12 +380,14 @@ impl Session {
         };
         channel.send(ChannelMsg::Join(JoinReq {
             session: self.this,
+            outlet: self.outlet,
             join_ref: join_ref.clone(),
             msg_ref: msg_ref.clone(),
             v2: self.vsn == Vsn::V2,
             broadcast_self: config.broadcast_self,
             presence_key,
             presence_enabled: config.presence_enabled,
+            replay: config.replay.map(|r| (r.since_ms, r.limit)),
         }));
         self.joined.insert(
             topic,
@@ -535,7 +532,6 @@ impl Session {
 
     fn send(&mut self, msg: &Outbound) {
         if let Some(bytes) = channel::encode_ws(self.vsn, msg) {
-            host::metric(Metric::MessagesOut, 1);
             self.write(&bytes);
         }
     }
@@ -544,12 +540,13 @@ impl Session {
         if self.closed.is_some() {
             return;
         }
-        match self.stream.write_all(bytes) {
-            Ok(()) => host::metric(Metric::BytesOut, bytes.len() as i64),
-            Err(_) => {
+        match host::outlet_send(self.outlet, bytes) {
+            host::Sent::Ok => {}
+            // The host closes the socket itself (with `slow_consumer`).
+            host::Sent::SlowConsumer | host::Sent::Gone => {
                 self.closed = Some(Close {
                     code: 0,
-                    reason: "slow_consumer or write failed".into(),
+                    reason: String::new(),
                 })
             }
         }
@@ -559,7 +556,8 @@ impl Session {
         if close.code != 0 {
             let mut out = Vec::new();
             ws::encode_close(&mut out, close.code, &close.reason);
-            let _ = self.stream.write_all(&out);
+            let _ = host::outlet_send(self.outlet, &out);
         }
+        host::outlet_close(self.outlet);
     }
 }
