@@ -157,7 +157,9 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Frame>,
     slow_flag: Arc<AtomicBool>,
 ) {
-    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    // Grown on demand and shrunk after a burst: an idle socket keeps no
+    // write buffer.
+    let mut batch: Vec<u8> = Vec::new();
     let mut slow = false;
     while let Some(first) = rx.recv().await {
         if slow_flag.load(Ordering::Relaxed) {
@@ -181,6 +183,9 @@ async fn write_loop(
             Ok(Ok(())) => {
                 outlets.frames_out.fetch_add(frames, Ordering::Relaxed);
                 outlets.bytes_out.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if batch.capacity() > 8 * 1024 {
+                    batch = Vec::new();
+                }
             }
             Ok(Err(_)) => return,
             Err(_) => {
