@@ -47,7 +47,8 @@ pub enum SessionMsg {
 
 /// The session process: waits for its socket, then serves it.
 pub fn session(config: Config, inbox: Inbox<SessionMsg>) {
-    let stream = match inbox.receive_timeout(Duration::from_secs(5)) {
+    // Generous: under a connect storm the acceptor may be slow to hand it over.
+    let stream = match inbox.receive_timeout(Duration::from_secs(30)) {
         Some(Incoming::Message(SessionMsg::Socket(s))) => s,
         _ => return,
     };
