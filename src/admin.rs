@@ -9,10 +9,12 @@
 //! | `POST /realtime/v1/api/broadcast` | `{messages:[{topic, event, payload}]}` to subscribers |
 //! | `POST /realtime/v1/api/broadcast/<topic>/events/<event>` | realtime-js `httpSend`: the body is the payload |
 //! | `GET /realtime/v1/api/presence/online?keys=a,b` | which presence keys are online anywhere |
+//! | `GET /realtime/v1/api/channels/<topic>/messages?limit=&before=&after=` | stored history, newest first, ids as strings |
 
 use std::io::Read;
 
 use chorus_core::config::Config;
+use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::http::{Request, Response};
 use chorus_core::phoenix::Payload;
 use lunatic::net::TcpStream;
@@ -51,6 +53,9 @@ pub fn handle(
             let online = presence::online(&keys, config.presence.shards);
             Response::json(200, &json!({ "online": online }))
         }
+        "GET" if history_topic(path).is_some() => {
+            history(request, history_topic(path).unwrap_or(""))
+        }
         "POST" if path == "/realtime/v1/api/broadcast" => {
             match read_body(stream, request, body_start, config) {
                 Ok(body) => broadcast_batch(&body),
@@ -85,6 +90,44 @@ pub fn handle(
             Response::json(202, &json!({}))
         }
         _ => Response::json(404, &json!({"error": "not found", "path": path})),
+    }
+}
+
+/// The `<topic>` of `/realtime/v1/api/channels/<topic>/messages`.
+fn history_topic(path: &str) -> Option<&str> {
+    path.strip_prefix("/realtime/v1/api/channels/")?
+        .strip_suffix("/messages")
+}
+
+/// `GET /realtime/v1/api/channels/<topic>/messages`: the topic's stored
+/// messages through the data service, newest first.
+fn history(request: &Request, topic: &str) -> Response {
+    let topic = chorus_core::http::percent_decode(topic);
+    if let Err(reason) = chorus_core::join::validate_topic(&topic) {
+        return bad_request(&reason);
+    }
+    let range = match chorus_core::data::parse_history_range(
+        request.query_param("limit"),
+        request.query_param("before"),
+        request.query_param("after"),
+    ) {
+        Ok(r) => r,
+        Err(reason) => return bad_request(&reason),
+    };
+    match host::data(&DataRequest::History {
+        topic: full_topic(&topic),
+        before: range.before,
+        after: range.after,
+        limit: range.limit,
+    }) {
+        DataResponse::Messages { messages } => {
+            Response::json(200, &json!({ "messages": messages }))
+        }
+        DataResponse::Error { reason } => Response::json(503, &json!({ "error": reason })),
+        other => Response::json(
+            500,
+            &json!({ "error": format!("unexpected answer from the data service: {other:?}") }),
+        ),
     }
 }
 

@@ -64,9 +64,139 @@ pub enum DataResponse {
     },
 }
 
+/// Most messages one history request may return.
+pub const MAX_HISTORY_LIMIT: u32 = 1000;
+/// Messages a history request returns when it names no `limit`.
+pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
+
+/// A checked history range, from the query string of
+/// `GET /realtime/v1/api/channels/<topic>/messages?limit=&before=&after=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryRange {
+    pub before: Option<u64>,
+    pub after: Option<u64>,
+    pub limit: u32,
+}
+
+/// Parses the history query parameters; the error is the 400's reason.
+/// Ids are decimal Snowflake ids; `before` must be greater than `after`;
+/// `limit` is 1..=[`MAX_HISTORY_LIMIT`] (default [`DEFAULT_HISTORY_LIMIT`]).
+pub fn parse_history_range(
+    limit: Option<&str>,
+    before: Option<&str>,
+    after: Option<&str>,
+) -> Result<HistoryRange, String> {
+    fn id(name: &str, v: Option<&str>) -> Result<Option<u64>, String> {
+        match v {
+            None | Some("") => Ok(None),
+            Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+                format!("{name} must be a message id (a decimal 64-bit integer), got {v:?}")
+            }),
+        }
+    }
+    let before = id("before", before)?;
+    let after = id("after", after)?;
+    let limit = match limit {
+        None | Some("") => DEFAULT_HISTORY_LIMIT,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_HISTORY_LIMIT).contains(n))
+            .ok_or_else(|| {
+                format!("limit must be an integer from 1 to {MAX_HISTORY_LIMIT}, got {v:?}")
+            })?,
+    };
+    if let (Some(b), Some(a)) = (before, after) {
+        if b <= a {
+            return Err(format!(
+                "empty range: before ({b}) must be greater than after ({a})"
+            ));
+        }
+    }
+    Ok(HistoryRange {
+        before,
+        after,
+        limit,
+    })
+}
+
+/// The history request that replays a topic's messages stored at or after
+/// Unix time `since_ms` (Supabase's `config.broadcast.replay`): the newest
+/// `limit` of them (the answer comes newest first; replay sends it reversed).
+pub fn replay_request(topic: &str, since_ms: u64, limit: u32) -> DataRequest {
+    let first = crate::snowflake::first_id_at(since_ms).as_u64();
+    DataRequest::History {
+        topic: topic.to_string(),
+        before: None,
+        after: first.checked_sub(1),
+        limit,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_ranges_are_checked() {
+        assert_eq!(
+            parse_history_range(None, None, None),
+            Ok(HistoryRange {
+                before: None,
+                after: None,
+                limit: DEFAULT_HISTORY_LIMIT
+            })
+        );
+        assert_eq!(
+            parse_history_range(Some("10"), Some("9"), Some("3")),
+            Ok(HistoryRange {
+                before: Some(9),
+                after: Some(3),
+                limit: 10
+            })
+        );
+        assert_eq!(
+            parse_history_range(Some("1000"), None, None).unwrap().limit,
+            1000
+        );
+        for (limit, before, after, needle) in [
+            (Some("0"), None, None, "limit must be"),
+            (Some("1001"), None, None, "limit must be"),
+            (Some("-1"), None, None, "limit must be"),
+            (Some("x"), None, None, "limit must be"),
+            (None, Some("abc"), None, "before must be a message id"),
+            (None, None, Some("1e3"), "after must be a message id"),
+            (None, Some("-5"), None, "before must be"),
+            (None, Some("18446744073709551616"), None, "before must be"),
+            (None, Some("5"), Some("5"), "empty range"),
+            (None, Some("4"), Some("5"), "empty range"),
+        ] {
+            let e = parse_history_range(limit, before, after).unwrap_err();
+            assert!(e.contains(needle), "{limit:?} {before:?} {after:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn replay_selects_ids_at_or_after_since() {
+        let since = crate::snowflake::CHORUS_EPOCH_MS + 5_000;
+        let DataRequest::History {
+            after,
+            before,
+            limit,
+            ..
+        } = replay_request("t", since, 7)
+        else {
+            panic!("not a history request");
+        };
+        assert_eq!((before, limit), (None, 7));
+        let first = crate::snowflake::first_id_at(since).as_u64();
+        assert_eq!(after, Some(first - 1), "after is exclusive");
+        // Before the epoch: everything.
+        let DataRequest::History { after, .. } = replay_request("t", 0, 7) else {
+            panic!("not a history request");
+        };
+        assert_eq!(after, None);
+    }
 
     #[test]
     fn requests_round_trip_through_json() {

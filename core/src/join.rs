@@ -19,7 +19,20 @@ pub struct JoinConfig {
     pub presence_enabled: bool,
     /// `access_token` sent with the join, if any.
     pub access_token: Option<String>,
+    /// `broadcast.replay`: stored messages to send after the join reply.
+    pub replay: Option<Replay>,
 }
+
+/// Supabase's `config.broadcast.replay {since, limit}`: replay the stored
+/// messages inserted at or after `since` (Unix ms), at most `limit` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    pub since_ms: u64,
+    pub limit: u32,
+}
+
+/// Messages replayed when `replay.limit` is absent (Supabase's default).
+pub const DEFAULT_REPLAY_LIMIT: u32 = 25;
 
 /// Checks a topic a client wants to join or publish to.
 pub fn validate_topic(topic: &str) -> Result<(), String> {
@@ -69,6 +82,11 @@ pub fn parse_join(payload: &Value) -> Result<JoinConfig, String> {
         Some(Value::Number(n)) => n.to_string(),
         Some(_) => return Err("config.presence.key must be a string".into()),
     };
+    let replay = match broadcast.get("replay") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(r)) => Some(parse_replay(r)?),
+        Some(_) => return Err("config.broadcast.replay must be an object".into()),
+    };
     let access_token = match root.get("access_token") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -80,7 +98,30 @@ pub fn parse_join(payload: &Value) -> Result<JoinConfig, String> {
         presence_key,
         presence_enabled: flag(presence, "presence", "enabled")?,
         access_token,
+        replay,
     })
+}
+
+fn parse_replay(r: &serde_json::Map<String, Value>) -> Result<Replay, String> {
+    let max = crate::data::MAX_HISTORY_LIMIT;
+    let since_ms = match r.get("since") {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .ok_or("config.broadcast.replay.since must be a non-negative number of ms")?,
+        _ => return Err("config.broadcast.replay.since must be a number (Unix ms)".into()),
+    };
+    let limit = match r.get("limit") {
+        None | Some(Value::Null) => DEFAULT_REPLAY_LIMIT,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=u64::from(max)).contains(n))
+            .map(|n| n as u32)
+            .ok_or_else(|| {
+                format!("config.broadcast.replay.limit must be an integer from 1 to {max}")
+            })?,
+    };
+    Ok(Replay { since_ms, limit })
 }
 
 #[cfg(test)]
@@ -110,6 +151,42 @@ mod tests {
         let e = parse_join(&json!({"config": {"broadcast": {"self": "yes"}}})).unwrap_err();
         assert_eq!(e, "config.broadcast.self must be a boolean");
         assert!(parse_join(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn replay_is_parsed_and_checked() {
+        let c = parse_join(
+            &json!({"config": {"broadcast": {"replay": {"since": 1700000000000u64, "limit": 10}}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            c.replay,
+            Some(Replay {
+                since_ms: 1_700_000_000_000,
+                limit: 10
+            })
+        );
+        let c = parse_join(&json!({"config": {"broadcast": {"replay": {"since": 5}}}})).unwrap();
+        assert_eq!(
+            c.replay,
+            Some(Replay {
+                since_ms: 5,
+                limit: DEFAULT_REPLAY_LIMIT
+            })
+        );
+        assert_eq!(parse_join(&json!({})).unwrap().replay, None);
+        for bad in [
+            json!({"since": "yesterday"}),
+            json!({}),
+            json!({"since": -1}),
+            json!({"since": 1, "limit": 0}),
+            json!({"since": 1, "limit": 5000}),
+            json!({"since": 1, "limit": "ten"}),
+        ] {
+            let e = parse_join(&json!({"config": {"broadcast": {"replay": bad}}})).unwrap_err();
+            assert!(e.starts_with("config.broadcast.replay."), "{bad}: {e}");
+        }
+        assert!(parse_join(&json!({"config": {"broadcast": {"replay": 3}}})).is_err());
     }
 
     #[test]

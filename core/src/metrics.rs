@@ -40,6 +40,8 @@ metrics! {
     BytesOut => "chorus_bytes_out_total", Counter, "WebSocket payload bytes sent";
     HttpRequests => "chorus_http_requests_total", Counter, "HTTP requests served";
     ProtocolErrors => "chorus_protocol_errors_total", Counter, "Client frames refused as malformed or over a limit";
+    HistoryRefilled => "chorus_channel_history_refilled_total", Counter, "Messages channel servers reloaded from storage into their in-memory history at start";
+    Replayed => "chorus_replayed_messages_total", Counter, "Stored messages replayed to clients on join (broadcast.replay)";
 }
 
 impl Metric {
