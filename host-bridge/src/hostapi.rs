@@ -41,6 +41,10 @@ pub struct HostApi {
     metrics: Vec<AtomicI64>,
     /// Answers waiting for the guest's `take`, by process id.
     parked: Mutex<HashMap<u64, Vec<u8>>>,
+    /// What each live process has added to the gauges, by process id, so a
+    /// process that dies without taking its share back (a crashed session
+    /// or channel) is taken out of the gauges at the next render.
+    gauge_shares: Mutex<HashMap<u64, HashMap<u32, i64>>>,
     data: Option<DataService>,
     env: Arc<lunatic_process::env::LunaticEnvironment>,
     outlets: Arc<Outlets>,
@@ -56,6 +60,7 @@ impl HostApi {
             config_json,
             metrics: Metric::ALL.iter().map(|_| AtomicI64::new(0)).collect(),
             parked: Mutex::new(HashMap::new()),
+            gauge_shares: Mutex::new(HashMap::new()),
             data,
             env,
             outlets: Outlets::new(),
@@ -88,6 +93,7 @@ impl HostApi {
 
     /// Prometheus text: guest-reported metrics plus what only the host knows.
     pub fn render_metrics(&self) -> String {
+        self.release_dead_gauge_shares();
         let mut values: Vec<i64> = self
             .metrics
             .iter()
@@ -121,6 +127,38 @@ impl HostApi {
         text
     }
 
+    fn add_metric(&self, process: u64, m: Metric, delta: i64) {
+        self.metrics[m as usize].fetch_add(delta, Ordering::Relaxed);
+        if m.kind() != Kind::Gauge {
+            return;
+        }
+        if let Ok(mut shares) = self.gauge_shares.lock() {
+            let mine = shares.entry(process).or_default();
+            *mine.entry(m as u32).or_default() += delta;
+            mine.retain(|_, v| *v != 0);
+            if mine.is_empty() {
+                shares.remove(&process);
+            }
+        }
+    }
+
+    /// Takes the gauge shares of processes that are gone out of the gauges.
+    fn release_dead_gauge_shares(&self) {
+        use lunatic_process::env::Environment;
+        let Ok(mut shares) = self.gauge_shares.lock() else {
+            return;
+        };
+        shares.retain(|process, mine| {
+            if self.env.get_process(*process).is_some() {
+                return true;
+            }
+            for (index, share) in mine.iter() {
+                self.metrics[*index as usize].fetch_sub(*share, Ordering::Relaxed);
+            }
+            false
+        });
+    }
+
     /// Adds the `chorus` module to a linker.
     pub fn register(self: &Arc<Self>, linker: &mut Linker<State>) -> Result<()> {
         linker.func_wrap(
@@ -145,9 +183,9 @@ impl HostApi {
         linker.func_wrap(
             "chorus",
             "metric_add",
-            move |_: Caller<'_, State>, index: u32, delta: i64| {
+            move |caller: Caller<'_, State>, index: u32, delta: i64| {
                 if let Some(m) = Metric::from_index(index) {
-                    api.metrics[m as usize].fetch_add(delta, Ordering::Relaxed);
+                    api.add_metric(caller.data().id(), m, delta);
                 }
             },
         )?;
