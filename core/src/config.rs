@@ -204,7 +204,8 @@ impl Config {
             let reason = e.message().to_string();
             ConfigError {
                 source: source.to_string(),
-                key: unknown_field_path(text, &reason),
+                key: unknown_field_path(text, &reason)
+                    .or_else(|| e.span().and_then(|span| key_at(text, span.start))),
                 reason,
             }
         })?;
@@ -339,6 +340,28 @@ fn key_for_env(name: &str) -> Option<String> {
     Some(format!("{section}.{field}"))
 }
 
+/// The dotted key whose `key = value` line holds byte `offset` of `text`
+/// (where toml points at a badly typed value).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix('[').and_then(|l| l.strip_suffix(']')))
+        .map(str::trim);
+    Some(match section {
+        Some(section) if !section.is_empty() => format!("{section}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
 /// toml reports `unknown field `x`, expected ...`; find which section holds it
 /// so the error can name the dotted key.
 fn unknown_field_path(text: &str, reason: &str) -> Option<String> {
@@ -395,6 +418,15 @@ mod tests {
         let text = include_str!("../../lunatic.toml");
         let c = Config::from_toml(text, "lunatic.toml").expect("shipped config parses");
         assert_eq!(c.node.port, 4000);
+    }
+
+    #[test]
+    fn badly_typed_value_names_key_and_file() {
+        let err =
+            Config::from_toml("[node]\nname = \"n\"\nport = \"four\"\n", "my.toml").unwrap_err();
+        assert_eq!(err.source, "my.toml");
+        assert_eq!(err.key.as_deref(), Some("node.port"));
+        assert!(err.to_string().contains("key `node.port`"), "{err}");
     }
 
     #[test]
