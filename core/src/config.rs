@@ -46,6 +46,11 @@ pub struct StoreConfig {
     pub backend: String,
     /// CQL contact points, `host:port`.
     pub scylla_nodes: Vec<String>,
+    /// CQL keyspace, created on start if missing.
+    pub keyspace: String,
+    /// Replication factor of the keyspace when the node creates it
+    /// (`SimpleStrategy`). Writes use QUORUM of it.
+    pub replication_factor: u32,
     /// Room-state cache lifetime in the data service.
     pub room_state_ttl_ms: u64,
 }
@@ -117,6 +122,8 @@ impl Default for StoreConfig {
         Self {
             backend: "sqlite".into(),
             scylla_nodes: vec!["127.0.0.1:9042".into()],
+            keyspace: "chorus".into(),
+            replication_factor: 1,
             room_state_ttl_ms: 5_000,
         }
     }
@@ -294,6 +301,26 @@ impl Config {
         }
         if self.store.backend == "scylla" && self.store.scylla_nodes.is_empty() {
             return bad("store.scylla_nodes", "needs at least one host:port");
+        }
+        if self.store.keyspace.is_empty()
+            || self.store.keyspace.len() > 48
+            || !self
+                .store
+                .keyspace
+                .starts_with(|c: char| c.is_ascii_alphabetic())
+            || !self
+                .store
+                .keyspace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return bad(
+                "store.keyspace",
+                "must be a letter then letters, digits or _ (at most 48)",
+            );
+        }
+        if self.store.replication_factor == 0 {
+            return bad("store.replication_factor", "must be at least 1");
         }
         if self.node.name.is_empty() {
             return bad("node.name", "must not be empty");

@@ -42,6 +42,7 @@
 //!   the service, `chorus_store_backend_queries_total{op}` the queries that
 //!   reached the backend; their ratio is the coalescing and cache hit rate.
 
+pub mod cql;
 pub mod sqlite;
 
 use std::collections::HashMap;
