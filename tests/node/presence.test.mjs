@@ -94,6 +94,10 @@ for (const kind of KINDS) {
       // Untrack: bob leaves the state, stays subscribed.
       assert.equal(await bob.untrack(), 'ok');
       await expectState([alice, bob], { alice: [{ name: 'Alice', status: 'away' }] }, 5000, 'after untrack');
+
+      // Leaving the channel takes alice's presence with it.
+      assert.equal(await alice.leave(), 'ok');
+      await expectState([bob], {}, 5000, 'after alice left');
     });
   });
 }
@@ -136,4 +140,33 @@ test('a crashed session (fault injection) closes its socket and its presence lea
   await victim.closedWithin(5000);
   await expectState([watcher], {}, LEAVE_BOUND_MS, 'victim gone after its crash');
   await assertHealthy(node);
+});
+
+test('a crashed session leaves presence within the heartbeat timeout even while the channel is busy', async () => {
+  const topic = uid('busy');
+  const watcher = makeClient(node, 'realtime@2.0.0', CLIENT_OPTS);
+  await watcher.join(topic, { presence: { key: 'watcher' } });
+  const pub = makeClient(node, 'realtime@1.0.0', CLIENT_OPTS);
+  await pub.join(topic);
+
+  const victim = await RawClient.open(node, '1.0.0');
+  const t = `realtime:${topic}`;
+  assert.equal((await victim.join(t, { presence: { key: 'victim', enabled: true } })).status, 'ok');
+  const ref = victim.push(t, 'presence', { type: 'presence', event: 'track', payload: { v: 2 } }, { join_ref: victim.joinRefs[t] });
+  assert.equal((await victim.reply(ref)).status, 'ok');
+  await expectState([watcher], { victim: [{ v: 2 }] });
+
+  // Keep the channel busy: a broadcast every 50 ms.
+  let n = 0;
+  const timer = setInterval(() => pub.send('tick', { n: n++ }), 50);
+  try {
+    victim.push('phoenix', 'chorus_crash', {});
+    await victim.closedWithin(5000);
+    const t0 = Date.now();
+    await expectState([watcher], {}, LEAVE_BOUND_MS, 'crashed victim gone from a busy channel');
+    assert.ok(Date.now() - t0 <= LEAVE_BOUND_MS);
+  } finally {
+    clearInterval(timer);
+  }
+  await waitFor(() => watcher.got.length >= n - 1, 5000, 'watcher got the ticks');
 });

@@ -170,13 +170,11 @@ export async function startNode(env = {}, { readyMs = 30000 } = {}) {
     },
   };
   try {
-    await waitFor(
+    const ready = await waitFor(
       async () => {
-        if (exited) {
-          throw new Error(`node exited early (${JSON.stringify(exited)})`);
-        }
+        if (exited) return 'exited';
         try {
-          return (await node.healthz()).status === 200;
+          return (await node.healthz()).status === 200 && 'healthy';
         } catch {
           return false;
         }
@@ -184,6 +182,7 @@ export async function startNode(env = {}, { readyMs = 30000 } = {}) {
       readyMs,
       `GET ${http}/healthz`,
     );
+    if (ready === 'exited') throw new Error(`node exited early (${JSON.stringify(exited)})`);
   } catch (e) {
     await node.kill();
     throw new Error(`Chorus node did not become healthy: ${e.message}\n--- node output ---\n${output}`);
