@@ -5,6 +5,8 @@
 import { Presence as PhoenixPresence } from 'phoenix';
 import { phoenix, phoenixJoin, phoenixPush, realtime, subscribe, within } from './node.mjs';
 
+export { RawClient } from './node.mjs';
+
 export const KINDS = ['realtime@1.0.0', 'realtime@2.0.0', 'phoenix@1.0.0', 'phoenix@2.0.0'];
 export const REALTIME_KINDS = ['realtime@1.0.0', 'realtime@2.0.0'];
 
