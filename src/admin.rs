@@ -10,6 +10,8 @@
 //! | `POST /realtime/v1/api/broadcast/<topic>/events/<event>` | realtime-js `httpSend`: the body is the payload |
 //! | `GET /realtime/v1/api/presence/online?keys=a,b` | which presence keys are online anywhere |
 //! | `GET /realtime/v1/api/channels/<topic>/messages?limit=&before=&after=` | stored history, newest first, ids as strings |
+//! | `GET /realtime/v1/api/rooms/<id>` | the room state (`{}` when never set) |
+//! | `PUT /realtime/v1/api/rooms/<id>` | merge `{"host": "<user>"}` (etc.) into the room state |
 
 use std::io::Read;
 
@@ -56,6 +58,11 @@ pub fn handle(
         "GET" if history_topic(path).is_some() => {
             history(request, history_topic(path).unwrap_or(""))
         }
+        "GET" if path.starts_with(ROOMS) => crate::room::admin_get(&path[ROOMS.len()..]),
+        "PUT" if path.starts_with(ROOMS) => match read_body(stream, request, body_start, config) {
+            Ok(body) => crate::room::admin_put(&path[ROOMS.len()..], &body),
+            Err(r) => r,
+        },
         "POST" if path == "/realtime/v1/api/broadcast" => {
             match read_body(stream, request, body_start, config) {
                 Ok(body) => broadcast_batch(&body),
@@ -92,6 +99,9 @@ pub fn handle(
         _ => Response::json(404, &json!({"error": "not found", "path": path})),
     }
 }
+
+/// `GET|PUT /realtime/v1/api/rooms/<id>`: a room's state (see `room.rs`).
+const ROOMS: &str = "/realtime/v1/api/rooms/";
 
 /// The `<topic>` of `/realtime/v1/api/channels/<topic>/messages`.
 fn history_topic(path: &str) -> Option<&str> {

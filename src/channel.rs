@@ -106,6 +106,8 @@ pub enum ChannelMsg {
     },
     /// From the directory: the idle channel may stop now.
     Stop,
+    /// Audio sync on a room's audio lane (see `crate::room`).
+    Room(crate::room::RoomMsg),
 }
 
 /// Arguments of a channel process (plain data, kept for restarts).
@@ -245,6 +247,8 @@ struct Channel {
     presence: Presence,
     history: VecDeque<Kept>,
     history_len: usize,
+    /// The room state, on a room's audio lane.
+    room: Option<crate::room::AudioLane>,
 }
 
 /// A message in a channel's in-memory recent history.
@@ -271,6 +275,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
         presence: Presence::new(MAX_METAS_PER_KEY),
         history: VecDeque::new(),
         history_len: args.history as usize,
+        room: crate::room::AudioLane::for_topic(&args.topic),
     };
     ch.refill();
     let idle = Duration::from_millis(args.idle_ms);
@@ -328,6 +333,22 @@ impl Channel {
                 refs,
             } => self.presence(session, meta, refs),
             ChannelMsg::Stop => {}
+            ChannelMsg::Room(m) => match self.room.as_mut().map(|r| r.handle(m)) {
+                Some(crate::room::Action::Publish(p)) => self.publish(p),
+                Some(crate::room::Action::Error { from, refs, reason }) => {
+                    if let Some(sub) = self.subs.get(&from) {
+                        let err = Outbound::reply(
+                            Some(refs.0),
+                            refs.1,
+                            &self.topic,
+                            "error",
+                            json!({ "reason": reason }),
+                        );
+                        send_outbound(sub.outlet, sub.v2, &err);
+                    }
+                }
+                _ => {}
+            },
         }
     }
 
@@ -356,6 +377,13 @@ impl Channel {
         }
         if let Some((since_ms, limit)) = j.replay {
             self.replay(j.outlet, j.v2, since_ms, limit);
+        }
+        if let Some(retained) = self
+            .room
+            .as_ref()
+            .and_then(|r| r.retained(&self.topic, j.v2))
+        {
+            send_outbound(j.outlet, j.v2, &retained);
         }
         self.subs.insert(
             pid,

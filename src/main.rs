@@ -7,6 +7,7 @@ mod channel;
 mod gateway;
 mod host;
 mod presence;
+mod room;
 mod tree;
 
 use chorus_core::config::Config;

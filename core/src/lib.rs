@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod phoenix;
 pub mod presence;
 pub mod ring;
+pub mod room;
 pub mod snowflake;
 pub mod ws;

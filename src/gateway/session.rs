@@ -229,6 +229,7 @@ impl Session {
     }
 
     fn on_frame(&mut self, frame: FrameRef<'_>) {
+        let received_ms = crate::room::now_ms();
         host::metric(Metric::MessagesIn, 1);
         let size = match frame {
             FrameRef::Text(t) => t.len(),
@@ -259,6 +260,11 @@ impl Session {
                     self.check_channels();
                     self.reply_ok(join_ref, msg_ref, topic, json!({}));
                 }
+                chorus_core::room::CLOCK_EVENT => {
+                    if let Inbound::Push(m) = &inbound {
+                        self.clock(join_ref, msg_ref, topic, &m.payload, received_ms);
+                    }
+                }
                 "chorus_crash" if self.config.node.fault_injection => {
                     panic!("fault injection: session crash requested by the client")
                 }
@@ -279,6 +285,27 @@ impl Session {
                 self.join(m.topic, join_ref, msg_ref, &m.payload)
             }
             Inbound::Push(m) if m.event == event::LEAVE => self.leave(m.topic, msg_ref),
+            Inbound::Broadcast { broadcast, .. }
+                if crate::room::is_playback(&topic, &broadcast.event) =>
+            {
+                let Some(joined) = self.joined.get(&topic) else {
+                    return self.unmatched(join_ref, msg_ref, topic);
+                };
+                let refs = (joined.join_ref.clone(), msg_ref.clone());
+                let msg = crate::room::playback_msg(
+                    &topic,
+                    &broadcast.payload,
+                    &joined.config,
+                    self.claims.as_ref(),
+                    &self.config,
+                    self.this.pid(),
+                    refs.clone(),
+                );
+                match msg {
+                    Ok(msg) => joined.channel.send(msg),
+                    Err(reason) => self.reply_error(Some(refs.0), refs.1, topic, &reason),
+                }
+            }
             Inbound::Broadcast { broadcast, .. } => {
                 let Some(joined) = self.joined.get(&topic) else {
                     return self.unmatched(join_ref, msg_ref, topic);
@@ -301,6 +328,9 @@ impl Session {
                 match m.event.as_str() {
                     "presence" => self.presence(topic, join_ref, msg_ref, &m.payload),
                     "access_token" => self.access_token(topic, join_ref, msg_ref, &m.payload),
+                    chorus_core::room::CLOCK_EVENT => {
+                        self.clock(join_ref, msg_ref, topic, &m.payload, received_ms)
+                    }
                     other => {
                         let reason = format!("unknown event {other:?}");
                         self.reply_error(join_ref, msg_ref, topic, &reason)
@@ -475,6 +505,21 @@ impl Session {
                     self.send(&Outbound::close(Some(j.join_ref), topic));
                 }
             }
+        }
+    }
+
+    /// Audio sync's `clock` push: the server's receive and send times.
+    fn clock(
+        &mut self,
+        join_ref: Option<String>,
+        msg_ref: Option<String>,
+        topic: String,
+        payload: &Payload,
+        received_ms: f64,
+    ) {
+        match crate::room::clock(payload, received_ms) {
+            Ok(r) => self.reply_ok(join_ref, msg_ref, topic, r),
+            Err(reason) => self.reply_error(join_ref, msg_ref, topic, &reason),
         }
     }
 
