@@ -21,7 +21,7 @@
 //! only once a majority of the replicas (`store.replication_factor`) has it
 //! in its commit log, and a read sees every acknowledged write. On a single
 //! node (replication factor 1) that is the node itself: configure it with
-//! `commitlog_sync: group` or `batch` (as tests/cassandra does) for an
+//! `commitlog_sync: batch` (as tests/cassandra does) or `group` for an
 //! acknowledged write to be on disk; Cassandra's default `periodic` sync
 //! only fsyncs every 10 s.
 //!
