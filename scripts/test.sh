@@ -12,6 +12,9 @@ apt_install sqlite3
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt_install nodejs npm
 fi
+if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
+  apt_install openjdk-17-jdk-headless maven
+fi
 
 log "checking formatting and lints"
 cargo fmt --all -- --check
@@ -27,7 +30,12 @@ export CHORUS_BIN="$ROOT/target/release/chorus"
 export CHORUS_GUEST="$ROOT/target/wasm32-wasip1/release/chorus-guest.wasm"
 export CHORUS_SUPERVISOR_SCENARIOS_WASM="$ROOT/target/wasm32-wasip1/release/examples/scenarios.wasm"
 
-log "native tests (core, host end-to-end, supervisors under chorus)"
+log "starting a real Apache Cassandra for the CQL store tests"
+scripts/cassandra.sh start
+trap 'scripts/cassandra.sh stop >/dev/null 2>&1 || true' EXIT
+export CHORUS_SCYLLA_NODES=127.0.0.1:9042
+
+log "native tests (core, host end-to-end, both store backends, supervisors under chorus)"
 cargo test --release --workspace --exclude chorus-guest --exclude supervisors --exclude platform-guest
 
 log "Node.js tests with @supabase/realtime-js and phoenix"
@@ -35,6 +43,6 @@ log "Node.js tests with @supabase/realtime-js and phoenix"
 
 log "benchmarks, tiny size (harness check only)"
 python3 bench/platform.py --tiny
-if [ -x scripts/bench.sh ]; then scripts/bench.sh --tiny; fi
+scripts/bench.sh --tiny
 
 log "all tests passed"
