@@ -416,6 +416,9 @@ impl DataService {
     }
 }
 
+/// The key of an in-flight read and everyone waiting for its answer.
+type Waiters<T> = (String, Vec<oneshot::Sender<Shared<T>>>);
+
 /// One worker: the single owner of the in-flight tables and the room cache
 /// of the keys routed to it.
 struct Worker {
@@ -428,9 +431,9 @@ struct Worker {
     next_token: u64,
     /// Reads that new identical requests may still join.
     history_keys: HashMap<HistoryQuery, u64>,
-    history_waiters: HashMap<u64, (String, Vec<oneshot::Sender<Shared<Vec<StoredMessage>>>>)>,
+    history_waiters: HashMap<u64, Waiters<Vec<StoredMessage>>>,
     room_keys: HashMap<String, u64>,
-    room_waiters: HashMap<u64, (String, Vec<oneshot::Sender<Shared<Option<Value>>>>)>,
+    room_waiters: HashMap<u64, Waiters<Option<Value>>>,
     room_cache: HashMap<String, (Instant, Arc<Option<Value>>)>,
 }
 

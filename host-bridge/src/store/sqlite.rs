@@ -43,10 +43,18 @@ impl Sqlite {
             .spawn(move || {
                 while let Some(job) = rx.blocking_recv() {
                     match job {
-                        Job::Append(m, reply) => drop(reply.send(append(&conn, &m))),
-                        Job::History(q, reply) => drop(reply.send(history(&conn, &q))),
-                        Job::GetRoom(r, reply) => drop(reply.send(get_room(&conn, &r))),
-                        Job::PutRoom(r, s, reply) => drop(reply.send(put_room(&conn, &r, &s))),
+                        Job::Append(m, reply) => {
+                            drop(reply.send(append(&conn, &m).map_err(explain)))
+                        }
+                        Job::History(q, reply) => {
+                            drop(reply.send(history(&conn, &q).map_err(explain)))
+                        }
+                        Job::GetRoom(r, reply) => {
+                            drop(reply.send(get_room(&conn, &r).map_err(explain)))
+                        }
+                        Job::PutRoom(r, s, reply) => {
+                            drop(reply.send(put_room(&conn, &r, &s).map_err(explain)))
+                        }
                     }
                 }
             })?;
@@ -78,8 +86,14 @@ impl Backend for Sqlite {
     }
 }
 
+/// How long a write waits for a lock another process holds (a backup, an
+/// operator's shell) before it fails with "database is locked".
+const BUSY_TIMEOUT_MS: usize = 1_000;
+
 fn open_db(path: &Path) -> Result<sqlite::Connection> {
-    let conn = sqlite::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut conn = sqlite::open(path).with_context(|| format!("opening {}", path.display()))?;
+    conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+        .context("setting the busy timeout")?;
     conn.execute(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
@@ -99,6 +113,25 @@ fn open_db(path: &Path) -> Result<sqlite::Connection> {
     )
     .with_context(|| format!("creating the schema in {}", path.display()))?;
     Ok(conn)
+}
+
+/// SQLite errors often arrive as a bare result code; name the common ones
+/// so the client's error reply says what failed.
+fn explain(e: anyhow::Error) -> anyhow::Error {
+    let Some(code) = e.downcast_ref::<sqlite::Error>().and_then(|s| s.code) else {
+        return e;
+    };
+    let what = match code & 0xff {
+        5 => "database is locked (another process holds its write lock)",
+        6 => "a table in the database is locked",
+        8 => "attempt to write a read-only database",
+        10 => "disk I/O error",
+        11 => "the database file is corrupt",
+        13 => "database or disk is full",
+        14 => "unable to open the database file",
+        _ => return e,
+    };
+    anyhow!("sqlite: {what} (code {code})")
 }
 
 fn bucket(id: Id) -> i64 {
