@@ -2,6 +2,7 @@
 //! `DataService` (workers, coalescing, cache) as the node uses it:
 //!
 //! * insert latency p50/p99 (sequential appends, each durable on return);
+//! * the same with 64 channels appending at once (group commit);
 //! * history-fetch latency p50/p99 (50 newest before a random id of a
 //!   channel, sequential so nothing is coalesced);
 //! * 1,000 concurrent identical history reads of one hot channel: backend
@@ -91,6 +92,37 @@ async fn main() -> Result<()> {
     }
     let insert_rate = inserts as f64 / started.elapsed().as_secs_f64();
     let (ins_p50, ins_p99, ins_max) = percentiles(insert_us);
+
+    // Concurrent inserts: 64 channels appending at once (group commit).
+    const WRITERS: usize = 64;
+    let per_writer = (inserts / WRITERS).max(1);
+    let started = Instant::now();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let mut us = Vec::with_capacity(per_writer);
+                for n in 0..per_writer {
+                    let t = Instant::now();
+                    svc.append(
+                        format!("realtime:room:w{w}:chat"),
+                        "msg".into(),
+                        json!({"n": n, "text": "hello from the store bench"}),
+                    )
+                    .await?;
+                    us.push(micros(t.elapsed()));
+                }
+                anyhow::Ok(us)
+            })
+        })
+        .collect();
+    let mut conc_us = Vec::new();
+    for w in writers {
+        conc_us.extend(w.await??);
+    }
+    let conc_rate = conc_us.len() as f64 / started.elapsed().as_secs_f64();
+    let conc_count = conc_us.len();
+    let (conc_p50, conc_p99, conc_max) = percentiles(conc_us);
 
     // History fetches: 50 before a pseudo-random id.
     let mut fetch_us = Vec::with_capacity(fetches);
@@ -183,6 +215,8 @@ async fn main() -> Result<()> {
         "timestamp": ts,
         "insert": {"count": inserts, "p50_us": ins_p50, "p99_us": ins_p99, "max_us": ins_max,
                     "per_second": insert_rate},
+        "insert_concurrent": {"writers": WRITERS, "count": conc_count, "p50_us": conc_p50,
+                               "p99_us": conc_p99, "max_us": conc_max, "per_second": conc_rate},
         "history_fetch": {"count": fetches, "limit": 50, "p50_us": fetch_p50, "p99_us": fetch_p99,
                            "max_us": fetch_max},
         "hot_channel_reads": {"concurrent": hot_readers, "backend_queries": hot_queries,
@@ -196,6 +230,7 @@ async fn main() -> Result<()> {
         "# Data service on SQLite ({mode})\n\n\
          | measure | value |\n|---|---|\n\
          | insert p50 / p99 | {ins_p50:.0} µs / {ins_p99:.0} µs ({inserts} appends, {insert_rate:.0}/s) |\n\
+         | insert p50 / p99, {WRITERS} channels at once | {conc_p50:.0} µs / {conc_p99:.0} µs ({conc_count} appends, {conc_rate:.0}/s) |\n\
          | history fetch (50) p50 / p99 | {fetch_p50:.0} µs / {fetch_p99:.0} µs ({fetches} fetches) |\n\
          | {hot_readers} concurrent identical history reads | {hot_queries} backend queries (goal ≤ 2), {ratio:.0} reads per query, {hot_ms:.1} ms |\n\
          | room-state reads, {room_rate} joins/s for 1 s | {room_queries} backend queries, {room_ok} answered |\n\n\

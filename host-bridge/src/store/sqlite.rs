@@ -41,21 +41,22 @@ impl Sqlite {
         std::thread::Builder::new()
             .name("chorus-sqlite".into())
             .spawn(move || {
-                while let Some(job) = rx.blocking_recv() {
-                    match job {
-                        Job::Append(m, reply) => {
-                            drop(reply.send(append(&conn, &m).map_err(explain)))
-                        }
-                        Job::History(q, reply) => {
-                            drop(reply.send(history(&conn, &q).map_err(explain)))
-                        }
-                        Job::GetRoom(r, reply) => {
-                            drop(reply.send(get_room(&conn, &r).map_err(explain)))
-                        }
-                        Job::PutRoom(r, s, reply) => {
-                            drop(reply.send(put_room(&conn, &r, &s).map_err(explain)))
+                let mut queued = Vec::new();
+                while rx.blocking_recv_many(&mut queued, 1024) > 0 {
+                    // Group commit: appends queued together share one
+                    // transaction (one WAL sync); replies still go out only
+                    // after that commit.
+                    let mut appends = Vec::new();
+                    for job in queued.drain(..) {
+                        match job {
+                            Job::Append(m, reply) => appends.push((m, reply)),
+                            other => {
+                                commit_appends(&conn, std::mem::take(&mut appends));
+                                serve(&conn, other);
+                            }
                         }
                     }
+                    commit_appends(&conn, appends);
                 }
             })?;
         tracing::info!(path = %path.display(), "sqlite store open");
@@ -89,6 +90,57 @@ impl Backend for Sqlite {
 /// How long a write waits for a lock another process holds (a backup, an
 /// operator's shell) before it fails with "database is locked".
 const BUSY_TIMEOUT_MS: usize = 1_000;
+
+fn serve(conn: &sqlite::Connection, job: Job) {
+    match job {
+        Job::Append(m, reply) => drop(reply.send(append(conn, &m).map_err(explain))),
+        Job::History(q, reply) => drop(reply.send(history(conn, &q).map_err(explain))),
+        Job::GetRoom(r, reply) => drop(reply.send(get_room(conn, &r).map_err(explain))),
+        Job::PutRoom(r, s, reply) => drop(reply.send(put_room(conn, &r, &s).map_err(explain))),
+    }
+}
+
+/// Commits a batch of appends in one transaction and answers each. If the
+/// batch fails it is rolled back and every append is retried on its own, so
+/// one bad message cannot fail its neighbours and each answer is exact.
+fn commit_appends(
+    conn: &sqlite::Connection,
+    batch: Vec<(NewMessage, oneshot::Sender<Result<()>>)>,
+) {
+    match batch.len() {
+        0 => return,
+        1 => {
+            for (m, reply) in batch {
+                serve(conn, Job::Append(m, reply));
+            }
+            return;
+        }
+        _ => {}
+    }
+    let together = conn
+        .execute("BEGIN IMMEDIATE")
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            for (m, _) in &batch {
+                append(conn, m)?;
+            }
+            conn.execute("COMMIT").map_err(anyhow::Error::from)
+        });
+    match together {
+        Ok(()) => {
+            for (_, reply) in batch {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            let _ = conn.execute("ROLLBACK");
+            tracing::warn!(error = %explain(e), size = batch.len(), "group commit failed; appending one by one");
+            for (m, reply) in batch {
+                serve(conn, Job::Append(m, reply));
+            }
+        }
+    }
+}
 
 fn open_db(path: &Path) -> Result<sqlite::Connection> {
     let mut conn = sqlite::open(path).with_context(|| format!("opening {}", path.display()))?;
