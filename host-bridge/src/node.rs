@@ -98,7 +98,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         )?,
         // CQL (ScyllaDB / Cassandra); a failed connection names the nodes
         // and CHORUS_SCYLLA_NODES (store/cql.rs).
-        "scylla" => DataService::new(
+        "scylla" => DataService::with_config(
             Arc::new(
                 crate::store::cql::Cql::connect(&crate::store::cql::CqlOptions {
                     nodes: config.store.scylla_nodes.clone(),
@@ -108,6 +108,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
                 .await?,
             ),
             1,
+            &config.store,
         )?,
         other => bail!("store.backend = {other:?} is not available in this build yet"),
     };

@@ -139,7 +139,10 @@ fn push(map: &mut HashMap<u64, Entry>, id: u64, frame: Frame) -> Sent {
         Err(mpsc::error::TrySendError::Full(_)) => {
             // Dropping the sender ends the writer task, which then sends
             // the slow-consumer close frame.
-            tracing::warn!(outlet = id, "slow consumer: send queue full, closing the socket");
+            tracing::warn!(
+                outlet = id,
+                "slow consumer: send queue full, closing the socket"
+            );
             entry.slow.store(true, Ordering::Relaxed);
             map.remove(&id);
             Sent::Slow
@@ -182,7 +185,9 @@ async fn write_loop(
         match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&batch)).await {
             Ok(Ok(())) => {
                 outlets.frames_out.fetch_add(frames, Ordering::Relaxed);
-                outlets.bytes_out.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                outlets
+                    .bytes_out
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 if batch.capacity() > 8 * 1024 {
                     batch = Vec::new();
                 }
