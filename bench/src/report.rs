@@ -435,12 +435,55 @@ pub fn write_all(root: &Path, out: &Path, benchmarks_md: bool) -> Result<(), Str
     eprintln!("wrote {}", path.display());
     if benchmarks_md {
         let rel_out = out.strip_prefix(root).unwrap_or(out);
-        let md = benchmarks_md_text(&index, &tables, &pngs, &plot_errors, rel_out);
+        let mut md = benchmarks_md_text(&index, &tables, &pngs, &plot_errors, rel_out);
+        md.push_str(&other_harnesses(out));
         let path = root.join("BENCHMARKS.md");
         fs::write(&path, md).map_err(|e| format!("write {}: {e}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The reports other harnesses wrote next to ours, embedded as they are
+/// (headings demoted): the platform bench (`bench/platform.py`: Chorus
+/// against stock lunatic on one guest) and the newest data-service bench
+/// (`host-bridge/examples/store_bench.rs`).
+fn other_harnesses(out: &Path) -> String {
+    let newest_store = fs::read_dir(out).ok().and_then(|dir| {
+        dir.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|n| n.starts_with("store-") && n.ends_with(".md"))
+            .max()
+    });
+    let sources = [
+        (
+            "Runtime: Chorus against stock lunatic (platform bench)",
+            Some("platform-latest.md".to_string()),
+            "python3 bench/platform.py --sizes 1000,5000,20000,100000 --repeat 3",
+        ),
+        (
+            "Data service (store bench)",
+            newest_store,
+            "cargo run --release -p chorus-host --example store_bench",
+        ),
+    ];
+    let mut md = String::new();
+    for (title, file, command) in sources {
+        let _ = write!(md, "\n## {title}\n\nReproduce: `{command}`.\n\n");
+        match file.and_then(|f| fs::read_to_string(out.join(&f)).ok().map(|t| (f, t))) {
+            Some((f, text)) => {
+                let _ = writeln!(md, "From `{f}`:\n");
+                for line in text.lines() {
+                    if line.starts_with('#') {
+                        let _ = writeln!(md, "##{line}");
+                    } else {
+                        let _ = writeln!(md, "{line}");
+                    }
+                }
+            }
+            None => md.push_str("Not run yet: no results file.\n"),
+        }
+    }
+    md
 }
 
 fn benchmarks_md_text(
