@@ -56,9 +56,10 @@ ensure_wasm_target() {
                /usr/bin/cargo -Zbuild-std=std,panic_abort)
 }
 
-# Native build prerequisites (C compiler for the bundled SQLite, pkg-config).
+# Native build prerequisites: C compiler (bundled SQLite), pkg-config, and the
+# font libraries the benchmark plots link (plotters).
 ensure_native_deps() {
-  apt_install build-essential pkg-config
+  apt_install build-essential pkg-config libfontconfig1-dev libfreetype-dev
 }
 
 # build_guest ARGS... : cargo build for wasm32-wasip1 with the chosen toolchain.
