@@ -43,7 +43,7 @@ log "Node.js tests with @supabase/realtime-js and phoenix"
 
 log "benchmarks, tiny size (harness check only)"
 python3 bench/platform.py --tiny
-cargo run --release -p chorus-host --example store_bench -- --tiny --out bench/results
+cargo run --release -p chorus-host --example store_bench -- --tiny --out "$(mktemp -d)"
 scripts/bench.sh --tiny
 
 log "all tests passed"
