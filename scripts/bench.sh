@@ -29,4 +29,12 @@ log "building the load generator (chorus-bench)"
 cargo build --release -p chorus-bench
 
 log "running the benchmark suite"
-exec "$ROOT/target/release/chorus-bench" suite --root "$ROOT" --out "$ROOT/bench/results" "$@"
+# In the standard suite a peer that cannot hold the load (RabbitMQ in
+# many-rooms) is a measured result, reported in the table; only NATS, the
+# reference, failing means the harness itself is broken. The tiny suite
+# (CI) requires every peer.
+extra=(--require nats)
+for a in "$@"; do
+  case "$a" in --tiny|--require|--require=*) extra=() ;; esac
+done
+exec "$ROOT/target/release/chorus-bench" suite --root "$ROOT" --out "$ROOT/bench/results" "${extra[@]}" "$@"
