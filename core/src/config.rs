@@ -18,6 +18,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub presence: PresenceConfig,
+    pub rooms: RoomsConfig,
+    pub modules: ModulesConfig,
     pub runtime: RuntimeConfig,
 }
 
@@ -81,6 +83,18 @@ pub struct LimitsConfig {
     pub channel_idle_ms: u64,
     /// Messages a channel keeps in memory for late joiners and replay.
     pub channel_history: u32,
+    /// Client messages one socket may send per second (token bucket refill);
+    /// over it a push is refused with `rate_limited`. Heartbeats and leaves
+    /// are exempt.
+    pub client_messages_per_second: u32,
+    /// Burst of the per-socket token bucket.
+    pub client_burst: u32,
+    /// Frames one socket may have queued on its control/audio or chat lane
+    /// before it is closed as a slow consumer (1008 `slow_consumer`).
+    pub outlet_queue_frames: u32,
+    /// Unwritten reaction frames one socket may have queued; past it new
+    /// reactions are counted and delivered as one `reaction_counts` frame.
+    pub reaction_queue_frames: u32,
 }
 
 /// Presence shards.
@@ -89,6 +103,53 @@ pub struct LimitsConfig {
 pub struct PresenceConfig {
     /// Number of presence shard processes users are hashed onto.
     pub shards: u32,
+    /// Most keys one client may hold in a selective presence subscription
+    /// (`presence_subscribe`), and may ask about in one `presence_online`.
+    pub max_subscribed_keys: u32,
+    /// Members above which a channel is a large room: clients without a
+    /// subscription get the member count and a relevant set, not everyone.
+    pub large_room_threshold: u32,
+    /// Size of a relevant set (host, friends, recent chatters, a sample).
+    pub relevant_set_size: u32,
+    /// How long a member who published counts as a recent chatter.
+    pub recent_chat_ms: u64,
+}
+
+/// WhatsSound rooms: peak mode (each channel measures its message rate).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Messages per second (over the last second) above which a channel
+    /// enters peak mode.
+    pub peak_enter_per_s: u32,
+    /// Rate below which a channel in peak mode starts counting down to leave.
+    pub peak_exit_per_s: u32,
+    /// How long the rate must stay below `peak_exit_per_s` to leave.
+    pub peak_exit_after_ms: u64,
+    /// In peak mode, chat deliveries go out at most once per this period
+    /// (one `batch` frame to opted-in clients, one coalesced write to others).
+    pub peak_batch_ms: u64,
+    /// In peak mode, presence diffs are merged over this period.
+    pub peak_presence_merge_ms: u64,
+    /// In peak mode, reactions are delivered as counts once per this period.
+    pub peak_reaction_interval_ms: u64,
+}
+
+/// Process modules: room behaviours added as supervised processes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModulesConfig {
+    /// Modules to start, by name (shipped: `moderation`).
+    pub enabled: Vec<String>,
+    /// How long a channel waits for a module's verdict before applying
+    /// `fail_open`.
+    pub timeout_ms: u64,
+    /// When a module does not answer in time: deliver (`true`) or refuse.
+    pub fail_open: bool,
+    /// `moderation`: words (case-insensitive) it acts on.
+    pub moderation_words: Vec<String>,
+    /// `moderation`: `mask` (replace with asterisks) or `reject`.
+    pub moderation_action: String,
 }
 
 /// The host's wasmtime settings (read by the native host only).
@@ -139,13 +200,48 @@ impl Default for LimitsConfig {
             max_http_head_bytes: 16 * 1024,
             channel_idle_ms: 30_000,
             channel_history: 100,
+            client_messages_per_second: 100,
+            client_burst: 200,
+            outlet_queue_frames: 4096,
+            reaction_queue_frames: 64,
         }
     }
 }
 
 impl Default for PresenceConfig {
     fn default() -> Self {
-        Self { shards: 16 }
+        Self {
+            shards: 16,
+            max_subscribed_keys: 500,
+            large_room_threshold: 200,
+            relevant_set_size: 50,
+            recent_chat_ms: 60_000,
+        }
+    }
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            peak_enter_per_s: 100,
+            peak_exit_per_s: 50,
+            peak_exit_after_ms: 2_000,
+            peak_batch_ms: 50,
+            peak_presence_merge_ms: 1_000,
+            peak_reaction_interval_ms: 500,
+        }
+    }
+}
+
+impl Default for ModulesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: Vec::new(),
+            timeout_ms: 200,
+            fail_open: true,
+            moderation_words: Vec::new(),
+            moderation_action: "mask".into(),
+        }
     }
 }
 
@@ -159,6 +255,9 @@ impl Default for RuntimeConfig {
         }
     }
 }
+
+/// Process modules this build ships (see `src/modules/`).
+pub const KNOWN_MODULES: &[&str] = &["moderation"];
 
 /// Short environment names for the keys operators set most, as documented in
 /// the README. Every key also has the long form `CHORUS_<SECTION>_<KEY>`.
@@ -341,6 +440,68 @@ impl Config {
         }
         if self.presence.shards == 0 {
             return bad("presence.shards", "must be at least 1");
+        }
+        if self.limits.client_messages_per_second == 0 {
+            return bad("limits.client_messages_per_second", "must be at least 1");
+        }
+        if self.limits.client_burst < self.limits.client_messages_per_second.min(1) {
+            return bad("limits.client_burst", "must be at least 1");
+        }
+        if self.limits.outlet_queue_frames < 16 {
+            return bad("limits.outlet_queue_frames", "must be at least 16");
+        }
+        if self.limits.reaction_queue_frames == 0 {
+            return bad("limits.reaction_queue_frames", "must be at least 1");
+        }
+        if self.presence.max_subscribed_keys == 0 {
+            return bad("presence.max_subscribed_keys", "must be at least 1");
+        }
+        if self.presence.relevant_set_size == 0 {
+            return bad("presence.relevant_set_size", "must be at least 1");
+        }
+        if self.rooms.peak_enter_per_s == 0 {
+            return bad("rooms.peak_enter_per_s", "must be at least 1");
+        }
+        if self.rooms.peak_exit_per_s >= self.rooms.peak_enter_per_s {
+            return bad(
+                "rooms.peak_exit_per_s",
+                "must be below rooms.peak_enter_per_s (hysteresis)",
+            );
+        }
+        for (key, ms) in [
+            ("rooms.peak_batch_ms", self.rooms.peak_batch_ms),
+            (
+                "rooms.peak_presence_merge_ms",
+                self.rooms.peak_presence_merge_ms,
+            ),
+            (
+                "rooms.peak_reaction_interval_ms",
+                self.rooms.peak_reaction_interval_ms,
+            ),
+        ] {
+            if !(1..=60_000).contains(&ms) {
+                return bad(key, "must be between 1 and 60000");
+            }
+        }
+        if let Some(name) = self
+            .modules
+            .enabled
+            .iter()
+            .find(|m| !KNOWN_MODULES.contains(&m.as_str()))
+        {
+            return bad(
+                "modules.enabled",
+                &format!(
+                    "unknown module {name:?} (known: {})",
+                    KNOWN_MODULES.join(", ")
+                ),
+            );
+        }
+        if !matches!(self.modules.moderation_action.as_str(), "mask" | "reject") {
+            return bad(
+                "modules.moderation_action",
+                "must be \"mask\" or \"reject\"",
+            );
         }
         if self.runtime.max_processes < 16 {
             return bad("runtime.max_processes", "must be at least 16");

@@ -42,6 +42,13 @@ metrics! {
     ProtocolErrors => "chorus_protocol_errors_total", Counter, "Client frames refused as malformed or over a limit";
     HistoryRefilled => "chorus_channel_history_refilled_total", Counter, "Messages channel servers reloaded from storage into their in-memory history at start";
     Replayed => "chorus_replayed_messages_total", Counter, "Stored messages replayed to clients on join (broadcast.replay)";
+    RateLimited => "chorus_rate_limited_total", Counter, "Client messages refused by the per-socket rate limit";
+    PeakChannels => "chorus_peak_channels", Gauge, "Channels in peak mode now";
+    PeakEntered => "chorus_peak_entered_total", Counter, "Times a channel entered peak mode";
+    PeakLeft => "chorus_peak_left_total", Counter, "Times a channel left peak mode";
+    PresenceSubscriptions => "chorus_presence_subscriptions", Gauge, "Clients with a selective presence subscription now";
+    ModuleVerdicts => "chorus_module_verdicts_total", Counter, "Messages a process module changed or refused";
+    ModuleTimeouts => "chorus_module_timeouts_total", Counter, "Module calls that timed out (fail_open applied)";
 }
 
 impl Metric {
