@@ -21,6 +21,38 @@ pub struct JoinConfig {
     pub access_token: Option<String>,
     /// `broadcast.replay`: stored messages to send after the join reply.
     pub replay: Option<Replay>,
+    /// `presence.friends` (Chorus extension): keys that belong in this
+    /// client's relevant set in a large room (besides a `friends` JWT claim).
+    pub friends: Vec<String>,
+    /// `chorus.batch` (Chorus extension): in peak mode, receive chat as one
+    /// `batch` frame per period instead of one frame per message.
+    pub batch: bool,
+}
+
+/// Most entries of `config.presence.friends`.
+pub const MAX_FRIENDS: usize = 500;
+/// Longest presence key accepted in a friends list.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// Reads a list of presence keys (`friends`, subscriptions): strings of at
+/// most [`MAX_KEY_BYTES`], at most `max` of them. `what` names the field in
+/// errors.
+pub fn parse_keys(v: &Value, what: &str, max: usize) -> Result<Vec<String>, String> {
+    let Value::Array(items) = v else {
+        return Err(format!("{what} must be a list of strings"));
+    };
+    if items.len() > max {
+        return Err(format!("{what} has more than {max} entries"));
+    }
+    items
+        .iter()
+        .map(|i| match i {
+            Value::String(s) if !s.is_empty() && s.len() <= MAX_KEY_BYTES => Ok(s.clone()),
+            _ => Err(format!(
+                "{what} must hold non-empty strings of at most {MAX_KEY_BYTES} bytes"
+            )),
+        })
+        .collect()
 }
 
 /// Supabase's `config.broadcast.replay {since, limit}`: replay the stored
@@ -76,6 +108,11 @@ pub fn parse_join(payload: &Value) -> Result<JoinConfig, String> {
     };
     let broadcast = section("broadcast")?;
     let presence = section("presence")?;
+    let chorus = section("chorus")?;
+    let friends = match presence.get("friends") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => parse_keys(v, "config.presence.friends", MAX_FRIENDS)?,
+    };
     let presence_key = match presence.get("key") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -99,6 +136,8 @@ pub fn parse_join(payload: &Value) -> Result<JoinConfig, String> {
         presence_enabled: flag(presence, "presence", "enabled")?,
         access_token,
         replay,
+        friends,
+        batch: flag(chorus, "chorus", "batch")?,
     })
 }
 
@@ -128,6 +167,30 @@ fn parse_replay(r: &serde_json::Map<String, Value>) -> Result<Replay, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn chorus_extensions_in_the_join_config() {
+        let c = parse_join(&json!({"config": {
+            "presence": {"key": "a", "friends": ["b", "c"]},
+            "chorus": {"batch": true}
+        }}))
+        .unwrap();
+        assert_eq!(c.friends, vec!["b".to_string(), "c".to_string()]);
+        assert!(c.batch);
+        let plain = parse_join(&json!({"config": {}})).unwrap();
+        assert!(plain.friends.is_empty() && !plain.batch);
+        for bad in [
+            json!({"config": {"presence": {"friends": "b"}}}),
+            json!({"config": {"presence": {"friends": [1]}}}),
+            json!({"config": {"presence": {"friends": [""]}}}),
+            json!({"config": {"chorus": {"batch": "yes"}}}),
+            json!({"config": {"chorus": []}}),
+        ] {
+            assert!(parse_join(&bad).is_err(), "{bad}");
+        }
+        let many: Vec<String> = (0..=MAX_FRIENDS).map(|i| i.to_string()).collect();
+        assert!(parse_join(&json!({"config": {"presence": {"friends": many}}})).is_err());
+    }
 
     #[test]
     fn realtime_js_join_payload_parses() {

@@ -11,6 +11,7 @@ pub mod data;
 pub mod http;
 pub mod join;
 pub mod jwt;
+pub mod lanes;
 pub mod metrics;
 pub mod phoenix;
 pub mod presence;
