@@ -661,11 +661,14 @@ fn push_meta() -> impl Strategy<Value = Option<Map<String, Value>>> {
         .prop_map(|m| m.into_iter().collect()),
     )
     // Binary frames carry the metadata's length in one byte.
-    .prop_filter("metadata fits its length byte", |m| {
-        m.as_ref()
-            .map_or(0, |m| Value::Object(m.clone()).to_string().len())
-            <= 255
-    })
+    .prop_filter(
+        "metadata fits its length byte",
+        |m: &Option<Map<String, Value>>| {
+            m.as_ref()
+                .map_or(0, |m| Value::Object(m.clone()).to_string().len())
+                <= 255
+        },
+    )
 }
 
 fn inbound(vsn: Vsn) -> impl Strategy<Value = Inbound> {
