@@ -150,6 +150,10 @@ impl Reply {
 /// The test-only event that crashes every module process asked about it
 /// (with `node.fault_injection`), to see the supervisor restart it.
 pub const CRASH_EVENT: &str = "chorus_crash_module";
+/// The test-only event that makes every module process asked about it answer
+/// 100 ms after `modules.timeout_ms` (with `node.fault_injection`), to see a
+/// channel give up waiting and ignore the late answer.
+pub const SLOW_EVENT: &str = "chorus_slow_module";
 
 /// The process shell of every module: builds module `name` and answers.
 pub fn run(args: (String, Config), inbox: supervisors::Inbox<ModuleMsg>) {
@@ -171,8 +175,16 @@ pub fn run(args: (String, Config), inbox: supervisors::Inbox<ModuleMsg>) {
                 reply,
                 tag,
             }) => {
-                if config.node.fault_injection && event == CRASH_EVENT {
-                    panic!("fault injection: module {name} crash requested by a client");
+                if config.node.fault_injection {
+                    match event.as_str() {
+                        CRASH_EVENT => {
+                            panic!("fault injection: module {name} crash requested by a client")
+                        }
+                        SLOW_EVENT => lunatic::sleep(Duration::from_millis(
+                            config.modules.timeout_ms.saturating_add(100),
+                        )),
+                        _ => {}
+                    }
                 }
                 let verdict = match serde_json::from_str::<Value>(&payload) {
                     Ok(payload) => module.on_chat(&ChatMessage {
