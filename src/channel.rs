@@ -114,6 +114,9 @@ pub enum ChannelMsg {
     Stop,
     /// Audio sync on a room's audio lane (see `crate::room`).
     Room(crate::room::RoomMsg),
+    /// A process module's verdict (see `crate::modules`); one arriving here
+    /// came after the channel stopped waiting, and is ignored.
+    ModuleAnswer(crate::modules::Reply),
 }
 
 /// Arguments of a channel process (plain data, kept for restarts).
@@ -127,6 +130,8 @@ pub struct ChannelArgs {
     pub presence_shards: u32,
     /// Peak mode settings.
     pub rooms: RoomsConfig,
+    /// The process modules a chat lane asks about each message.
+    pub modules: crate::modules::Hooks,
 }
 
 /// Messages to a directory shard.
@@ -205,6 +210,7 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                             sweep_ms,
                             presence_shards: config.presence.shards,
                             rooms: config.rooms.clone(),
+                            modules: crate::modules::Hooks::for_topic(&config, &topic),
                         };
                         match DynamicSupervisor::<ChannelArgs, ChannelMsg>::lookup(CHANNELS)
                             .map(|sup| sup.start_child(args))
@@ -262,6 +268,8 @@ struct Channel {
     room: Option<crate::room::AudioLane>,
     /// Peak mode: rate, transitions and held deliveries (`channel/peak.rs`).
     peak: peak::PeakState,
+    /// The process modules asked before a message is stored and delivered.
+    modules: crate::modules::Screen,
 }
 
 /// A message in a channel's in-memory recent history.
@@ -290,6 +298,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
         history_len: args.history as usize,
         room: crate::room::AudioLane::for_topic(&args.topic),
         peak: peak::PeakState::new(&args.rooms, &args.topic),
+        modules: args.modules.clone().bind(inbox.this()),
     };
     ch.refill();
     let idle = Duration::from_millis(args.idle_ms);
@@ -349,7 +358,7 @@ impl Channel {
                 meta,
                 refs,
             } => self.presence(session, meta, refs),
-            ChannelMsg::Stop => {}
+            ChannelMsg::Stop | ChannelMsg::ModuleAnswer(_) => {}
             ChannelMsg::Room(m) => match self.room.as_mut().map(|r| r.handle(m)) {
                 Some(crate::room::Action::Publish(p)) => self.publish(p),
                 Some(crate::room::Action::Error { from, refs, reason }) => {
@@ -438,24 +447,17 @@ impl Channel {
         }
     }
 
-    fn publish(&mut self, p: Publish) {
+    fn publish(&mut self, mut p: Publish) {
+        if let Err(reason) = self.modules.screen(&self.topic, &p.event, &mut p.payload) {
+            self.refuse(&p, &reason);
+            return;
+        }
         let mut stored = None;
         if self.persist {
             match self.store(&p) {
                 Ok(id) => stored = Some(id),
                 Err(reason) => {
-                    if let (Some(from), Some((join_ref, msg_ref))) = (p.from, p.ack) {
-                        if let Some(sub) = self.subs.get(&from) {
-                            let err = Outbound::reply(
-                                Some(join_ref),
-                                msg_ref,
-                                &self.topic,
-                                "error",
-                                json!({ "reason": reason }),
-                            );
-                            send_outbound(sub.outlet, sub.v2, &err);
-                        }
-                    }
+                    self.refuse(&p, &reason);
                     return;
                 }
             }
@@ -509,6 +511,23 @@ impl Channel {
         for (outlets, bytes) in [(&to_v1, &frames.0), (&to_v2, &frames.1)] {
             if let Some(bytes) = bytes {
                 host::fanout(outlets, bytes);
+            }
+        }
+    }
+
+    /// Answers a refused publish with an error reply carrying `reason`, when
+    /// its publisher asked for an acknowledgement.
+    fn refuse(&self, p: &Publish, reason: &str) {
+        if let (Some(from), Some((join_ref, msg_ref))) = (p.from, &p.ack) {
+            if let Some(sub) = self.subs.get(&from) {
+                let err = Outbound::reply(
+                    Some(join_ref.clone()),
+                    msg_ref.clone(),
+                    &self.topic,
+                    "error",
+                    json!({ "reason": reason }),
+                );
+                send_outbound(sub.outlet, sub.v2, &err);
             }
         }
     }

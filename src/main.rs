@@ -6,6 +6,7 @@ mod admin;
 mod channel;
 mod gateway;
 mod host;
+mod modules;
 mod presence;
 mod room;
 mod tree;

@@ -3,6 +3,7 @@
 //! ```text
 //! chorus (one_for_one, 10 restarts / 10 s)
 //! ├── presence (one_for_one)      fixed shards chorus-presence-0..N
+//! ├── modules (one_for_one)       chorus-module-<name> per modules.enabled (permanent)
 //! ├── channels (one_for_all)
 //! │   ├── channels                dynamic: one process per active topic (transient)
 //! │   └── chorus-dir-0..3         directory shards owning topics by hash ring
@@ -12,8 +13,9 @@
 //! ```
 //!
 //! Admin HTTP requests are served by the connection process that received
-//! them (stateless, under `sessions`). Order matters: the gateway starts
-//! last, once channels and presence can serve it; if the acceptor dies,
+//! them (stateless, under `sessions`). Order matters: modules start before
+//! the channels that ask them, and the gateway starts last, once channels
+//! and presence can serve it; if the acceptor dies,
 //! rest_for_one restarts it alone, but if `sessions` dies the acceptor is
 //! restarted after it.
 
@@ -24,7 +26,7 @@ use supervisors::{
     ChildSpec, DynamicSupervisorSpec, Restart, Shutdown, Strategy, SupervisorRef, SupervisorSpec,
 };
 
-use crate::{channel, gateway, host, presence};
+use crate::{channel, gateway, host, modules, presence};
 
 /// Registered name of the root supervisor.
 pub const ROOT: &str = "chorus";
@@ -92,6 +94,10 @@ fn spec(config: &Config) -> SupervisorSpec {
         .intensity(10)
         .period(Duration::from_secs(10))
         .child(ChildSpec::supervisor("presence", presence))
+        .child(ChildSpec::supervisor(
+            "modules",
+            modules::supervisor(config),
+        ))
         .child(ChildSpec::supervisor("channels", directories))
         .child(ChildSpec::supervisor("gateway", gateway))
 }
@@ -100,6 +106,10 @@ fn spec(config: &Config) -> SupervisorSpec {
 /// up (too many restarts), the link takes the main process down with it and
 /// the node exits with an error.
 pub fn start(config: Config) {
+    if let Err(e) = modules::check(&config) {
+        host::log(host::Level::Error, &e);
+        std::process::exit(1);
+    }
     match SupervisorRef::start_link(ROOT, spec(&config)) {
         Ok(_) => host::log(host::Level::Info, "supervision tree started"),
         Err(e) => {

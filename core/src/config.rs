@@ -501,6 +501,17 @@ impl Config {
                 ),
             );
         }
+        if let Some(word) = self
+            .modules
+            .moderation_words
+            .iter()
+            .find(|w| !crate::moderation::is_word(w.trim()))
+        {
+            return bad(
+                "modules.moderation_words",
+                &format!("{word:?} is not one word (letters, digits, _)"),
+            );
+        }
         if !matches!(self.modules.moderation_action.as_str(), "mask" | "reject") {
             return bad(
                 "modules.moderation_action",

@@ -13,6 +13,8 @@ pub mod join;
 pub mod jwt;
 pub mod lanes;
 pub mod metrics;
+pub mod moderation;
+pub mod modules;
 pub mod peak;
 pub mod phoenix;
 pub mod presence;

@@ -16,8 +16,8 @@ use lunatic::{host, sleep, Mailbox, MailboxError, MessageSignal, Process, Tag};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use supervisors::{
-    ChildRef, ChildSpec, DynamicSupervisor, DynamicSupervisorSpec, Inbox, Incoming, Restart,
-    Shutdown, Strategy, SupervisorRef, SupervisorSpec,
+    tag_receive_timeout, ChildRef, ChildSpec, DynamicSupervisor, DynamicSupervisorSpec, Inbox,
+    Incoming, Restart, Shutdown, Strategy, SupervisorRef, SupervisorSpec,
 };
 
 type Scenario = fn() -> Result<(), String>;
@@ -91,6 +91,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     (
         "tree_stops_when_its_parent_crashes",
         tree_stops_when_parent_crashes,
+    ),
+    (
+        "tagged_answer_is_awaited_alone_and_a_late_one_is_an_ordinary_message",
+        tagged_answers,
     ),
 ];
 
@@ -793,4 +797,52 @@ fn doomed_parent(report: Probe, _: Mailbox<()>) {
     let child = ChildRef::<Cmd>::lookup("s18.a").expect("child registered");
     report.send((sup.pid(), child.pid()));
     panic!("the parent of s18 crashes on purpose");
+}
+
+/// Messages of the [`asker`] child.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum AskMsg {
+    Note(String),
+    Answer(u64),
+}
+
+/// Sends itself answers with `ChildRef::tag_send` and checks, from inside a
+/// supervised process, that `tag_receive_timeout` takes the tagged answer
+/// past a queued message, times out when nothing comes, and that an answer
+/// sent after the wait ended arrives in the inbox as an ordinary message.
+fn asker(report: Probe, inbox: Inbox<AskMsg>) {
+    let me = inbox.this();
+    let outcome = (|| {
+        me.send(AskMsg::Note("queued first".into()));
+        let tag = Tag::new();
+        me.tag_send(tag, AskMsg::Answer(1));
+        let got = tag_receive_timeout::<AskMsg>(&[tag], SETTLE);
+        check(got == Some(AskMsg::Answer(1)), || {
+            format!("tagged answer: got {got:?}")
+        })?;
+        let late = Tag::new();
+        let got = tag_receive_timeout::<AskMsg>(&[late], Duration::from_millis(20));
+        check(got.is_none(), || format!("nothing was sent, got {got:?}"))?;
+        me.tag_send(late, AskMsg::Answer(2));
+        for expected in [AskMsg::Note("queued first".into()), AskMsg::Answer(2)] {
+            match inbox.receive_timeout(SETTLE) {
+                Some(Incoming::Message(m)) if m == expected => {}
+                other => return Err(format!("inbox: expected {expected:?}, got {other:?}")),
+            }
+        }
+        Ok(())
+    })();
+    report.send(outcome);
+    while inbox.receive() != Incoming::Shutdown {}
+}
+
+fn tagged_answers() -> Result<(), String> {
+    let report = Probe::new();
+    let sup = start(
+        "s_tag",
+        SupervisorSpec::new(Strategy::OneForOne)
+            .child(ChildSpec::new("asker", asker, report).restart(Restart::Temporary)),
+    )?;
+    report.receive::<Result<(), String>>(SETTLE)??;
+    sup.shutdown().map_err(err)
 }

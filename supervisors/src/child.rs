@@ -238,6 +238,15 @@ where
         self.process().send(Envelope::Msg(message));
     }
 
+    /// Sends `message` under `tag`, for a process waiting for this very
+    /// answer with [`tag_receive_timeout`] (a request/answer between
+    /// supervised processes). If the receiver has stopped waiting, the
+    /// message arrives in its [`Inbox`] like any other `M`, so a late answer
+    /// is a message the receiver ignores, never an undecodable one.
+    pub fn tag_send(&self, tag: Tag, message: M) {
+        self.process().tag_send(tag, Envelope::Msg(message));
+    }
+
     /// The current incarnation of the child registered as `name` (see
     /// [`ChildSpec::register`](crate::ChildSpec::register)).
     pub fn lookup(name: &str) -> Option<Self> {
@@ -268,6 +277,23 @@ impl<M> std::fmt::Debug for ChildRef<M> {
             .field("node", &self.node)
             .field("pid", &self.pid)
             .finish()
+    }
+}
+
+/// Waits at most `timeout`, in a supervised process whose messages are `M`,
+/// for a message sent to it with [`ChildRef::tag_send`] under one of `tags`;
+/// every other message (the supervisor's shutdown request included) stays
+/// queued for its [`Inbox`]. `None` when nothing came in time.
+///
+/// This is the answer side of a request/answer when the process does not
+/// hold its `Inbox` at hand (deep in its own code).
+pub fn tag_receive_timeout<M>(tags: &[Tag], timeout: Duration) -> Option<M>
+where
+    M: Serialize + DeserializeOwned,
+{
+    match mailbox::<M>().tag_receive_timeout(tags, timeout) {
+        Ok(Envelope::Msg(message)) => Some(message),
+        Ok(Envelope::Shutdown) | Err(_) => None,
     }
 }
 

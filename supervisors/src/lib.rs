@@ -59,7 +59,7 @@ mod intensity;
 mod spec;
 mod supervisor;
 
-pub use child::{ChildRef, Inbox, Incoming};
+pub use child::{tag_receive_timeout, ChildRef, Inbox, Incoming};
 pub use handle::{
     ChildInfo, Counts, DynamicSupervisor, Error, SupervisorRef, DEFAULT_CALL_TIMEOUT,
 };
