@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use chorus_core::config::Config;
+use chorus_core::config::{Config, PresenceConfig};
 use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::metrics::Metric;
 use chorus_core::phoenix::{self, Frame, Outbound, Payload, UserBroadcast, Vsn};
@@ -75,6 +75,10 @@ pub struct JoinReq {
     /// send after the join reply.
     #[serde(default)]
     pub replay: Option<(u64, u32)>,
+    /// Presence keys of the client's friends (JWT claim `friends`, then
+    /// `config.presence.friends`): its relevant set in a large room.
+    #[serde(default)]
+    pub friends: Vec<String>,
 }
 
 /// A broadcast entering the channel, from a session or the admin API.
@@ -108,6 +112,14 @@ pub enum ChannelMsg {
     Stop,
     /// Audio sync on a room's audio lane (see `crate::room`).
     Room(crate::room::RoomMsg),
+    /// `presence_subscribe` (selective presence, see `crate::viewers`),
+    /// answered by the channel, which knows the set.
+    PresenceSubscribe {
+        session: u64,
+        add: Vec<String>,
+        remove: Vec<String>,
+        refs: (String, Option<String>),
+    },
 }
 
 /// Arguments of a channel process (plain data, kept for restarts).
@@ -119,6 +131,8 @@ pub struct ChannelArgs {
     pub history: u32,
     pub sweep_ms: u64,
     pub presence_shards: u32,
+    /// Selective presence and large rooms (`[presence]`).
+    pub presence: PresenceConfig,
 }
 
 /// Messages to a directory shard.
@@ -196,6 +210,7 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                             history: config.limits.channel_history,
                             sweep_ms,
                             presence_shards: config.presence.shards,
+                            presence: config.presence.clone(),
                         };
                         match DynamicSupervisor::<ChannelArgs, ChannelMsg>::lookup(CHANNELS)
                             .map(|sup| sup.start_child(args))
@@ -232,7 +247,6 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
 struct Subscriber {
     session: ChildRef<SessionMsg>,
     outlet: u64,
-    join_ref: String,
     v2: bool,
     broadcast_self: bool,
     presence_key: String,
@@ -249,6 +263,8 @@ struct Channel {
     history_len: usize,
     /// The room state, on a room's audio lane.
     room: Option<crate::room::AudioLane>,
+    /// How each subscriber sees presence (selective presence, large rooms).
+    viewers: crate::viewers::Viewers,
 }
 
 /// A message in a channel's in-memory recent history.
@@ -276,6 +292,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
         history: VecDeque::new(),
         history_len: args.history as usize,
         room: crate::room::AudioLane::for_topic(&args.topic),
+        viewers: crate::viewers::Viewers::new(&args.topic, &args.presence),
     };
     ch.refill();
     let idle = Duration::from_millis(args.idle_ms);
@@ -287,7 +304,8 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
     // drop its crashed subscribers (and their presences).
     let mut last_sweep = Instant::now();
     loop {
-        match inbox.receive_timeout(sweep.saturating_sub(last_sweep.elapsed())) {
+        let wait = sweep.saturating_sub(last_sweep.elapsed());
+        match inbox.receive_timeout(wait.min(ch.viewers.wait())) {
             Some(Incoming::Shutdown) => break,
             Some(Incoming::Message(ChannelMsg::Stop)) => {
                 if ch.subs.is_empty() {
@@ -299,6 +317,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
             Some(Incoming::Message(msg)) => ch.handle(msg),
             None => {}
         }
+        ch.viewers.tick(&ch.topic);
         if last_sweep.elapsed() >= sweep {
             ch.sweep_dead();
             last_sweep = Instant::now();
@@ -349,6 +368,14 @@ impl Channel {
                 }
                 _ => {}
             },
+            ChannelMsg::PresenceSubscribe {
+                session,
+                add,
+                remove,
+                refs,
+            } => self
+                .viewers
+                .subscribe(session, &add, &remove, refs, &self.presence, &self.topic),
         }
     }
 
@@ -366,15 +393,20 @@ impl Channel {
             json!({"postgres_changes": []}),
         );
         send_outbound(j.outlet, j.v2, &reply);
-        if j.presence_enabled {
-            let state = Outbound::push(
-                Some(j.join_ref.clone()),
-                &self.topic,
-                "presence_state",
-                self.presence.state_json(),
-            );
-            send_outbound(j.outlet, j.v2, &state);
-        }
+        let member = chorus_core::selective::Member {
+            key: j.presence_key.clone(),
+            friends: j.friends,
+            presence_enabled: j.presence_enabled,
+        };
+        self.viewers.join(
+            pid,
+            j.outlet,
+            j.v2,
+            &j.join_ref,
+            member,
+            &self.presence,
+            &self.topic,
+        );
         if let Some((since_ms, limit)) = j.replay {
             self.replay(j.outlet, j.v2, since_ms, limit);
         }
@@ -390,7 +422,6 @@ impl Channel {
             Subscriber {
                 session: j.session,
                 outlet: j.outlet,
-                join_ref: j.join_ref,
                 v2: j.v2,
                 broadcast_self: j.broadcast_self,
                 presence_key: j.presence_key,
@@ -400,6 +431,7 @@ impl Channel {
 
     fn remove(&mut self, session: u64) {
         if self.subs.remove(&session).is_some() {
+            self.viewers.leave(session);
             let diff = self.presence.untrack(session);
             self.fan_out_diff(diff);
         }
@@ -440,6 +472,9 @@ impl Channel {
                     return;
                 }
             }
+        }
+        if let Some(sub) = p.from.and_then(|from| self.subs.get(&from)) {
+            self.viewers.chatted(&sub.presence_key);
         }
         let payload = p.payload.to_payload();
         // Under 2.0.0 a JSON broadcast goes out as the text array
@@ -662,7 +697,7 @@ impl Channel {
         }
     }
 
-    fn fan_out_diff(&self, diff: Diff) {
+    fn fan_out_diff(&mut self, diff: Diff) {
         if diff.is_empty() {
             return;
         }
@@ -672,16 +707,8 @@ impl Channel {
         for (key, metas) in &diff.leaves {
             crate::presence::report(key, -(metas.len() as i32), self.presence_shards);
         }
-        let payload = diff.to_json();
-        for sub in self.subs.values() {
-            let msg = Outbound::push(
-                Some(sub.join_ref.clone()),
-                &self.topic,
-                "presence_diff",
-                payload.clone(),
-            );
-            send_outbound(sub.outlet, sub.v2, &msg);
-        }
+        // Each viewer gets the part it sees, one encoding per distinct frame.
+        self.viewers.fan_out(&diff, &self.presence, &self.topic);
     }
 
     /// Joins that raced with the stop are sent back to be retried against

@@ -9,6 +9,7 @@ mod host;
 mod presence;
 mod room;
 mod tree;
+mod viewers;
 
 use chorus_core::config::Config;
 

@@ -399,6 +399,11 @@ impl<A: Copy> Selective<A> {
         }
     }
 
+    /// Viewer `id`'s address.
+    pub fn addr(&self, id: ViewerId) -> Option<A> {
+        self.viewers.get(&id).map(|v| v.addr)
+    }
+
     /// How viewer `id` sees presence.
     pub fn mode(&self, id: ViewerId) -> Option<&Mode> {
         self.viewers.get(&id).map(|v| &v.mode)
@@ -1021,6 +1026,7 @@ mod tests {
             s.subscribe(9, &[], &[], &p).unwrap_err(),
             SubscribeError::NotJoined
         );
+        assert_eq!(s.addr(1), Some(1));
         assert_eq!(
             s.leave(1).map(|m| matches!(m, Mode::Subscribed(_))),
             Some(true)
