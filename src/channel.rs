@@ -398,15 +398,12 @@ impl Channel {
             friends: j.friends,
             presence_enabled: j.presence_enabled,
         };
-        self.viewers.join(
-            pid,
-            j.outlet,
-            j.v2,
-            &j.join_ref,
-            member,
-            &self.presence,
-            &self.topic,
-        );
+        let addr = crate::viewers::Addr {
+            outlet: j.outlet,
+            v2: j.v2,
+        };
+        self.viewers
+            .join(pid, addr, &j.join_ref, member, &self.presence, &self.topic);
         if let Some((since_ms, limit)) = j.replay {
             self.replay(j.outlet, j.v2, since_ms, limit);
         }

@@ -26,8 +26,8 @@ const HOST_REFRESH: Duration = Duration::from_secs(1);
 /// Where a viewer's frames go: its outlet, and whether it speaks 2.0.0.
 #[derive(Debug, Clone, Copy)]
 pub struct Addr {
-    outlet: u64,
-    v2: bool,
+    pub outlet: u64,
+    pub v2: bool,
 }
 
 /// The selective-presence state of one channel process.
@@ -85,12 +85,10 @@ impl Viewers {
     /// A subscriber joined: sends what it sees of presence after its join
     /// reply (the full `presence_state` in a small room, its relevant set and
     /// `presence_count` in a large one).
-    #[allow(clippy::too_many_arguments)]
     pub fn join(
         &mut self,
         id: ViewerId,
-        outlet: u64,
-        v2: bool,
+        addr: Addr,
         join_ref: &str,
         member: Member,
         presence: &Presence,
@@ -98,9 +96,7 @@ impl Viewers {
     ) {
         self.leave(id);
         self.refresh_host(presence);
-        let pushes = self
-            .sel
-            .join(id, Addr { outlet, v2 }, member, presence, now_ms());
+        let pushes = self.sel.join(id, addr, member, presence, now_ms());
         for p in pushes {
             deliver(topic, Some(join_ref), p);
         }

@@ -570,6 +570,12 @@ impl<A: Copy> Selective<A> {
             now_ms,
         };
         let cap = self.limits.relevant_set_size;
+        // Keys that left for good leave every relevant set.
+        let gone: Vec<&String> = diff
+            .leaves
+            .keys()
+            .filter(|k| !presence.has_key(k))
+            .collect();
         let mut whole: Vec<A> = Vec::new();
         let mut parts: BTreeMap<(Vec<String>, Vec<String>), Vec<A>> = BTreeMap::new();
         let mut full_state: Vec<A> = Vec::new();
@@ -611,10 +617,8 @@ impl<A: Copy> Selective<A> {
                         }
                     }
                     let selection = select_part(&diff_keys, set, topped);
-                    for k in diff.leaves.keys() {
-                        if !presence.has_key(k) {
-                            set.remove(k);
-                        }
+                    for k in &gone {
+                        set.remove(k.as_str());
                     }
                     selection
                 }
