@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use chorus_core::config::{Config, RoomsConfig};
+use chorus_core::config::{Config, PresenceConfig, RoomsConfig};
 use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::metrics::Metric;
 use chorus_core::phoenix::{self, Frame, Outbound, Payload, UserBroadcast, Vsn};
@@ -81,6 +81,10 @@ pub struct JoinReq {
     /// `batch` frame per period.
     #[serde(default)]
     pub batch: bool,
+    /// Presence keys of the client's friends (JWT claim `friends`, then
+    /// `config.presence.friends`): its relevant set in a large room.
+    #[serde(default)]
+    pub friends: Vec<String>,
 }
 
 /// A broadcast entering the channel, from a session or the admin API.
@@ -117,6 +121,14 @@ pub enum ChannelMsg {
     /// A process module's verdict (see `crate::modules`); one arriving here
     /// came after the channel stopped waiting, and is ignored.
     ModuleAnswer(crate::modules::Reply),
+    /// `presence_subscribe` (selective presence, see `crate::viewers`),
+    /// answered by the channel, which knows the set.
+    PresenceSubscribe {
+        session: u64,
+        add: Vec<String>,
+        remove: Vec<String>,
+        refs: (String, Option<String>),
+    },
 }
 
 /// Arguments of a channel process (plain data, kept for restarts).
@@ -132,6 +144,8 @@ pub struct ChannelArgs {
     pub rooms: RoomsConfig,
     /// The process modules a chat lane asks about each message.
     pub modules: crate::modules::Hooks,
+    /// Selective presence and large rooms (`[presence]`).
+    pub presence: PresenceConfig,
 }
 
 /// Messages to a directory shard.
@@ -211,6 +225,7 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                             presence_shards: config.presence.shards,
                             rooms: config.rooms.clone(),
                             modules: crate::modules::Hooks::for_topic(&config, &topic),
+                            presence: config.presence.clone(),
                         };
                         match DynamicSupervisor::<ChannelArgs, ChannelMsg>::lookup(CHANNELS)
                             .map(|sup| sup.start_child(args))
@@ -247,6 +262,7 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
 struct Subscriber {
     session: ChildRef<SessionMsg>,
     outlet: u64,
+    /// The join's ref, carried by pushes to this subscriber (`system`).
     join_ref: String,
     v2: bool,
     broadcast_self: bool,
@@ -270,6 +286,8 @@ struct Channel {
     peak: peak::PeakState,
     /// The process modules asked before a message is stored and delivered.
     modules: crate::modules::Screen,
+    /// How each subscriber sees presence (selective presence, large rooms).
+    viewers: crate::viewers::Viewers,
 }
 
 /// A message in a channel's in-memory recent history.
@@ -299,6 +317,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
         room: crate::room::AudioLane::for_topic(&args.topic),
         peak: peak::PeakState::new(&args.rooms, &args.topic),
         modules: args.modules.clone().bind(inbox.this()),
+        viewers: crate::viewers::Viewers::new(&args.topic, &args.presence),
     };
     ch.refill();
     let idle = Duration::from_millis(args.idle_ms);
@@ -311,7 +330,8 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
     let mut last_sweep = Instant::now();
     loop {
         let wait = sweep.saturating_sub(last_sweep.elapsed());
-        match inbox.receive_timeout(ch.peak.wait().map_or(wait, |w| w.min(wait))) {
+        let wait = ch.peak.wait().map_or(wait, |w| w.min(wait));
+        match inbox.receive_timeout(wait.min(ch.viewers.wait())) {
             Some(Incoming::Shutdown) => break,
             Some(Incoming::Message(ChannelMsg::Stop)) => {
                 if ch.subs.is_empty() {
@@ -324,6 +344,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
             None => {}
         }
         ch.peak_tick();
+        ch.viewers.tick(&ch.topic);
         if last_sweep.elapsed() >= sweep {
             ch.sweep_dead();
             last_sweep = Instant::now();
@@ -375,6 +396,14 @@ impl Channel {
                 }
                 _ => {}
             },
+            ChannelMsg::PresenceSubscribe {
+                session,
+                add,
+                remove,
+                refs,
+            } => self
+                .viewers
+                .subscribe(session, &add, &remove, refs, &self.presence, &self.topic),
         }
     }
 
@@ -393,15 +422,17 @@ impl Channel {
             json!({"postgres_changes": []}),
         );
         send_outbound(j.outlet, j.v2, &reply);
-        if j.presence_enabled {
-            let state = Outbound::push(
-                Some(j.join_ref.clone()),
-                &self.topic,
-                "presence_state",
-                self.presence.state_json(),
-            );
-            send_outbound(j.outlet, j.v2, &state);
-        }
+        let member = chorus_core::selective::Member {
+            key: j.presence_key.clone(),
+            friends: j.friends,
+            presence_enabled: j.presence_enabled,
+        };
+        let addr = crate::viewers::Addr {
+            outlet: j.outlet,
+            v2: j.v2,
+        };
+        self.viewers
+            .join(pid, addr, &j.join_ref, member, &self.presence, &self.topic);
         if let Some((since_ms, limit)) = j.replay {
             self.replay(j.outlet, j.v2, since_ms, limit);
         }
@@ -428,6 +459,7 @@ impl Channel {
 
     fn remove(&mut self, session: u64) {
         if self.subs.remove(&session).is_some() {
+            self.viewers.leave(session);
             let diff = self.presence.untrack(session);
             self.diff_out(diff);
         }
@@ -461,6 +493,9 @@ impl Channel {
                     return;
                 }
             }
+        }
+        if let Some(sub) = p.from.and_then(|from| self.subs.get(&from)) {
+            self.viewers.chatted(&sub.presence_key);
         }
         let payload = p.payload.to_payload();
         // In peak mode the broadcast is held and delivered with its period.
@@ -689,7 +724,7 @@ impl Channel {
         }
     }
 
-    fn fan_out_diff(&self, diff: Diff) {
+    fn fan_out_diff(&mut self, diff: Diff) {
         if diff.is_empty() {
             return;
         }
@@ -699,16 +734,8 @@ impl Channel {
         for (key, metas) in &diff.leaves {
             crate::presence::report(key, -(metas.len() as i32), self.presence_shards);
         }
-        let payload = diff.to_json();
-        for sub in self.subs.values() {
-            let msg = Outbound::push(
-                Some(sub.join_ref.clone()),
-                &self.topic,
-                "presence_diff",
-                payload.clone(),
-            );
-            send_outbound(sub.outlet, sub.v2, &msg);
-        }
+        // Each viewer gets the part it sees, one encoding per distinct frame.
+        self.viewers.fan_out(&diff, &self.presence, &self.topic);
     }
 
     /// Joins that raced with the stop are sent back to be retried against

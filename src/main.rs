@@ -10,6 +10,7 @@ mod modules;
 mod presence;
 mod room;
 mod tree;
+mod viewers;
 
 use chorus_core::config::Config;
 

@@ -20,5 +20,6 @@ pub mod phoenix;
 pub mod presence;
 pub mod ring;
 pub mod room;
+pub mod selective;
 pub mod snowflake;
 pub mod ws;

@@ -217,6 +217,19 @@ impl Presence {
     pub fn has_key(&self, key: &str) -> bool {
         self.by_key.contains_key(key)
     }
+
+    /// Keys present, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.by_key.keys().map(String::as_str)
+    }
+
+    /// The metas under `key` as `presence_state` and `presence_diff` carry
+    /// them; `None` when the key is not present.
+    pub fn metas_json(&self, key: &str) -> Option<Vec<Value>> {
+        self.by_key
+            .get(key)
+            .map(|entries| entries.iter().map(|e| Self::meta_json(e, None)).collect())
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use chorus_core::join::{self, JoinConfig};
 use chorus_core::jwt;
 use chorus_core::metrics::Metric;
 use chorus_core::phoenix::{self, event, FrameRef, Inbound, Outbound, Payload, Vsn};
+use chorus_core::selective;
 use chorus_core::ws::{self, FrameDecoder, WsEvent};
 use lunatic::net::TcpStream;
 use lunatic::{Mailbox, Process};
@@ -265,6 +266,11 @@ impl Session {
                         self.clock(join_ref, msg_ref, topic, &m.payload, received_ms);
                     }
                 }
+                selective::ONLINE_EVENT => {
+                    if let Inbound::Push(m) = &inbound {
+                        self.presence_online(join_ref, msg_ref, topic, &m.payload);
+                    }
+                }
                 "chorus_crash" if self.config.node.fault_injection => {
                     panic!("fault injection: session crash requested by the client")
                 }
@@ -328,6 +334,9 @@ impl Session {
                 match m.event.as_str() {
                     "presence" => self.presence(topic, join_ref, msg_ref, &m.payload),
                     "access_token" => self.access_token(topic, join_ref, msg_ref, &m.payload),
+                    selective::SUBSCRIBE_EVENT => {
+                        self.presence_subscribe(topic, join_ref, msg_ref, &m.payload)
+                    }
                     chorus_core::room::CLOCK_EVENT => {
                         self.clock(join_ref, msg_ref, topic, &m.payload, received_ms)
                     }
@@ -420,6 +429,7 @@ impl Session {
             presence_enabled: config.presence_enabled,
             replay: config.replay.map(|r| (r.since_ms, r.limit)),
             batch: config.batch,
+            friends: self.friends(&config),
         }));
         self.joined.insert(
             topic,
@@ -475,6 +485,78 @@ impl Session {
                 meta,
                 refs: (j.join_ref.clone(), msg_ref),
             });
+        }
+    }
+
+    /// The client's friends: the `friends` claim (ignored unless a list of
+    /// keys) of the join's `access_token`, else of the socket's `apikey`
+    /// (with auth on), then the join's `config.presence.friends`.
+    fn friends(&self, config: &JoinConfig) -> Vec<String> {
+        let secret = self.config.auth.jwt_secret.as_bytes();
+        let join_claims = config
+            .access_token
+            .as_deref()
+            .filter(|_| !secret.is_empty())
+            .and_then(|t| jwt::verify_hs256(t, secret, now_secs()).ok());
+        let mut friends = join_claims
+            .as_ref()
+            .or(self.claims.as_ref())
+            .and_then(|c| c.as_map().get("friends"))
+            .and_then(|v| join::parse_keys(v, "friends", join::MAX_FRIENDS).ok())
+            .unwrap_or_default();
+        friends.extend(config.friends.iter().cloned());
+        friends
+    }
+
+    /// `presence_subscribe {add, remove}`: checked here, applied and
+    /// answered by the channel (which knows the current set).
+    fn presence_subscribe(
+        &mut self,
+        topic: String,
+        join_ref: Option<String>,
+        msg_ref: Option<String>,
+        payload: &Payload,
+    ) {
+        let cap = self.config.presence.max_subscribed_keys as usize;
+        let parsed = match payload {
+            Payload::Json(v) => selective::parse_subscribe(v, cap),
+            Payload::Binary(_) => Err("presence_subscribe payload must be JSON".into()),
+        };
+        let (add, remove) = match parsed {
+            Ok(p) => p,
+            Err(reason) => return self.reply_error(join_ref, msg_ref, topic, &reason),
+        };
+        if let Some(j) = self.joined.get(&topic) {
+            j.channel.send(ChannelMsg::PresenceSubscribe {
+                session: self.this.pid(),
+                add,
+                remove,
+                refs: (j.join_ref.clone(), msg_ref),
+            });
+        }
+    }
+
+    /// `presence_online {keys}` on topic `phoenix`: which keys have a
+    /// presence anywhere on the node (the green dot).
+    fn presence_online(
+        &mut self,
+        join_ref: Option<String>,
+        msg_ref: Option<String>,
+        topic: String,
+        payload: &Payload,
+    ) {
+        let cap = self.config.presence.max_subscribed_keys as usize;
+        let keys = match payload {
+            Payload::Json(v) => selective::parse_online(v, cap),
+            Payload::Binary(_) => Err("presence_online payload must be JSON".into()),
+        };
+        match keys {
+            Ok(keys) => {
+                let online = crate::presence::online(&keys, self.config.presence.shards);
+                let reply = selective::online_reply(&keys, &online);
+                self.reply_ok(join_ref, msg_ref, topic, reply)
+            }
+            Err(reason) => self.reply_error(join_ref, msg_ref, topic, &reason),
         }
     }
 
