@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use chorus_core::config::Config;
 use chorus_core::data::{DataRequest, DataResponse};
+use chorus_core::lanes::{self, Lane};
 use chorus_core::metrics::Metric;
 use chorus_core::phoenix::{self, Frame, Outbound, Payload, UserBroadcast, Vsn};
 use chorus_core::presence::{Diff, Presence};
@@ -442,6 +443,7 @@ impl Channel {
             }
         }
         let payload = p.payload.to_payload();
+        let (lane, key) = broadcast_lane(&self.topic, &p.event, &payload);
         // Under 2.0.0 a JSON broadcast goes out as the text array
         // `[null, null, topic, "broadcast", {type, event, payload}]`: both
         // realtime-js and phoenix.js decode it (to the same message a kind-4
@@ -465,7 +467,12 @@ impl Channel {
         let v1 = encode_ws(Vsn::V1, &broadcast);
         let v2 = encode_ws(Vsn::V2, v2_text.as_ref().unwrap_or(&broadcast));
         // One host call per serializer: the host queues the same bytes on
-        // every subscriber's outlet (see host-bridge/src/outlet.rs).
+        // the lane of every subscriber's outlet (see host-bridge/src/outlet.rs).
+        let route = host::Route {
+            lane,
+            topic: &self.topic,
+            key: &key,
+        };
         let (mut to_v1, mut to_v2) = (Vec::new(), Vec::new());
         for (pid, sub) in &self.subs {
             if Some(*pid) == p.from && !sub.broadcast_self {
@@ -479,7 +486,7 @@ impl Channel {
         }
         for (outlets, bytes) in [(&to_v1, &v1), (&to_v2, &v2)] {
             if let Some(bytes) = bytes {
-                host::fanout(outlets, bytes);
+                host::fanout(outlets, bytes, route);
             }
         }
         if let (Some(from), Some((join_ref, msg_ref))) = (p.from, p.ack) {
@@ -721,9 +728,22 @@ pub fn encode_ws(vsn: Vsn, msg: &Outbound) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Sends to one subscriber on its outlet's control lane.
 fn send_outbound(outlet: u64, v2: bool, msg: &Outbound) {
     let vsn = if v2 { Vsn::V2 } else { Vsn::V1 };
     if let Some(bytes) = encode_ws(vsn, msg) {
-        host::outlet_send(outlet, &bytes);
+        host::outlet_send(outlet, &bytes, host::Route::CONTROL);
     }
+}
+
+/// The outlet lane of a broadcast on `topic` and, on a reactions lane, the
+/// key it counts as when aggregated (docs/ROOMS.md, "Rooms and lanes").
+fn broadcast_lane(topic: &str, event: &str, payload: &Payload) -> (Lane, String) {
+    let lane = Lane::of_broadcast(topic);
+    let key = match payload {
+        _ if lane != Lane::Reactions => String::new(),
+        Payload::Json(v) => lanes::reaction_key(event, v),
+        Payload::Binary(_) => lanes::reaction_key(event, &Value::Null),
+    };
+    (lane, key)
 }

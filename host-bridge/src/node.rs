@@ -156,7 +156,7 @@ async fn spawn_main(
     let engine = Engine::new(&config.runtime)?;
     let envs = Arc::new(LunaticEnvironments::default());
     let env = envs.create(1).await;
-    let api = HostApi::new(config_json, data, env.clone());
+    let api = HostApi::new(config_json, data, env.clone(), &config.limits);
     api.start_sweeper();
     let module = Arc::new(engine.compile(wasm, api)?);
 
