@@ -48,11 +48,13 @@ struct Entry {
 }
 
 impl Entry {
-    fn wake(&mut self) {
-        if self.idle {
+    /// The writer to wake after a push, if it waits (each wait is woken
+    /// once).
+    fn take_waiting_writer(&mut self) -> Option<Arc<Notify>> {
+        self.idle.then(|| {
             self.idle = false;
-            self.wake.notify_one();
-        }
+            self.wake.clone()
+        })
     }
 }
 
@@ -67,11 +69,14 @@ pub enum Sent {
     Gone = 2,
 }
 
-/// What one push did to the counters.
+/// What pushes leave to do once the lock is released: counters to bump and
+/// writers to wake (woken outside the lock, so they do not run straight into
+/// it while a fan-out still holds it).
 #[derive(Default)]
-struct Tally {
+struct After {
     counted: u64,
     replaced: u64,
+    wake: Vec<Arc<Notify>>,
 }
 
 /// All outlets of the node.
@@ -131,12 +136,12 @@ impl Outlets {
         let frame: Frame = Arc::from(bytes);
         let topic = shared_topic(lane, topic);
         let route = route(lane, topic.as_ref(), key);
-        let mut tally = Tally::default();
+        let mut after = After::default();
         let sent = match self.map.lock() {
-            Ok(mut map) => self.push(&mut map, id, route, &frame, &mut tally),
+            Ok(mut map) => self.push(&mut map, id, route, &frame, &mut after),
             Err(_) => Sent::Gone,
         };
-        self.add_tally(&tally);
+        self.finish(after);
         sent
     }
 
@@ -145,15 +150,15 @@ impl Outlets {
         let frame: Frame = Arc::from(bytes);
         let topic = shared_topic(lane, topic);
         let route = route(lane, topic.as_ref(), key);
-        let mut tally = Tally::default();
+        let mut after = After::default();
         let took = match self.map.lock() {
             Ok(mut map) => ids
                 .iter()
-                .filter(|id| self.push(&mut map, **id, route, &frame, &mut tally) == Sent::Ok)
+                .filter(|id| self.push(&mut map, **id, route, &frame, &mut after) == Sent::Ok)
                 .count() as u32,
             Err(_) => 0,
         };
-        self.add_tally(&tally);
+        self.finish(after);
         took
     }
 
@@ -163,7 +168,7 @@ impl Outlets {
         id: u64,
         route: Route<'_>,
         frame: &Frame,
-        tally: &mut Tally,
+        after: &mut After,
     ) -> Sent {
         let Some(entry) = map.get_mut(&id) else {
             return Sent::Gone;
@@ -171,11 +176,11 @@ impl Outlets {
         let sent = match entry.queue.push(route, frame, &self.limits) {
             Pushed::Queued => Sent::Ok,
             Pushed::Replaced => {
-                tally.replaced += 1;
+                after.replaced += 1;
                 Sent::Ok
             }
             Pushed::Counted => {
-                tally.counted += 1;
+                after.counted += 1;
                 Sent::Ok
             }
             Pushed::Slow => {
@@ -189,18 +194,21 @@ impl Outlets {
             }
             Pushed::Refused => return Sent::Gone,
         };
-        entry.wake();
+        after.wake.extend(entry.take_waiting_writer());
         sent
     }
 
-    fn add_tally(&self, tally: &Tally) {
-        if tally.counted > 0 {
+    fn finish(&self, after: After) {
+        if after.counted > 0 {
             self.reactions_aggregated
-                .fetch_add(tally.counted, Ordering::Relaxed);
+                .fetch_add(after.counted, Ordering::Relaxed);
         }
-        if tally.replaced > 0 {
+        if after.replaced > 0 {
             self.audio_replaced
-                .fetch_add(tally.replaced, Ordering::Relaxed);
+                .fetch_add(after.replaced, Ordering::Relaxed);
+        }
+        for writer in after.wake {
+            writer.notify_one();
         }
     }
 
@@ -215,7 +223,9 @@ impl Outlets {
         if let Ok(mut map) = self.map.lock() {
             if let Some(entry) = map.get_mut(&id) {
                 entry.queue.close(frame);
-                entry.wake();
+                if let Some(writer) = entry.take_waiting_writer() {
+                    writer.notify_one();
+                }
             }
         }
     }
