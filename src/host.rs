@@ -134,8 +134,11 @@ pub fn outlet_open(stream: &lunatic::net::TcpStream, vsn: Vsn) -> Option<u64> {
 /// the reaction key (what a reaction counts as when aggregated).
 #[derive(Debug, Clone, Copy)]
 pub struct Route<'a> {
+    /// The lane, written in priority order (see `chorus_core::lanes::Lane`).
     pub lane: Lane,
+    /// The broadcast's topic (audio and reactions lanes).
     pub topic: &'a str,
+    /// What a reaction counts as (reactions lane).
     pub key: &'a str,
 }
 
