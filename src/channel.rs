@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use chorus_core::config::{Config, PresenceConfig, RoomsConfig};
 use chorus_core::data::{DataRequest, DataResponse};
+use chorus_core::lanes::{self, Lane};
 use chorus_core::metrics::Metric;
 use chorus_core::phoenix::{self, Frame, Outbound, Payload, UserBroadcast, Vsn};
 use chorus_core::presence::{Diff, Presence};
@@ -500,8 +501,14 @@ impl Channel {
         let payload = p.payload.to_payload();
         // In peak mode the broadcast is held and delivered with its period.
         if let Some(payload) = self.peak_hold(&p, payload) {
+            let (lane, key) = broadcast_lane(&self.topic, &p.event, &payload);
+            let route = host::Route {
+                lane,
+                topic: &self.topic,
+                key: &key,
+            };
             let frames = broadcast_frames(&self.topic, &p.event, payload);
-            self.fan_out(&frames, |pid, sub| {
+            self.fan_out(&frames, route, |pid, sub| {
                 Some(pid) == p.from && !sub.broadcast_self
             });
         }
@@ -529,9 +536,15 @@ impl Channel {
     }
 
     /// Queues a broadcast's frames on every subscriber `skip` does not name:
-    /// one host call per serializer, the host queues the same bytes on every
-    /// subscriber's outlet (see host-bridge/src/outlet.rs).
-    fn fan_out(&self, frames: &Frames, skip: impl Fn(u64, &Subscriber) -> bool) {
+    /// one host call per serializer, the host queues the same bytes on the
+    /// `route`'s lane of every subscriber's outlet (see
+    /// host-bridge/src/outlet.rs).
+    fn fan_out(
+        &self,
+        frames: &Frames,
+        route: host::Route<'_>,
+        skip: impl Fn(u64, &Subscriber) -> bool,
+    ) {
         let (mut to_v1, mut to_v2) = (Vec::new(), Vec::new());
         for (pid, sub) in &self.subs {
             if skip(*pid, sub) {
@@ -545,7 +558,7 @@ impl Channel {
         }
         for (outlets, bytes) in [(&to_v1, &frames.0), (&to_v2, &frames.1)] {
             if let Some(bytes) = bytes {
-                host::fanout(outlets, bytes);
+                host::fanout(outlets, bytes, route);
             }
         }
     }
@@ -805,9 +818,22 @@ pub fn encode_ws(vsn: Vsn, msg: &Outbound) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Sends to one subscriber on its outlet's control lane.
 fn send_outbound(outlet: u64, v2: bool, msg: &Outbound) {
     let vsn = if v2 { Vsn::V2 } else { Vsn::V1 };
     if let Some(bytes) = encode_ws(vsn, msg) {
-        host::outlet_send(outlet, &bytes);
+        host::outlet_send(outlet, &bytes, host::Route::CONTROL);
     }
+}
+
+/// The outlet lane of a broadcast on `topic` and, on a reactions lane, the
+/// key it counts as when aggregated (docs/ROOMS.md, "Rooms and lanes").
+fn broadcast_lane(topic: &str, event: &str, payload: &Payload) -> (Lane, String) {
+    let lane = Lane::of_broadcast(topic);
+    let key = match payload {
+        _ if lane != Lane::Reactions => String::new(),
+        Payload::Json(v) => lanes::reaction_key(event, v),
+        Payload::Binary(_) => lanes::reaction_key(event, &Value::Null),
+    };
+    (lane, key)
 }

@@ -3,7 +3,9 @@
 //! guest using them runs on `chorus`, not on stock `lunatic`.
 
 use chorus_core::data::{DataRequest, DataResponse};
+use chorus_core::lanes::Lane;
 use chorus_core::metrics::Metric;
+use chorus_core::phoenix::Vsn;
 
 mod ffi {
     #[link(wasm_import_module = "chorus")]
@@ -14,10 +16,29 @@ mod ffi {
         pub fn metrics_text() -> u64;
         pub fn data(ptr: *const u8, len: u32) -> u64;
         pub fn take(ptr: *mut u8, len: u32) -> u32;
-        pub fn outlet_open(tcp_stream: u64) -> u64;
-        pub fn outlet_send(outlet: u64, ptr: *const u8, len: u32) -> u32;
-        pub fn outlet_close(outlet: u64);
-        pub fn fanout(ids: *const u64, n: u32, ptr: *const u8, len: u32) -> u32;
+        pub fn outlet_open(tcp_stream: u64, vsn: u32) -> u64;
+        pub fn outlet_send(
+            outlet: u64,
+            ptr: *const u8,
+            len: u32,
+            lane: u32,
+            topic_ptr: *const u8,
+            topic_len: u32,
+            key_ptr: *const u8,
+            key_len: u32,
+        ) -> u32;
+        pub fn outlet_close(outlet: u64, code: u32, ptr: *const u8, len: u32);
+        pub fn fanout(
+            ids: *const u64,
+            n: u32,
+            ptr: *const u8,
+            len: u32,
+            lane: u32,
+            topic_ptr: *const u8,
+            topic_len: u32,
+            key_ptr: *const u8,
+            key_len: u32,
+        ) -> u32;
     }
 }
 
@@ -94,13 +115,40 @@ fn stream_id(stream: &lunatic::net::TcpStream) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Hands the write side of `stream` to the host; everything the client
-/// receives then goes through [`outlet_send`] / [`fanout`], in order.
-pub fn outlet_open(stream: &lunatic::net::TcpStream) -> Option<u64> {
+/// Hands the write side of `stream` (a socket speaking serializer `vsn`) to
+/// the host; everything the client receives then goes through
+/// [`outlet_send`] / [`fanout`], in lane order.
+pub fn outlet_open(stream: &lunatic::net::TcpStream, vsn: Vsn) -> Option<u64> {
     let id = stream_id(stream)?;
+    let vsn = match vsn {
+        Vsn::V1 => 1,
+        Vsn::V2 => 2,
+    };
     // SAFETY: scalar call.
-    let outlet = unsafe { ffi::outlet_open(id) };
+    let outlet = unsafe { ffi::outlet_open(id, vsn) };
     (outlet != 0).then_some(outlet)
+}
+
+/// Where a frame goes in an outlet: its lane, the topic (the unit of
+/// replacement on the audio lane and of counting on the reactions lane) and
+/// the reaction key (what a reaction counts as when aggregated).
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    /// The lane, written in priority order (see `chorus_core::lanes::Lane`).
+    pub lane: Lane,
+    /// The broadcast's topic (audio and reactions lanes).
+    pub topic: &'a str,
+    /// What a reaction counts as (reactions lane).
+    pub key: &'a str,
+}
+
+impl Route<'static> {
+    /// Replies, presence, `system`, errors, closes.
+    pub const CONTROL: Route<'static> = Route {
+        lane: Lane::Control,
+        topic: "",
+        key: "",
+    };
 }
 
 /// How a queued write went.
@@ -113,34 +161,61 @@ pub enum Sent {
     Gone,
 }
 
-/// Queues frame bytes on an outlet.
-pub fn outlet_send(outlet: u64, bytes: &[u8]) -> Sent {
-    // SAFETY: pointer and length describe `bytes`.
-    match unsafe { ffi::outlet_send(outlet, bytes.as_ptr(), bytes.len() as u32) } {
+/// Queues frame bytes on an outlet's lane.
+pub fn outlet_send(outlet: u64, bytes: &[u8], route: Route<'_>) -> Sent {
+    // SAFETY: the pointer/length pairs describe `bytes`, the topic and the key.
+    let status = unsafe {
+        ffi::outlet_send(
+            outlet,
+            bytes.as_ptr(),
+            bytes.len() as u32,
+            route.lane as u32,
+            route.topic.as_ptr(),
+            route.topic.len() as u32,
+            route.key.as_ptr(),
+            route.key.len() as u32,
+        )
+    };
+    match status {
         0 => Sent::Ok,
         1 => Sent::SlowConsumer,
         _ => Sent::Gone,
     }
 }
 
-/// Closes an outlet once its queued frames are written.
-pub fn outlet_close(outlet: u64) {
-    // SAFETY: scalar call.
-    unsafe { ffi::outlet_close(outlet) }
+/// Closes an outlet once its queued frames are written; with `Some((code,
+/// reason))` a WebSocket close frame is written last.
+pub fn outlet_close(outlet: u64, close: Option<(u16, &str)>) {
+    let (code, reason) = close.unwrap_or((0, ""));
+    // SAFETY: pointer and length describe `reason`.
+    unsafe {
+        ffi::outlet_close(
+            outlet,
+            u32::from(code),
+            reason.as_ptr(),
+            reason.len() as u32,
+        )
+    }
 }
 
-/// Queues the same frame bytes on many outlets; returns how many took them.
-pub fn fanout(outlets: &[u64], bytes: &[u8]) -> u32 {
+/// Queues the same frame bytes on a lane of many outlets; returns how many
+/// took them.
+pub fn fanout(outlets: &[u64], bytes: &[u8], route: Route<'_>) -> u32 {
     if outlets.is_empty() {
         return 0;
     }
-    // SAFETY: both pointer/length pairs describe live slices.
+    // SAFETY: every pointer/length pair describes a live slice.
     unsafe {
         ffi::fanout(
             outlets.as_ptr(),
             outlets.len() as u32,
             bytes.as_ptr(),
             bytes.len() as u32,
+            route.lane as u32,
+            route.topic.as_ptr(),
+            route.topic.len() as u32,
+            route.key.as_ptr(),
+            route.key.len() as u32,
         )
     }
 }

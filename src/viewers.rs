@@ -232,10 +232,10 @@ fn send_one(addr: Addr, msg: &Outbound) {
 fn queue(outlets: &[u64], bytes: &[u8]) {
     match outlets {
         [one] => {
-            host::outlet_send(*one, bytes);
+            host::outlet_send(*one, bytes, host::Route::CONTROL);
         }
         _ => {
-            host::fanout(outlets, bytes);
+            host::fanout(outlets, bytes, host::Route::CONTROL);
         }
     }
 }

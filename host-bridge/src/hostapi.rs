@@ -13,18 +13,27 @@
 //! | `metrics_text` | `() -> u64` | Prometheus text of all metrics |
 //! | `data` | `(ptr: u32, len: u32) -> u64` | a JSON [`chorus_core::data::DataRequest`], answered with a `DataResponse` |
 //! | `take` | `(ptr: u32, len: u32) -> u32` | copy the parked answer; 0 ok, 1 nothing parked / wrong length |
-//! | `outlet_open` | `(tcp_stream: u64) -> u64` | hand a socket's write side to the host (see [`crate::outlet`]); 0 on failure |
-//! | `outlet_send` | `(outlet: u64, ptr: u32, len: u32) -> u32` | queue frame bytes; 0 ok, 1 slow consumer, 2 gone |
-//! | `outlet_close` | `(outlet: u64)` | close after the queued frames are written |
-//! | `fanout` | `(ids: u32, n: u32, ptr: u32, len: u32) -> u32` | queue the same bytes on `n` outlets (`u64` ids); returns how many took them |
+//! | `outlet_open` | `(tcp_stream: u64, vsn: u32) -> u64` | hand a socket's write side to the host (see [`crate::outlet`]); `vsn` 2 for the 2.0.0 serializer, else 1.0.0; 0 on failure |
+//! | `outlet_send` | `(outlet: u64, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue frame bytes on a lane; 0 ok, 1 slow consumer, 2 gone |
+//! | `outlet_close` | `(outlet: u64, code: u32, ptr: u32, len: u32)` | close after the queued frames are written; a `code` other than 0 writes a close frame with that reason last |
+//! | `fanout` | `(ids: u32, n: u32, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue the same bytes on a lane of `n` outlets (`u64` ids); returns how many took them |
+//!
+//! `lane` is a [`chorus_core::lanes::Lane`] number (0 control, 1 audio,
+//! 2 chat, 3 reactions); the topic matters on the audio and reactions lanes
+//! (the unit of replacement and of counting), the key on the reactions lane
+//! (what the reaction counts as).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Result};
+use chorus_core::config::LimitsConfig;
 use chorus_core::data::{DataRequest, DataResponse};
+use chorus_core::lanes::Lane;
 use chorus_core::metrics::{self, Kind, Metric};
+use chorus_core::outq::OutqLimits;
+use chorus_core::phoenix::Vsn;
 use lunatic_networking_api::NetworkingCtx;
 use lunatic_process::state::ProcessState;
 use lunatic_runtime::DefaultProcessState;
@@ -55,6 +64,7 @@ impl HostApi {
         config_json: Vec<u8>,
         data: Option<DataService>,
         env: Arc<lunatic_process::env::LunaticEnvironment>,
+        limits: &LimitsConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
             config_json,
@@ -63,7 +73,7 @@ impl HostApi {
             gauge_shares: Mutex::new(HashMap::new()),
             data,
             env,
-            outlets: Outlets::new(),
+            outlets: Outlets::new(OutqLimits::from_config(limits)),
         })
     }
 
@@ -118,6 +128,24 @@ impl HostApi {
                     Kind::Gauge,
                     "sockets whose writes the host drains",
                     self.outlets.count() as i64,
+                ),
+                (
+                    "chorus_reactions_aggregated_total",
+                    Kind::Counter,
+                    "reactions counted into a reaction_counts frame instead of queued (slow sockets)",
+                    self.outlets.reactions_aggregated.load(Ordering::Relaxed) as i64,
+                ),
+                (
+                    "chorus_audio_frames_replaced_total",
+                    Kind::Counter,
+                    "unwritten audio frames replaced by a newer one of their topic (slow sockets)",
+                    self.outlets.audio_replaced.load(Ordering::Relaxed) as i64,
+                ),
+                (
+                    "chorus_slow_consumers_total",
+                    Kind::Counter,
+                    "sockets closed with 1008 slow_consumer (a full control or chat lane, or a write stuck for 10 s)",
+                    self.outlets.slow_consumers.load(Ordering::Relaxed) as i64,
                 ),
             ],
         );
@@ -233,10 +261,11 @@ impl HostApi {
         linker.func_wrap(
             "chorus",
             "outlet_open",
-            move |caller: Caller<'_, State>, stream: u64| -> u64 {
+            move |caller: Caller<'_, State>, stream: u64, vsn: u32| -> u64 {
                 let owner = caller.data().id();
+                let vsn = if vsn == 2 { Vsn::V2 } else { Vsn::V1 };
                 match caller.data().tcp_stream_resources().get(stream) {
-                    Some(conn) => api.outlets.open(owner, conn.clone()),
+                    Some(conn) => api.outlets.open(owner, conn.clone(), vsn),
                     None => 0,
                 }
             },
@@ -246,9 +275,27 @@ impl HostApi {
         linker.func_wrap(
             "chorus",
             "outlet_send",
-            move |mut caller: Caller<'_, State>, id: u64, ptr: u32, len: u32| -> Result<u32> {
+            move |mut caller: Caller<'_, State>,
+                  id: u64,
+                  ptr: u32,
+                  len: u32,
+                  lane: u32,
+                  topic_ptr: u32,
+                  topic_len: u32,
+                  key_ptr: u32,
+                  key_len: u32|
+                  -> Result<u32> {
                 let bytes = read_guest(&mut caller, ptr, len)?;
-                Ok(api.outlets.send(id, &bytes) as u32)
+                let topic = read_guest(&mut caller, topic_ptr, topic_len)?;
+                let key = read_guest(&mut caller, key_ptr, key_len)?;
+                let sent = api.outlets.send(
+                    id,
+                    lane_of(lane),
+                    &String::from_utf8_lossy(&topic),
+                    &String::from_utf8_lossy(&key),
+                    &bytes,
+                );
+                Ok(sent as u32)
             },
         )?;
 
@@ -256,7 +303,18 @@ impl HostApi {
         linker.func_wrap(
             "chorus",
             "outlet_close",
-            move |_: Caller<'_, State>, id: u64| api.outlets.close(id),
+            move |mut caller: Caller<'_, State>,
+                  id: u64,
+                  code: u32,
+                  ptr: u32,
+                  len: u32|
+                  -> Result<()> {
+                let reason = read_guest(&mut caller, ptr, len)?;
+                let code = u16::try_from(code).ok().filter(|c| *c != 0);
+                api.outlets
+                    .close(id, code, &String::from_utf8_lossy(&reason));
+                Ok(())
+            },
         )?;
 
         let api = self.clone();
@@ -267,7 +325,12 @@ impl HostApi {
                   ids: u32,
                   n: u32,
                   ptr: u32,
-                  len: u32|
+                  len: u32,
+                  lane: u32,
+                  topic_ptr: u32,
+                  topic_len: u32,
+                  key_ptr: u32,
+                  key_len: u32|
                   -> Result<u32> {
                 let raw = read_guest(&mut caller, ids, n.saturating_mul(8))?;
                 let ids: Vec<u64> = raw
@@ -275,7 +338,15 @@ impl HostApi {
                     .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                     .collect();
                 let bytes = read_guest(&mut caller, ptr, len)?;
-                Ok(api.outlets.fanout(&ids, &bytes))
+                let topic = read_guest(&mut caller, topic_ptr, topic_len)?;
+                let key = read_guest(&mut caller, key_ptr, key_len)?;
+                Ok(api.outlets.fanout(
+                    &ids,
+                    lane_of(lane),
+                    &String::from_utf8_lossy(&topic),
+                    &String::from_utf8_lossy(&key),
+                    &bytes,
+                ))
             },
         )?;
 
@@ -300,6 +371,12 @@ impl HostApi {
         )?;
         Ok(())
     }
+}
+
+/// The lane of ABI number `n`; an unknown number is the chat lane (never
+/// dropped, bounded).
+fn lane_of(n: u32) -> Lane {
+    Lane::from_u32(n).unwrap_or(Lane::Chat)
 }
 
 fn memory(caller: &mut Caller<'_, State>) -> Result<wasmtime::Memory> {

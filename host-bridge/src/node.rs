@@ -156,7 +156,7 @@ async fn spawn_main(
     let engine = Engine::new(&config.runtime)?;
     let envs = Arc::new(LunaticEnvironments::default());
     let env = envs.create(1).await;
-    let api = HostApi::new(config_json, data, env.clone());
+    let api = HostApi::new(config_json, data, env.clone(), &config.limits);
     api.start_sweeper();
     let cache = crate::engine::cache_dir(&config.runtime.module_cache);
     let module = Arc::new(engine.compile(wasm, api, cache.as_deref())?);

@@ -70,9 +70,20 @@ fn concat<'a>(frames: impl IntoIterator<Item = &'a Frames>) -> Frames {
 }
 
 /// Sends one subscriber the frame(s) of its serializer.
-fn send_frames(sub: &Subscriber, frames: Frames) {
+fn send_frames(sub: &Subscriber, frames: Frames, route: host::Route<'_>) {
     if let Some(bytes) = if sub.v2 { frames.1 } else { frames.0 } {
-        host::outlet_send(sub.outlet, &bytes);
+        host::outlet_send(sub.outlet, &bytes, route);
+    }
+}
+
+/// The outlet lane of what peak mode delivers per period: chat, never
+/// dropped (a period's `reaction_counts` too: counted again under
+/// backpressure it would lose its meaning).
+fn held_route(topic: &str) -> host::Route<'_> {
+    host::Route {
+        lane: chorus_core::lanes::Lane::Chat,
+        topic,
+        key: "",
     }
 }
 
@@ -214,10 +225,14 @@ impl Channel {
         let senders = peak::senders(&items);
         let own = |pid: u64, sub: &Subscriber| senders.contains(&pid) && !sub.broadcast_self;
         let plain = concat(items.iter().map(|h| &h.frames));
-        self.fan_out(&plain, |pid, sub| sub.batch || own(pid, sub));
+        self.fan_out(&plain, held_route(&self.topic), |pid, sub| {
+            sub.batch || own(pid, sub)
+        });
         if self.subs.values().any(|s| s.batch) {
             let batched = self.batch_frames(&items);
-            self.fan_out(&batched, |pid, sub| !sub.batch || own(pid, sub));
+            self.fan_out(&batched, held_route(&self.topic), |pid, sub| {
+                !sub.batch || own(pid, sub)
+            });
         }
         for pid in &senders {
             let Some(sub) = self.subs.get(pid).filter(|s| !s.broadcast_self) else {
@@ -229,7 +244,7 @@ impl Channel {
             } else {
                 concat(others.map(|h| &h.frames))
             };
-            send_frames(sub, frames);
+            send_frames(sub, frames, held_route(&self.topic));
         }
     }
 
@@ -245,16 +260,18 @@ impl Channel {
             )
         };
         let senders: BTreeSet<u64> = counts.senders().collect();
-        self.fan_out(&frames(counts.all()), |pid, sub| {
-            senders.contains(&pid) && !sub.broadcast_self
-        });
+        self.fan_out(
+            &frames(counts.all()),
+            held_route(&self.topic),
+            |pid, sub| senders.contains(&pid) && !sub.broadcast_self,
+        );
         for pid in &senders {
             let Some(sub) = self.subs.get(pid).filter(|s| !s.broadcast_self) else {
                 continue;
             };
             let rest = counts.without(*pid);
             if !rest.is_empty() {
-                send_frames(sub, frames(&rest));
+                send_frames(sub, frames(&rest), held_route(&self.topic));
             }
         }
     }

@@ -12,6 +12,7 @@ use chorus_core::join::{self, JoinConfig};
 use chorus_core::jwt;
 use chorus_core::metrics::Metric;
 use chorus_core::phoenix::{self, event, FrameRef, Inbound, Outbound, Payload, Vsn};
+use chorus_core::ratelimit::{self, TokenBucket};
 use chorus_core::selective;
 use chorus_core::ws::{self, FrameDecoder, WsEvent};
 use lunatic::net::TcpStream;
@@ -71,13 +72,18 @@ pub fn run(
         (stream.clone(), early, max_frame, this),
         |(stream, early, max, session), _: Mailbox<()>| read_loop(stream, early, max, session),
     );
-    let Some(outlet) = host::outlet_open(&stream) else {
+    let Some(outlet) = host::outlet_open(&stream, vsn) else {
         host::log(host::Level::Error, "cannot hand the socket to the host");
         reader.kill();
         return;
     };
     host::metric(Metric::SessionsActive, 1);
     host::metric(Metric::SessionsTotal, 1);
+    let flood = TokenBucket::new(
+        config.limits.client_messages_per_second,
+        config.limits.client_burst,
+        0,
+    );
     let mut session = Session {
         outlet,
         vsn,
@@ -88,6 +94,8 @@ pub fn run(
         config,
         claims,
         closed: None,
+        flood,
+        started: Instant::now(),
     };
     let close = session.serve(&inbox);
     session.leave_all();
@@ -176,6 +184,10 @@ struct Session {
     claims: Option<jwt::Claims>,
     /// Set when a write failed: the session ends.
     closed: Option<Close>,
+    /// Per-socket flood limit (`limits.client_messages_per_second`), on the
+    /// clock of `started`.
+    flood: TokenBucket,
+    started: Instant,
 }
 
 fn now_secs() -> u64 {
@@ -255,6 +267,14 @@ impl Session {
         let msg_ref = inbound.msg_ref().map(str::to_string);
         let event_name = inbound.event().to_string();
 
+        if !ratelimit::is_exempt(&topic, &event_name) {
+            let now_ms = self.started.elapsed().as_millis() as u64;
+            if !self.flood.try_take(now_ms) {
+                host::metric(Metric::RateLimited, 1);
+                let reason = ratelimit::refusal(self.config.limits.client_messages_per_second);
+                return self.reply_error(join_ref, msg_ref, topic, &reason);
+            }
+        }
         if topic == phoenix::PHOENIX_TOPIC {
             match event_name.as_str() {
                 event::HEARTBEAT => {
@@ -669,7 +689,7 @@ impl Session {
         if self.closed.is_some() {
             return;
         }
-        match host::outlet_send(self.outlet, bytes) {
+        match host::outlet_send(self.outlet, bytes, host::Route::CONTROL) {
             host::Sent::Ok => {}
             // The host closes the socket itself (with `slow_consumer`).
             host::Sent::SlowConsumer | host::Sent::Gone => {
@@ -682,11 +702,7 @@ impl Session {
     }
 
     fn close(&mut self, close: Close) {
-        if close.code != 0 {
-            let mut out = Vec::new();
-            ws::encode_close(&mut out, close.code, &close.reason);
-            let _ = host::outlet_send(self.outlet, &out);
-        }
-        host::outlet_close(self.outlet);
+        let frame = (close.code != 0).then_some((close.code, close.reason.as_str()));
+        host::outlet_close(self.outlet, frame);
     }
 }

@@ -462,6 +462,12 @@ impl Client {
             .unwrap()
             .to_string();
         let stream = TcpStream::connect(&addr).map_err(|e| (0, e.to_string()))?;
+        Client::handshake(url, stream, vsn)
+    }
+
+    /// Runs the WebSocket handshake of `url` on an already connected stream
+    /// (e.g. one with socket options set before the connect).
+    pub fn handshake(url: &str, stream: TcpStream, vsn: Vsn) -> Result<Client, (u16, String)> {
         stream.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(RECV_TIMEOUT)).unwrap();
         match tungstenite::client(url, MaybeTlsStream::Plain(stream)) {
