@@ -200,6 +200,8 @@ fn metrics(s: Scenario) -> Vec<Metric> {
                 digits: 0,
             },
         ],
+        // Their own tables (`rooms::report`).
+        Scenario::PresenceChurn | Scenario::AudioFlood => Vec::new(),
     };
     m.push(Metric {
         label: "server RSS per session (KiB)",
@@ -214,7 +216,7 @@ fn metrics(s: Scenario) -> Vec<Metric> {
     m
 }
 
-fn fmt_num(v: f64, digits: usize) -> String {
+pub fn fmt_num(v: f64, digits: usize) -> String {
     if digits == 0 {
         let s = format!("{:.0}", v);
         // thousands separators for readability
@@ -237,7 +239,7 @@ fn fmt_num(v: f64, digits: usize) -> String {
     }
 }
 
-fn cell_escape(s: &str) -> String {
+pub fn cell_escape(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
@@ -245,7 +247,7 @@ fn cell_escape(s: &str) -> String {
 pub fn table(runs: &[RunResult]) -> String {
     let mut by_scenario: BTreeMap<Scenario, Vec<&RunResult>> = BTreeMap::new();
     for r in runs {
-        if let Some(p) = &r.params {
+        if let Some(p) = r.params.as_ref().filter(|p| !p.scenario.is_room()) {
             by_scenario.entry(p.scenario).or_default().push(r);
         }
     }
@@ -342,7 +344,7 @@ pub fn table(runs: &[RunResult]) -> String {
 fn plots(out: &Path, runs: &[RunResult]) -> (Vec<String>, Vec<String>) {
     let mut written = Vec::new();
     let mut errors = Vec::new();
-    for scenario in Scenario::ALL {
+    for scenario in Scenario::ALL.into_iter().filter(|s| !s.is_room()) {
         let mut rs: Vec<&RunResult> = runs
             .iter()
             .filter(|r| r.params.as_ref().map(|p| p.scenario) == Some(scenario))
@@ -416,7 +418,8 @@ fn plots(out: &Path, runs: &[RunResult]) -> (Vec<String>, Vec<String>) {
 /// results.md, the plots, and (when `benchmarks_md`) BENCHMARKS.md at `root`.
 pub fn write_all(root: &Path, out: &Path, benchmarks_md: bool) -> Result<(), String> {
     let (index, runs) = load(out)?;
-    let tables = table(&runs);
+    let mut tables = table(&runs);
+    tables.push_str(&crate::rooms::report::tables(&runs));
     let (pngs, plot_errors) = plots(out, &runs);
     for e in &plot_errors {
         eprintln!("warning: {e}");
@@ -511,6 +514,7 @@ One scenario against one system: `target/release/chorus-bench run --system nats 
 * **Memory**: the server process's VmRSS (`/proc/<pid>/status`), sampled every 250 ms; *per session* = (RSS after every session joined − RSS before the first) ÷ sessions.\n\
 * **Order**: scenario by scenario; within each, every system in turn, the starting system rotating from one scenario to the next. Each system is started fresh for each run by the bench and stopped after it.\n\
 * **Peers' settings** (for their best, not their defaults): NATS 2.9 with logging off, `max_pending` 64 MB, `write_deadline` 10 s. RabbitMQ 3.10 (Web-MQTT) with `web_mqtt.max_connections = infinity` (Ranch's default of 1,024 connections is why it served 100 subscribers but nothing to 1,000+ at first), backlog 4096, 16 acceptors, memory watermark 8 GB, disk floor 10 MB, Erlang process limit 4M, port limit 1M, open-files soft limit raised to the hard limit.\n\
+* **Room scenarios** (issue 5, `bench/src/rooms/`): *presence-churn* and *audio-flood* exercise Chorus extensions no peer has (selective presence, large-room relevant sets, audio/reaction lanes, peak mode), so they run against Chorus only and compare Chorus with Chorus baselines of the same run, as ratios. Their clients speak the same realtime-js wire protocol; how each figure is taken is written above its table. Only: `chorus-bench suite --systems chorus --scenarios presence-churn,audio-flood` (`--help` lists the loads).\n\
 * A run that fails says so in the table (`did not run: <why>`) instead of showing a number.\n\n\
 ## Machine\n\n\
 {cpu}, {cores} cores, {mem} GiB RAM, Linux {kernel}, open files per process {nofile}. The load generator and the server share the cores.\n\n\
