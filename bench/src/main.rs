@@ -312,6 +312,9 @@ fn suite(a: SuiteArgs) -> ExitCode {
                 p.connect_timeout_s = 20.0;
                 if let Some(r) = p.room.as_mut() {
                     r.settle_max_s = 2.0;
+                    // 30 members: make the room "large" so the relevant-set
+                    // path runs too.
+                    r.large_room_threshold = Some(10);
                 }
             }
             p

@@ -161,6 +161,7 @@ impl Params {
                 flood_per_s: 0.0,
                 clients_per_worker: 500,
                 settle_max_s: 15.0,
+                large_room_threshold: None,
             }),
             ..Params::connect_storm(members)
         }
@@ -193,6 +194,7 @@ impl Params {
                 flood_per_s,
                 clients_per_worker: 250,
                 settle_max_s: 5.0,
+                large_room_threshold: None,
             }),
             ..Params::connect_storm(listeners + flooders + 1)
         }

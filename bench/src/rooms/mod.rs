@@ -65,6 +65,11 @@ pub struct RoomParams {
     pub clients_per_worker: u64,
     /// Longest wait for the join storm's traffic to settle before `go`.
     pub settle_max_s: f64,
+    /// presence-churn: the relevant-set node's
+    /// `presence.large_room_threshold` (`None`: the default; the tiny
+    /// suite lowers it below its small room so the mode is exercised).
+    #[serde(default)]
+    pub large_room_threshold: Option<u32>,
 }
 
 /// One presence mode's figures.
@@ -463,9 +468,16 @@ fn presence_node(
         PresenceNode::PlainAndSelective => &["plain", "selective"],
         PresenceNode::RelevantSet => &["relevant-set"],
     };
-    let (threshold, env) = match node {
-        PresenceNode::RelevantSet => ("default (lunatic.toml)".to_string(), Vec::new()),
-        PresenceNode::PlainAndSelective => (
+    let (threshold, env) = match (node, rp.large_room_threshold) {
+        (PresenceNode::RelevantSet, None) => ("default (lunatic.toml)".to_string(), Vec::new()),
+        (PresenceNode::RelevantSet, Some(t)) => (
+            t.to_string(),
+            vec![(
+                "CHORUS_PRESENCE_LARGE_ROOM_THRESHOLD".to_string(),
+                t.to_string(),
+            )],
+        ),
+        (PresenceNode::PlainAndSelective, _) => (
             NO_LARGE_ROOMS.to_string(),
             vec![(
                 "CHORUS_PRESENCE_LARGE_ROOM_THRESHOLD".to_string(),
@@ -717,33 +729,34 @@ fn drive_audio(
     let room = "stage";
     set_host(server, room, HOST_KEY)?;
     let base = base_spec(server, p, rp, room);
-    // Loader 0: the host and the flooders; then the listeners.
-    let mut specs = vec![RoomWorkerSpec {
-        source: loopback(0),
-        groups: vec![
-            Group {
-                role: Role::Host,
-                first_id: 0,
-                count: 1,
-            },
-            Group {
-                role: Role::Flooder,
-                first_id: 1 + rp.listeners,
-                count: rp.flooders,
-            },
-        ],
-        ..base.clone()
+    // The host alone in its loader (the flood it receives nothing of must
+    // not delay its ticks), the flooders in another, then the listeners.
+    let mut groups = vec![Group {
+        role: Role::Host,
+        first_id: 0,
+        count: 1,
     }];
-    for (k, g) in split(Role::Listener, 1, rp.listeners, rp.clients_per_worker)
+    groups.extend(split(
+        Role::Flooder,
+        1 + rp.listeners,
+        rp.flooders,
+        rp.clients_per_worker,
+    ));
+    groups.extend(split(
+        Role::Listener,
+        1,
+        rp.listeners,
+        rp.clients_per_worker,
+    ));
+    let specs: Vec<RoomWorkerSpec> = groups
         .into_iter()
         .enumerate()
-    {
-        specs.push(RoomWorkerSpec {
-            source: loopback(k + 1),
+        .map(|(k, g)| RoomWorkerSpec {
+            source: loopback(k),
             groups: vec![g],
             ..base.clone()
-        });
-    }
+        })
+        .collect();
     let mut loaders = Loaders::start(&specs)?;
     let ready = match loaders.ready(Duration::from_secs_f64(p.connect_timeout_s + 30.0)) {
         Ok(x) => x,
