@@ -164,6 +164,9 @@ pub struct RuntimeConfig {
     pub process_stack_kib: u32,
     /// `vm.max_map_count` the node needs; raised at start when running as root.
     pub min_max_map_count: u64,
+    /// Where compiled guests are cached, so a restart skips compilation:
+    /// empty = `$XDG_CACHE_HOME/chorus` (else `~/.cache/chorus`), `off` = no cache.
+    pub module_cache: String,
 }
 
 impl Default for NodeConfig {
@@ -252,6 +255,7 @@ impl Default for RuntimeConfig {
             process_memory_mib: 16,
             process_stack_kib: 128,
             min_max_map_count: 1_048_576,
+            module_cache: String::new(),
         }
     }
 }

@@ -158,7 +158,8 @@ async fn spawn_main(
     let env = envs.create(1).await;
     let api = HostApi::new(config_json, data, env.clone());
     api.start_sweeper();
-    let module = Arc::new(engine.compile(wasm, api)?);
+    let cache = crate::engine::cache_dir(&config.runtime.module_cache);
+    let module = Arc::new(engine.compile(wasm, api, cache.as_deref())?);
 
     let mut pconfig = DefaultProcessConfig::default();
     pconfig.set_can_compile_modules(false);
