@@ -118,8 +118,11 @@ pub fn save_suite(out: &Path, id: &str, tiny: bool, runs: &[PathBuf]) -> Result<
     Ok(())
 }
 
-fn load(out: &Path) -> Result<(SuiteIndex, Vec<RunResult>), String> {
-    let path = out.join("latest-suite.json");
+/// Scenarios taken from older suites, with the suite's id.
+type Older = Vec<(Scenario, String)>;
+
+fn read_suite(out: &Path, name: &str) -> Result<(SuiteIndex, Vec<RunResult>), String> {
+    let path = out.join(name);
     let text = fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
     let index: SuiteIndex =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -130,6 +133,59 @@ fn load(out: &Path) -> Result<(SuiteIndex, Vec<RunResult>), String> {
         runs.push(serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?);
     }
     Ok((index, runs))
+}
+
+/// The latest suite's runs and, for each scenario it did not run, the runs
+/// of the newest earlier full-size suite that did (so rerunning only some
+/// scenarios, e.g. the Chorus-only room ones, keeps the other tables).
+/// Also returns `(scenario, suite id)` for what came from an older suite.
+fn load(out: &Path) -> Result<(SuiteIndex, Vec<RunResult>, Older), String> {
+    let (index, mut runs) = read_suite(out, "latest-suite.json")?;
+    let mut older = Vec::new();
+    if index.tiny {
+        return Ok((index, runs, older));
+    }
+    let scenario_of = |r: &RunResult| r.params.as_ref().map(|p| p.scenario);
+    let mut covered: Vec<Scenario> = runs.iter().filter_map(scenario_of).collect();
+    let latest: u64 = index.id.parse().unwrap_or(u64::MAX);
+    let mut ids: Vec<u64> = fs::read_dir(out)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_prefix("suite-")?
+                        .strip_suffix(".json")?
+                        .parse()
+                        .ok()
+                })
+                .filter(|id| *id < latest)
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    for id in ids {
+        let Ok((earlier, earlier_runs)) = read_suite(out, &format!("suite-{id}.json")) else {
+            continue;
+        };
+        if earlier.tiny {
+            continue;
+        }
+        let mut added = Vec::new();
+        for r in earlier_runs {
+            match scenario_of(&r) {
+                Some(s) if !covered.contains(&s) => {
+                    if !added.contains(&s) {
+                        added.push(s);
+                        older.push((s, earlier.id.clone()));
+                    }
+                    runs.push(r);
+                }
+                _ => {}
+            }
+        }
+        covered.extend(added);
+    }
+    Ok((index, runs, older))
 }
 
 /// One table row: a label and how to read the figure from a result.
@@ -417,8 +473,20 @@ fn plots(out: &Path, runs: &[RunResult]) -> (Vec<String>, Vec<String>) {
 
 /// results.md, the plots, and (when `benchmarks_md`) BENCHMARKS.md at `root`.
 pub fn write_all(root: &Path, out: &Path, benchmarks_md: bool) -> Result<(), String> {
-    let (index, runs) = load(out)?;
-    let mut tables = table(&runs);
+    let (index, runs, older) = load(out)?;
+    let mut tables = String::new();
+    if !older.is_empty() {
+        let list: Vec<String> = older
+            .iter()
+            .map(|(s, id)| format!("{s} (suite {id})"))
+            .collect();
+        let _ = writeln!(
+            tables,
+            "Not run in this suite, so taken from the newest earlier suite that ran them: {}.\n",
+            list.join(", ")
+        );
+    }
+    tables.push_str(&table(&runs));
     tables.push_str(&crate::rooms::report::tables(&runs));
     let (pngs, plot_errors) = plots(out, &runs);
     for e in &plot_errors {
