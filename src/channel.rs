@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use chorus_core::config::Config;
+use chorus_core::config::{Config, RoomsConfig};
 use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::metrics::Metric;
 use chorus_core::phoenix::{self, Frame, Outbound, Payload, UserBroadcast, Vsn};
@@ -23,6 +23,8 @@ use supervisors::{ChildRef, DynamicSupervisor, Inbox, Incoming};
 
 use crate::gateway::session::SessionMsg;
 use crate::host;
+
+mod peak;
 
 /// Registered name of the channels' dynamic supervisor.
 pub const CHANNELS: &str = "channels";
@@ -75,6 +77,10 @@ pub struct JoinReq {
     /// send after the join reply.
     #[serde(default)]
     pub replay: Option<(u64, u32)>,
+    /// `config.chorus.batch`: in peak mode, receive broadcasts as one
+    /// `batch` frame per period.
+    #[serde(default)]
+    pub batch: bool,
 }
 
 /// A broadcast entering the channel, from a session or the admin API.
@@ -119,6 +125,8 @@ pub struct ChannelArgs {
     pub history: u32,
     pub sweep_ms: u64,
     pub presence_shards: u32,
+    /// Peak mode settings.
+    pub rooms: RoomsConfig,
 }
 
 /// Messages to a directory shard.
@@ -196,6 +204,7 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                             history: config.limits.channel_history,
                             sweep_ms,
                             presence_shards: config.presence.shards,
+                            rooms: config.rooms.clone(),
                         };
                         match DynamicSupervisor::<ChannelArgs, ChannelMsg>::lookup(CHANNELS)
                             .map(|sup| sup.start_child(args))
@@ -236,6 +245,8 @@ struct Subscriber {
     v2: bool,
     broadcast_self: bool,
     presence_key: String,
+    /// Joined with `config.chorus.batch: true`.
+    batch: bool,
 }
 
 struct Channel {
@@ -249,6 +260,8 @@ struct Channel {
     history_len: usize,
     /// The room state, on a room's audio lane.
     room: Option<crate::room::AudioLane>,
+    /// Peak mode: rate, transitions and held deliveries (`channel/peak.rs`).
+    peak: peak::PeakState,
 }
 
 /// A message in a channel's in-memory recent history.
@@ -276,6 +289,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
         history: VecDeque::new(),
         history_len: args.history as usize,
         room: crate::room::AudioLane::for_topic(&args.topic),
+        peak: peak::PeakState::new(&args.rooms, &args.topic),
     };
     ch.refill();
     let idle = Duration::from_millis(args.idle_ms);
@@ -287,7 +301,8 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
     // drop its crashed subscribers (and their presences).
     let mut last_sweep = Instant::now();
     loop {
-        match inbox.receive_timeout(sweep.saturating_sub(last_sweep.elapsed())) {
+        let wait = sweep.saturating_sub(last_sweep.elapsed());
+        match inbox.receive_timeout(ch.peak.wait().map_or(wait, |w| w.min(wait))) {
             Some(Incoming::Shutdown) => break,
             Some(Incoming::Message(ChannelMsg::Stop)) => {
                 if ch.subs.is_empty() {
@@ -299,6 +314,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
             Some(Incoming::Message(msg)) => ch.handle(msg),
             None => {}
         }
+        ch.peak_tick();
         if last_sweep.elapsed() >= sweep {
             ch.sweep_dead();
             last_sweep = Instant::now();
@@ -318,6 +334,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
             idle_since = None;
         }
     }
+    ch.peak_end();
     host::metric(Metric::ChannelsActive, -1);
 }
 
@@ -353,6 +370,7 @@ impl Channel {
     }
 
     fn join(&mut self, j: JoinReq) {
+        self.peak_before_join();
         let pid = j.session.pid();
         // A second join of the same session replaces the first.
         if self.subs.contains_key(&pid) {
@@ -394,6 +412,7 @@ impl Channel {
                 v2: j.v2,
                 broadcast_self: j.broadcast_self,
                 presence_key: j.presence_key,
+                batch: j.batch,
             },
         );
     }
@@ -401,7 +420,7 @@ impl Channel {
     fn remove(&mut self, session: u64) {
         if self.subs.remove(&session).is_some() {
             let diff = self.presence.untrack(session);
-            self.fan_out_diff(diff);
+            self.diff_out(diff);
         }
     }
 
@@ -442,45 +461,12 @@ impl Channel {
             }
         }
         let payload = p.payload.to_payload();
-        // Under 2.0.0 a JSON broadcast goes out as the text array
-        // `[null, null, topic, "broadcast", {type, event, payload}]`: both
-        // realtime-js and phoenix.js decode it (to the same message a kind-4
-        // frame gives realtime-js), while phoenix.js cannot decode kind 4 and
-        // throws. Only binary payloads need kind 4.
-        let v2_text = match &payload {
-            Payload::Json(v) => Some(Outbound::push(
-                None,
-                &self.topic,
-                phoenix::event::BROADCAST,
-                json!({"type": "broadcast", "event": p.event, "payload": v}),
-            )),
-            Payload::Binary(_) => None,
-        };
-        let broadcast = Outbound::UserBroadcast(UserBroadcast {
-            topic: self.topic.clone(),
-            event: p.event.clone(),
-            meta: None,
-            payload,
-        });
-        let v1 = encode_ws(Vsn::V1, &broadcast);
-        let v2 = encode_ws(Vsn::V2, v2_text.as_ref().unwrap_or(&broadcast));
-        // One host call per serializer: the host queues the same bytes on
-        // every subscriber's outlet (see host-bridge/src/outlet.rs).
-        let (mut to_v1, mut to_v2) = (Vec::new(), Vec::new());
-        for (pid, sub) in &self.subs {
-            if Some(*pid) == p.from && !sub.broadcast_self {
-                continue;
-            }
-            if sub.v2 {
-                to_v2.push(sub.outlet);
-            } else {
-                to_v1.push(sub.outlet);
-            }
-        }
-        for (outlets, bytes) in [(&to_v1, &v1), (&to_v2, &v2)] {
-            if let Some(bytes) = bytes {
-                host::fanout(outlets, bytes);
-            }
+        // In peak mode the broadcast is held and delivered with its period.
+        if let Some(payload) = self.peak_hold(&p, payload) {
+            let frames = broadcast_frames(&self.topic, &p.event, payload);
+            self.fan_out(&frames, |pid, sub| {
+                Some(pid) == p.from && !sub.broadcast_self
+            });
         }
         if let (Some(from), Some((join_ref, msg_ref))) = (p.from, p.ack) {
             if let Some(sub) = self.subs.get(&from) {
@@ -502,6 +488,28 @@ impl Channel {
                 event: p.event,
                 body: p.payload,
             });
+        }
+    }
+
+    /// Queues a broadcast's frames on every subscriber `skip` does not name:
+    /// one host call per serializer, the host queues the same bytes on every
+    /// subscriber's outlet (see host-bridge/src/outlet.rs).
+    fn fan_out(&self, frames: &Frames, skip: impl Fn(u64, &Subscriber) -> bool) {
+        let (mut to_v1, mut to_v2) = (Vec::new(), Vec::new());
+        for (pid, sub) in &self.subs {
+            if skip(*pid, sub) {
+                continue;
+            }
+            if sub.v2 {
+                to_v2.push(sub.outlet);
+            } else {
+                to_v1.push(sub.outlet);
+            }
+        }
+        for (outlets, bytes) in [(&to_v1, &frames.0), (&to_v2, &frames.1)] {
+            if let Some(bytes) = bytes {
+                host::fanout(outlets, bytes);
+            }
         }
     }
 
@@ -658,7 +666,7 @@ impl Channel {
         };
         send_outbound(outlet, v2, &reply);
         if let Ok(diff) = result {
-            self.fan_out_diff(diff);
+            self.diff_out(diff);
         }
     }
 
@@ -708,6 +716,36 @@ fn now_ms() -> u64 {
 fn is_chat_lane(topic: &str) -> bool {
     let t = topic.strip_prefix("realtime:").unwrap_or(topic);
     t.starts_with("room:") && t.ends_with(":chat") && t.len() > "room::chat".len()
+}
+
+/// A broadcast's WebSocket frames for the 1.0.0 and 2.0.0 serializers.
+type Frames = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Encodes a broadcast once per serializer.
+fn broadcast_frames(topic: &str, event: &str, payload: Payload) -> Frames {
+    // Under 2.0.0 a JSON broadcast goes out as the text array
+    // `[null, null, topic, "broadcast", {type, event, payload}]`: both
+    // realtime-js and phoenix.js decode it (to the same message a kind-4
+    // frame gives realtime-js), while phoenix.js cannot decode kind 4 and
+    // throws. Only binary payloads need kind 4.
+    let v2_text = match &payload {
+        Payload::Json(v) => Some(Outbound::push(
+            None,
+            topic,
+            phoenix::event::BROADCAST,
+            json!({"type": "broadcast", "event": event, "payload": v}),
+        )),
+        Payload::Binary(_) => None,
+    };
+    let broadcast = Outbound::UserBroadcast(UserBroadcast {
+        topic: topic.to_string(),
+        event: event.to_string(),
+        meta: None,
+        payload,
+    });
+    let v1 = encode_ws(Vsn::V1, &broadcast);
+    let v2 = encode_ws(Vsn::V2, v2_text.as_ref().unwrap_or(&broadcast));
+    (v1, v2)
 }
 
 /// Encodes a message as the WebSocket frame bytes for one serializer.

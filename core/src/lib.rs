@@ -13,6 +13,7 @@ pub mod join;
 pub mod jwt;
 pub mod lanes;
 pub mod metrics;
+pub mod peak;
 pub mod phoenix;
 pub mod presence;
 pub mod ring;

@@ -419,6 +419,7 @@ impl Session {
             presence_key,
             presence_enabled: config.presence_enabled,
             replay: config.replay.map(|r| (r.since_ms, r.limit)),
+            batch: config.batch,
         }));
         self.joined.insert(
             topic,
