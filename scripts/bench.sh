@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # README command: the benchmark suite of issue 6. Chorus, NATS and RabbitMQ
-# (Web-MQTT) side by side: connect storm, fan-out, many rooms. Installs the
-# peers and fonts it needs, builds Chorus and the load generator, runs the
-# suite (under 15 minutes) and rewrites BENCHMARKS.md from the results files.
+# (Web-MQTT) side by side: connect storm, fan-out, many rooms; then the
+# Chorus-only room scenarios of issue 5 (presence churn: plain vs selective
+# presence vs the large-room relevant set; audio latency under a reaction
+# flood), compared with Chorus baselines of the same run. Installs the peers
+# and fonts it needs, builds Chorus and the load generator, runs the suite
+# (under 18 minutes) and rewrites BENCHMARKS.md from the results files.
 #
 #   scripts/bench.sh            the standard suite
 #   scripts/bench.sh --tiny     seconds-long harness check for CI (no timings
@@ -32,7 +35,9 @@ log "running the benchmark suite"
 # In the standard suite a peer that cannot hold the load (RabbitMQ in
 # many-rooms) is a measured result, reported in the table; only NATS, the
 # reference, failing means the harness itself is broken. The tiny suite
-# (CI) requires every peer.
+# (CI) requires every peer. A failed room scenario (Chorus only) always
+# fails the suite: zero deliveries or a refused extension is a harness or
+# node error, not a peer's limit.
 extra=(--require nats)
 for a in "$@"; do
   case "$a" in --tiny|--require|--require=*) extra=() ;; esac

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::payload;
 use crate::proto::System;
+use crate::rooms::RoomOutcome;
 use crate::scenario::{Params, Scenario};
 use crate::servers::{rss_kib, Paths, Server};
 use crate::stats::{self, Latency};
@@ -51,6 +52,9 @@ pub struct RunResult {
     /// (seconds since start, KiB)
     pub rss_series: Vec<(f64, u64)>,
     pub errors: BTreeMap<String, u64>,
+    /// The room scenarios' own figures (`rooms.rs`).
+    #[serde(default)]
+    pub room: Option<RoomOutcome>,
 }
 
 impl RunResult {
@@ -139,6 +143,9 @@ fn unix_now() -> u64 {
 /// Runs one scenario against one system and always returns a result (with
 /// `failure` set when something did not work).
 pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
+    if params.scenario.is_room() {
+        return crate::rooms::run(params, paths);
+    }
     let mut r = RunResult {
         system: Some(system),
         params: Some(params.clone()),

@@ -12,6 +12,7 @@ mod payload;
 mod plot;
 mod proto;
 mod report;
+mod rooms;
 mod scenario;
 mod servers;
 mod stats;
@@ -48,6 +49,9 @@ enum Cmd {
     /// A loader process (internal).
     #[command(hide = true)]
     Worker { spec: String },
+    /// A loader process of the room scenarios (internal).
+    #[command(hide = true)]
+    RoomWorker { spec: String },
 }
 
 #[derive(Args, Clone)]
@@ -84,11 +88,74 @@ struct RunArgs {
     /// Messages/s of the publisher (fan-out) or of each member (many-rooms).
     #[arg(long, default_value_t = 50.0)]
     rate: f64,
-    /// Publishing time in seconds.
+    /// Publishing time in seconds (audio-flood: each phase's).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     #[command(flatten)]
+    room_loads: RoomArgs,
+    #[command(flatten)]
     common: Common,
+}
+
+/// The loads of the room scenarios (Chorus only).
+#[derive(Args, Clone)]
+struct RoomArgs {
+    /// presence-churn: members of the room.
+    #[arg(long, default_value_t = 1_000)]
+    churn_members: u64,
+    /// presence-churn: members that leave and rejoin.
+    #[arg(long, default_value_t = 40)]
+    churners: u64,
+    /// presence-churn: leaves per second (and as many rejoins).
+    #[arg(long, default_value_t = 20.0)]
+    churn_rate: f64,
+    /// presence-churn: churn time, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    churn_duration: f64,
+    /// presence-churn: how many of a selective observer's 20 keys churn.
+    #[arg(long, default_value_t = 2)]
+    subscribed_churners: u64,
+    /// audio-flood: listeners.
+    #[arg(long, default_value_t = 500)]
+    listeners: u64,
+    /// audio-flood: flooding clients.
+    #[arg(long, default_value_t = 10)]
+    flooders: u64,
+    /// audio-flood: the host's playback broadcasts per second.
+    #[arg(long, default_value_t = 20.0)]
+    playback_rate: f64,
+    /// audio-flood: reactions per second of each flooder (the node's
+    /// default limit is 100 per socket).
+    #[arg(long, default_value_t = 100.0)]
+    flood_rate: f64,
+    /// audio-flood: seconds of each phase (without, then with the flood).
+    #[arg(long, default_value_t = 10.0)]
+    audio_phase: f64,
+}
+
+impl RoomArgs {
+    fn presence(&self) -> Params {
+        let mut p = Params::presence_churn(
+            self.churn_members,
+            self.churners,
+            self.churn_rate,
+            self.churn_duration,
+        );
+        if let Some(r) = p.room.as_mut() {
+            r.subscribed_churners = self.subscribed_churners;
+        }
+        p
+    }
+
+    fn audio(&self) -> Params {
+        Params::audio_flood(
+            self.listeners,
+            self.flooders,
+            self.playback_rate,
+            self.flood_rate,
+            self.audio_phase,
+        )
+    }
 }
 
 #[derive(Args)]
@@ -102,10 +169,11 @@ struct SuiteArgs {
     /// Systems whose failure makes the exit code non-zero.
     #[arg(long, value_delimiter = ',', default_value = "nats,rabbitmq")]
     require: Vec<System>,
+    /// presence-churn and audio-flood run against Chorus only.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "connect-storm,fan-out,many-rooms"
+        default_value = "connect-storm,fan-out,many-rooms,presence-churn,audio-flood"
     )]
     scenarios: Vec<Scenario>,
     #[arg(long, default_value_t = 10_000)]
@@ -126,6 +194,8 @@ struct SuiteArgs {
     /// Do not rewrite BENCHMARKS.md (the tiny suite never does).
     #[arg(long)]
     no_benchmarks_md: bool,
+    #[command(flatten)]
+    room_loads: RoomArgs,
     #[command(flatten)]
     common: Common,
 }
@@ -164,11 +234,29 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::RoomWorker { spec } => {
+            let spec = match serde_json::from_str(&spec) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("chorus-bench room-worker: bad spec: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match rooms::worker::main(spec) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("chorus-bench room-worker: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Run(a) => {
             let p = match a.scenario {
                 Scenario::ConnectStorm => Params::connect_storm(a.clients),
                 Scenario::FanOut => Params::fan_out(a.clients, a.rate, a.duration),
                 Scenario::ManyRooms => Params::many_rooms(a.clients, a.members, a.rate, a.duration),
+                Scenario::PresenceChurn => a.room_loads.presence(),
+                Scenario::AudioFlood => a.room_loads.audio(),
             };
             let p = apply(&a.common, p);
             let paths = Paths {
@@ -210,14 +298,24 @@ fn suite(a: SuiteArgs) -> ExitCode {
                 (Scenario::ManyRooms, false) => {
                     Params::many_rooms(a.rooms, a.members, a.room_rate, a.duration)
                 }
+                (Scenario::PresenceChurn, false) => a.room_loads.presence(),
+                (Scenario::AudioFlood, false) => a.room_loads.audio(),
                 (Scenario::ConnectStorm, true) => Params::connect_storm(50),
                 (Scenario::FanOut, true) => Params::fan_out(20, 10.0, 2.0),
                 (Scenario::ManyRooms, true) => Params::many_rooms(5, 4, 2.0, 2.0),
+                (Scenario::PresenceChurn, true) => Params::presence_churn(30, 6, 3.0, 2.0),
+                (Scenario::AudioFlood, true) => Params::audio_flood(20, 2, 20.0, 100.0, 1.5),
             };
             let mut p = apply(c, p);
             if a.tiny {
-                p.drain_s = 1.0;
+                p.drain_s = if s.is_room() { 0.5 } else { 1.0 };
                 p.connect_timeout_s = 20.0;
+                if let Some(r) = p.room.as_mut() {
+                    r.settle_max_s = 2.0;
+                    // 30 members: make the room "large" so the relevant-set
+                    // path runs too.
+                    r.large_room_threshold = Some(10);
+                }
             }
             p
         })
@@ -239,9 +337,14 @@ fn suite(a: SuiteArgs) -> ExitCode {
         let mut order = a.systems.clone();
         let n = order.len().max(1);
         order.rotate_left(i % n);
+        if p.scenario.is_room() {
+            // Chorus extensions: no peer has them; their baselines are
+            // Chorus runs of the same scenario.
+            order.retain(|s| *s == System::Chorus);
+        }
         for system in order {
             let result = driver::run(system, p, &paths);
-            if !result.ok() && a.require.contains(&system) {
+            if !result.ok() && (a.require.contains(&system) || p.scenario.is_room()) {
                 required_failed.push(format!(
                     "{system} {}: {}",
                     p.scenario,

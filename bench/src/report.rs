@@ -118,8 +118,11 @@ pub fn save_suite(out: &Path, id: &str, tiny: bool, runs: &[PathBuf]) -> Result<
     Ok(())
 }
 
-fn load(out: &Path) -> Result<(SuiteIndex, Vec<RunResult>), String> {
-    let path = out.join("latest-suite.json");
+/// Scenarios taken from older suites, with the suite's id.
+type Older = Vec<(Scenario, String)>;
+
+fn read_suite(out: &Path, name: &str) -> Result<(SuiteIndex, Vec<RunResult>), String> {
+    let path = out.join(name);
     let text = fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
     let index: SuiteIndex =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -130,6 +133,59 @@ fn load(out: &Path) -> Result<(SuiteIndex, Vec<RunResult>), String> {
         runs.push(serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?);
     }
     Ok((index, runs))
+}
+
+/// The latest suite's runs and, for each scenario it did not run, the runs
+/// of the newest earlier full-size suite that did (so rerunning only some
+/// scenarios, e.g. the Chorus-only room ones, keeps the other tables).
+/// Also returns `(scenario, suite id)` for what came from an older suite.
+fn load(out: &Path) -> Result<(SuiteIndex, Vec<RunResult>, Older), String> {
+    let (index, mut runs) = read_suite(out, "latest-suite.json")?;
+    let mut older = Vec::new();
+    if index.tiny {
+        return Ok((index, runs, older));
+    }
+    let scenario_of = |r: &RunResult| r.params.as_ref().map(|p| p.scenario);
+    let mut covered: Vec<Scenario> = runs.iter().filter_map(scenario_of).collect();
+    let latest: u64 = index.id.parse().unwrap_or(u64::MAX);
+    let mut ids: Vec<u64> = fs::read_dir(out)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_prefix("suite-")?
+                        .strip_suffix(".json")?
+                        .parse()
+                        .ok()
+                })
+                .filter(|id| *id < latest)
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    for id in ids {
+        let Ok((earlier, earlier_runs)) = read_suite(out, &format!("suite-{id}.json")) else {
+            continue;
+        };
+        if earlier.tiny {
+            continue;
+        }
+        let mut added = Vec::new();
+        for r in earlier_runs {
+            match scenario_of(&r) {
+                Some(s) if !covered.contains(&s) => {
+                    if !added.contains(&s) {
+                        added.push(s);
+                        older.push((s, earlier.id.clone()));
+                    }
+                    runs.push(r);
+                }
+                _ => {}
+            }
+        }
+        covered.extend(added);
+    }
+    Ok((index, runs, older))
 }
 
 /// One table row: a label and how to read the figure from a result.
@@ -200,6 +256,8 @@ fn metrics(s: Scenario) -> Vec<Metric> {
                 digits: 0,
             },
         ],
+        // Their own tables (`rooms::report`).
+        Scenario::PresenceChurn | Scenario::AudioFlood => Vec::new(),
     };
     m.push(Metric {
         label: "server RSS per session (KiB)",
@@ -214,7 +272,7 @@ fn metrics(s: Scenario) -> Vec<Metric> {
     m
 }
 
-fn fmt_num(v: f64, digits: usize) -> String {
+pub fn fmt_num(v: f64, digits: usize) -> String {
     if digits == 0 {
         let s = format!("{:.0}", v);
         // thousands separators for readability
@@ -237,7 +295,7 @@ fn fmt_num(v: f64, digits: usize) -> String {
     }
 }
 
-fn cell_escape(s: &str) -> String {
+pub fn cell_escape(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
@@ -245,7 +303,7 @@ fn cell_escape(s: &str) -> String {
 pub fn table(runs: &[RunResult]) -> String {
     let mut by_scenario: BTreeMap<Scenario, Vec<&RunResult>> = BTreeMap::new();
     for r in runs {
-        if let Some(p) = &r.params {
+        if let Some(p) = r.params.as_ref().filter(|p| !p.scenario.is_room()) {
             by_scenario.entry(p.scenario).or_default().push(r);
         }
     }
@@ -342,7 +400,7 @@ pub fn table(runs: &[RunResult]) -> String {
 fn plots(out: &Path, runs: &[RunResult]) -> (Vec<String>, Vec<String>) {
     let mut written = Vec::new();
     let mut errors = Vec::new();
-    for scenario in Scenario::ALL {
+    for scenario in Scenario::ALL.into_iter().filter(|s| !s.is_room()) {
         let mut rs: Vec<&RunResult> = runs
             .iter()
             .filter(|r| r.params.as_ref().map(|p| p.scenario) == Some(scenario))
@@ -415,8 +473,21 @@ fn plots(out: &Path, runs: &[RunResult]) -> (Vec<String>, Vec<String>) {
 
 /// results.md, the plots, and (when `benchmarks_md`) BENCHMARKS.md at `root`.
 pub fn write_all(root: &Path, out: &Path, benchmarks_md: bool) -> Result<(), String> {
-    let (index, runs) = load(out)?;
-    let tables = table(&runs);
+    let (index, runs, older) = load(out)?;
+    let mut tables = String::new();
+    if !older.is_empty() {
+        let list: Vec<String> = older
+            .iter()
+            .map(|(s, id)| format!("{s} (suite {id})"))
+            .collect();
+        let _ = writeln!(
+            tables,
+            "Not run in this suite, so taken from the newest earlier suite that ran them: {}.\n",
+            list.join(", ")
+        );
+    }
+    tables.push_str(&table(&runs));
+    tables.push_str(&crate::rooms::report::tables(&runs));
     let (pngs, plot_errors) = plots(out, &runs);
     for e in &plot_errors {
         eprintln!("warning: {e}");
@@ -501,7 +572,7 @@ fn benchmarks_md_text(
 <!-- Generated by `chorus-bench report` from the files under {out}/. Do not edit by hand: every figure comes from a results file. -->\n\n\
 Chorus against the systems a WhatsSound operator would otherwise pick, in the same run, on the same machine, with the same load generator (`bench/`, issue 6).\n\n\
 ## Reproduce\n\n\
-```sh\nscripts/bench.sh          # standard suite, under 15 minutes; rewrites this file\nscripts/bench.sh --tiny   # seconds; only checks that the harness works (CI)\n```\n\n\
+```sh\nscripts/bench.sh          # standard suite, under 18 minutes; rewrites this file\nscripts/bench.sh --tiny   # seconds; only checks that the harness works (CI)\n```\n\n\
 One scenario against one system: `target/release/chorus-bench run --system nats --scenario fan-out --clients 5000 --rate 50 --duration 15`. Results land in `{out}/runs/`; `chorus-bench report` rewrites the table, the plots and this file from `{out}/latest-suite.json`.\n\n\
 ## Method\n\n\
 * **Load generator**: `chorus-bench`, Rust on tokio, one current-thread runtime per loader process; the driver re-runs itself as `worker` processes (at most `clients_per_worker` clients each, below the 20,000 open files one process may hold), each connecting from its own loopback address 127.0.0.x. Its WebSocket framing is Chorus' own sans-IO codec (`chorus_core::ws`), with masked client frames and a random key per connection.\n\
@@ -511,6 +582,7 @@ One scenario against one system: `target/release/chorus-bench run --system nats 
 * **Memory**: the server process's VmRSS (`/proc/<pid>/status`), sampled every 250 ms; *per session* = (RSS after every session joined − RSS before the first) ÷ sessions.\n\
 * **Order**: scenario by scenario; within each, every system in turn, the starting system rotating from one scenario to the next. Each system is started fresh for each run by the bench and stopped after it.\n\
 * **Peers' settings** (for their best, not their defaults): NATS 2.9 with logging off, `max_pending` 64 MB, `write_deadline` 10 s. RabbitMQ 3.10 (Web-MQTT) with `web_mqtt.max_connections = infinity` (Ranch's default of 1,024 connections is why it served 100 subscribers but nothing to 1,000+ at first), backlog 4096, 16 acceptors, memory watermark 8 GB, disk floor 10 MB, Erlang process limit 4M, port limit 1M, open-files soft limit raised to the hard limit.\n\
+* **Room scenarios** (issue 5, `bench/src/rooms/`): *presence-churn* and *audio-flood* exercise Chorus extensions no peer has (selective presence, large-room relevant sets, audio/reaction lanes, peak mode), so they run against Chorus only and compare Chorus with Chorus baselines of the same run, as ratios. Their clients speak the same realtime-js wire protocol; how each figure is taken is written above its table. Only: `chorus-bench suite --systems chorus --scenarios presence-churn,audio-flood` (`--help` lists the loads).\n\
 * A run that fails says so in the table (`did not run: <why>`) instead of showing a number.\n\n\
 ## Machine\n\n\
 {cpu}, {cores} cores, {mem} GiB RAM, Linux {kernel}, open files per process {nofile}. The load generator and the server share the cores.\n\n\

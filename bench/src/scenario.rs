@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rooms::RoomParams;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
@@ -15,20 +17,34 @@ pub enum Scenario {
     FanOut,
     /// R rooms of M members, every member publishing at a fixed rate.
     ManyRooms,
+    /// Chorus only: presence churn in one large room, plain vs selective
+    /// presence vs the large-room relevant set (`rooms.rs`).
+    PresenceChurn,
+    /// Chorus only: audio-lane latency with and without a reaction flood.
+    AudioFlood,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 3] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::ConnectStorm,
         Scenario::FanOut,
         Scenario::ManyRooms,
+        Scenario::PresenceChurn,
+        Scenario::AudioFlood,
     ];
+
+    /// The room scenarios of issue 5: Chorus extensions no peer has.
+    pub fn is_room(self) -> bool {
+        matches!(self, Scenario::PresenceChurn | Scenario::AudioFlood)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Scenario::ConnectStorm => "connect-storm",
             Scenario::FanOut => "fan-out",
             Scenario::ManyRooms => "many-rooms",
+            Scenario::PresenceChurn => "presence-churn",
+            Scenario::AudioFlood => "audio-flood",
         }
     }
 }
@@ -45,7 +61,11 @@ impl FromStr for Scenario {
         Scenario::ALL
             .into_iter()
             .find(|x| x.name() == s)
-            .ok_or_else(|| format!("unknown scenario {s:?} (connect-storm, fan-out, many-rooms)"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown scenario {s:?} (connect-storm, fan-out, many-rooms, presence-churn, audio-flood)"
+                )
+            })
     }
 }
 
@@ -70,6 +90,9 @@ pub struct Params {
     /// Joins in flight per loader process.
     pub connect_concurrency: usize,
     pub connect_timeout_s: f64,
+    /// The room scenarios' loads (`None` for the others).
+    #[serde(default)]
+    pub room: Option<RoomParams>,
 }
 
 impl Params {
@@ -85,6 +108,7 @@ impl Params {
             clients_per_worker: 5000,
             connect_concurrency: 256,
             connect_timeout_s: 60.0,
+            room: None,
         }
     }
 
@@ -111,6 +135,71 @@ impl Params {
         }
     }
 
+    /// presence-churn: `members` in one room, `churners` of them leaving
+    /// and rejoining at `churn_per_s` leaves/s for `duration_s`.
+    pub fn presence_churn(
+        members: u64,
+        churners: u64,
+        churn_per_s: f64,
+        duration_s: f64,
+    ) -> Params {
+        Params {
+            scenario: Scenario::PresenceChurn,
+            clients: members,
+            rate: churn_per_s,
+            duration_s,
+            drain_s: 2.0,
+            room: Some(RoomParams {
+                members,
+                churners,
+                churn_per_s,
+                subscribe_keys: 20,
+                subscribed_churners: 2,
+                listeners: 0,
+                flooders: 0,
+                playback_per_s: 0.0,
+                flood_per_s: 0.0,
+                clients_per_worker: 500,
+                settle_max_s: 15.0,
+                large_room_threshold: None,
+            }),
+            ..Params::connect_storm(members)
+        }
+    }
+
+    /// audio-flood: `listeners`, the host at `playback_per_s`, then
+    /// `flooders` at `flood_per_s` reactions/s each; `phase_s` per phase.
+    pub fn audio_flood(
+        listeners: u64,
+        flooders: u64,
+        playback_per_s: f64,
+        flood_per_s: f64,
+        phase_s: f64,
+    ) -> Params {
+        Params {
+            scenario: Scenario::AudioFlood,
+            clients: listeners + flooders + 1,
+            rate: playback_per_s,
+            duration_s: phase_s,
+            drain_s: 2.0,
+            room: Some(RoomParams {
+                members: 0,
+                churners: 0,
+                churn_per_s: 0.0,
+                subscribe_keys: 0,
+                subscribed_churners: 0,
+                listeners,
+                flooders,
+                playback_per_s,
+                flood_per_s,
+                clients_per_worker: 250,
+                settle_max_s: 5.0,
+                large_room_threshold: None,
+            }),
+            ..Params::connect_storm(listeners + flooders + 1)
+        }
+    }
+
     /// One line for tables: the load in words.
     pub fn describe(&self) -> String {
         match self.scenario {
@@ -127,6 +216,31 @@ impl Params {
                 self.payload_bytes,
                 self.duration_s
             ),
+            Scenario::PresenceChurn => match &self.room {
+                Some(r) => format!(
+                    "1 room of {} members tracking presence on room:<id>:chat, {} of them churning: {} leaves + {} rejoins per second for {} s; selective observers subscribe to {} keys ({} churning)",
+                    r.members,
+                    r.churners,
+                    r.churn_per_s,
+                    r.churn_per_s,
+                    self.duration_s,
+                    r.subscribe_keys,
+                    r.subscribed_churners
+                ),
+                None => "presence churn".into(),
+            },
+            Scenario::AudioFlood => match &self.room {
+                Some(r) => format!(
+                    "{} listeners on room:<id>:audio + :reactions, the host publishing playback at {}/s; {} s alone, then {} s with {} flooders sending reactions at {}/s each",
+                    r.listeners,
+                    r.playback_per_s,
+                    self.duration_s,
+                    self.duration_s,
+                    r.flooders,
+                    r.flood_per_s
+                ),
+                None => "audio under a reaction flood".into(),
+            },
         }
     }
 }

@@ -110,10 +110,15 @@ fn tail(path: &Path, lines: usize) -> String {
 impl Server {
     pub fn start(system: System, paths: &Paths) -> Result<Server, String> {
         match system {
-            System::Chorus => start_chorus(paths),
+            System::Chorus => start_chorus(paths, &[]),
             System::Nats => start_nats(),
             System::Rabbitmq => start_rabbitmq(),
         }
+    }
+
+    /// A Chorus node with `CHORUS_*` overrides (the room scenarios).
+    pub fn start_chorus_with(paths: &Paths, env: &[(String, String)]) -> Result<Server, String> {
+        start_chorus(paths, env)
     }
 
     pub fn log_tail(&self) -> String {
@@ -179,7 +184,7 @@ fn wait_ready(child: &mut Child, port: u16, within: Duration, log: &Path) -> Res
     }
 }
 
-fn start_chorus(paths: &Paths) -> Result<Server, String> {
+fn start_chorus(paths: &Paths, extra_env: &[(String, String)]) -> Result<Server, String> {
     let bin = paths.chorus_bin();
     let guest = paths.chorus_guest();
     for p in [&bin, &guest] {
@@ -196,11 +201,12 @@ fn start_chorus(paths: &Paths) -> Result<Server, String> {
         "--guest".to_string(),
         guest.display().to_string(),
     ];
-    let envs = [
+    let mut envs = vec![
         ("CHORUS_PORT", CHORUS_PORT.to_string()),
         ("CHORUS_HOST", "127.0.0.1".to_string()),
         ("CHORUS_DATA_DIR", dir.join("data").display().to_string()),
     ];
+    envs.extend(extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let mut child = spawn(&bin, &args, &envs, &log)?;
     let pid = match wait_ready(&mut child, CHORUS_PORT, Duration::from_secs(60), &log) {
         Ok(pid) => pid,

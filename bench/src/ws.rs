@@ -21,6 +21,8 @@ pub struct WsConn {
     rbuf: Box<[u8]>,
     wbuf: Vec<u8>,
     rng: u64,
+    /// Bytes read from the socket after the upgrade.
+    read_total: u64,
 }
 
 /// A received data message.
@@ -104,6 +106,7 @@ impl WsConn {
             rbuf: vec![0u8; 16 * 1024].into_boxed_slice(),
             wbuf: Vec::with_capacity(256),
             rng,
+            read_total: (head.len() - end) as u64,
         })
     }
 
@@ -149,6 +152,7 @@ impl WsConn {
                     if n == 0 {
                         return Err(other("server closed the TCP connection".into()));
                     }
+                    self.read_total += n as u64;
                     self.decoder.push(&self.rbuf[..n]);
                 }
                 Err(e) => return Err(other(e.to_string())),
@@ -176,6 +180,12 @@ impl WsConn {
                 Err(e) => return Err(other(e.to_string())),
             }
         }
+    }
+
+    /// Bytes received on this connection since the upgrade (frame headers
+    /// included): what a client pays in bandwidth.
+    pub fn bytes_read(&self) -> u64 {
+        self.read_total
     }
 
     /// Frames queued by `recv` (pongs) that still need a flush.
