@@ -168,6 +168,10 @@ fn a_slow_socket_keeps_chat_replaces_audio_and_aggregates_reactions() {
         ("CHORUS_LIMITS_CLIENT_MESSAGES_PER_SECOND", "100000"),
         ("CHORUS_LIMITS_CLIENT_BURST", "100000"),
         ("CHORUS_LIMITS_REACTION_QUEUE_FRAMES", "1000"),
+        // The flood would put the reactions channel in peak mode, whose
+        // per-period counts would hide the outlet's own aggregation.
+        ("CHORUS_ROOMS_PEAK_ENTER_PER_S", "100000000"),
+        ("CHORUS_ROOMS_PEAK_EXIT_PER_S", "1"),
     ]);
     let [audio, chat, reactions] = room_topics("lanes1");
     let put = node.http(
@@ -321,6 +325,8 @@ fn chat_overflow_closes_only_the_slow_socket_with_1008() {
         ("CHORUS_LIMITS_CLIENT_MESSAGES_PER_SECOND", "100000"),
         ("CHORUS_LIMITS_CLIENT_BURST", "100000"),
         ("CHORUS_LIMITS_OUTLET_QUEUE_FRAMES", "16"),
+        ("CHORUS_ROOMS_PEAK_ENTER_PER_S", "100000000"),
+        ("CHORUS_ROOMS_PEAK_EXIT_PER_S", "1"),
     ]);
     let chat = "realtime:room:lanes2:chat";
     let mut publisher = node.connect(Vsn::V2);
