@@ -59,7 +59,7 @@ ensure_wasm_target() {
 # Native build prerequisites: C compiler (bundled SQLite), pkg-config, and the
 # font libraries the benchmark plots link (plotters).
 ensure_native_deps() {
-  apt_install build-essential pkg-config libfontconfig1-dev libfreetype-dev
+  apt_install build-essential pkg-config libfontconfig1-dev libfreetype-dev iproute2
 }
 
 # build_guest ARGS... : cargo build for wasm32-wasip1 with the chosen toolchain.

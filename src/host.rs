@@ -17,6 +17,7 @@ mod ffi {
         pub fn data(ptr: *const u8, len: u32) -> u64;
         pub fn take(ptr: *mut u8, len: u32) -> u32;
         pub fn outlet_open(tcp_stream: u64, vsn: u32) -> u64;
+        pub fn listen_backlog(tcp_listener: u64, backlog: u32) -> u32;
         pub fn outlet_send(
             outlet: u64,
             ptr: *const u8,
@@ -109,10 +110,23 @@ pub fn data(request: &DataRequest) -> DataResponse {
 /// private but prints it in `Debug` (`TcpStream { id: 7, .. }`); reading it
 /// there avoids forking the crate for one accessor.
 fn stream_id(stream: &lunatic::net::TcpStream) -> Option<u64> {
-    let text = format!("{stream:?}");
+    debug_id(&format!("{stream:?}"))
+}
+
+/// The `id: N` of a lunatic resource's `Debug` text.
+fn debug_id(text: &str) -> Option<u64> {
     let rest = text.split("id: ").nth(1)?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+/// Gives `listener` an accept queue of `backlog` connections (lunatic binds
+/// with tokio's 1024). False when the host could not.
+pub fn listen_backlog(listener: &lunatic::net::TcpListener, backlog: u32) -> bool {
+    // `TcpListener { id: 3 }`, like `stream_id`.
+    let id = debug_id(&format!("{listener:?}"));
+    // SAFETY: scalar call.
+    id.is_some_and(|id| unsafe { ffi::listen_backlog(id, backlog) } == 0)
 }
 
 /// Hands the write side of `stream` (a socket speaking serializer `vsn`) to

@@ -95,6 +95,10 @@ pub struct LimitsConfig {
     /// Unwritten reaction frames one socket may have queued; past it new
     /// reactions are counted and delivered as one `reaction_counts` frame.
     pub reaction_queue_frames: u32,
+    /// Connections the kernel queues for the acceptor (the listen backlog;
+    /// Linux caps it at `net.core.somaxconn`). Too small a queue refuses
+    /// clients during connect storms.
+    pub listen_backlog: u32,
 }
 
 /// Presence shards.
@@ -207,6 +211,7 @@ impl Default for LimitsConfig {
             client_burst: 200,
             outlet_queue_frames: 4096,
             reaction_queue_frames: 64,
+            listen_backlog: 4096,
         }
     }
 }
@@ -453,6 +458,9 @@ impl Config {
         }
         if self.limits.outlet_queue_frames < 16 {
             return bad("limits.outlet_queue_frames", "must be at least 16");
+        }
+        if !(1..=65_535).contains(&self.limits.listen_backlog) {
+            return bad("limits.listen_backlog", "must be between 1 and 65535");
         }
         if self.limits.reaction_queue_frames == 0 {
             return bad("limits.reaction_queue_frames", "must be at least 1");

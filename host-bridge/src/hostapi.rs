@@ -13,6 +13,7 @@
 //! | `metrics_text` | `() -> u64` | Prometheus text of all metrics |
 //! | `data` | `(ptr: u32, len: u32) -> u64` | a JSON [`chorus_core::data::DataRequest`], answered with a `DataResponse` |
 //! | `take` | `(ptr: u32, len: u32) -> u32` | copy the parked answer; 0 ok, 1 nothing parked / wrong length |
+//! | `listen_backlog` | `(tcp_listener: u64, backlog: u32) -> u32` | set a listener's accept queue (a second `listen(2)`); 0 ok, 1 no such listener, 2 refused by the OS |
 //! | `outlet_open` | `(tcp_stream: u64, vsn: u32) -> u64` | hand a socket's write side to the host (see [`crate::outlet`]); `vsn` 2 for the 2.0.0 serializer, else 1.0.0; 0 on failure |
 //! | `outlet_send` | `(outlet: u64, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue frame bytes on a lane; 0 ok, 1 slow consumer, 2 gone |
 //! | `outlet_close` | `(outlet: u64, code: u32, ptr: u32, len: u32)` | close after the queued frames are written; a `code` other than 0 writes a close frame with that reason last |
@@ -254,6 +255,28 @@ impl HostApi {
                     let out = serde_json::to_vec(&response)?;
                     Ok(api.park(caller.data().id(), out))
                 })
+            },
+        )?;
+
+        // lunatic binds with tokio's fixed backlog of 1024, which overflows
+        // under a connect storm (the kernel then answers with syncookies and
+        // resets). Linux lets a listening socket be given a new backlog by
+        // calling listen(2) again.
+        linker.func_wrap(
+            "chorus",
+            "listen_backlog",
+            |caller: Caller<'_, State>, listener: u64, backlog: u32| -> u32 {
+                let Some(listener) = caller.data().tcp_listener_resources().get(listener) else {
+                    return 1;
+                };
+                let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+                match socket2::SockRef::from(listener).listen(backlog) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        tracing::warn!("cannot set the listen backlog to {backlog}: {e}");
+                        2
+                    }
+                }
             },
         )?;
 

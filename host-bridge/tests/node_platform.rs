@@ -355,3 +355,30 @@ fn the_sqlite_file_is_created_under_the_configured_data_dir() {
     assert!(out.status.success(), "{out:?}");
     assert!(tables.contains("messages"), "tables: {tables}");
 }
+
+/// The acceptor's listen backlog, as the kernel reports it: `ss` prints a
+/// listening socket's backlog in its Send-Q column.
+fn listen_backlog(port: u16) -> Option<u32> {
+    let out = Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .unwrap_or_else(|e| panic!("ss (iproute2, installed by scripts/lib.sh): {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // State Recv-Q Send-Q Local:Port Peer:Port
+    text.lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|q| q.parse().ok())
+}
+
+#[test]
+fn the_listen_backlog_is_the_configured_one_not_tokios_1024() {
+    let node = Node::start_with(&[("CHORUS_LIMITS_LISTEN_BACKLOG", "3000")]);
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    assert_eq!(listen_backlog(node.port), Some(3000.min(somaxconn)));
+    let node = Node::start_with(&[("CHORUS_LIMITS_LISTEN_BACKLOG", "100")]);
+    assert_eq!(listen_backlog(node.port), Some(100));
+}

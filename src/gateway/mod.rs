@@ -30,9 +30,16 @@ pub fn acceptor(config: Config, inbox: Inbox<()>) {
             panic!("cannot listen on {addr}: {e}");
         }
     };
+    let backlog = config.limits.listen_backlog;
+    if !host::listen_backlog(&listener, backlog) {
+        host::log(
+            host::Level::Warn,
+            &format!("cannot set the listen backlog to {backlog} (limits.listen_backlog); the default 1024 stays"),
+        );
+    }
     host::log(
         host::Level::Info,
-        &format!("listening on ws://{addr}/realtime/v1/websocket"),
+        &format!("listening on ws://{addr}/realtime/v1/websocket (backlog {backlog})"),
     );
     let Some(sessions) = DynamicSupervisor::<Config, SessionMsg>::lookup(SESSIONS) else {
         panic!("the sessions supervisor is not running");
