@@ -3,9 +3,6 @@
 //! sample the server's RSS, and aggregate what the workers report.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -14,13 +11,14 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::loader::{kill_all, loopback, merge_errors, top_error, LoaderProc, Ready};
 use crate::payload;
 use crate::proto::System;
 use crate::rooms::RoomOutcome;
 use crate::scenario::{Params, Scenario};
 use crate::servers::{rss_kib, Paths, Server};
 use crate::stats::{self, Latency};
-use crate::worker::{Done, Line, Progress, Ready, WorkerSpec};
+use crate::worker::{Done, Line, Progress, WorkerSpec};
 
 /// Everything one run measured; written as one JSON file.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -60,26 +58,6 @@ pub struct RunResult {
 impl RunResult {
     pub fn ok(&self) -> bool {
         self.failure.is_none()
-    }
-}
-
-struct WorkerProc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-}
-
-impl WorkerProc {
-    fn say(&mut self, word: &str) {
-        if let Some(stdin) = self.stdin.as_mut() {
-            let _ = writeln!(stdin, "{word}");
-            let _ = stdin.flush();
-        }
-    }
-}
-
-fn merge_errors(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
-    for (k, v) in from {
-        *into.entry(k.clone()).or_default() += v;
     }
 }
 
@@ -128,10 +106,8 @@ fn worker_specs(system: System, server: std::net::SocketAddr, p: &Params) -> Vec
             ..base
         });
     }
-    // Each loader connects from its own loopback address, so no single
-    // address runs out of ephemeral ports (~28k each).
     for (k, s) in specs.iter_mut().enumerate() {
-        s.source = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (k % 250) as u8)));
+        s.source = loopback(k);
     }
     specs
 }
@@ -223,48 +199,18 @@ pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
 fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
     let specs = worker_specs(r.system.unwrap_or(System::Nats), server.addr, p);
     r.workers = specs.len();
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            r.failure = Some(format!("cannot find own executable: {e}"));
-            return;
-        }
-    };
     let (tx, rx) = mpsc::channel::<(usize, Line)>();
     let mut procs = Vec::new();
     let connect_started = Instant::now();
     for (i, spec) in specs.iter().enumerate() {
-        let json = serde_json::to_string(spec).unwrap_or_default();
-        let child = Command::new(&exe)
-            .arg("worker")
-            .arg(json)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn();
-        let mut child = match child {
-            Ok(c) => c,
+        match LoaderProc::start("worker", spec, i, &tx) {
+            Ok(w) => procs.push(w),
             Err(e) => {
-                r.failure = Some(format!("cannot start loader process: {e}"));
+                r.failure = Some(e);
                 kill_all(&mut procs);
                 return;
             }
-        };
-        let stdin = child.stdin.take();
-        if let Some(out) = child.stdout.take() {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if let Ok(l) = serde_json::from_str::<Line>(&line) {
-                        if tx.send((i, l)).is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
         }
-        procs.push(WorkerProc { child, stdin });
     }
     drop(tx);
 
@@ -318,15 +264,10 @@ fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
     std::thread::sleep(Duration::from_millis(500));
     r.rss_connected_kib = rss_kib(server.pid).unwrap_or(0);
     if failed > 0 {
-        let top = r
-            .errors
-            .iter()
-            .max_by_key(|(_, n)| **n)
-            .map(|(k, n)| format!("{k} (×{n})"))
-            .unwrap_or_default();
         r.failure = Some(format!(
-            "{failed} of {} sessions failed to join: {top}",
-            specs.iter().map(|s| s.count).sum::<u64>()
+            "{failed} of {} sessions failed to join: {}",
+            specs.iter().map(|s| s.count).sum::<u64>(),
+            top_error(&r.errors)
         ));
     }
     eprintln!(
@@ -386,7 +327,7 @@ fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
 fn collect(
     r: &mut RunResult,
     rx: &mpsc::Receiver<(usize, Line)>,
-    procs: &mut [WorkerProc],
+    procs: &mut [LoaderProc],
     p: &Params,
     publish: Option<(u64, Vec<Option<Done>>)>,
 ) {
@@ -444,22 +385,5 @@ fn collect(
                 r.delivered, r.expected_deliveries, r.delivered_pct
             ));
         }
-    }
-}
-
-fn kill_all(procs: &mut [WorkerProc]) {
-    for w in procs.iter_mut() {
-        w.stdin = None;
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for w in procs.iter_mut() {
-        while Instant::now() < deadline {
-            if !matches!(w.child.try_wait(), Ok(None)) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = w.child.kill();
-        let _ = w.child.wait();
     }
 }

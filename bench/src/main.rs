@@ -8,6 +8,7 @@
 //! * `worker`: a loader process (started by `run`, not by hand).
 
 mod driver;
+mod loader;
 mod payload;
 mod plot;
 mod proto;

@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{interval_at, sleep, timeout, MissedTickBehavior};
 
+use crate::loader::{self, emit, tick, Ready, Tally};
 use crate::payload;
 use crate::proto::{Adapter, Event, System};
 use crate::stats;
@@ -63,35 +64,12 @@ enum Phase {
 
 /// Counters of this worker, shared by its client tasks (one thread).
 struct Shared {
-    joined: u64,
-    failed: u64,
-    alive: u64,
+    tally: Tally,
     sent: u64,
     received: u64,
     first_recv_ns: u64,
     last_recv_ns: u64,
-    errors: BTreeMap<String, u64>,
-    join_us: Histogram<u64>,
     latency_us: Histogram<u64>,
-}
-
-impl Shared {
-    fn error(&mut self, why: String) {
-        // Keep the distinct reasons few: numbers vary, the kind matters.
-        let key: String = why.chars().take(160).collect();
-        if self.errors.len() < 20 || self.errors.contains_key(&key) {
-            *self.errors.entry(key).or_default() += 1;
-        }
-    }
-}
-
-/// The `ready` line: the join phase's outcome.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Ready {
-    pub joined: u64,
-    pub failed: u64,
-    pub errors: BTreeMap<String, u64>,
-    pub join_hist: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -121,34 +99,18 @@ pub enum Line {
     Done(Done),
 }
 
-fn emit(line: &Line) {
-    if let Ok(s) = serde_json::to_string(line) {
-        println!("{s}");
-    }
-}
-
 pub fn main(spec: WorkerSpec) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run(spec));
-    Ok(())
+    loader::block_on(run(spec))
 }
 
 async fn run(spec: WorkerSpec) {
     let spec = Rc::new(spec);
     let shared = Rc::new(RefCell::new(Shared {
-        joined: 0,
-        failed: 0,
-        alive: 0,
+        tally: Tally::default(),
         sent: 0,
         received: 0,
         first_recv_ns: 0,
         last_recv_ns: 0,
-        errors: BTreeMap::new(),
-        join_us: stats::new_histogram(),
         latency_us: stats::new_histogram(),
     }));
     let (phase_tx, phase_rx) = watch::channel(Phase::Joining);
@@ -169,22 +131,8 @@ async fn run(spec: WorkerSpec) {
     }
     drop(settled_tx);
     // Every client reports once: joined or failed.
-    let mut settled = 0;
-    while settled < spec.count {
-        if settled_rx.recv().await.is_none() {
-            break;
-        }
-        settled += 1;
-    }
-    {
-        let s = shared.borrow();
-        emit(&Line::Ready(Ready {
-            joined: s.joined,
-            failed: s.failed,
-            errors: s.errors.clone(),
-            join_hist: stats::encode_histogram(&s.join_us),
-        }));
-    }
+    loader::all_settled(&mut settled_rx, spec.count).await;
+    emit(&Line::Ready(shared.borrow().tally.ready()));
 
     // Wait for `go`, then for `stop`; stdin EOF or the deadline also stop.
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -213,27 +161,21 @@ async fn run(spec: WorkerSpec) {
                 },
                 _ = tick.tick() => {
                     let s = shared.borrow();
-                    emit(&Line::Progress(Progress { sent: s.sent, received: s.received, alive: s.alive }));
+                    emit(&Line::Progress(Progress { sent: s.sent, received: s.received, alive: s.tally.alive }));
                 }
             }
         }
     }
     let _ = phase_tx.send(Phase::Stop);
-    // Let clients close politely, but never wait long.
-    let _ = timeout(Duration::from_secs(5), async {
-        for t in tasks {
-            let _ = t.await;
-        }
-    })
-    .await;
+    loader::wind_down(tasks).await;
     let s = shared.borrow();
     emit(&Line::Done(Done {
         sent: s.sent,
         received: s.received,
         first_recv_ns: s.first_recv_ns,
         last_recv_ns: s.last_recv_ns,
-        alive_at_end: s.alive,
-        errors: s.errors.clone(),
+        alive_at_end: s.tally.alive,
+        errors: s.tally.errors.clone(),
         latency_hist: stats::encode_histogram(&s.latency_us),
     }));
 }
@@ -303,31 +245,20 @@ async fn client(
 ) {
     let mut adapter = Adapter::new(spec.system, id);
     let started = Instant::now();
-    let opened = {
-        let _permit = permits.acquire().await;
-        timeout(
-            Duration::from_millis(spec.connect_timeout_ms),
-            open(id, &spec, &mut adapter),
-        )
-        .await
-        .unwrap_or_else(|_| Err("connect and join timed out".into()))
-    };
+    let opened = loader::open_within(
+        &permits,
+        spec.connect_timeout_ms,
+        open(id, &spec, &mut adapter),
+    )
+    .await;
     let mut conn = match opened {
         Ok(conn) => {
-            let mut s = shared.borrow_mut();
-            s.joined += 1;
-            s.alive += 1;
-            let us = started.elapsed().as_micros() as u64;
-            let _ = s.join_us.record(us.max(1));
-            drop(s);
+            shared.borrow_mut().tally.opened(started);
             let _ = settled.send(());
             conn
         }
         Err(why) => {
-            let mut s = shared.borrow_mut();
-            s.failed += 1;
-            s.error(why);
-            drop(s);
+            shared.borrow_mut().tally.open_failed(why);
             let _ = settled.send(());
             return;
         }
@@ -442,22 +373,6 @@ async fn client(
             }
         }
     }
-    {
-        let mut s = shared.borrow_mut();
-        s.alive = s.alive.saturating_sub(1);
-        if let Some(why) = failure {
-            s.error(why);
-        }
-    }
+    shared.borrow_mut().tally.closed(failure);
     let _ = timeout(Duration::from_millis(500), conn.close()).await;
-}
-
-/// Ticks when the timer is set; pending forever otherwise.
-async fn tick(timer: &mut Option<tokio::time::Interval>) {
-    match timer {
-        Some(t) => {
-            t.tick().await;
-        }
-        None => std::future::pending::<()>().await,
-    }
 }

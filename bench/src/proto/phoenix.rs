@@ -162,7 +162,8 @@ fn describe(p: &Payload) -> String {
     }
 }
 
-fn encode(msg: &Inbound) -> Out {
+/// One push as a WebSocket message (also the room scenarios' session).
+pub fn encode(msg: &Inbound) -> Out {
     // Our own messages always fit the codec's limits (short topics and
     // refs), so an error here is a bench bug worth seeing in the results.
     match encode_push(Vsn::V2, msg) {

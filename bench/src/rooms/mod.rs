@@ -20,17 +20,17 @@ pub mod session;
 pub mod worker;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use self::worker::{Done, Group, Line, Ready, Role, RoomWorkerSpec};
+use self::worker::{Done, Group, Line, Role, RoomWorkerSpec};
 use crate::driver::RunResult;
+use crate::loader::{kill_all, loopback, merge_errors, top_error, LoaderProc, Ready};
 use crate::payload;
 use crate::proto::System;
 use crate::scenario::{Params, Scenario};
@@ -151,65 +151,31 @@ impl RoomOutcome {
     }
 }
 
-struct WorkerProc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-}
-
 /// The loader processes of one run and their output lines.
 struct Loaders {
-    procs: Vec<WorkerProc>,
+    procs: Vec<LoaderProc>,
     rx: mpsc::Receiver<(usize, Line)>,
 }
 
 impl Loaders {
     fn start(specs: &[RoomWorkerSpec]) -> Result<Loaders, String> {
-        let exe =
-            std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
         let (tx, rx) = mpsc::channel();
         let mut procs = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
-            let json = serde_json::to_string(spec).map_err(|e| e.to_string())?;
-            let mut child = match Command::new(&exe)
-                .arg("room-worker")
-                .arg(json)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-            {
-                Ok(c) => c,
+            match LoaderProc::start("room-worker", spec, i, &tx) {
+                Ok(w) => procs.push(w),
                 Err(e) => {
-                    let mut l = Loaders { procs, rx };
-                    l.kill();
-                    return Err(format!("cannot start loader process: {e}"));
+                    kill_all(&mut procs);
+                    return Err(e);
                 }
-            };
-            let stdin = child.stdin.take();
-            if let Some(out) = child.stdout.take() {
-                let tx = tx.clone();
-                std::thread::spawn(move || {
-                    for line in BufReader::new(out).lines() {
-                        let Ok(line) = line else { break };
-                        if let Ok(l) = serde_json::from_str::<Line>(&line) {
-                            if tx.send((i, l)).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                });
             }
-            procs.push(WorkerProc { child, stdin });
         }
         Ok(Loaders { procs, rx })
     }
 
     fn say(&mut self, word: &str) {
         for w in &mut self.procs {
-            if let Some(stdin) = w.stdin.as_mut() {
-                let _ = writeln!(stdin, "{word}");
-                let _ = stdin.flush();
-            }
+            w.say(word);
         }
     }
 
@@ -294,20 +260,7 @@ impl Loaders {
     }
 
     fn kill(&mut self) {
-        for w in &mut self.procs {
-            w.stdin = None;
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for w in &mut self.procs {
-            while Instant::now() < deadline {
-                if !matches!(w.child.try_wait(), Ok(None)) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = w.child.kill();
-            let _ = w.child.wait();
-        }
+        kill_all(&mut self.procs);
     }
 }
 
@@ -325,22 +278,17 @@ impl Rss {
     }
 }
 
-fn merge_errors(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
-    for (k, v) in from {
-        *into.entry(k.clone()).or_default() += v;
-    }
-}
-
-fn top_error(errors: &BTreeMap<String, u64>) -> String {
-    errors
-        .iter()
-        .max_by_key(|(_, n)| **n)
-        .map(|(k, n)| format!("{k} (×{n})"))
-        .unwrap_or_default()
-}
-
-fn loopback(k: usize) -> Option<IpAddr> {
-    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (k % 250) as u8)))
+/// One loader spec per group, each from its own loopback address.
+fn one_per_group(base: &RoomWorkerSpec, groups: Vec<Group>) -> Vec<RoomWorkerSpec> {
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(k, g)| RoomWorkerSpec {
+            source: loopback(k),
+            groups: vec![g],
+            ..base.clone()
+        })
+        .collect()
 }
 
 /// Splits ids `first..first+count` of one role into groups of at most `per`.
@@ -524,15 +472,7 @@ fn presence_node(
     ));
     // One loader per group: churners on their own, so their schedule is not
     // delayed by observers' receiving.
-    let specs: Vec<RoomWorkerSpec> = groups
-        .into_iter()
-        .enumerate()
-        .map(|(k, g)| RoomWorkerSpec {
-            source: loopback(k),
-            groups: vec![g],
-            ..base.clone()
-        })
-        .collect();
+    let specs = one_per_group(&base, groups);
     if let Err(e) = drive_presence(&specs, p, rp, &mut modes, &mut rss) {
         fail_all(&mut modes, &e);
     }
@@ -748,15 +688,7 @@ fn drive_audio(
         rp.listeners,
         rp.clients_per_worker,
     ));
-    let specs: Vec<RoomWorkerSpec> = groups
-        .into_iter()
-        .enumerate()
-        .map(|(k, g)| RoomWorkerSpec {
-            source: loopback(k),
-            groups: vec![g],
-            ..base.clone()
-        })
-        .collect();
+    let specs = one_per_group(&base, groups);
     let mut loaders = Loaders::start(&specs)?;
     let ready = match loaders.ready(Duration::from_secs_f64(p.connect_timeout_s + 30.0)) {
         Ok(x) => x,

@@ -6,12 +6,11 @@
 
 use std::collections::HashMap;
 
-use chorus_core::phoenix::client::{decode_server, encode_push};
-use chorus_core::phoenix::{
-    Frame, FrameRef, Inbound, Message, Outbound, Payload, UserBroadcast, Vsn,
-};
+use chorus_core::phoenix::client::decode_server;
+use chorus_core::phoenix::{FrameRef, Inbound, Message, Outbound, Payload, UserBroadcast, Vsn};
 use serde_json::{json, Value};
 
+use crate::proto::phoenix::encode;
 use crate::proto::Out;
 
 /// What a push was, so its reply can be told apart.
@@ -343,20 +342,10 @@ pub fn looks_like_presence_diff(data: &[u8]) -> bool {
     head.windows(17).any(|w| w == b",\"presence_diff\",")
 }
 
-fn encode(msg: &Inbound) -> Out {
-    // Our own pushes always fit the codec's limits (short topics and refs),
-    // so an error here is a bench bug worth seeing in the results.
-    match encode_push(Vsn::V2, msg) {
-        Ok(Frame::Text(t)) => Out::text(t),
-        Ok(Frame::Binary(b)) => Out::binary(b),
-        Err(e) => Out::text(format!("chorus-bench encode error: {e}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chorus_core::phoenix::encode as server_encode;
+    use chorus_core::phoenix::{encode as server_encode, Frame};
 
     fn server_text(msg: &Outbound) -> Vec<u8> {
         match server_encode(Vsn::V2, msg).expect("encodes") {

@@ -18,6 +18,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::{interval_at, sleep, timeout, MissedTickBehavior};
 
 use super::session::{self, Op, RoomEvent, Session};
+use crate::loader::{self, emit, tick, Ready, Tally};
 use crate::payload;
 use crate::proto::Out;
 use crate::stats;
@@ -129,15 +130,6 @@ enum Phase {
     Stop,
 }
 
-/// The `ready` line.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Ready {
-    pub joined: u64,
-    pub failed: u64,
-    pub errors: BTreeMap<String, u64>,
-    pub join_hist: String,
-}
-
 /// The `progress` line (every half second after `ready`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Progress {
@@ -184,53 +176,24 @@ pub enum Line {
     Done(Box<Done>),
 }
 
-fn emit(line: &Line) {
-    if let Ok(s) = serde_json::to_string(line) {
-        println!("{s}");
-    }
-}
-
 /// Counters shared by this loader's client tasks (one thread).
 struct Shared {
-    joined: u64,
-    failed: u64,
-    alive: u64,
+    tally: Tally,
     bytes_in: u64,
-    errors: BTreeMap<String, u64>,
-    join_us: Histogram<u64>,
     diff_us: [Histogram<u64>; 2],
     playback_us: [Histogram<u64>; 2],
     done: Done,
 }
 
-impl Shared {
-    fn error(&mut self, why: String) {
-        let key: String = why.chars().take(160).collect();
-        if self.errors.len() < 20 || self.errors.contains_key(&key) {
-            *self.errors.entry(key).or_default() += 1;
-        }
-    }
-}
-
 pub fn main(spec: RoomWorkerSpec) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run(spec));
-    Ok(())
+    loader::block_on(run(spec))
 }
 
 async fn run(spec: RoomWorkerSpec) {
     let spec = Rc::new(spec);
     let shared = Rc::new(RefCell::new(Shared {
-        joined: 0,
-        failed: 0,
-        alive: 0,
+        tally: Tally::default(),
         bytes_in: 0,
-        errors: BTreeMap::new(),
-        join_us: stats::new_histogram(),
         diff_us: [stats::new_histogram(), stats::new_histogram()],
         playback_us: [stats::new_histogram(), stats::new_histogram()],
         done: Done::default(),
@@ -255,22 +218,8 @@ async fn run(spec: RoomWorkerSpec) {
         }
     }
     drop(settled_tx);
-    let mut settled = 0;
-    while settled < total {
-        if settled_rx.recv().await.is_none() {
-            break;
-        }
-        settled += 1;
-    }
-    {
-        let s = shared.borrow();
-        emit(&Line::Ready(Ready {
-            joined: s.joined,
-            failed: s.failed,
-            errors: s.errors.clone(),
-            join_hist: stats::encode_histogram(&s.join_us),
-        }));
-    }
+    loader::all_settled(&mut settled_rx, total).await;
+    emit(&Line::Ready(shared.borrow().tally.ready()));
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -314,16 +263,11 @@ async fn run(spec: RoomWorkerSpec) {
         }
     }
     let _ = phase_tx.send(Phase::Stop);
-    let _ = timeout(Duration::from_secs(5), async {
-        for t in tasks {
-            let _ = t.await;
-        }
-    })
-    .await;
+    loader::wind_down(tasks).await;
     let s = shared.borrow();
     let mut done = s.done.clone();
-    done.alive_at_end = s.alive;
-    done.errors = s.errors.clone();
+    done.alive_at_end = s.tally.alive;
+    done.errors = s.tally.errors.clone();
     done.diff_hists = [
         stats::encode_histogram(&s.diff_us[0]),
         stats::encode_histogram(&s.diff_us[1]),
@@ -425,7 +369,8 @@ async fn open(
             Err(reason) => {
                 let mut s = shared.borrow_mut();
                 s.done.subscribe_refused += 1;
-                s.error(format!("presence_subscribe refused: {reason}"));
+                s.tally
+                    .error(format!("presence_subscribe refused: {reason}"));
             }
         }
     }
@@ -435,16 +380,6 @@ async fn open(
 /// A presence meta stamped with the send time, for the diff latency.
 fn stamp_meta(id: u64) -> Value {
     json!({"t": payload::now_ns(), "c": id})
-}
-
-/// Ticks when the timer is set; pending forever otherwise.
-async fn tick(timer: &mut Option<tokio::time::Interval>) {
-    match timer {
-        Some(t) => {
-            t.tick().await;
-        }
-        None => std::future::pending::<()>().await,
-    }
 }
 
 /// Where in [0, 1) client `id`'s first action falls within a period.
@@ -466,23 +401,16 @@ async fn client(
 ) {
     let mut session = Session::new();
     let started = Instant::now();
-    let opened = {
-        let _permit = permits.acquire().await;
-        timeout(
-            Duration::from_millis(spec.connect_timeout_ms),
-            open(id, role, &spec, &mut session, &shared),
-        )
-        .await
-        .unwrap_or_else(|_| Err("connect and join timed out".into()))
-    };
+    let opened = loader::open_within(
+        &permits,
+        spec.connect_timeout_ms,
+        open(id, role, &spec, &mut session, &shared),
+    )
+    .await;
     let mut conn = match opened {
         Ok(conn) => {
             let mut s = shared.borrow_mut();
-            s.joined += 1;
-            s.alive += 1;
-            let _ = s
-                .join_us
-                .record((started.elapsed().as_micros() as u64).max(1));
+            s.tally.opened(started);
             match role {
                 Role::Observer => s.done.observers[usize::from(spec.is_selective(id))] += 1,
                 Role::Listener => s.done.listeners += 1,
@@ -493,10 +421,10 @@ async fn client(
             conn
         }
         Err(why) => {
-            let mut s = shared.borrow_mut();
-            s.failed += 1;
-            s.error(format!("{role:?}: {why}"));
-            drop(s);
+            shared
+                .borrow_mut()
+                .tally
+                .open_failed(format!("{role:?}: {why}"));
             let _ = settled.send(());
             return;
         }
@@ -656,14 +584,11 @@ async fn client(
     }
     {
         let mut s = shared.borrow_mut();
-        s.alive = s.alive.saturating_sub(1);
         if role == Role::Observer && current >= Phase::Run {
             s.done.observer_bytes[usize::from(spec.is_selective(id))] +=
                 conn.bytes_read() - window_start_bytes;
         }
-        if let Some(why) = failure {
-            s.error(why);
-        }
+        s.tally.closed(failure);
     }
     let _ = timeout(Duration::from_millis(500), conn.close()).await;
 }
@@ -695,7 +620,8 @@ fn handle(
             if reason.starts_with("rate_limited") {
                 s.done.rate_limited += 1;
             } else {
-                s.error(format!("{role:?}: {} refused: {reason}", op.name()));
+                s.tally
+                    .error(format!("{role:?}: {} refused: {reason}", op.name()));
             }
             if role == Role::Churner && op == Op::Join {
                 *inside = false;
@@ -726,7 +652,7 @@ fn handle(
         } if running && role == Role::Listener => match event.as_str() {
             "playback" if !retained => {
                 let Some(stamp) = payload::parse_json(&payload) else {
-                    s.error("playback without a stamp".into());
+                    s.tally.error("playback without a stamp".into());
                     return None;
                 };
                 let ph = payload
@@ -753,16 +679,16 @@ fn handle(
         RoomEvent::Broadcast { .. } => {}
         RoomEvent::System(v) => {
             if v.get("status").and_then(Value::as_str) == Some("error") {
-                s.error(format!("{role:?}: system error: {v}"));
+                s.tally.error(format!("{role:?}: system error: {v}"));
             } else if v.get("peak").and_then(Value::as_bool) == Some(true) && role == Role::Listener
             {
                 s.done.peak_on_seen += 1;
             }
         }
         RoomEvent::Closed { topic, event } => {
-            s.error(format!("{role:?}: {event} on {topic}"));
+            s.tally.error(format!("{role:?}: {event} on {topic}"));
         }
-        RoomEvent::Garbage(why) => s.error(format!("{role:?}: {why}")),
+        RoomEvent::Garbage(why) => s.tally.error(format!("{role:?}: {why}")),
     }
     None
 }
