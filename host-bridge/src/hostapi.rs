@@ -309,16 +309,13 @@ impl HostApi {
                   key_len: u32|
                   -> Result<u32> {
                 let bytes = read_guest(&mut caller, ptr, len)?;
-                let topic = read_guest(&mut caller, topic_ptr, topic_len)?;
-                let key = read_guest(&mut caller, key_ptr, key_len)?;
-                let sent = api.outlets.send(
-                    id,
-                    lane_of(lane),
-                    &String::from_utf8_lossy(&topic),
-                    &String::from_utf8_lossy(&key),
-                    &bytes,
-                );
-                Ok(sent as u32)
+                let (lane, topic, key) = read_route(
+                    &mut caller,
+                    lane,
+                    (topic_ptr, topic_len),
+                    (key_ptr, key_len),
+                )?;
+                Ok(api.outlets.send(id, lane, &topic, &key, &bytes) as u32)
             },
         )?;
 
@@ -361,15 +358,13 @@ impl HostApi {
                     .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                     .collect();
                 let bytes = read_guest(&mut caller, ptr, len)?;
-                let topic = read_guest(&mut caller, topic_ptr, topic_len)?;
-                let key = read_guest(&mut caller, key_ptr, key_len)?;
-                Ok(api.outlets.fanout(
-                    &ids,
-                    lane_of(lane),
-                    &String::from_utf8_lossy(&topic),
-                    &String::from_utf8_lossy(&key),
-                    &bytes,
-                ))
+                let (lane, topic, key) = read_route(
+                    &mut caller,
+                    lane,
+                    (topic_ptr, topic_len),
+                    (key_ptr, key_len),
+                )?;
+                Ok(api.outlets.fanout(&ids, lane, &topic, &key, &bytes))
             },
         )?;
 
@@ -398,8 +393,21 @@ impl HostApi {
 
 /// The lane of ABI number `n`; an unknown number is the chat lane (never
 /// dropped, bounded).
-fn lane_of(n: u32) -> Lane {
-    Lane::from_u32(n).unwrap_or(Lane::Chat)
+/// The lane, topic and reaction key of an outlet call (an unknown lane
+/// number is chat: queued, never dropped).
+fn read_route(
+    caller: &mut Caller<'_, State>,
+    lane: u32,
+    (topic_ptr, topic_len): (u32, u32),
+    (key_ptr, key_len): (u32, u32),
+) -> Result<(Lane, String, String)> {
+    let topic = read_guest(caller, topic_ptr, topic_len)?;
+    let key = read_guest(caller, key_ptr, key_len)?;
+    Ok((
+        Lane::from_u32(lane).unwrap_or(Lane::Chat),
+        String::from_utf8_lossy(&topic).into_owned(),
+        String::from_utf8_lossy(&key).into_owned(),
+    ))
 }
 
 fn memory(caller: &mut Caller<'_, State>) -> Result<wasmtime::Memory> {
