@@ -5,7 +5,9 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /healthz` | liveness |
-//! | `GET /metrics` | Prometheus text |
+//! | `GET /metrics` | Prometheus text 0.0.4, or OpenMetrics when the `Accept` header asks |
+//! | `GET /dashboard` | the operator dashboard (a page that polls the next route) |
+//! | `GET /dashboard/stats` | live numbers as JSON (guarded like the API) |
 //! | `POST /realtime/v1/api/broadcast` | `{messages:[{topic, event, payload}]}` to subscribers |
 //! | `POST /realtime/v1/api/broadcast/<topic>/events/<event>` | realtime-js `httpSend`: the body is the payload |
 //! | `GET /realtime/v1/api/presence/online?keys=a,b` | which presence keys are online anywhere |
@@ -33,7 +35,9 @@ pub fn handle(
     body_start: Vec<u8>,
     config: &Config,
 ) -> Response {
-    if !config.auth.jwt_secret.is_empty() && request.path.starts_with("/realtime/v1/api/") {
+    if !config.auth.jwt_secret.is_empty()
+        && (request.path.starts_with("/realtime/v1/api/") || request.path == DASHBOARD_STATS)
+    {
         if let Err(reason) = authorize(request, config) {
             return Response::json(401, &json!({ "error": reason }));
         }
@@ -43,7 +47,15 @@ pub fn handle(
         "GET" if path == "/healthz" => {
             Response::json(200, &json!({"status": "ok", "node": config.node.name}))
         }
-        "GET" if path == "/metrics" => metrics(),
+        "GET" if path == "/metrics" => metrics(request),
+        "GET" if path == "/dashboard" || path == "/dashboard/" => Response::new(200)
+            .with_header("Content-Type", "text/html; charset=utf-8")
+            .with_header("Cache-Control", "no-store")
+            .with_body(DASHBOARD_HTML.as_bytes().to_vec()),
+        "GET" if path == DASHBOARD_STATS => Response::new(200)
+            .with_header("Content-Type", "application/json")
+            .with_header("Cache-Control", "no-store")
+            .with_body(host::stats_json(restarts())),
         "GET" if path == "/realtime/v1/api/presence/online" => {
             let keys: Vec<String> = request
                 .query_param("keys")
@@ -99,6 +111,13 @@ pub fn handle(
         _ => Response::json(404, &json!({"error": "not found", "path": path})),
     }
 }
+
+/// The operator dashboard: one self-contained page (no CDN) that polls
+/// [`DASHBOARD_STATS`] once a second.
+const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
+/// The dashboard's JSON, guarded like the admin API.
+const DASHBOARD_STATS: &str = "/dashboard/stats";
 
 /// `GET|PUT /realtime/v1/api/rooms/<id>`: a room's state (see `room.rs`).
 const ROOMS: &str = "/realtime/v1/api/rooms/";
@@ -237,14 +256,25 @@ fn broadcast_batch(body: &[u8]) -> Response {
     Response::json(202, &json!({}))
 }
 
-fn metrics() -> Response {
-    let mut text = host::metrics_text();
-    let restarts = SupervisorRef::lookup(tree::ROOT)
+/// Processes the supervision tree has restarted since the node started.
+fn restarts() -> u64 {
+    SupervisorRef::lookup(tree::ROOT)
         .and_then(|root| root.tree_restarts().ok())
-        .unwrap_or(0);
-    text.push_str(&format!(
-        "# HELP chorus_restarts_total Processes restarted by a supervisor\n\
-         # TYPE chorus_restarts_total counter\nchorus_restarts_total {restarts}\n"
-    ));
-    Response::text(200, &text).with_header("content-type", "text/plain; version=0.0.4")
+        .unwrap_or(0)
+}
+
+/// `GET /metrics`: every metric, rendered by the host with
+/// `prometheus-client` in the format the scraper's `Accept` asks for.
+fn metrics(request: &Request) -> Response {
+    use chorus_core::metrics::{wants_openmetrics, OPENMETRICS_TEXT, PROMETHEUS_TEXT};
+    let openmetrics = wants_openmetrics(request.header("accept"));
+    let text = host::metrics_text(openmetrics, restarts());
+    let ctype = if openmetrics {
+        OPENMETRICS_TEXT
+    } else {
+        PROMETHEUS_TEXT
+    };
+    Response::new(200)
+        .with_header("Content-Type", ctype)
+        .with_body(text.into_bytes())
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chorus_core::config::{Config, PresenceConfig, RoomsConfig};
 use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::lanes::{self, Lane};
-use chorus_core::metrics::Metric;
+use chorus_core::metrics::{Histogram, Metric};
 use chorus_core::phoenix::{self, Frame, Outbound, Payload, UserBroadcast, Vsn};
 use chorus_core::presence::{Diff, Presence};
 use chorus_core::ring::HashRing;
@@ -481,6 +481,7 @@ impl Channel {
     }
 
     fn publish(&mut self, mut p: Publish) {
+        let started = std::time::Instant::now();
         if let Err(reason) = self.modules.screen(&self.topic, &p.event, &mut p.payload) {
             self.refuse(&p, &reason);
             return;
@@ -511,6 +512,10 @@ impl Channel {
             self.fan_out(&frames, route, |pid, sub| {
                 Some(pid) == p.from && !sub.broadcast_self
             });
+            host::observe(
+                Histogram::FanoutLatency,
+                started.elapsed().as_nanos() as u64,
+            );
         }
         if let (Some(from), Some((join_ref, msg_ref))) = (p.from, p.ack) {
             if let Some(sub) = self.subs.get(&from) {

@@ -4,7 +4,7 @@
 
 use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::lanes::Lane;
-use chorus_core::metrics::Metric;
+use chorus_core::metrics::{Histogram, Metric};
 use chorus_core::phoenix::Vsn;
 
 mod ffi {
@@ -12,8 +12,10 @@ mod ffi {
     extern "C" {
         pub fn log(level: u32, ptr: *const u8, len: u32);
         pub fn metric_add(index: u32, delta: i64);
+        pub fn metric_observe(index: u32, value: u64);
         pub fn config() -> u64;
-        pub fn metrics_text() -> u64;
+        pub fn metrics_text(format: u32, restarts: u64) -> u64;
+        pub fn stats_json(restarts: u64) -> u64;
         pub fn data(ptr: *const u8, len: u32) -> u64;
         pub fn take(ptr: *mut u8, len: u32) -> u32;
         pub fn outlet_open(tcp_stream: u64, vsn: u32) -> u64;
@@ -82,11 +84,26 @@ pub fn config_json() -> Vec<u8> {
     take(len)
 }
 
-/// Prometheus text for `/metrics`.
-pub fn metrics_text() -> String {
+/// Records `value` (the series' raw unit: nanoseconds, bytes, frames) in a
+/// histogram series.
+pub fn observe(h: Histogram, value: u64) {
+    // SAFETY: scalar call.
+    unsafe { ffi::metric_observe(h as u32, value) }
+}
+
+/// Exposition text for `/metrics`: OpenMetrics when `openmetrics`, else
+/// Prometheus text 0.0.4; `restarts` is the supervision tree's count.
+pub fn metrics_text(openmetrics: bool, restarts: u64) -> String {
     // SAFETY: scalar call; the answer is fetched by `take`.
-    let len = unsafe { ffi::metrics_text() };
+    let len = unsafe { ffi::metrics_text(u32::from(openmetrics), restarts) };
     String::from_utf8_lossy(&take(len)).into_owned()
+}
+
+/// The `/dashboard` JSON (live numbers of this node).
+pub fn stats_json(restarts: u64) -> Vec<u8> {
+    // SAFETY: scalar call; the answer is fetched by `take`.
+    let len = unsafe { ffi::stats_json(restarts) };
+    take(len)
 }
 
 /// One request to the data service (blocks this process only).

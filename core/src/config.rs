@@ -282,7 +282,12 @@ const ALIASES: &[(&str, &str)] = &[
 
 /// Environment variables with the `CHORUS_` prefix that are not config keys
 /// (used by tools and tests); they are neither applied nor warned about.
-const NOT_KEYS: &[&str] = &["CHORUS_BIN", "CHORUS_GUEST", "CHORUS_LOG_FORMAT"];
+const NOT_KEYS: &[&str] = &[
+    "CHORUS_BIN",
+    "CHORUS_CONFIG",
+    "CHORUS_GUEST",
+    "CHORUS_LOG_FORMAT",
+];
 
 /// A configuration problem, always naming the key and where it came from.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,7 +1,15 @@
-//! The node's counters and gauges. Guests bump them through one cheap host
-//! call (`chorus::metric_add`) with the index of a [`Metric`]; the host keeps
-//! them in atomics and renders Prometheus text, so /metrics sees every process
-//! without messages on the hot path.
+//! The node's metrics, declared once: counters and gauges that guests bump
+//! through one cheap host call (`chorus::metric_add`) with the index of a
+//! [`Metric`], and histograms they or the host observe into
+//! (`chorus::metric_observe`, index of a [`Histogram`]). The host keeps the
+//! values in atomics and renders them (OpenMetrics or Prometheus text) with
+//! the `prometheus-client` crate, so /metrics sees every process without
+//! messages on the hot path.
+//!
+//! Names follow Prometheus conventions: base units (`_seconds`, `_bytes`),
+//! counters end in `_total`, and no gauge is named like a counter family
+//! without its suffix (under OpenMetrics a counter `x_total` is the family
+//! `x`, so a gauge `x` beside it would clash).
 
 /// Whether a metric only grows or goes up and down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,7 +20,8 @@ pub enum Kind {
 
 macro_rules! metrics {
     ($($variant:ident => $name:literal, $kind:ident, $help:literal;)*) => {
-        /// Every metric the node exports, in a fixed order (the host-call index).
+        /// Every counter and gauge guests report, in a fixed order (the
+        /// host-call index).
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[repr(u32)]
         pub enum Metric { $($variant,)* }
@@ -20,7 +29,7 @@ macro_rules! metrics {
         impl Metric {
             /// All metrics, index = `self as u32`.
             pub const ALL: &'static [Metric] = &[$(Metric::$variant,)*];
-            /// Prometheus name.
+            /// Prometheus name (counters with their `_total` suffix).
             pub fn name(self) -> &'static str { match self { $(Metric::$variant => $name,)* } }
             /// Counter or gauge.
             pub fn kind(self) -> Kind { match self { $(Metric::$variant => Kind::$kind,)* } }
@@ -31,7 +40,7 @@ macro_rules! metrics {
 }
 
 metrics! {
-    SessionsActive => "chorus_sessions", Gauge, "WebSocket sessions open now";
+    SessionsActive => "chorus_sessions_open", Gauge, "WebSocket sessions open now";
     SessionsTotal => "chorus_sessions_total", Counter, "WebSocket sessions accepted since start";
     ChannelsActive => "chorus_channels", Gauge, "Channel processes running now";
     MessagesIn => "chorus_messages_in_total", Counter, "Frames received from clients";
@@ -58,29 +67,143 @@ impl Metric {
     }
 }
 
-/// Renders values (indexed like [`Metric::ALL`]) plus extra host-side lines
-/// as Prometheus text exposition format.
-pub fn render(values: &[i64], extra: &[(&str, Kind, &str, i64)]) -> String {
-    let mut out = String::new();
-    let own = Metric::ALL
-        .iter()
-        .zip(values)
-        .map(|(m, v)| (m.name(), m.kind(), m.help(), *v));
-    for (name, kind, help, value) in own.chain(extra.iter().copied()) {
-        let kind = match kind {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-        };
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
+/// Upper bounds of latency buckets, in nanoseconds (50 µs … 10 s).
+const LATENCY_NS: &[u64] = &[
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    1_000_000_000,
+    10_000_000_000,
+];
+
+/// Upper bounds of message-size buckets, in bytes (64 B … 1 MiB).
+const SIZE_BYTES: &[u64] = &[
+    64, 128, 256, 512, 1_024, 4_096, 16_384, 65_536, 262_144, 1_048_576,
+];
+
+/// Upper bounds of queue-depth buckets, in frames.
+const DEPTH_FRAMES: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1_024, 4_096];
+
+macro_rules! histograms {
+    ($($variant:ident => $name:literal, $label:expr, $scale:expr, $bounds:expr, $help:literal;)*) => {
+        /// Every histogram series of the node, in a fixed order (the
+        /// host-call index). Several series may share a name and differ by
+        /// one label (`direction`, `op`): they render as one family.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u32)]
+        pub enum Histogram { $($variant,)* }
+
+        impl Histogram {
+            /// All series, index = `self as u32`.
+            pub const ALL: &'static [Histogram] = &[$(Histogram::$variant,)*];
+            /// Prometheus family name.
+            pub fn name(self) -> &'static str { match self { $(Histogram::$variant => $name,)* } }
+            /// The one label telling this series from others of its family.
+            pub fn label(self) -> Option<(&'static str, &'static str)> {
+                match self { $(Histogram::$variant => $label,)* }
+            }
+            /// Observed values are integers in raw units; the exported value
+            /// is raw / scale (nanoseconds → seconds, bytes → bytes).
+            pub fn scale(self) -> f64 { match self { $(Histogram::$variant => $scale,)* } }
+            /// Bucket upper bounds in raw units (the `+Inf` bucket is implied).
+            pub fn bounds(self) -> &'static [u64] { match self { $(Histogram::$variant => $bounds,)* } }
+            /// Prometheus HELP text (shared by a family).
+            pub fn help(self) -> &'static str { match self { $(Histogram::$variant => $help,)* } }
+        }
+    };
+}
+
+const NS: f64 = 1e9;
+
+histograms! {
+    FanoutLatency => "chorus_fanout_latency_seconds", None, NS, LATENCY_NS,
+        "Time from a channel taking a broadcast from its mailbox to its frames queued on every subscriber's socket (module verdicts, persistence and encoding included)";
+    MessageSizeIn => "chorus_message_size_bytes", Some(("direction", "in")), 1.0, SIZE_BYTES,
+        "Size of WebSocket messages received from clients (in) and of frames queued to clients, once per fan-out (out)";
+    MessageSizeOut => "chorus_message_size_bytes", Some(("direction", "out")), 1.0, SIZE_BYTES,
+        "Size of WebSocket messages received from clients (in) and of frames queued to clients, once per fan-out (out)";
+    StoreAppend => "chorus_store_operation_seconds", Some(("op", "append")), NS, LATENCY_NS,
+        "Data-service operations as the node's processes see them (coalescing, cache and backend included), by operation";
+    StoreHistory => "chorus_store_operation_seconds", Some(("op", "history")), NS, LATENCY_NS,
+        "Data-service operations as the node's processes see them (coalescing, cache and backend included), by operation";
+    StoreGetRoomState => "chorus_store_operation_seconds", Some(("op", "get_room_state")), NS, LATENCY_NS,
+        "Data-service operations as the node's processes see them (coalescing, cache and backend included), by operation";
+    StorePutRoomState => "chorus_store_operation_seconds", Some(("op", "put_room_state")), NS, LATENCY_NS,
+        "Data-service operations as the node's processes see them (coalescing, cache and backend included), by operation";
+    OutletQueueDepth => "chorus_outlet_queue_depth_frames", None, 1.0, DEPTH_FRAMES,
+        "Frames waiting in a socket's send queue each time its writer takes a batch";
+}
+
+impl Histogram {
+    /// The series with host-call index `i`, if any.
+    pub fn from_index(i: u32) -> Option<Histogram> {
+        Histogram::ALL.get(i as usize).copied()
     }
-    out
+
+    /// Index of the bucket `raw` falls in (`bounds().len()` is `+Inf`).
+    pub fn bucket_of(self, raw: u64) -> usize {
+        self.bounds().partition_point(|b| *b < raw)
+    }
+}
+
+/// Content type of the Prometheus text format 0.0.4.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of the OpenMetrics 1.0 text format.
+pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Whether a scrape's `Accept` header asks for OpenMetrics (Prometheus asks
+/// for it first); anything else gets the Prometheus text format.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',').any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let refused = item
+                .split(';')
+                .any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            parts.next() == Some("application/openmetrics-text") && !refused
+        })
+    })
+}
+
+/// Estimates quantile `q` (0..=1) from per-bucket counts (not cumulative;
+/// the last count is the `+Inf` bucket) and their upper `bounds`, like
+/// PromQL's `histogram_quantile`: linear inside the bucket the rank falls
+/// in, the highest finite bound for the `+Inf` bucket. `None` without
+/// observations.
+pub fn quantile(q: f64, bounds: &[u64], counts: &[u64]) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut below = 0u64;
+    for (i, &n) in counts.iter().enumerate() {
+        if n > 0 && (below + n) as f64 >= rank {
+            let Some(&upper) = bounds.get(i) else {
+                return bounds.last().map(|b| *b as f64);
+            };
+            let lower = if i == 0 { 0 } else { bounds[i - 1] };
+            let within = (rank - below as f64) / n as f64;
+            return Some(lower as f64 + (upper - lower) as f64 * within);
+        }
+        below += n;
+    }
+    bounds.last().map(|b| *b as f64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn index_round_trips() {
@@ -88,17 +211,90 @@ mod tests {
             assert_eq!(Metric::from_index(i as u32), Some(*m));
         }
         assert_eq!(Metric::from_index(Metric::ALL.len() as u32), None);
+        for (i, h) in Histogram::ALL.iter().enumerate() {
+            assert_eq!(Histogram::from_index(i as u32), Some(*h));
+        }
+        assert_eq!(Histogram::from_index(Histogram::ALL.len() as u32), None);
     }
 
     #[test]
-    fn renders_prometheus_text() {
-        let mut values = vec![0; Metric::ALL.len()];
-        values[Metric::SessionsActive as usize] = 3;
-        let text = render(
-            &values,
-            &[("chorus_processes", Kind::Gauge, "Processes", 9)],
-        );
-        assert!(text.contains("# TYPE chorus_sessions gauge\nchorus_sessions 3\n"));
-        assert!(text.contains("chorus_processes 9\n"));
+    fn no_name_clashes_under_openmetrics() {
+        // A counter `x_total` is the OpenMetrics family `x`; histograms own
+        // `x`, `x_bucket`, `x_sum`, `x_count`. No two families may overlap.
+        let mut owner: HashMap<String, String> = HashMap::new();
+        let mut claim = |name: String, by: &str| {
+            if let Some(other) = owner.insert(name.clone(), by.to_string()) {
+                assert_eq!(other, by, "{name} is claimed by {other} and {by}");
+            }
+        };
+        for m in Metric::ALL {
+            let family = match m.kind() {
+                Kind::Counter => m
+                    .name()
+                    .strip_suffix("_total")
+                    .unwrap_or_else(|| panic!("counter {} lacks _total", m.name())),
+                Kind::Gauge => {
+                    assert!(!m.name().ends_with("_total"), "gauge {}", m.name());
+                    m.name()
+                }
+            };
+            claim(family.to_string(), m.name());
+            claim(m.name().to_string(), m.name());
+        }
+        for h in Histogram::ALL {
+            for suffix in ["", "_bucket", "_sum", "_count"] {
+                claim(format!("{}{suffix}", h.name()), h.name());
+            }
+        }
+    }
+
+    #[test]
+    fn series_of_one_family_agree_on_help_and_label_key() {
+        for a in Histogram::ALL {
+            for b in Histogram::ALL {
+                if a.name() == b.name() && a != b {
+                    assert_eq!(a.help(), b.help());
+                    assert_eq!(a.label().map(|l| l.0), b.label().map(|l| l.0));
+                    assert_ne!(a.label(), b.label(), "{a:?} and {b:?}");
+                    assert_eq!(a.bounds(), b.bounds());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bounds_are_increasing_and_buckets_found() {
+        for h in Histogram::ALL {
+            assert!(h.bounds().windows(2).all(|w| w[0] < w[1]), "{h:?}");
+        }
+        let h = Histogram::MessageSizeIn;
+        assert_eq!(h.bucket_of(0), 0);
+        assert_eq!(h.bucket_of(64), 0, "bounds are inclusive (le)");
+        assert_eq!(h.bucket_of(65), 1);
+        assert_eq!(h.bucket_of(u64::MAX), h.bounds().len());
+    }
+
+    #[test]
+    fn openmetrics_only_when_asked_for() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                          version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(wants_openmetrics(Some(prometheus)));
+        assert!(!wants_openmetrics(Some("text/plain;version=0.0.4")));
+        assert!(!wants_openmetrics(Some("*/*")));
+        assert!(!wants_openmetrics(Some("application/openmetrics-text;q=0")));
+        assert!(!wants_openmetrics(None));
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_the_bucket() {
+        let bounds = [10, 20, 40];
+        // 10 values in (0,10], 10 in (10,20], nothing above.
+        let counts = [10, 10, 0, 0];
+        assert_eq!(quantile(0.5, &bounds, &counts), Some(10.0));
+        assert_eq!(quantile(0.75, &bounds, &counts), Some(15.0));
+        assert_eq!(quantile(1.0, &bounds, &counts), Some(20.0));
+        assert_eq!(quantile(0.5, &bounds, &[0, 0, 0, 0]), None);
+        // Everything in +Inf: the highest finite bound.
+        assert_eq!(quantile(0.99, &bounds, &[0, 0, 0, 5]), Some(40.0));
     }
 }

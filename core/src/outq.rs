@@ -148,6 +148,16 @@ impl OutQ {
             && self.counts.is_empty()
     }
 
+    /// Items waiting to be written: frames on every lane plus one per topic
+    /// with counted reactions.
+    pub fn len(&self) -> usize {
+        self.control.len()
+            + self.audio.len()
+            + self.chat.len()
+            + self.reactions.len()
+            + self.counts.len()
+    }
+
     /// Queues `frame` on the lane of `route`.
     pub fn push(&mut self, route: Route<'_>, frame: &Frame, limits: &OutqLimits) -> Pushed {
         if self.closing || self.slow {

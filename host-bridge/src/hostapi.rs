@@ -9,8 +9,10 @@
 //! |---|---|---|
 //! | `log` | `(level: u32, ptr: u32, len: u32)` | structured log line at a level (1 error … 5 trace) |
 //! | `metric_add` | `(index: u32, delta: i64)` | bump a [`Metric`] |
+//! | `metric_observe` | `(index: u32, value: u64)` | record a value (raw unit: ns, bytes, frames) in a [`Histogram`] series |
 //! | `config` | `() -> u64` | the node config as JSON |
-//! | `metrics_text` | `() -> u64` | Prometheus text of all metrics |
+//! | `metrics_text` | `(format: u32, restarts: u64) -> u64` | every metric as Prometheus text 0.0.4 (`format` 0) or OpenMetrics (1); `restarts` is the supervision tree's count |
+//! | `stats_json` | `(restarts: u64) -> u64` | the `/dashboard` JSON (see [`crate::metrics::Metrics::stats`]) |
 //! | `data` | `(ptr: u32, len: u32) -> u64` | a JSON [`chorus_core::data::DataRequest`], answered with a `DataResponse` |
 //! | `take` | `(ptr: u32, len: u32) -> u32` | copy the parked answer; 0 ok, 1 nothing parked / wrong length |
 //! | `listen_backlog` | `(tcp_listener: u64, backlog: u32) -> u32` | set a listener's accept queue (a second `listen(2)`); 0 ok, 1 no such listener, 2 refused by the OS |
@@ -25,14 +27,15 @@
 //! (what the reaction counts as).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::{anyhow, Result};
 use chorus_core::config::LimitsConfig;
 use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::lanes::Lane;
-use chorus_core::metrics::{self, Kind, Metric};
+use chorus_core::metrics::{Histogram, Metric};
 use chorus_core::outq::OutqLimits;
 use chorus_core::phoenix::Vsn;
 use lunatic_networking_api::NetworkingCtx;
@@ -40,22 +43,21 @@ use lunatic_process::state::ProcessState;
 use lunatic_runtime::DefaultProcessState;
 use wasmtime::{Caller, Linker};
 
+use crate::metrics::{Format, HostValues, Metrics};
 use crate::outlet::Outlets;
-use crate::store::DataService;
+use crate::store::{DataService, Op};
 
 type State = DefaultProcessState;
 
 /// Shared by every process of the node.
 pub struct HostApi {
     config_json: Vec<u8>,
-    metrics: Vec<AtomicI64>,
+    metrics: Arc<Metrics>,
     /// Answers waiting for the guest's `take`, by process id.
     parked: Mutex<HashMap<u64, Vec<u8>>>,
-    /// What each live process has added to the gauges, by process id, so a
-    /// process that dies without taking its share back (a crashed session
-    /// or channel) is taken out of the gauges at the next render.
-    gauge_shares: Mutex<HashMap<u64, HashMap<u32, i64>>>,
     data: Option<DataService>,
+    /// Data-service requests waiting for an answer.
+    store_in_flight: AtomicU64,
     env: Arc<lunatic_process::env::LunaticEnvironment>,
     outlets: Arc<Outlets>,
 }
@@ -66,15 +68,17 @@ impl HostApi {
         data: Option<DataService>,
         env: Arc<lunatic_process::env::LunaticEnvironment>,
         limits: &LimitsConfig,
+        node: &str,
     ) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new(node));
         Arc::new(Self {
             config_json,
-            metrics: Metric::ALL.iter().map(|_| AtomicI64::new(0)).collect(),
+            metrics: metrics.clone(),
             parked: Mutex::new(HashMap::new()),
-            gauge_shares: Mutex::new(HashMap::new()),
             data,
+            store_in_flight: AtomicU64::new(0),
             env,
-            outlets: Outlets::new(OutqLimits::from_config(limits)),
+            outlets: Outlets::new(OutqLimits::from_config(limits), metrics),
         })
     }
 
@@ -87,7 +91,8 @@ impl HostApi {
     }
 
     /// Drops, every second, the outlets of processes that are gone, so a
-    /// crashed session's socket closes. Call once, inside the runtime.
+    /// crashed session's socket closes, and takes the dashboard's sample.
+    /// Call once, inside the runtime.
     pub fn start_sweeper(self: &Arc<Self>) {
         let api = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -95,97 +100,81 @@ impl HostApi {
             loop {
                 tick.tick().await;
                 match api.upgrade() {
-                    Some(api) => api.outlets.sweep(&api.env),
+                    Some(api) => {
+                        api.outlets.sweep(&api.env);
+                        api.metrics.sample(&api.host_values(0));
+                    }
                     None => return,
                 }
             }
         });
     }
 
-    /// Prometheus text: guest-reported metrics plus what only the host knows.
-    pub fn render_metrics(&self) -> String {
-        self.release_dead_gauge_shares();
-        let mut values: Vec<i64> = self
-            .metrics
-            .iter()
-            .map(|v| v.load(Ordering::Relaxed))
-            .collect();
-        // Frames written through outlets are counted by the host.
-        values[Metric::MessagesOut as usize] +=
-            self.outlets.frames_out.load(Ordering::Relaxed) as i64;
-        values[Metric::BytesOut as usize] += self.outlets.bytes_out.load(Ordering::Relaxed) as i64;
-        let processes = lunatic_process::env::Environment::process_count(self.env.as_ref());
-        let mut text = metrics::render(
-            &values,
-            &[
-                (
-                    "chorus_processes",
-                    Kind::Gauge,
-                    "lunatic processes alive on this node",
-                    processes as i64,
-                ),
-                (
-                    "chorus_outlets",
-                    Kind::Gauge,
-                    "sockets whose writes the host drains",
-                    self.outlets.count() as i64,
-                ),
-                (
-                    "chorus_reactions_aggregated_total",
-                    Kind::Counter,
-                    "reactions counted into a reaction_counts frame instead of queued (slow sockets)",
-                    self.outlets.reactions_aggregated.load(Ordering::Relaxed) as i64,
-                ),
-                (
-                    "chorus_audio_frames_replaced_total",
-                    Kind::Counter,
-                    "unwritten audio frames replaced by a newer one of their topic (slow sockets)",
-                    self.outlets.audio_replaced.load(Ordering::Relaxed) as i64,
-                ),
-                (
-                    "chorus_slow_consumers_total",
-                    Kind::Counter,
-                    "sockets closed with 1008 slow_consumer (a full control or chat lane, or a write stuck for 10 s)",
-                    self.outlets.slow_consumers.load(Ordering::Relaxed) as i64,
-                ),
-            ],
-        );
-        if let Some(data) = &self.data {
-            text.push_str(&data.render_metrics());
+    /// What only the host knows, for a scrape or the dashboard;
+    /// `restarts` comes from the guest (the supervision tree counts them).
+    fn host_values(&self, restarts: u64) -> HostValues {
+        use lunatic_process::env::Environment;
+        let o = &self.outlets;
+        let (queued_frames, largest_queue_frames) = o.queued_frames();
+        HostValues {
+            processes: self.env.process_count() as u64,
+            outlets: o.count() as u64,
+            queued_frames,
+            largest_queue_frames,
+            frames_out: o.frames_out.load(Ordering::Relaxed),
+            bytes_out: o.bytes_out.load(Ordering::Relaxed),
+            reactions_aggregated: o.reactions_aggregated.load(Ordering::Relaxed),
+            audio_replaced: o.audio_replaced.load(Ordering::Relaxed),
+            slow_consumers: o.slow_consumers.load(Ordering::Relaxed),
+            store_in_flight: self.store_in_flight.load(Ordering::Relaxed),
+            restarts,
         }
-        text
     }
 
-    fn add_metric(&self, process: u64, m: Metric, delta: i64) {
-        self.metrics[m as usize].fetch_add(delta, Ordering::Relaxed);
-        if m.kind() != Kind::Gauge {
-            return;
-        }
-        if let Ok(mut shares) = self.gauge_shares.lock() {
-            let mine = shares.entry(process).or_default();
-            *mine.entry(m as u32).or_default() += delta;
-            mine.retain(|_, v| *v != 0);
-            if mine.is_empty() {
-                shares.remove(&process);
-            }
-        }
+    /// Every metric as exposition text in `format`.
+    pub fn render_metrics(&self, format: Format, restarts: u64) -> String {
+        self.release_dead_gauge_shares();
+        let store: Vec<(&str, u64, u64)> = match &self.data {
+            Some(data) => Op::ALL
+                .iter()
+                .map(|op| {
+                    let m = data.metrics();
+                    (op.label(), m.requests(*op), m.backend_queries(*op))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        self.metrics
+            .render(&self.host_values(restarts), &store, format)
     }
 
     /// Takes the gauge shares of processes that are gone out of the gauges.
     fn release_dead_gauge_shares(&self) {
         use lunatic_process::env::Environment;
-        let Ok(mut shares) = self.gauge_shares.lock() else {
-            return;
+        self.metrics
+            .release_dead(|process| self.env.get_process(process).is_some());
+    }
+
+    /// One data-service call, timed into its histogram series.
+    async fn data_call(&self, request: DataRequest) -> DataResponse {
+        let Some(data) = &self.data else {
+            return DataResponse::Error {
+                reason: "this node runs without a data service".into(),
+            };
         };
-        shares.retain(|process, mine| {
-            if self.env.get_process(*process).is_some() {
-                return true;
-            }
-            for (index, share) in mine.iter() {
-                self.metrics[*index as usize].fetch_sub(*share, Ordering::Relaxed);
-            }
-            false
-        });
+        let series = match &request {
+            DataRequest::Append { .. } => Histogram::StoreAppend,
+            DataRequest::History { .. } => Histogram::StoreHistory,
+            DataRequest::GetRoomState { .. } => Histogram::StoreGetRoomState,
+            DataRequest::PutRoomState { .. } => Histogram::StorePutRoomState,
+        };
+        self.store_in_flight.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let response = data.call(request).await;
+        self.metrics
+            .observe(series, started.elapsed().as_nanos() as u64);
+        self.store_in_flight.fetch_sub(1, Ordering::Relaxed);
+        response
     }
 
     /// Adds the `chorus` module to a linker.
@@ -214,10 +203,17 @@ impl HostApi {
             "metric_add",
             move |caller: Caller<'_, State>, index: u32, delta: i64| {
                 if let Some(m) = Metric::from_index(index) {
-                    api.add_metric(caller.data().id(), m, delta);
+                    api.metrics.add(caller.data().id(), m, delta);
                 }
             },
         )?;
+
+        let api = self.clone();
+        linker.func_wrap("chorus", "metric_observe", move |index: u32, value: u64| {
+            if let Some(h) = Histogram::from_index(index) {
+                api.metrics.observe(h, value);
+            }
+        })?;
 
         let api = self.clone();
         linker.func_wrap("chorus", "config", move |caller: Caller<'_, State>| {
@@ -228,8 +224,20 @@ impl HostApi {
         linker.func_wrap(
             "chorus",
             "metrics_text",
-            move |caller: Caller<'_, State>| {
-                api.park(caller.data().id(), api.render_metrics().into_bytes())
+            move |caller: Caller<'_, State>, format: u32, restarts: u64| {
+                let text = api.render_metrics(Format::from_u32(format), restarts);
+                api.park(caller.data().id(), text.into_bytes())
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap(
+            "chorus",
+            "stats_json",
+            move |caller: Caller<'_, State>, restarts: u64| {
+                api.release_dead_gauge_shares();
+                let stats = api.metrics.stats(&api.host_values(restarts));
+                api.park(caller.data().id(), stats.to_string().into_bytes())
             },
         )?;
 
@@ -245,12 +253,7 @@ impl HostApi {
                         Err(e) => DataResponse::Error {
                             reason: format!("malformed data request: {e}"),
                         },
-                        Ok(request) => match &api.data {
-                            Some(data) => data.call(request).await,
-                            None => DataResponse::Error {
-                                reason: "this node runs without a data service".into(),
-                            },
-                        },
+                        Ok(request) => api.data_call(request).await,
                     };
                     let out = serde_json::to_vec(&response)?;
                     Ok(api.park(caller.data().id(), out))
@@ -315,6 +318,8 @@ impl HostApi {
                     (topic_ptr, topic_len),
                     (key_ptr, key_len),
                 )?;
+                api.metrics
+                    .observe(Histogram::MessageSizeOut, bytes.len() as u64);
                 Ok(api.outlets.send(id, lane, &topic, &key, &bytes) as u32)
             },
         )?;
@@ -364,6 +369,8 @@ impl HostApi {
                     (topic_ptr, topic_len),
                     (key_ptr, key_len),
                 )?;
+                api.metrics
+                    .observe(Histogram::MessageSizeOut, bytes.len() as u64);
                 Ok(api.outlets.fanout(&ids, lane, &topic, &key, &bytes))
             },
         )?;

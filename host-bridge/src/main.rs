@@ -7,11 +7,19 @@
 //!   builds the supervision tree (gateway, channels, presence, admin).
 //! * `chorus exec <file.wasm> [args…]` runs any lunatic guest, like
 //!   `lunatic run`; the benchmarks use it to run the same guest on both.
+//! * `chorus check-config`, `chorus gentoken`, `chorus version`: operator
+//!   tools (cli.rs).
+//!
+//! The guest is embedded in the binary at build time (build.rs), so the
+//! binary alone is the node and runs from any directory.
 
+mod cli;
 mod engine;
 mod hostapi;
+mod metrics;
 mod node;
 mod outlet;
+mod procstat;
 mod sysctl;
 
 use chorus_host::store;
@@ -24,7 +32,8 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "chorus",
     version,
-    about = "Chorus real-time node (a lunatic runtime)"
+    about = "Chorus real-time node: Supabase Realtime / Phoenix Channels over WebSocket, on a lunatic runtime",
+    after_help = "Run `chorus <command> --help` for a command's options. Config keys and their CHORUS_* variables: docs/CONFIGURATION.md."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,10 +42,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Start a node with the given config (defaults: lunatic.toml, then built-in defaults)
+    /// Start a node (config: --config FILE, else ./lunatic.toml, else built-in defaults; CHORUS_* variables override keys)
     Run(node::RunArgs),
     /// Run a lunatic guest module, like `lunatic run`
     Exec(node::ExecArgs),
+    /// Check a config (file + CHORUS_* variables) the way `run` would load it, without starting
+    CheckConfig(cli::CheckConfigArgs),
+    /// Print a JWT (HS256) signed with the node's auth.jwt_secret, for development and operators
+    Gentoken(cli::GentokenArgs),
+    /// Print the version of chorus, the lunatic and wasmtime versions it embeds, and its guest
+    Version,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +63,12 @@ fn main() -> ExitCode {
     init_logging();
 
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::CheckConfig(args) => return report(cli::check_config(args)),
+        Command::Gentoken(args) => return report(cli::gentoken(args)),
+        Command::Version => return cli::version(),
+        command => command,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("chorus-worker")
@@ -60,17 +81,25 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Run(args) => node::run(args).await,
             Command::Exec(args) => node::exec(args).await,
+            _ => Ok(ExitCode::SUCCESS),
         }
     });
     // Guest processes may still be parked in host calls; do not wait for them.
     runtime.shutdown_background();
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+    }
+    report(result)
+}
+
+/// The exit code of a command; an error is printed to stderr.
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("chorus: error: {e:#}");
             ExitCode::FAILURE
         }

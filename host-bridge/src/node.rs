@@ -16,15 +16,24 @@ use crate::hostapi::HostApi;
 use crate::store::DataService;
 use crate::sysctl;
 
-/// Where `cargo build --target wasm32-wasip1 --release` puts the guest.
-const DEFAULT_GUEST: &str = "target/wasm32-wasip1/release/chorus-guest.wasm";
+/// The guest built into this binary by build.rs (the release build of
+/// `chorus-guest`); empty when the binary was built before the guest.
+pub static EMBEDDED_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest.wasm"));
+
+/// Where the config comes from: `--config FILE` (or `CHORUS_CONFIG`); without
+/// one, `./lunatic.toml` when there is one, else built-in defaults.
+#[derive(clap::Args, Debug)]
+pub struct ConfigArg {
+    /// Config file (default: ./lunatic.toml if present, else built-in defaults)
+    #[arg(long, value_name = "FILE", env = "CHORUS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Config file; a missing default file means built-in defaults
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// The guest module (default: the release build in ./target)
+    #[command(flatten)]
+    config: ConfigArg,
+    /// A guest module to run instead of the one built into this binary (development)
     #[arg(long, value_name = "FILE", env = "CHORUS_GUEST")]
     guest: Option<PathBuf>,
 }
@@ -41,7 +50,17 @@ pub struct ExecArgs {
     args: Vec<String>,
 }
 
-fn load_config(path: Option<&Path>) -> Result<Config> {
+/// Loads the config (file, then `CHORUS_*` variables) and logs its warnings.
+pub fn load_config(path: Option<&Path>) -> Result<Config> {
+    let loaded = load_config_quiet(path)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(loaded.config)
+}
+
+/// Loads the config and hands back its warnings (for `check-config`).
+pub fn load_config_quiet(path: Option<&Path>) -> Result<chorus_core::config::Loaded> {
     let (text, source) = match path {
         Some(p) => (
             std::fs::read_to_string(p)
@@ -56,22 +75,26 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
             }
         },
     };
-    let loaded = Config::load(Some((&text, &source)), std::env::vars())?;
-    for w in &loaded.warnings {
-        tracing::warn!("{w}");
+    Ok(Config::load(Some((&text, &source)), std::env::vars())?)
+}
+
+/// The guest to run: `--guest FILE`, else the embedded one.
+fn guest_bytes(path: Option<&Path>) -> Result<Vec<u8>> {
+    match path {
+        Some(p) => std::fs::read(p)
+            .map_err(|e| anyhow!("cannot read the guest module {}: {e}", p.display())),
+        None if !EMBEDDED_GUEST.is_empty() => Ok(EMBEDDED_GUEST.to_vec()),
+        None => bail!(
+            "this chorus binary was built without its guest (the guest was not built \
+             before the host); `./scripts/run.sh` builds both in order, or pass \
+             --guest FILE / CHORUS_GUEST=FILE"
+        ),
     }
-    Ok(loaded.config)
 }
 
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
-    let config = load_config(args.config.as_deref())?;
-    let guest = args.guest.unwrap_or_else(|| PathBuf::from(DEFAULT_GUEST));
-    let wasm = std::fs::read(&guest).map_err(|e| {
-        anyhow!(
-            "cannot read the guest module {}: {e} (build it with `scripts/build.sh`)",
-            guest.display()
-        )
-    })?;
+    let config = load_config(args.config.config.as_deref())?;
+    let wasm = guest_bytes(args.guest.as_deref())?;
 
     // Fail fast, naming the port, rather than from inside the guest.
     let addr = format!("{}:{}", config.node.host, config.node.port);
@@ -156,7 +179,13 @@ async fn spawn_main(
     let engine = Engine::new(&config.runtime)?;
     let envs = Arc::new(LunaticEnvironments::default());
     let env = envs.create(1).await;
-    let api = HostApi::new(config_json, data, env.clone(), &config.limits);
+    let api = HostApi::new(
+        config_json,
+        data,
+        env.clone(),
+        &config.limits,
+        &config.node.name,
+    );
     api.start_sweeper();
     let cache = crate::engine::cache_dir(&config.runtime.module_cache);
     let module = Arc::new(engine.compile(wasm, api, cache.as_deref())?);

@@ -26,12 +26,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chorus_core::lanes::Lane;
+use chorus_core::metrics::Histogram;
 use chorus_core::outq::{self, Frame, Out, OutQ, OutqLimits, Pushed, Route, Status};
 use chorus_core::phoenix::Vsn;
 use lunatic_networking_api::TcpConnection;
 use lunatic_process::env::{Environment, LunaticEnvironment};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
 
 /// Bytes gathered into one write.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -93,11 +96,13 @@ pub struct Outlets {
     pub audio_replaced: AtomicU64,
     /// Sockets closed as slow consumers (a full lane or a stuck write).
     pub slow_consumers: AtomicU64,
+    /// Where writers record the queue depth they find.
+    metrics: Arc<Metrics>,
 }
 
 impl Outlets {
     /// The outlets of a node whose queues are bounded by `limits`.
-    pub fn new(limits: OutqLimits) -> Arc<Self> {
+    pub fn new(limits: OutqLimits, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             next: AtomicU64::new(1),
             limits,
@@ -107,6 +112,7 @@ impl Outlets {
             reactions_aggregated: AtomicU64::new(0),
             audio_replaced: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -243,6 +249,20 @@ impl Outlets {
         }
     }
 
+    /// Items queued in all outlets, and in the fullest one (one pass under
+    /// the lock; for scrapes and the dashboard, not the hot path).
+    pub fn queued_frames(&self) -> (u64, u64) {
+        self.map
+            .lock()
+            .map(|m| {
+                m.values().fold((0, 0), |(sum, max), e| {
+                    let n = e.queue.len() as u64;
+                    (sum + n, max.max(n))
+                })
+            })
+            .unwrap_or((0, 0))
+    }
+
     /// Outlets open now.
     pub fn count(&self) -> usize {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
@@ -293,17 +313,23 @@ async fn write_loop(
     let mut batch: Vec<u8> = Vec::new();
     let mut taken: Vec<Out> = Vec::new();
     let end = loop {
-        let status = {
+        let (status, depth) = {
             let Ok(mut map) = outlets.map.lock() else {
                 break End::Failed;
             };
             let Some(entry) = map.get_mut(&id) else {
                 break End::Closed;
             };
+            let depth = entry.queue.len();
             let status = entry.queue.take(WRITE_BATCH, &mut taken);
             entry.idle = taken.is_empty() && status == Status::Open;
-            status
+            (status, depth)
         };
+        if depth > 0 {
+            outlets
+                .metrics
+                .observe(Histogram::OutletQueueDepth, depth as u64);
+        }
         if status == Status::Slow {
             break End::Slow;
         }

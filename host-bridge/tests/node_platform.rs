@@ -112,7 +112,7 @@ fn metrics_are_prometheus_text_with_the_node_counters() {
     assert!(ctype.starts_with("text/plain"), "content-type {ctype:?}");
     let text = resp.body_text();
     for (name, kind) in [
-        ("chorus_sessions", "gauge"),
+        ("chorus_sessions_open", "gauge"),
         ("chorus_channels", "gauge"),
         ("chorus_messages_in_total", "counter"),
         ("chorus_restarts_total", "counter"),
@@ -128,7 +128,11 @@ fn metrics_are_prometheus_text_with_the_node_counters() {
         );
     }
     let value = |name| common::metric_value(&text, name).unwrap();
-    assert_eq!(value("chorus_sessions"), 1, "one open WebSocket\n{text}");
+    assert_eq!(
+        value("chorus_sessions_open"),
+        1,
+        "one open WebSocket\n{text}"
+    );
     assert_eq!(value("chorus_channels"), 1, "one joined topic\n{text}");
     assert!(
         value("chorus_messages_in_total") >= 2,
@@ -290,7 +294,7 @@ fn a_crashing_session_is_logged_and_leaves_other_sessions_alone() {
     let mut victim = node.connect(Vsn::V1);
     let victim_join = victim.join(topic, json!({}));
     victim.heartbeat();
-    assert_eq!(node.metric("chorus_sessions"), 2);
+    assert_eq!(node.metric("chorus_sessions_open"), 2);
 
     victim.push(Some(&victim_join), "phoenix", "chorus_crash", json!({}));
     // The crashed session's socket closes (no close frame: the process died).
@@ -321,7 +325,7 @@ fn a_crashing_session_is_logged_and_leaves_other_sessions_alone() {
         "{text}"
     );
     assert_eq!(
-        common::metric_value(&text, "chorus_sessions"),
+        common::metric_value(&text, "chorus_sessions_open"),
         Some(2),
         "{text}"
     );

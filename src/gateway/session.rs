@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use chorus_core::config::Config;
 use chorus_core::join::{self, JoinConfig};
 use chorus_core::jwt;
-use chorus_core::metrics::Metric;
+use chorus_core::metrics::{Histogram, Metric};
 use chorus_core::phoenix::{self, event, FrameRef, Inbound, Outbound, Payload, Vsn};
 use chorus_core::ratelimit::{self, TokenBucket};
 use chorus_core::selective;
@@ -248,6 +248,7 @@ impl Session {
             FrameRef::Text(t) => t.len(),
             FrameRef::Binary(b) => b.len(),
         };
+        host::observe(Histogram::MessageSizeIn, size as u64);
         let inbound = match phoenix::decode(self.vsn, frame) {
             Ok(m) => m,
             Err(e) => {
