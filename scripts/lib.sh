@@ -77,3 +77,39 @@ build_all() {
   log "building the host (chorus)"
   cargo build --release -p chorus-host
 }
+
+# Debian's Chromium for the browser tests (npm playwright-core drives it; a
+# test tool's own browser download cannot work here).
+ensure_chromium() {
+  apt_install chromium
+}
+
+# promtool and prometheus from Debian's `prometheus` package, unpacked under
+# target/tools/prometheus rather than installed, so no service is started.
+ensure_prometheus_tools() {
+  local dir="$ROOT/target/tools/prometheus"
+  [ -x "$dir/usr/bin/promtool" ] && [ -x "$dir/usr/bin/prometheus" ] && return 0
+  log "unpacking Debian's prometheus package (promtool, prometheus) into target/tools"
+  if [ $APT_UPDATED = 0 ]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
+  local tmp
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null)
+  mkdir -p "$dir"
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$dir"
+  rm -rf "$tmp"
+}
+
+# cargo-deb, which builds the .deb from host-bridge/Cargo.toml's metadata.
+ensure_cargo_deb() {
+  command -v cargo-deb >/dev/null && return 0
+  log "installing cargo-deb (crates.io)"
+  cargo install --locked --quiet cargo-deb --version 3.8.0
+}
+
+# The .deb of the node (after build_all): prints its path.
+build_deb() {
+  ensure_cargo_deb
+  cargo deb -p chorus-host --no-build --quiet >&2
+  ls -t "$ROOT"/target/debian/chorus_*.deb | head -n1
+}

@@ -3,7 +3,9 @@
 # formatting and lints, native unit and property tests (core), the host's
 # end-to-end tests against real node processes (Rust WebSocket client),
 # the supervision scenarios under `chorus exec`, the Node.js suite with the
-# real @supabase/realtime-js and phoenix clients, and a tiny run of each
+# real @supabase/realtime-js and phoenix clients (and the dashboard in
+# headless Chromium; screenshots in target/test-artifacts/dashboard/), the
+# .deb installed and started, and a tiny run of each
 # benchmark (to keep the harness working; no timing is asserted).
 source "$(dirname "$0")/lib.sh"
 
@@ -15,6 +17,8 @@ fi
 if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
   apt_install openjdk-17-jdk-headless maven
 fi
+ensure_chromium          # the dashboard's browser test
+ensure_prometheus_tools  # promtool + prometheus for the metrics tests
 
 log "checking formatting and lints"
 cargo fmt --all -- --check
@@ -40,6 +44,9 @@ cargo test --release --workspace --exclude chorus-guest --exclude supervisors --
 
 log "Node.js tests with @supabase/realtime-js and phoenix"
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
+log "the Debian package: contents, systemd unit, install, start, purge"
+scripts/deb-test.sh "$(build_deb)"
 
 log "benchmarks, tiny size (harness check only)"
 python3 bench/platform.py --tiny

@@ -80,6 +80,10 @@ pub fn validate_topic(topic: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a join asking for `postgres_changes` is refused.
+pub const POSTGRES_CHANGES_REFUSED: &str = "postgres_changes is not supported: Chorus watches no \
+     database; publish changes with POST /realtime/v1/api/broadcast";
+
 /// Reads a `phx_join` payload. Wrongly typed fields are errors (a client bug
 /// better reported than ignored); absent ones take defaults.
 pub fn parse_join(payload: &Value) -> Result<JoinConfig, String> {
@@ -106,6 +110,13 @@ pub fn parse_join(payload: &Value) -> Result<JoinConfig, String> {
         Some(Value::Bool(b)) => Ok(*b),
         Some(_) => Err(format!("config.{path}.{key} must be a boolean")),
     };
+    // Supabase's database change feed needs Postgres; refuse it by name
+    // rather than acknowledge bindings that will never fire.
+    match config.get("postgres_changes") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(bindings)) if bindings.is_empty() => {}
+        Some(_) => return Err(POSTGRES_CHANGES_REFUSED.into()),
+    }
     let broadcast = section("broadcast")?;
     let presence = section("presence")?;
     let chorus = section("chorus")?;
@@ -201,6 +212,19 @@ mod tests {
         assert!(c.broadcast_ack && !c.broadcast_self && c.presence_enabled);
         assert_eq!(c.presence_key, "u1");
         assert_eq!(c.access_token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn postgres_changes_bindings_are_refused_by_name() {
+        let join = |pc: Value| parse_join(&json!({"config": {"postgres_changes": pc}}));
+        assert!(
+            join(json!([])).is_ok(),
+            "realtime-js always sends an empty list"
+        );
+        assert!(join(Value::Null).is_ok());
+        let err = join(json!([{"event": "*", "schema": "public", "table": "t"}])).unwrap_err();
+        assert_eq!(err, POSTGRES_CHANGES_REFUSED);
+        assert!(join(json!({"event": "*"})).is_err());
     }
 
     #[test]
