@@ -110,6 +110,6 @@ ensure_cargo_deb() {
 # The .deb of the node (after build_all): prints its path.
 build_deb() {
   ensure_cargo_deb
-  cargo deb -p chorus-host --no-build --quiet >&2
+  cargo deb -p chorus-host --no-build --fast --quiet >&2
   ls -t "$ROOT"/target/debian/chorus_*.deb | head -n1
 }

@@ -166,10 +166,9 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
     accept.is_some_and(|a| {
         a.split(',').any(|item| {
             let mut parts = item.split(';').map(str::trim);
-            let refused = item
-                .split(';')
-                .any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
-            parts.next() == Some("application/openmetrics-text") && !refused
+            let media = parts.next();
+            let refused = parts.any(|p| matches!(p, "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            media == Some("application/openmetrics-text") && !refused
         })
     })
 }

@@ -56,8 +56,9 @@ fn promtool_check(text: &str) -> (bool, String) {
     (out.status.success(), said)
 }
 
-/// A node with some traffic behind it, so every histogram has samples.
-fn busy_node() -> Node {
+/// A node with some traffic behind it, so every histogram has samples, and
+/// the two clients that made it (kept open for the scrapes).
+fn busy_node() -> (Node, Vec<common::Client>) {
     let node = Node::start();
     let mut a = node.connect(Vsn::V2);
     let mut b = node.connect(Vsn::V1);
@@ -75,9 +76,7 @@ fn busy_node() -> Node {
         b"",
     );
     assert_eq!(history.status, 200, "{}", history.body_text());
-    // Keep the sockets open for the scrape.
-    std::mem::forget((a, b));
-    node
+    (node, vec![a, b])
 }
 
 #[test]
@@ -87,7 +86,7 @@ fn promtool_accepts_a_live_nodes_metrics() {
         promtool_check("# HELP bad_counter x\n# TYPE bad_counter counter\nbad_counter 1\n");
     assert!(!ok && said.contains("_total"), "promtool lints: {said}");
 
-    let node = busy_node();
+    let (node, _clients) = busy_node();
     let text = node.metrics();
     let (ok, said) = promtool_check(&text);
     assert!(
@@ -163,7 +162,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 
 #[test]
 fn prometheus_scrapes_the_node_and_the_grafana_dashboard_queries_it() {
-    let node = busy_node();
+    let (node, _clients) = busy_node();
     let dir = TempDir::new("prometheus");
     let prom_port = free_port();
     let config = dir.path().join("prometheus.yml");
@@ -177,7 +176,7 @@ fn prometheus_scrapes_the_node_and_the_grafana_dashboard_queries_it() {
         ),
     )
     .unwrap();
-    let mut prometheus = Command::new(tool("PROMETHEUS", "prometheus"))
+    let prometheus = Command::new(tool("PROMETHEUS", "prometheus"))
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
@@ -185,9 +184,10 @@ fn prometheus_scrapes_the_node_and_the_grafana_dashboard_queries_it() {
         ))
         .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).expect("log file"))
         .spawn()
         .expect("start prometheus");
+    let prometheus_log = || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -202,7 +202,7 @@ fn prometheus_scrapes_the_node_and_the_grafana_dashboard_queries_it() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let scraped = loop {
         if let Ok(Some(status)) = guard.0.try_wait() {
-            panic!("prometheus exited: {status}");
+            panic!("prometheus exited: {status}\n{}", prometheus_log());
         }
         if let Ok(r) = try_http(prom_port, "GET", "/api/v1/targets", &[], b"") {
             if let Ok(v) = serde_json::from_slice::<Value>(&r.body) {
@@ -272,7 +272,6 @@ fn prometheus_scrapes_the_node_and_the_grafana_dashboard_queries_it() {
         "only {with_data} of {} queries returned data",
         queries.len()
     );
-    let _ = guard.0.stderr.take();
 }
 
 #[test]
