@@ -189,6 +189,8 @@ async fn run(spec: WorkerSpec) {
             }
         }
     }
+    // Sessions still open when told to stop (closing them is not a loss).
+    let alive_at_stop = shared.borrow().tally.alive;
     let _ = phase_tx.send(Phase::Stop);
     loader::wind_down(tasks).await;
     let s = shared.borrow();
@@ -197,7 +199,7 @@ async fn run(spec: WorkerSpec) {
         received: s.received,
         first_recv_ns: s.first_recv_ns,
         last_recv_ns: s.last_recv_ns,
-        alive_at_end: s.tally.alive,
+        alive_at_end: alive_at_stop,
         errors: s.tally.errors.clone(),
         latency_hist: stats::encode_histogram(&s.latency_us),
         wire: s.wire,
