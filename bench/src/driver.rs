@@ -185,7 +185,7 @@ pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
     // give the server `after_s` to let go of the sessions.
     if r.sessions_joined > 0 && params.after_s > 0.0 {
         eprintln!(
-            "   every session left; waiting {:.0}s for the server to free them",
+            "   every session left; waiting {:.1}s for the server to free them",
             params.after_s
         );
         std::thread::sleep(Duration::from_secs_f64(params.after_s));

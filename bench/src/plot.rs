@@ -124,7 +124,9 @@ pub fn latency(
 
 /// One bar per entry; a failed entry is a grey stub marked "did not run".
 pub fn bars(path: &Path, title: &str, y_desc: &str, series: &[Bar]) -> Result<(), String> {
-    let root = BitMapBackend::new(path, (900, 520)).into_drawing_area();
+    // Wide enough that every bar's label fits under it.
+    let width = (150 * series.len() as u32).max(900);
+    let root = BitMapBackend::new(path, (width, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let top = series.iter().filter_map(|b| b.value).fold(1.0f64, f64::max) * 1.15;
     let names: Vec<String> = series
@@ -153,6 +155,7 @@ pub fn bars(path: &Path, title: &str, y_desc: &str, series: &[Bar]) -> Result<()
                 String::new()
             }
         })
+        .x_label_style(("sans-serif", 12))
         .y_desc(y_desc)
         .draw()
         .map_err(err)?;
@@ -258,14 +261,14 @@ pub fn per_run(
     root.present().map_err(err)
 }
 
+/// One system's RSS over a run: label, colour, whether the run went
+/// through, and (seconds since start, KiB) samples.
+pub type RssLine = (String, RGBColor, bool, Vec<(f64, u64)>);
+
 /// Server RSS over the run, one line per system; a failed run's line is
 /// dashed-grey-labelled "(did not run)" but still drawn (its memory is a
 /// fact too).
-pub fn rss(
-    path: &Path,
-    title: &str,
-    series: &[(String, RGBColor, bool, Vec<(f64, u64)>)],
-) -> Result<(), String> {
+pub fn rss(path: &Path, title: &str, series: &[RssLine]) -> Result<(), String> {
     let root = BitMapBackend::new(path, (900, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let max_t = series

@@ -405,7 +405,7 @@ fn metrics(s: Scenario) -> Vec<Metric> {
         m("server peak RSS (MiB)", Lower, 1, |r| {
             r.rss_peak_kib as f64 / 1024.0
         }),
-        m("server RSS before the load (MiB)", Neither, 1, |r| {
+        m("server RSS before the load (MiB)", Lower, 1, |r| {
             r.rss_baseline_kib as f64 / 1024.0
         }),
         m("server RSS after every session left (MiB)", Lower, 1, |r| {
@@ -586,14 +586,14 @@ pub fn table(runs: &[Sourced], latest: &str) -> String {
             .collect();
         let runs = g.runs();
         let _ = writeln!(md, "### {}: {}\n", g.scenario, g.params.describe());
-        let _ = writeln!(md, "{}", provenance(g.suite, latest));
+        let _ = write!(md, "{}", provenance(g.suite, latest));
         if runs > 1 {
-            let _ = writeln!(
+            let _ = write!(
                 md,
                 " Each system ran this load {runs} times (runs interleaved across systems); every figure is the median of its runs that went through; the p99 of every run follows."
             );
         }
-        md.push('\n');
+        md.push_str("\n\n");
         let mut head = String::from("| | better |");
         let mut sep = String::from("|---|---|");
         for s in &systems {
