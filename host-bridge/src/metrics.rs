@@ -621,7 +621,9 @@ mod tests {
         m.observe(Histogram::MessageSizeOut, 100);
         let text = m.render(&HostValues::default(), &[], Format::Prometheus);
         assert!(
-            text.contains("chorus_fanout_latency_seconds_bucket{le=\"0.00005\"} 1\n"),
+            // The encoder writes small bounds in exponent form (valid for
+            // Prometheus and promtool).
+            text.contains("chorus_fanout_latency_seconds_bucket{le=\"5e-05\"} 1\n"),
             "{text}"
         );
         assert!(

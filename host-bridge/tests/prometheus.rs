@@ -187,7 +187,8 @@ fn prometheus_scrapes_the_node_and_the_grafana_dashboard_queries_it() {
         .stderr(std::fs::File::create(dir.path().join("prometheus.log")).expect("log file"))
         .spawn()
         .expect("start prometheus");
-    let prometheus_log = || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+    let prometheus_log =
+        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
