@@ -93,6 +93,12 @@ build_clients() {
   (cd clients/demo && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
 }
 
+# Debian's Chromium for the browser tests (npm playwright-core drives it; a
+# test tool's own browser download cannot work here).
+ensure_chromium() {
+  apt_install chromium
+}
+
 # Everything a node needs: the guest module and the `chorus` host binary,
 # the shipped process modules, the client kit and the demo room.
 build_all() {

@@ -3,12 +3,15 @@
 # formatting and lints, native unit and property tests (core), the host's
 # end-to-end tests against real node processes (Rust WebSocket client),
 # the supervision scenarios under `chorus exec`, the Node.js suite with the
-# real @supabase/realtime-js and phoenix clients, and a tiny run of each
+# real @supabase/realtime-js and phoenix clients (the client kit, and the
+# demo room in headless Chromium: screenshots in target/test-artifacts/demo/),
+# and a tiny run of each
 # benchmark (to keep the harness working; no timing is asserted).
 source "$(dirname "$0")/lib.sh"
 
 build_all
 apt_install sqlite3
+ensure_chromium          # the demo room's browser test
 if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
   apt_install openjdk-17-jdk-headless maven
 fi

@@ -169,7 +169,6 @@ pub struct ModuleHost {
     linker: Linker<Ctx>,
     config: ModulesConfig,
     max_answer: usize,
-    max_payload: usize,
     entries: Mutex<BTreeMap<String, Entry>>,
     /// Serialises reloads (a SIGHUP racing an admin call).
     reloading: tokio::sync::Mutex<()>,
@@ -228,7 +227,6 @@ impl ModuleHost {
             config: config.clone(),
             // A replacement payload plus the verdict around it.
             max_answer: max_payload + 4096,
-            max_payload,
             entries: Mutex::new(BTreeMap::new()),
             reloading: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(1),
@@ -644,11 +642,6 @@ impl ModuleHost {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|pid, _| alive(*pid));
-    }
-
-    /// The largest replacement payload a verdict may carry.
-    pub fn max_payload(&self) -> usize {
-        self.max_payload
     }
 }
 

@@ -9,10 +9,11 @@
 // realtime-js renames it, this file is what changes.
 //
 // Likewise realtime-js builds the join's `config` from the keys it knows
-// (broadcast, presence, private, postgres_changes) and drops the others, so a
-// join option of Chorus' own (`config.chorus.batch`) is added by wrapping the
-// channel's public `updateJoinPayload`, which `subscribe()` calls with the
-// config it built.
+// (broadcast, presence, private, postgres_changes) and drops the others, and
+// refuses `broadcast.replay` on a public channel, which Chorus serves; so
+// Chorus' join options (`config.chorus.batch`, `broadcast.replay`) are added
+// by wrapping the channel's public `updateJoinPayload`, which `subscribe()`
+// calls with the config it built.
 
 import type { RealtimeChannel } from '@supabase/realtime-js';
 
@@ -64,13 +65,16 @@ export function push<T = unknown>(
 }
 
 /**
- * Adds `extra` to the `config` of every join `channel` sends (call before
- * `subscribe()`).
+ * Rewrites the `config` of every join `channel` sends with `edit` (call
+ * before `subscribe()`).
  */
-export function extendJoinConfig(channel: RealtimeChannel, extra: Record<string, unknown>): void {
+export function editJoinConfig(
+  channel: RealtimeChannel,
+  edit: (config: Record<string, any>) => Record<string, any>,
+): void {
   const update = channel.updateJoinPayload.bind(channel);
   channel.updateJoinPayload = (payload: Record<string, any>) => {
     const config = payload.config;
-    update(config && typeof config === 'object' ? { ...payload, config: { ...config, ...extra } } : payload);
+    update(config && typeof config === 'object' ? { ...payload, config: edit(config) } : payload);
   };
 }

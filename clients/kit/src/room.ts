@@ -4,7 +4,7 @@
 import type { RealtimeChannel, RealtimeClient } from '@supabase/realtime-js';
 
 import { Clock, type SyncOptions } from './clock.js';
-import { extendJoinConfig, push } from './internal.js';
+import { editJoinConfig, push } from './internal.js';
 import { checkPlayback, positionAt, type Playback, type PlaybackEvent, type PlaybackInput } from './playback.js';
 import { Tally, type Counts } from './reactions.js';
 
@@ -97,11 +97,16 @@ export class Room {
     this.audio = client.channel(`room:${options.id}:audio`, {
       config: { broadcast: { ack: true, self: false }, presence },
     });
-    const replay = options.history ? { replay: { since: 0, limit: options.history } } : {};
     this.chatLane = client.channel(`room:${options.id}:chat`, {
-      config: { broadcast: { ack: true, self: true, ...replay }, presence: { ...presence, enabled: true } },
+      config: { broadcast: { ack: true, self: true }, presence: { ...presence, enabled: true } },
     });
-    if (options.batch !== false) extendJoinConfig(this.chatLane, { chorus: { batch: true } });
+    const history = options.history ?? 0;
+    const batch = options.batch !== false;
+    editJoinConfig(this.chatLane, (config) => ({
+      ...config,
+      ...(batch ? { chorus: { batch: true } } : {}),
+      ...(history > 0 ? { broadcast: { ...config.broadcast, replay: { since: 0, limit: history } } } : {}),
+    }));
     this.reactionsLane = client.channel(`room:${options.id}:reactions`, {
       config: { broadcast: { ack: false, self: true }, presence },
     });
@@ -243,7 +248,7 @@ export class Room {
 
   /** The green dot: which of `users` are online anywhere on the node. */
   async online(users: string[]): Promise<Record<string, boolean>> {
-    const url = `${this.client.httpEndpoint}/api/presence/online?keys=${users.map(encodeURIComponent).join(',')}`;
+    const url = `${this.httpBase()}/api/presence/online?keys=${users.map(encodeURIComponent).join(',')}`;
     const body = (await this.http(url)) as { online?: string[] | Record<string, boolean> };
     const online = body.online ?? [];
     const set = new Set(Array.isArray(online) ? online : Object.keys(online).filter((k) => (online as Record<string, boolean>)[k]));
@@ -253,7 +258,7 @@ export class Room {
   /** Stored chat messages, newest first (the history API). */
   async history(limit = 50): Promise<ChatMessage[]> {
     const topic = encodeURIComponent(`realtime:room:${this.id}:chat`);
-    const body = (await this.http(`${this.client.httpEndpoint}/api/channels/${topic}/messages?limit=${limit}`)) as {
+    const body = (await this.http(`${this.httpBase()}/api/channels/${topic}/messages?limit=${limit}`)) as {
       messages: { id: string; event: string; payload: any }[];
     };
     return body.messages.map((m) => ({ event: m.event, payload: m.payload, replayed: true, id: String(m.id) }));
@@ -266,6 +271,11 @@ export class Room {
 
   private async broadcast(channel: RealtimeChannel, event: string, payload: object): Promise<void> {
     await push(channel, 'broadcast', { type: 'broadcast', event, payload }, this.timeoutMs);
+  }
+
+  /** `http(s)://host/realtime/v1`: realtime-js' `httpEndpoint` is its broadcast URL. */
+  private httpBase(): string {
+    return this.client.httpEndpoint.replace(/\/api\/broadcast\/?$/, '');
   }
 
   private async http(url: string): Promise<unknown> {
