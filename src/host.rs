@@ -3,11 +3,11 @@
 //! guest using them runs on `chorus`, not on stock `lunatic`.
 
 use chorus_core::data::{DataRequest, DataResponse};
-use chorus_core::modules::CallResult;
-use serde::Deserialize;
 use chorus_core::lanes::Lane;
 use chorus_core::metrics::Metric;
+use chorus_core::modules::CallResult;
 use chorus_core::phoenix::Vsn;
+use serde::Deserialize;
 
 mod ffi {
     #[link(wasm_import_module = "chorus")]

@@ -94,7 +94,10 @@ fn spec(config: &Config) -> SupervisorSpec {
         .intensity(10)
         .period(Duration::from_secs(10))
         .child(ChildSpec::supervisor("presence", presence))
-        .child(ChildSpec::supervisor("modules", modules::supervisor(config)).register(modules::SUPERVISOR))
+        .child(
+            ChildSpec::supervisor("modules", modules::supervisor(config))
+                .register(modules::SUPERVISOR),
+        )
         .child(ChildSpec::supervisor("channels", directories))
         .child(ChildSpec::supervisor("gateway", gateway))
 }

@@ -109,12 +109,17 @@ pub fn parse_chat_answer(bytes: &[u8], max_payload: usize) -> Result<Verdict, St
             Some(reason) if !reason.is_empty() && reason.len() <= 1024 => {
                 Ok(Verdict::Reject(reason.to_string()))
             }
-            _ => Err("answered verdict \"reject\" without a reason (a string of 1 to 1024 bytes)".into()),
+            _ => Err(
+                "answered verdict \"reject\" without a reason (a string of 1 to 1024 bytes)".into(),
+            ),
         },
         Some(other) => Err(format!("answered an unknown verdict {other:?}")),
         None => match value.get("error").and_then(Value::as_str) {
             Some(reason) => Err(format!("answered with an error: {reason}")),
-            None => Err(format!("answered {} which is not a verdict", excerpt(bytes))),
+            None => Err(format!(
+                "answered {} which is not a verdict",
+                excerpt(bytes)
+            )),
         },
     }
 }
@@ -345,8 +350,12 @@ mod tests {
         };
         let v: Value = serde_json::from_slice(&anonymous.encode()).expect("valid JSON");
         assert_eq!(v["user"], Value::Null);
-        let init: Value = serde_json::from_slice(&init_request("m", &json!({"k": 1}))).expect("JSON");
-        assert_eq!(init, json!({"type": "init", "name": "m", "abi": 1, "settings": {"k": 1}}));
+        let init: Value =
+            serde_json::from_slice(&init_request("m", &json!({"k": 1}))).expect("JSON");
+        assert_eq!(
+            init,
+            json!({"type": "init", "name": "m", "abi": 1, "settings": {"k": 1}})
+        );
     }
 
     #[test]
@@ -378,9 +387,15 @@ mod tests {
             (r#"{"verdict":"replace"}"#, "without a payload"),
             (r#"{"verdict":"reject"}"#, "without a reason"),
             (r#"{"verdict":"reject","reason":""}"#, "without a reason"),
-            (r#"{"verdict":"replace","payload":"0123456789012345678901234567890123"}"#, "limits.max_payload_bytes"),
+            (
+                r#"{"verdict":"replace","payload":"0123456789012345678901234567890123"}"#,
+                "limits.max_payload_bytes",
+            ),
             (r#"[1,2]"#, "not a verdict"),
-            (r#"{"error":"unsupported"}"#, "answered with an error: unsupported"),
+            (
+                r#"{"error":"unsupported"}"#,
+                "answered with an error: unsupported",
+            ),
         ] {
             let err = parse(garbage).expect_err(garbage);
             assert!(err.contains(says), "{garbage}: {err}");
@@ -400,15 +415,24 @@ mod tests {
         ] {
             assert_eq!(CallResult::decode(&r.encode()), r);
         }
-        assert!(matches!(CallResult::decode(&[]), CallResult::Unavailable(_)));
-        assert!(matches!(CallResult::decode(&[9, 1]), CallResult::Unavailable(_)));
+        assert!(matches!(
+            CallResult::decode(&[]),
+            CallResult::Unavailable(_)
+        ));
+        assert!(matches!(
+            CallResult::decode(&[9, 1]),
+            CallResult::Unavailable(_)
+        ));
     }
 
     #[test]
     fn pipeline_order_is_enabled_first_then_by_name() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            pipeline(&s(&["slowmode", "gone"]), &s(&["zeta", "moderation", "slowmode"])),
+            pipeline(
+                &s(&["slowmode", "gone"]),
+                &s(&["zeta", "moderation", "slowmode"])
+            ),
             s(&["slowmode", "gone", "moderation", "zeta"])
         );
         assert_eq!(pipeline(&[], &s(&["b", "a", "b"])), s(&["a", "b"]));

@@ -51,14 +51,20 @@ impl Assets {
         let mut total = 0;
         for entry in listing.flatten() {
             let path = entry.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+            else {
                 continue;
             };
             if !path.is_file() {
                 continue;
             }
             if assets.files.len() == MAX_FILES {
-                tracing::warn!("node.demo_dir {dir}: more than {MAX_FILES} files; the rest is not served");
+                tracing::warn!(
+                    "node.demo_dir {dir}: more than {MAX_FILES} files; the rest is not served"
+                );
                 break;
             }
             match std::fs::read(&path) {
@@ -72,7 +78,12 @@ impl Assets {
                 Err(e) => tracing::warn!("node.demo_dir {dir}: cannot read {name}: {e}"),
             }
         }
-        tracing::info!(dir, files = assets.files.len(), bytes = total, "demo room files loaded");
+        tracing::info!(
+            dir,
+            files = assets.files.len(),
+            bytes = total,
+            "demo room files loaded"
+        );
         assets
     }
 
@@ -102,11 +113,16 @@ mod tests {
         std::fs::write(dir.join("index.html"), "<p>hi</p>").expect("write");
         std::fs::write(dir.join("sub").join("x.js"), "no").expect("write");
         let assets = Assets::load(dir.to_str().unwrap_or_default());
-        assert_eq!(assets.get("index.html"), b"text/html; charset=utf-8\n<p>hi</p>");
+        assert_eq!(
+            assets.get("index.html"),
+            b"text/html; charset=utf-8\n<p>hi</p>"
+        );
         assert!(assets.get("sub/x.js").is_empty());
         assert!(assets.get("../index.html").is_empty());
         assert!(assets.get("sub").is_empty());
-        assert!(Assets::load("/nonexistent/chorus").get("index.html").is_empty());
+        assert!(Assets::load("/nonexistent/chorus")
+            .get("index.html")
+            .is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

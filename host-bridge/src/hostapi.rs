@@ -436,16 +436,20 @@ impl HostApi {
         )?;
 
         let api = self.clone();
-        linker.func_wrap0_async("chorus", "modules_reload", move |caller: Caller<'_, State>| {
-            let api = api.clone();
-            Box::new(async move {
-                let report = match &api.modules {
-                    Some(m) => serde_json::to_vec(&m.reload().await)?,
-                    None => b"{}".to_vec(),
-                };
-                Ok(api.park(caller.data().id(), report))
-            })
-        })?;
+        linker.func_wrap0_async(
+            "chorus",
+            "modules_reload",
+            move |caller: Caller<'_, State>| {
+                let api = api.clone();
+                Box::new(async move {
+                    let report = match &api.modules {
+                        Some(m) => serde_json::to_vec(&m.reload().await)?,
+                        None => b"{}".to_vec(),
+                    };
+                    Ok(api.park(caller.data().id(), report))
+                })
+            },
+        )?;
 
         let api = self.clone();
         linker.func_wrap(
@@ -462,7 +466,11 @@ impl HostApi {
         linker.func_wrap4_async(
             "chorus",
             "module_call",
-            move |mut caller: Caller<'_, State>, name_ptr: u32, name_len: u32, ptr: u32, len: u32| {
+            move |mut caller: Caller<'_, State>,
+                  name_ptr: u32,
+                  name_len: u32,
+                  ptr: u32,
+                  len: u32| {
                 let api = api.clone();
                 Box::new(async move {
                     let name = read_guest(&mut caller, name_ptr, name_len.min(256))?;

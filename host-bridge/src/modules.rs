@@ -39,11 +39,11 @@ use chorus_core::config::{LimitsConfig, ModulesConfig};
 use chorus_core::modules::{self as abi, CallResult};
 use serde::Serialize;
 use serde_json::Value;
+use wasi_common::ErrorExt;
 use wasmtime::{
     Caller, Engine, InstancePre, Linker, Memory, Store, StoreLimits, StoreLimitsBuilder, Trap,
     TypedFunc,
 };
-use wasi_common::ErrorExt;
 use wasmtime_wasi::WasiCtx;
 
 /// Fuel between two yields of a running module (about a millisecond of
@@ -318,7 +318,9 @@ impl ModuleHost {
                         Err(e) => Err(e),
                     };
                     match &code {
-                        Ok(_) => tracing::info!(module = %name, file = %file.display(), "module loaded"),
+                        Ok(_) => {
+                            tracing::info!(module = %name, file = %file.display(), "module loaded")
+                        }
                         Err(e) => tracing::error!("module {name} ({}): {e}", file.display()),
                     }
                     Entry {
@@ -359,8 +361,8 @@ impl ModuleHost {
             return Ok(Vec::new());
         }
         let dir = Path::new(&self.config.dir);
-        let listing = std::fs::read_dir(dir)
-            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        let listing =
+            std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
         let mut found = Vec::new();
         for entry in listing.flatten() {
             let path = entry.path();
@@ -388,10 +390,11 @@ impl ModuleHost {
     /// Compiles, links and tries one module.
     async fn load(&self, name: &str, wasm: Vec<u8>, settings: Value) -> Result<Arc<Code>, String> {
         let engine = self.engine.clone();
-        let module = tokio::task::spawn_blocking(move || wasmtime::Module::from_binary(&engine, &wasm))
-            .await
-            .map_err(|e| format!("compilation did not finish: {e}"))?
-            .map_err(|e| format!("not a valid WebAssembly module: {}", root_cause(&e)))?;
+        let module =
+            tokio::task::spawn_blocking(move || wasmtime::Module::from_binary(&engine, &wasm))
+                .await
+                .map_err(|e| format!("compilation did not finish: {e}"))?
+                .map_err(|e| format!("not a valid WebAssembly module: {}", root_cause(&e)))?;
         let pre = self.linker.instantiate_pre(&module).map_err(|e| {
             format!(
                 "cannot be linked: {} (a module may import only WASI preview 1 and chorus_module.log)",

@@ -166,7 +166,17 @@ pub async fn exec(args: ExecArgs) -> Result<ExitCode> {
     argv.extend(args.args);
     sysctl::ensure_max_map_count(config.runtime.min_max_map_count);
     let config_json = serde_json::to_vec(&config)?;
-    spawn_main(&config, wasm, argv, args.dir, None, None, config_json, false).await
+    spawn_main(
+        &config,
+        wasm,
+        argv,
+        args.dir,
+        None,
+        None,
+        config_json,
+        false,
+    )
+    .await
 }
 
 /// Compiles `wasm`, spawns its `_start` as the root process and waits for it
@@ -189,7 +199,14 @@ async fn spawn_main(
         true => crate::assets::Assets::load(&config.node.demo_dir),
         false => crate::assets::Assets::default(),
     };
-    let api = HostApi::new(config_json, data, env.clone(), &config.limits, modules, assets);
+    let api = HostApi::new(
+        config_json,
+        data,
+        env.clone(),
+        &config.limits,
+        modules,
+        assets,
+    );
     api.start_sweeper();
     let cache = crate::engine::cache_dir(&config.runtime.module_cache);
     let module = Arc::new(engine.compile(wasm, api, cache.as_deref())?);

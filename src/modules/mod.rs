@@ -30,7 +30,9 @@ use chorus_core::room::{self, Lane};
 use lunatic::Tag;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use supervisors::{ChildRef, ChildSpec, Incoming, Restart, Strategy, SupervisorRef, SupervisorSpec};
+use supervisors::{
+    ChildRef, ChildSpec, Incoming, Restart, Strategy, SupervisorRef, SupervisorSpec,
+};
 
 use crate::channel::{Body, ChannelMsg};
 use crate::host;
@@ -85,11 +87,17 @@ pub fn reconcile(config: &Config) -> Result<(), String> {
     for name in running.difference(&wanted) {
         // Gone from the directory, failed to reload or disabled.
         let _ = sup.terminate_child(&child_id(name));
-        host::log(host::Level::Info, &format!("module {name}: process stopped"));
+        host::log(
+            host::Level::Info,
+            &format!("module {name}: process stopped"),
+        );
     }
     for name in wanted.difference(&running) {
         match sup.start_child(module_spec(name, config)) {
-            Ok(_) => host::log(host::Level::Info, &format!("module {name}: process started")),
+            Ok(_) => host::log(
+                host::Level::Info,
+                &format!("module {name}: process started"),
+            ),
             // Started meanwhile by the other caller of `reconcile`.
             Err(supervisors::Error::DuplicateChild(_)) => {}
             Err(e) => {

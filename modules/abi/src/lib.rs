@@ -290,7 +290,9 @@ mod tests {
     impl Module for Echo {
         fn init(settings: &Value) -> Result<Self, String> {
             match settings.get("prefix") {
-                None => Ok(Echo { prefix: String::new() }),
+                None => Ok(Echo {
+                    prefix: String::new(),
+                }),
                 Some(Value::String(p)) => Ok(Echo { prefix: p.clone() }),
                 Some(_) => Err("prefix must be a string".into()),
             }
@@ -321,7 +323,10 @@ mod tests {
     #[test]
     fn init_then_chat_gives_each_verdict() {
         let state = RefCell::new(None);
-        assert_eq!(call(&state, chat("x")), json!({"error": "chat before init"}));
+        assert_eq!(
+            call(&state, chat("x")),
+            json!({"error": "chat before init"})
+        );
         let init = json!({"type": "init", "name": "echo", "abi": 1, "settings": {"prefix": "> "}});
         assert_eq!(call(&state, init), json!({"ok": true}));
         assert_eq!(
@@ -339,12 +344,23 @@ mod tests {
     fn bad_settings_and_bad_messages_are_errors() {
         let state = RefCell::new(None);
         let init = json!({"type": "init", "settings": {"prefix": 3}});
-        assert_eq!(call(&state, init), json!({"error": "prefix must be a string"}));
+        assert_eq!(
+            call(&state, init),
+            json!({"error": "prefix must be a string"})
+        );
         assert!(state.borrow().is_none());
-        assert_eq!(call(&state, json!({"type": "tick"})), json!({"error": "unsupported message type \"tick\""}));
-        assert_eq!(call(&state, json!({})), json!({"error": "message without a type"}));
+        assert_eq!(
+            call(&state, json!({"type": "tick"})),
+            json!({"error": "unsupported message type \"tick\""})
+        );
+        assert_eq!(
+            call(&state, json!({})),
+            json!({"error": "message without a type"})
+        );
         let out: Value = serde_json::from_slice(&handle(&state, b"{nope")).expect("JSON");
-        assert!(out["error"].as_str().is_some_and(|e| e.starts_with("message is not JSON")));
+        assert!(out["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("message is not JSON")));
     }
 
     #[test]

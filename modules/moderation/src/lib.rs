@@ -24,14 +24,21 @@ fn settings(settings: &Value) -> Result<(Vec<String>, Action), String> {
     let Some(map) = settings.as_object() else {
         return Err("settings must be a table".into());
     };
-    if let Some(key) = map.keys().find(|k| !matches!(k.as_str(), "words" | "action")) {
+    if let Some(key) = map
+        .keys()
+        .find(|k| !matches!(k.as_str(), "words" | "action"))
+    {
         return Err(format!("unknown setting {key:?} (known: words, action)"));
     }
     let words: Vec<String> = match map.get("words") {
         None => Vec::new(),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|w| w.as_str().map(str::to_string).ok_or("words: every entry must be a string"))
+            .map(|w| {
+                w.as_str()
+                    .map(str::to_string)
+                    .ok_or("words: every entry must be a string")
+            })
             .collect::<Result<_, _>>()?,
         // A comma-separated string, as an environment variable would give.
         Some(Value::String(list)) => list.split(',').map(str::to_string).collect(),
@@ -64,8 +71,15 @@ impl Module for Moderation {
             Decision::Masked(payload) => Verdict::Replace(payload),
             Decision::Rejected => Verdict::Reject(filter::REJECT_REASON.to_string()),
         };
-        let what = if matches!(verdict, Verdict::Reject(_)) { "rejected" } else { "masked" };
-        log(Level::Debug, &format!("{what} a {:?} message in room {}", chat.event, chat.room));
+        let what = if matches!(verdict, Verdict::Reject(_)) {
+            "rejected"
+        } else {
+            "masked"
+        };
+        log(
+            Level::Debug,
+            &format!("{what} a {:?} message in room {}", chat.event, chat.room),
+        );
         verdict
     }
 }
@@ -91,8 +105,11 @@ mod tests {
         }
         let chat = json!({"type": "chat", "room": "r", "topic": "realtime:room:r:chat",
                           "event": "msg", "user": "u", "payload": payload, "at_ms": 1});
-        serde_json::from_slice(&chorus_module::handle::<Moderation>(&state, chat.to_string().as_bytes()))
-            .expect("JSON")
+        serde_json::from_slice(&chorus_module::handle::<Moderation>(
+            &state,
+            chat.to_string().as_bytes(),
+        ))
+        .expect("JSON")
     }
 
     #[test]
@@ -102,15 +119,25 @@ mod tests {
             json!({"verdict": "replace", "payload": {"text": "a *******!"}})
         );
         assert_eq!(
-            run(json!({"words": "x, badword", "action": "reject"}), json!({"t": ["BADWORD"]})),
+            run(
+                json!({"words": "x, badword", "action": "reject"}),
+                json!({"t": ["BADWORD"]})
+            ),
             json!({"verdict": "reject", "reason": filter::REJECT_REASON})
         );
-        assert_eq!(run(json!({}), json!({"text": "badword"})), json!({"verdict": "deliver"}));
+        assert_eq!(
+            run(json!({}), json!({"text": "badword"})),
+            json!({"verdict": "deliver"})
+        );
     }
 
     #[test]
     fn bad_settings_are_refused_naming_the_setting() {
-        let error = |settings: Value| run(settings, json!({}))["error"].as_str().map(str::to_string);
+        let error = |settings: Value| {
+            run(settings, json!({}))["error"]
+                .as_str()
+                .map(str::to_string)
+        };
         assert!(error(json!({"words": ["two words"]})).is_some_and(|e| e.contains("\"two words\"")));
         assert!(error(json!({"action": "shout"})).is_some_and(|e| e.starts_with("action:")));
         assert!(error(json!({"word": []})).is_some_and(|e| e.contains("\"word\"")));

@@ -45,8 +45,11 @@ impl Slowmode {
     /// the least recently active pair.
     fn make_room(&mut self, now: u64) {
         let window = self.window_ms;
-        self.recent
-            .retain(|_, times| times.back().is_some_and(|t| now.saturating_sub(*t) < window));
+        self.recent.retain(|_, times| {
+            times
+                .back()
+                .is_some_and(|t| now.saturating_sub(*t) < window)
+        });
         if self.recent.len() >= self.max_tracked {
             let oldest = self
                 .recent
@@ -149,7 +152,10 @@ mod tests {
         assert_eq!(post(&mut m, "s", Some("ana"), 2_500), Verdict::Deliver);
         // A refused message does not count; the window slides.
         assert_eq!(post(&mut m, "r", Some("ana"), 11_000), Verdict::Deliver);
-        assert!(matches!(post(&mut m, "r", Some("ana"), 11_500), Verdict::Reject(_)));
+        assert!(matches!(
+            post(&mut m, "r", Some("ana"), 11_500),
+            Verdict::Reject(_)
+        ));
         assert_eq!(post(&mut m, "r", Some("ana"), 12_000), Verdict::Deliver);
         // REST posts have no user and are never limited.
         for t in 0..10 {
@@ -166,7 +172,10 @@ mod tests {
         }
         // The least recently active ("a", "b") were forgotten; "e" is limited.
         assert_eq!(post(&mut m, "r", Some("a"), 10), Verdict::Deliver);
-        assert!(matches!(post(&mut m, "r", Some("e"), 10), Verdict::Reject(_)));
+        assert!(matches!(
+            post(&mut m, "r", Some("e"), 10),
+            Verdict::Reject(_)
+        ));
     }
 
     #[test]
@@ -181,6 +190,9 @@ mod tests {
             assert!(err.contains(want), "{settings}: {err}");
         }
         let m = module(json!({}));
-        assert_eq!((m.messages, m.window_ms, m.max_tracked), (5, 10_000, 10_000));
+        assert_eq!(
+            (m.messages, m.window_ms, m.max_tracked),
+            (5, 10_000, 10_000)
+        );
     }
 }

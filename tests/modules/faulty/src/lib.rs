@@ -34,7 +34,11 @@ impl Module for Faulty {
     }
 
     fn on_chat(&mut self, chat: &Chat<'_>) -> Verdict {
-        let text = chat.payload.get("text").and_then(Value::as_str).unwrap_or("");
+        let text = chat
+            .payload
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         match (self.mode.as_str(), text) {
             ("loop_on_chat", "loop") => {
                 let mut n: u64 = 0;
@@ -78,7 +82,11 @@ pub extern "C" fn chorus_handle(_ptr: *const u8, len: u32) -> u64 {
         let message: Value = serde_json::from_slice(&input[..(len as usize).min(input.len())])
             .unwrap_or(Value::Null);
         message["payload"]["text"] == "garbage"
-            && STATE.with(|s| s.borrow().as_ref().is_some_and(|f| f.mode == "garbage_on_chat"))
+            && STATE.with(|s| {
+                s.borrow()
+                    .as_ref()
+                    .is_some_and(|f| f.mode == "garbage_on_chat")
+            })
     });
     if wants_garbage {
         return GARBAGE.with(|g| ((g.as_ptr() as u64) << 32) | g.len() as u64);
