@@ -10,7 +10,7 @@
 // them elsewhere).
 
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
@@ -113,6 +113,20 @@ describe('the demo room in headless Chromium, three contexts', () => {
     for (const page of [ana, bo, cy]) {
       assert.equal(await page.evaluate(() => window.chorusDemo.soundOn()), true, 'WebAudio runs');
     }
+    // What this run measured, kept beside the screenshots.
+    writeFileSync(
+      path.join(ARTIFACTS, 'sync.json'),
+      JSON.stringify(
+        {
+          position_spread_ms: { host_and_listener: spread(two), with_late_joiner: spread(three) },
+          beats_compared: beats.beats,
+          beat_schedule_spread_ms: beats.worst,
+          limit_ms: SYNC_MS,
+        },
+        null,
+        2,
+      ) + '\n',
+    );
 
     // History for the late joiner, live chat for everyone.
     await waitFor(

@@ -160,22 +160,25 @@ async function start(user: string, roomId: string, hosting: boolean): Promise<vo
       if (span) span.textContent = String(n);
     }
   });
+  const showTrack = (state: { track: string; playing: boolean }) => {
+    $('track').textContent = `${state.track} ${state.playing ? '' : '(paused)'}`;
+  };
   room.on('playback', ({ state }) => {
     clicks.reset();
-    $('track').textContent = `${state.track} ${state.playing ? '' : '(paused)'}`;
+    showTrack(state);
   });
 
   await room.join();
   await room.audio.track({ user });
   $('status').textContent = `joined room ${roomId} as ${user}`;
   $('join').hidden = true;
-  $('room').hidden = false;
+  $('stage').hidden = false;
   $('sync').textContent = `clock: offset ${room.clock.offset.toFixed(1)} ms, round trip ${room.clock.rtt.toFixed(1)} ms`;
   if (hosting) $('host-controls').hidden = false;
 
   const publish = async (state: PlaybackInput) => {
     try {
-      await room.publishPlayback(state);
+      showTrack(await room.publishPlayback(state));
       clicks.reset();
     } catch (e) {
       $('sync').textContent = `playback refused: ${e instanceof PushError ? e.reason : String(e)}`;

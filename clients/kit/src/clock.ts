@@ -22,7 +22,9 @@ export interface ClockSample {
 /** The sample of one exchange: `t0` sent, `t3` reply received (client ms). */
 export function clockSample(reply: ClockReply, t3: number): ClockSample {
   const { t0, server_receive_ms: t1, server_send_ms: t2 } = reply;
-  return { offset: (t1 - t0 + (t2 - t3)) / 2, rtt: t3 - t0 - (t2 - t1) };
+  // Clocks tick in whole ms on some platforms: a round trip shorter than a
+  // tick can come out slightly negative.
+  return { offset: (t1 - t0 + (t2 - t3)) / 2, rtt: Math.max(0, t3 - t0 - (t2 - t1)) };
 }
 
 /** The sample with the smallest round trip (its offset is the least skewed). */
