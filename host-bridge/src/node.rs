@@ -195,9 +195,10 @@ async fn spawn_main(
     let engine = Engine::new(&config.runtime)?;
     let envs = Arc::new(LunaticEnvironments::default());
     let env = envs.create(1).await;
-    let assets = match serve {
-        true => crate::assets::Assets::load(&config.node.demo_dir),
-        false => crate::assets::Assets::default(),
+    let assets = if serve {
+        crate::assets::Assets::load(&config.node.demo_dir)
+    } else {
+        crate::assets::Assets::default()
     };
     let api = HostApi::new(
         config_json,
