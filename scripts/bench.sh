@@ -63,7 +63,10 @@ ensure_centrifugo() {
   else
     gobin="$HOME/go/bin"
   fi
-  if [ -x "$gobin/centrifugo" ] && "$gobin/centrifugo" version 2>/dev/null | grep -q "${CENTRIFUGO_VERSION#v}"; then
+  # `go install` leaves the binary's own `version` at v0.0.0; the module
+  # version is in its build info.
+  if [ -x "$gobin/centrifugo" ] && [ -n "${go:-}" ] \
+     && "$go" version -m "$gobin/centrifugo" 2>/dev/null | grep -Eq "^[[:space:]]*mod[[:space:]]+$CENTRIFUGO_MODULE[[:space:]]+$CENTRIFUGO_VERSION([[:space:]]|\$)"; then
     CENTRIFUGO="$gobin/centrifugo"
     return 0
   fi

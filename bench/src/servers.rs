@@ -347,6 +347,26 @@ pub fn centrifugo_config(port: u16, scenario: Scenario) -> String {
     .to_string()
 }
 
+/// Centrifugo's version: a binary built by `go install` says v0.0.0 of
+/// itself, so the module version comes from its Go build info
+/// (`go version -m`), the binary's own word only without Go.
+fn centrifugo_version(bin: &Path) -> String {
+    let info = output_of("go", &["version", "-m", &bin.display().to_string()]);
+    let module = info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.as_slice() {
+            ["mod", path, version, ..] if path.starts_with("github.com/centrifugal/centrifugo") => {
+                Some(version.to_string())
+            }
+            _ => None,
+        }
+    });
+    match module {
+        Some(v) => format!("Centrifugo {v} (go install)"),
+        None => output_of(&bin.display().to_string(), &["version"]),
+    }
+}
+
 fn start_centrifugo(scenario: Scenario) -> Result<Server, String> {
     let bin = centrifugo_bin().ok_or(
         "centrifugo is not installed (scripts/bench.sh builds it: go install github.com/centrifugal/centrifugo/v6@v6.9.1)",
@@ -365,7 +385,7 @@ fn start_centrifugo(scenario: Scenario) -> Result<Server, String> {
             return Err(format!("centrifugo {e}"));
         }
     };
-    let version = output_of(&bin.display().to_string(), &["version"]);
+    let version = centrifugo_version(&bin);
     Ok(Server {
         addr: SocketAddr::from(([127, 0, 0, 1], CENTRIFUGO_PORT)),
         pid,

@@ -13,7 +13,6 @@ pub mod join;
 pub mod jwt;
 pub mod lanes;
 pub mod metrics;
-pub mod moderation;
 pub mod modules;
 pub mod outq;
 pub mod peak;

@@ -13,10 +13,12 @@
 //! The guest is embedded in the binary at build time (build.rs), so the
 //! binary alone is the node and runs from any directory.
 
+mod assets;
 mod cli;
 mod engine;
 mod hostapi;
 mod metrics;
+mod modules;
 mod node;
 mod outlet;
 mod procstat;
