@@ -14,7 +14,9 @@
 //! | `GET /realtime/v1/api/channels/<topic>/messages?limit=&before=&after=` | stored history, newest first, ids as strings |
 //! | `GET /realtime/v1/api/rooms/<id>` | the room state (`{}` when never set) |
 //! | `PUT /realtime/v1/api/rooms/<id>` | merge `{"host": "<user>"}` (etc.) into the room state |
-//! | `GET /demo/…` | the demo room (files of `node.demo_dir`) |
+//! | `GET /demo` | redirects to `/demo/` |
+//! | `GET /demo/` | the demo room's page (`index.html` of `node.demo_dir`) |
+//! | `GET /demo/<file>` | a file of the demo room |
 //! | `GET /realtime/v1/api/modules` | the process modules: pipeline, each module's status and error |
 //! | `POST /realtime/v1/api/modules/reload` | reload `modules.dir`; answers the same report once the module processes run |
 

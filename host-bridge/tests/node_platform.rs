@@ -143,12 +143,21 @@ fn metrics_are_prometheus_text_with_the_node_counters() {
         value("chorus_processes") > 10,
         "the tree alone has more\n{text}"
     );
-    // Every non-comment line is `name value`.
+    // Every non-comment line is `name{labels} value`, the node's own series
+    // or the standard process ones.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (name, v) = line
-            .split_once(' ')
+        let (series, v) = line
+            .rsplit_once(' ')
             .unwrap_or_else(|| panic!("bad line {line:?}"));
-        assert!(name.starts_with("chorus_"), "{line:?}");
+        let name = series.split('{').next().unwrap_or_default();
+        assert!(
+            name.starts_with("chorus_") || name.starts_with("process_"),
+            "{line:?}"
+        );
+        assert!(
+            !series.contains('{') || series.ends_with('}'),
+            "bad labels in {line:?}"
+        );
         assert!(v.parse::<f64>().is_ok(), "{line:?}");
     }
 }

@@ -5,7 +5,9 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
@@ -21,7 +23,12 @@ let token;
 
 before(async () => {
   api = await SwaggerParser.validate(SPEC);
-  node = await startNode({ CHORUS_JWT_SECRET: SECRET });
+  // A demo directory of our own: the routes' answers must not depend on
+  // whether the demo bundle was built.
+  const demo = mkdtempSync(path.join(os.tmpdir(), 'chorus-openapi-demo-'));
+  writeFileSync(path.join(demo, 'index.html'), '<!doctype html><title>demo</title>');
+  writeFileSync(path.join(demo, 'app.js'), 'console.log(1)');
+  node = await startNode({ CHORUS_JWT_SECRET: SECRET, CHORUS_NODE_DEMO_DIR: demo });
   token = execFileSync(CHORUS_BIN, ['gentoken', '--sub', 'svc', '--role', 'service_role'], {
     env: { PATH: process.env.PATH, CHORUS_JWT_SECRET: SECRET },
   })
@@ -74,6 +81,7 @@ async function call(method, route, { path: actual, body, auth = true, headers = 
     method,
     headers: { ...(auth ? { Authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'Content-Type': 'application/json' } : {}), ...headers },
     body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    redirect: 'manual',
     signal: AbortSignal.timeout(10000),
   });
   const op = api.paths[route]?.[method.toLowerCase()];
@@ -84,6 +92,38 @@ async function call(method, route, { path: actual, body, auth = true, headers = 
   const json = doc.content?.['application/json'];
   if (json) checkRequired(json.schema, JSON.parse(text), `${method} ${route} ${res.status}`);
   return res.status;
+}
+
+/**
+ * A WebSocket upgrade request without a token, over a raw socket (fetch
+ * refuses `Connection: Upgrade`); checks the answer against the document like
+ * `call` and returns its status.
+ */
+function upgrade(route, actual) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(node.port, '127.0.0.1');
+    let raw = '';
+    sock.setTimeout(10000, () => sock.destroy(new Error('no answer to the upgrade')));
+    sock.on('error', reject);
+    sock.on('data', (d) => (raw += d.toString()));
+    sock.on('close', () => {
+      try {
+        const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(raw)?.[1]);
+        const doc = api.paths[route].get.responses[String(status)];
+        assert.ok(doc, `GET ${actual} answered ${JSON.stringify(raw.slice(0, 200))}, not listed in the document`);
+        const json = doc.content?.['application/json'];
+        const body = raw.slice(raw.indexOf('\r\n\r\n') + 4);
+        if (json) checkRequired(json.schema, JSON.parse(body), `GET ${route} ${status}`);
+        resolve(status);
+      } catch (e) {
+        reject(e);
+      }
+    });
+    sock.write(
+      `GET ${actual} HTTP/1.1\r\nHost: 127.0.0.1:${node.port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+        'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+    );
+  });
 }
 
 test('a live node answers every operation as documented', async () => {
@@ -111,7 +151,16 @@ test('a live node answers every operation as documented', async () => {
   assert.equal(await call('GET', rooms, { path: `/realtime/v1/api/rooms/${room}` }), 200);
   assert.equal(await call('PUT', rooms, { path: `/realtime/v1/api/rooms/${room}`, body: { host: 'alice' } }), 200);
   assert.equal(await call('PUT', rooms, { path: `/realtime/v1/api/rooms/${room}`, body: '[1,2' }), 400);
+  const modules = '/realtime/v1/api/modules';
+  assert.equal(await call('GET', modules), 200);
+  assert.equal(await call('GET', modules, { auth: false }), 401);
+  assert.equal(await call('POST', `${modules}/reload`), 200);
+  assert.equal(await call('POST', `${modules}/reload`, { auth: false }), 401);
+  assert.equal(await call('GET', '/demo', { auth: false }), 301);
+  assert.equal(await call('GET', '/demo/', { auth: false }), 200);
+  assert.equal(await call('GET', '/demo/{file}', { path: '/demo/app.js', auth: false }), 200);
+  assert.equal(await call('GET', '/demo/{file}', { path: '/demo/missing.js', auth: false }), 404);
   const ws = '/realtime/v1/websocket';
   assert.equal(await call('GET', ws, { path: `${ws}?vsn=9.9.9`, auth: false }), 400);
-  assert.equal(await call('GET', ws, { path: `${ws}?vsn=2.0.0`, auth: false, headers: { Connection: 'Upgrade', Upgrade: 'websocket' } }), 401);
+  assert.equal(await upgrade(ws, `${ws}?vsn=2.0.0`), 401);
 });
