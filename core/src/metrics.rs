@@ -69,6 +69,45 @@ impl Metric {
     }
 }
 
+macro_rules! host_metrics {
+    ($($variant:ident => $name:literal, $kind:ident, $label:expr, $help:literal;)*) => {
+        /// Every counter and gauge only the host knows, read at each scrape
+        /// (sockets, queues, the data service, supervision restarts), in a
+        /// fixed order. Declared here beside [`Metric`] so one test sees every
+        /// name the node exports.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u32)]
+        pub enum HostMetric { $($variant,)* }
+
+        impl HostMetric {
+            /// All host metrics, index = `self as usize`.
+            pub const ALL: &'static [HostMetric] = &[$(HostMetric::$variant,)*];
+            /// Prometheus name (counters with their `_total` suffix).
+            pub fn name(self) -> &'static str { match self { $(HostMetric::$variant => $name,)* } }
+            /// Counter or gauge.
+            pub fn kind(self) -> Kind { match self { $(HostMetric::$variant => Kind::$kind,)* } }
+            /// The label key of a metric exported as several series (one
+            /// per label value; counters only), `None` for a single series.
+            pub fn label(self) -> Option<&'static str> { match self { $(HostMetric::$variant => $label,)* } }
+            /// Prometheus HELP text.
+            pub fn help(self) -> &'static str { match self { $(HostMetric::$variant => $help,)* } }
+        }
+    };
+}
+
+host_metrics! {
+    Processes => "chorus_processes", Gauge, None, "lunatic processes alive on this node";
+    Outlets => "chorus_outlets", Gauge, None, "Sockets whose writes the host drains";
+    QueuedFrames => "chorus_outlet_queued_frames", Gauge, None, "Frames waiting in all sockets' send queues now";
+    StoreInFlight => "chorus_store_in_flight", Gauge, None, "Data-service requests waiting for an answer now";
+    StoreRequests => "chorus_store_requests_total", Counter, Some("op"), "Requests to the data service, by operation";
+    StoreBackendQueries => "chorus_store_backend_queries_total", Counter, Some("op"), "Queries the data service sent to its backend (after coalescing and caching), by operation";
+    ReactionsAggregated => "chorus_reactions_aggregated_total", Counter, None, "Reactions counted into a reaction_counts frame instead of queued (slow sockets)";
+    AudioReplaced => "chorus_audio_frames_replaced_total", Counter, None, "Unwritten audio frames replaced by a newer one of their topic (slow sockets)";
+    SlowConsumers => "chorus_slow_consumers_total", Counter, None, "Sockets closed with 1008 slow_consumer (a full control or chat lane, or a write stuck for 10 s)";
+    Restarts => "chorus_restarts_total", Counter, None, "Processes restarted by a supervisor";
+}
+
 /// Upper bounds of latency buckets, in nanoseconds (50 µs … 10 s).
 const LATENCY_NS: &[u64] = &[
     50_000,
@@ -157,6 +196,18 @@ impl Histogram {
     }
 }
 
+/// The standard process metrics the host exports (Prometheus' client
+/// conventions), for the name-clash check.
+pub const PROCESS_METRICS: &[&str] = &[
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_threads",
+    "process_start_time_seconds",
+];
+
 /// Content type of the Prometheus text format 0.0.4.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Content type of the OpenMetrics 1.0 text format.
@@ -216,6 +267,16 @@ mod tests {
             assert_eq!(Histogram::from_index(i as u32), Some(*h));
         }
         assert_eq!(Histogram::from_index(Histogram::ALL.len() as u32), None);
+        for (i, m) in HostMetric::ALL.iter().enumerate() {
+            assert_eq!(*m as usize, i);
+            if m.label().is_some() {
+                assert_eq!(
+                    m.kind(),
+                    Kind::Counter,
+                    "{m:?}: labelled host metrics are counters"
+                );
+            }
+        }
     }
 
     #[test]
@@ -228,23 +289,31 @@ mod tests {
                 assert_eq!(other, by, "{name} is claimed by {other} and {by}");
             }
         };
-        for m in Metric::ALL {
-            let family = match m.kind() {
-                Kind::Counter => m
-                    .name()
+        let own = Metric::ALL.iter().map(|m| (m.name(), m.kind()));
+        let host = HostMetric::ALL.iter().map(|m| (m.name(), m.kind()));
+        for (name, kind) in own.chain(host) {
+            let family = match kind {
+                Kind::Counter => name
                     .strip_suffix("_total")
-                    .unwrap_or_else(|| panic!("counter {} lacks _total", m.name())),
+                    .unwrap_or_else(|| panic!("counter {name} lacks _total")),
                 Kind::Gauge => {
-                    assert!(!m.name().ends_with("_total"), "gauge {}", m.name());
-                    m.name()
+                    assert!(!name.ends_with("_total"), "gauge {name}");
+                    name
                 }
             };
-            claim(family.to_string(), m.name());
-            claim(m.name().to_string(), m.name());
+            claim(family.to_string(), name);
+            claim(name.to_string(), name);
         }
         for h in Histogram::ALL {
             for suffix in ["", "_bucket", "_sum", "_count"] {
                 claim(format!("{}{suffix}", h.name()), h.name());
+            }
+        }
+        // Names the process collector exports.
+        for name in PROCESS_METRICS {
+            claim(name.to_string(), name);
+            if let Some(family) = name.strip_suffix("_total") {
+                claim(family.to_string(), name);
             }
         }
     }

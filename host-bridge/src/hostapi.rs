@@ -40,7 +40,7 @@ use anyhow::{anyhow, Result};
 use chorus_core::config::LimitsConfig;
 use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::lanes::Lane;
-use chorus_core::metrics::{Histogram, Metric};
+use chorus_core::metrics::{Histogram, HostMetric, Metric};
 use chorus_core::outq::OutqLimits;
 use chorus_core::phoenix::Vsn;
 use lunatic_networking_api::NetworkingCtx;
@@ -133,19 +133,23 @@ impl HostApi {
         use lunatic_process::env::Environment;
         let o = &self.outlets;
         let (queued_frames, largest_queue_frames) = o.queued_frames();
-        HostValues {
-            processes: self.env.process_count() as u64,
-            outlets: o.count() as u64,
-            queued_frames,
-            largest_queue_frames,
-            frames_out: o.frames_out.load(Ordering::Relaxed),
-            bytes_out: o.bytes_out.load(Ordering::Relaxed),
-            reactions_aggregated: o.reactions_aggregated.load(Ordering::Relaxed),
-            audio_replaced: o.audio_replaced.load(Ordering::Relaxed),
-            slow_consumers: o.slow_consumers.load(Ordering::Relaxed),
-            store_in_flight: self.store_in_flight.load(Ordering::Relaxed),
-            restarts,
-        }
+        let counter = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut host = HostValues::default();
+        host.largest_queue_frames = largest_queue_frames;
+        host.frames_out = counter(&o.frames_out);
+        host.bytes_out = counter(&o.bytes_out);
+        host.set(HostMetric::Processes, self.env.process_count() as u64)
+            .set(HostMetric::Outlets, o.count() as u64)
+            .set(HostMetric::QueuedFrames, queued_frames)
+            .set(HostMetric::StoreInFlight, counter(&self.store_in_flight))
+            .set(
+                HostMetric::ReactionsAggregated,
+                counter(&o.reactions_aggregated),
+            )
+            .set(HostMetric::AudioReplaced, counter(&o.audio_replaced))
+            .set(HostMetric::SlowConsumers, counter(&o.slow_consumers))
+            .set(HostMetric::Restarts, restarts);
+        host
     }
 
     /// Every metric as exposition text in `format`.

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use chorus_core::metrics::{self, Histogram, Kind, Metric};
+use chorus_core::metrics::{self, Histogram, HostMetric, Kind, Metric};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -81,26 +81,28 @@ impl Series {
     }
 }
 
-/// What the host knows beside the atomics, read at scrape time.
+/// What the host knows beside the atomics, read at scrape time: a value
+/// per unlabelled [`HostMetric`], plus what is folded into the guest's
+/// counters or shown on the dashboard only.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostValues {
-    /// lunatic processes alive.
-    pub processes: u64,
-    /// Sockets whose writes the host drains.
-    pub outlets: u64,
-    /// Frames waiting in all outlets, and in the fullest one.
-    pub queued_frames: u64,
+    values: [u64; HostMetric::ALL.len()],
+    /// Frames in the fullest send queue (dashboard).
     pub largest_queue_frames: u64,
-    /// Frames and bytes the outlets wrote (added to the guest's counters).
+    /// Frames and bytes the host wrote (added to the guest's counters).
     pub frames_out: u64,
     pub bytes_out: u64,
-    pub reactions_aggregated: u64,
-    pub audio_replaced: u64,
-    pub slow_consumers: u64,
-    /// Data-service requests in flight.
-    pub store_in_flight: u64,
-    /// Processes restarted by a supervisor (the guest counts them).
-    pub restarts: u64,
+}
+
+impl HostValues {
+    pub fn get(&self, m: HostMetric) -> u64 {
+        self.values[m as usize]
+    }
+
+    pub fn set(&mut self, m: HostMetric, v: u64) -> &mut Self {
+        self.values[m as usize] = v;
+        self
+    }
 }
 
 /// The last samples the dashboard reads.
@@ -309,7 +311,7 @@ impl Metrics {
             "sessions": v(Metric::SessionsActive),
             "channels": v(Metric::ChannelsActive),
             "peak_channels": v(Metric::PeakChannels),
-            "processes": host.processes,
+            "processes": host.get(HostMetric::Processes),
             "messages_in_per_s": rate(|s| s.messages_in),
             "messages_out_per_s": rate(|s| s.messages_out),
             "bytes_in_per_s": rate(|s| s.bytes_in),
@@ -318,20 +320,20 @@ impl Metrics {
             "messages_out_total": v(Metric::MessagesOut),
             "store": {
                 "ops_per_s": rate(|s| s.store_ops),
-                "in_flight": host.store_in_flight,
+                "in_flight": host.get(HostMetric::StoreInFlight),
                 "latency": recent(Histogram::StoreAppend, |s| &s.store),
             },
             "fanout_latency": recent(Histogram::FanoutLatency, |s| &s.fanout),
             "window_s": window_s,
-            "restarts": host.restarts,
+            "restarts": host.get(HostMetric::Restarts),
             "queues": {
-                "outlets": host.outlets,
-                "queued_frames": host.queued_frames,
+                "outlets": host.get(HostMetric::Outlets),
+                "queued_frames": host.get(HostMetric::QueuedFrames),
                 "largest_queue_frames": host.largest_queue_frames,
-                "store_in_flight": host.store_in_flight,
+                "store_in_flight": host.get(HostMetric::StoreInFlight),
             },
             "refusals": {
-                "slow_consumers": host.slow_consumers,
+                "slow_consumers": host.get(HostMetric::SlowConsumers),
                 "rate_limited": v(Metric::RateLimited),
                 "protocol_errors": v(Metric::ProtocolErrors),
             },
@@ -406,72 +408,24 @@ fn encode_all(s: &Scrape, mut e: DescriptorEncoder) -> std::fmt::Result {
             Kind::Gauge => gauge(&mut e, metric.name(), metric.help(), *v)?,
         }
     }
-    gauge(
-        &mut e,
-        "chorus_processes",
-        "lunatic processes alive on this node",
-        h.processes,
-    )?;
-    gauge(
-        &mut e,
-        "chorus_outlets",
-        "Sockets whose writes the host drains",
-        h.outlets,
-    )?;
-    gauge(
-        &mut e,
-        "chorus_outlet_queued_frames",
-        "Frames waiting in all sockets' send queues now",
-        h.queued_frames,
-    )?;
-    gauge(
-        &mut e,
-        "chorus_store_in_flight",
-        "Data-service requests waiting for an answer now",
-        h.store_in_flight,
-    )?;
-    counter(
-        &mut e,
-        "chorus_reactions_aggregated_total",
-        "Reactions counted into a reaction_counts frame instead of queued (slow sockets)",
-        h.reactions_aggregated,
-    )?;
-    counter(
-        &mut e,
-        "chorus_audio_frames_replaced_total",
-        "Unwritten audio frames replaced by a newer one of their topic (slow sockets)",
-        h.audio_replaced,
-    )?;
-    counter(
-        &mut e,
-        "chorus_slow_consumers_total",
-        "Sockets closed with 1008 slow_consumer (a full control or chat lane, or a write stuck for 10 s)",
-        h.slow_consumers,
-    )?;
-    counter(
-        &mut e,
-        "chorus_restarts_total",
-        "Processes restarted by a supervisor",
-        h.restarts,
-    )?;
-    if !s.store.is_empty() {
-        for (name, help, requests) in [
-            (
-                "chorus_store_requests",
-                "Requests to the data service, by operation",
-                true,
-            ),
-            (
-                "chorus_store_backend_queries",
-                "Queries the data service sent to its backend (after coalescing and caching), by operation",
-                false,
-            ),
-        ] {
-            let mut enc = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (op, r, q) in &s.store {
-                let v = if requests { *r } else { *q };
-                ConstCounter::new(v).encode(enc.encode_family(&[("op", op.as_str())])?)?;
+    for m in HostMetric::ALL {
+        match (m.label(), m.kind()) {
+            (None, Kind::Counter) => counter(&mut e, m.name(), m.help(), h.get(*m))?,
+            (None, Kind::Gauge) => gauge(&mut e, m.name(), m.help(), h.get(*m))?,
+            // The data service's counters, one series per operation; none
+            // without a data service.
+            (Some(label), _) if !s.store.is_empty() => {
+                let family = m.name().strip_suffix("_total").unwrap_or(m.name());
+                let mut enc = e.encode_descriptor(family, m.help(), None, MetricType::Counter)?;
+                for (op, requests, queries) in &s.store {
+                    let v = match m {
+                        HostMetric::StoreBackendQueries => *queries,
+                        _ => *requests,
+                    };
+                    ConstCounter::new(v).encode(enc.encode_family(&[(label, op.as_str())])?)?;
+                }
             }
+            (Some(_), _) => {}
         }
     }
     // Histograms: series sharing a name are one family.
@@ -565,11 +519,9 @@ mod tests {
         let m = Metrics::new("n1");
         m.add(1, Metric::SessionsTotal, 3);
         m.add(1, Metric::SessionsActive, 2);
-        let host = HostValues {
-            processes: 9,
-            restarts: 4,
-            ..HostValues::default()
-        };
+        let mut host = HostValues::default();
+        host.set(HostMetric::Processes, 9)
+            .set(HostMetric::Restarts, 4);
         let text = m.render(&host, &[("append", 5, 4)], Format::Prometheus);
         assert!(
             text.contains("# TYPE chorus_sessions_total counter\n"),
@@ -597,6 +549,28 @@ mod tests {
                 .filter(|f| text.contains(&format!("# TYPE {f} histogram\n")))
                 .unwrap_or(name);
             assert!(text.contains(&format!("# TYPE {family} ")), "{l}\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_declared_host_and_process_metric_is_rendered() {
+        let m = Metrics::new("n1");
+        let text = m.render(
+            &HostValues::default(),
+            &[("append", 1, 1)],
+            Format::Prometheus,
+        );
+        let names = HostMetric::ALL
+            .iter()
+            .map(|h| h.name())
+            .chain(metrics::PROCESS_METRICS.iter().copied());
+        for name in names {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{name} "))
+                        || l.starts_with(&format!("{name}{{"))),
+                "{name} missing in\n{text}"
+            );
         }
     }
 
