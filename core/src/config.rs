@@ -38,6 +38,10 @@ pub struct NodeConfig {
     /// Test-only fault injection: a client may crash its own session with
     /// the `chorus_crash` event on topic `phoenix`. Never enable in production.
     pub fault_injection: bool,
+    /// Browser origins allowed to open a WebSocket (`Origin` header, e.g.
+    /// `https://app.example.com`); empty allows every origin. Clients that
+    /// send no `Origin` (servers, native apps) are not affected.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Which backend the data service uses.
@@ -99,6 +103,25 @@ pub struct LimitsConfig {
     /// Linux caps it at `net.core.somaxconn`). Too small a queue refuses
     /// clients during connect storms.
     pub listen_backlog: u32,
+    /// Deepest nesting of arrays and objects a client's JSON may have
+    /// (payloads and frames); deeper frames are refused with a reason.
+    /// Guest processes run on small stacks, and parsers recurse per level.
+    pub max_json_depth: u32,
+    /// Client messages the host holds for a session that has not taken them
+    /// yet; past it the host stops reading that socket until the session
+    /// catches up (TCP backpressure on that client only).
+    pub inlet_queue_messages: u32,
+    /// Total time a client has to send its whole HTTP request head (not per
+    /// read: a byte every few seconds does not keep a connection open).
+    pub http_head_timeout_ms: u64,
+    /// Total time a client has to send an HTTP request body.
+    pub http_body_timeout_ms: u64,
+    /// Open connections one IP address may hold; more are refused (503 with
+    /// the key named) before their head is read.
+    pub max_connections_per_ip: u32,
+    /// Connections still sending their request head (not yet upgraded or
+    /// answered), node-wide; more are refused at once.
+    pub max_pending_connections: u32,
 }
 
 /// Presence shards.
@@ -181,6 +204,7 @@ impl Default for NodeConfig {
             port: 4000,
             data_dir: "./data".into(),
             fault_injection: false,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -212,6 +236,12 @@ impl Default for LimitsConfig {
             outlet_queue_frames: 4096,
             reaction_queue_frames: 64,
             listen_backlog: 4096,
+            max_json_depth: 32,
+            inlet_queue_messages: 64,
+            http_head_timeout_ms: 10_000,
+            http_body_timeout_ms: 10_000,
+            max_connections_per_ip: 10_000,
+            max_pending_connections: 4096,
         }
     }
 }
@@ -461,6 +491,24 @@ impl Config {
         }
         if !(1..=65_535).contains(&self.limits.listen_backlog) {
             return bad("limits.listen_backlog", "must be between 1 and 65535");
+        }
+        if !(2..=512).contains(&self.limits.max_json_depth) {
+            return bad("limits.max_json_depth", "must be between 2 and 512");
+        }
+        if self.limits.inlet_queue_messages == 0 {
+            return bad("limits.inlet_queue_messages", "must be at least 1");
+        }
+        if self.limits.http_head_timeout_ms == 0 || self.limits.http_body_timeout_ms == 0 {
+            return bad(
+                "limits.http_head_timeout_ms",
+                "and limits.http_body_timeout_ms must be at least 1",
+            );
+        }
+        if self.limits.max_connections_per_ip == 0 || self.limits.max_pending_connections == 0 {
+            return bad(
+                "limits.max_connections_per_ip",
+                "and limits.max_pending_connections must be at least 1",
+            );
         }
         if self.limits.reaction_queue_frames == 0 {
             return bad("limits.reaction_queue_frames", "must be at least 1");

@@ -6,10 +6,14 @@
 //! thin shells around these types, which keeps the logic testable natively and
 //! fuzzable.
 
+pub mod admission;
+pub mod command;
 pub mod config;
 pub mod data;
+pub mod frame;
 pub mod http;
 pub mod join;
+pub mod json;
 pub mod jwt;
 pub mod lanes;
 pub mod metrics;
@@ -23,5 +27,6 @@ pub mod ratelimit;
 pub mod ring;
 pub mod room;
 pub mod selective;
+pub mod session;
 pub mod snowflake;
 pub mod ws;

@@ -225,6 +225,12 @@ impl OutQ {
         }
     }
 
+    /// Whether the queue is closing or was cut off as a slow consumer:
+    /// nothing more will be accepted.
+    pub fn is_closing(&self) -> bool {
+        self.closing || self.slow
+    }
+
     /// Moves the next frames to write into `out`, in priority order, about
     /// `max_bytes` of them (at least one item when any is queued).
     pub fn take(&mut self, max_bytes: usize, out: &mut Vec<Out>) -> Status {
@@ -284,7 +290,7 @@ impl OutQ {
 
     /// An idle socket keeps no queue memory after a burst.
     fn shrink(&mut self) {
-        const KEEP: usize = 64;
+        const KEEP: usize = 4;
         if self.control.is_empty() && self.control.capacity() > KEEP {
             self.control = VecDeque::new();
         }

@@ -95,7 +95,7 @@ pub mod event {
 pub const PHOENIX_TOPIC: &str = "phoenix";
 
 /// Serializer version, negotiated by the `vsn` query parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Vsn {
     /// `1.0.0`: JSON objects, text frames only.
     V1,

@@ -16,8 +16,8 @@ use lunatic::{host, sleep, Mailbox, MailboxError, MessageSignal, Process, Tag};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use supervisors::{
-    tag_receive_timeout, ChildRef, ChildSpec, DynamicSupervisor, DynamicSupervisorSpec, Inbox,
-    Incoming, Restart, Shutdown, Strategy, SupervisorRef, SupervisorSpec,
+    call, ChildRef, ChildSpec, DynamicSupervisor, DynamicSupervisorSpec, Inbox, Incoming, Restart,
+    Shutdown, Strategy, SupervisorRef, SupervisorSpec,
 };
 
 type Scenario = fn() -> Result<(), String>;
@@ -803,34 +803,41 @@ fn doomed_parent(report: Probe, _: Mailbox<()>) {
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 enum AskMsg {
     Note(String),
-    Answer(u64),
 }
 
-/// Sends itself answers with `ChildRef::tag_send` and checks, from inside a
-/// supervised process, that `tag_receive_timeout` takes the tagged answer
-/// past a queued message, times out when nothing comes, and that an answer
-/// sent after the wait ended arrives in the inbox as an ordinary message.
+/// Calls itself with `supervisors::call` and checks, from inside a
+/// supervised process, that the answer is taken past a queued message, that
+/// a call nobody answers times out, and that an answer sent after the wait
+/// ended is dropped by the inbox (never decoded as one of its messages)
+/// while the messages around it arrive in order.
 fn asker(report: Probe, inbox: Inbox<AskMsg>) {
     let me = inbox.this();
     let outcome = (|| {
         me.send(AskMsg::Note("queued first".into()));
-        let tag = Tag::new();
-        me.tag_send(tag, AskMsg::Answer(1));
-        let got = tag_receive_timeout::<AskMsg>(&[tag], SETTLE);
-        check(got == Some(AskMsg::Answer(1)), || {
-            format!("tagged answer: got {got:?}")
+        let got = call::<u64>(|reply| reply.send(&7), SETTLE);
+        check(got == Some(7), || format!("answer: got {got:?}"))?;
+        let mut pending = None;
+        let got = call::<u64>(|reply| pending = Some(reply), Duration::from_millis(20));
+        check(got.is_none(), || {
+            format!("nothing was answered, got {got:?}")
         })?;
-        let late = Tag::new();
-        let got = tag_receive_timeout::<AskMsg>(&[late], Duration::from_millis(20));
-        check(got.is_none(), || format!("nothing was sent, got {got:?}"))?;
-        me.tag_send(late, AskMsg::Answer(2));
-        for expected in [AskMsg::Note("queued first".into()), AskMsg::Answer(2)] {
+        if let Some(late) = pending {
+            late.send(&8);
+        }
+        me.send(AskMsg::Note("after the late answer".into()));
+        for expected in [
+            AskMsg::Note("queued first".into()),
+            AskMsg::Note("after the late answer".into()),
+        ] {
             match inbox.receive_timeout(SETTLE) {
                 Some(Incoming::Message(m)) if m == expected => {}
                 other => return Err(format!("inbox: expected {expected:?}, got {other:?}")),
             }
         }
-        Ok(())
+        match inbox.receive_timeout(Duration::from_millis(50)) {
+            None => Ok(()),
+            other => Err(format!("inbox: expected nothing more, got {other:?}")),
+        }
     })();
     report.send(outcome);
     while inbox.receive() != Incoming::Shutdown {}

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::child::{
     child_entry, register_key, request_shutdown, unregister_key, Boot, Envelope, Inbox, Parent,
+    ReplyTo,
 };
 use crate::handle::{ChildInfo, Counts, Error};
 use crate::intensity::RestartWindow;
@@ -65,22 +66,10 @@ pub(crate) enum SupervisorMsg {
     /// From a child, tagged with its link tag: its start function returned.
     Exited { tag: Tag },
     /// A request from a handle; the reply goes to `from`.
-    Call { from: Caller, request: Request },
-}
-
-#[derive(Serialize, Deserialize)]
-pub(crate) struct Caller {
-    pub(crate) node: u64,
-    pub(crate) pid: u64,
-    pub(crate) tag: Tag,
-}
-
-impl Caller {
-    fn reply(&self, reply: Reply) {
-        // SAFETY: the caller waits for `Reply` with this tag (handle::call).
-        let caller: Process<Reply, Bincode> = unsafe { Process::new(self.node, self.pid) };
-        caller.tag_send(self.tag, reply);
-    }
+    Call {
+        from: ReplyTo<Reply>,
+        request: Request,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -312,7 +301,7 @@ impl Supervisor {
                 }))) => {
                     let stop = matches!(request, Request::Stop);
                     let reply = self.handle(request);
-                    from.reply(reply);
+                    from.send(&reply);
                     if stop {
                         return;
                     }
