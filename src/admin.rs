@@ -13,26 +13,19 @@
 //! | `GET /realtime/v1/api/rooms/<id>` | the room state (`{}` when never set) |
 //! | `PUT /realtime/v1/api/rooms/<id>` | merge `{"host": "<user>"}` (etc.) into the room state |
 
-use std::io::Read;
-
 use chorus_core::config::Config;
 use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::http::{Request, Response};
-use chorus_core::phoenix::Payload;
-use lunatic::net::TcpStream;
 use serde_json::{json, Value};
 use supervisors::SupervisorRef;
 
-use crate::channel::{self, Body, ChannelMsg, Publish};
+use crate::channel;
+use crate::msg::{Body, ChannelMsg, Publish};
 use crate::{host, presence, tree};
 
-/// Answers one request. `body_start` holds body bytes read with the head.
-pub fn handle(
-    stream: &mut TcpStream,
-    request: &Request,
-    body_start: Vec<u8>,
-    config: &Config,
-) -> Response {
+/// Answers one request; the host has read its `body` (at most
+/// `limits.max_frame_bytes`, refused with 413 before this).
+pub fn handle(request: &Request, body: &[u8], config: &Config) -> Response {
     if !config.auth.jwt_secret.is_empty() && request.path.starts_with("/realtime/v1/api/") {
         if let Err(reason) = authorize(request, config) {
             return Response::json(401, &json!({ "error": reason }));
@@ -59,16 +52,8 @@ pub fn handle(
             history(request, history_topic(path).unwrap_or(""))
         }
         "GET" if path.starts_with(ROOMS) => crate::room::admin_get(&path[ROOMS.len()..]),
-        "PUT" if path.starts_with(ROOMS) => match read_body(stream, request, body_start, config) {
-            Ok(body) => crate::room::admin_put(&path[ROOMS.len()..], &body),
-            Err(r) => r,
-        },
-        "POST" if path == "/realtime/v1/api/broadcast" => {
-            match read_body(stream, request, body_start, config) {
-                Ok(body) => broadcast_batch(&body),
-                Err(r) => r,
-            }
-        }
+        "PUT" if path.starts_with(ROOMS) => crate::room::admin_put(&path[ROOMS.len()..], body),
+        "POST" if path == "/realtime/v1/api/broadcast" => broadcast_batch(body, config),
         "POST" if path.starts_with("/realtime/v1/api/broadcast/") => {
             let Some((topic, event)) = path
                 .trim_start_matches("/realtime/v1/api/broadcast/")
@@ -78,22 +63,18 @@ pub fn handle(
             };
             let topic = chorus_core::http::percent_decode(topic);
             let event = chorus_core::http::percent_decode(event);
-            let body = match read_body(stream, request, body_start, config) {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
             let binary = request
                 .header("content-type")
                 .is_some_and(|c| c.starts_with("application/octet-stream"));
             let payload = if binary {
-                Payload::Binary(body)
+                Body::Binary(body.to_vec())
             } else {
-                match serde_json::from_slice::<Value>(&body) {
-                    Ok(v) => Payload::Json(v),
-                    Err(e) => return bad_request(&format!("body is not JSON: {e}")),
+                match checked_json(body, config) {
+                    Ok(()) => Body::Json(body.to_vec()),
+                    Err(reason) => return bad_request(&reason),
                 }
             };
-            publish(&topic, &event, &payload);
+            publish(&topic, &event, payload);
             Response::json(202, &json!({}))
         }
         _ => Response::json(404, &json!({"error": "not found", "path": path})),
@@ -161,35 +142,16 @@ fn authorize(request: &Request, config: &Config) -> Result<(), String> {
         .map_err(|e| format!("invalid token: {e}"))
 }
 
-fn read_body(
-    stream: &mut TcpStream,
-    request: &Request,
-    mut body: Vec<u8>,
-    config: &Config,
-) -> Result<Vec<u8>, Response> {
-    let Some(len) = request.content_length else {
-        return Err(Response::json(
-            411,
-            &json!({"error": "Content-Length required"}),
-        ));
-    };
-    // A batch may hold many messages; each is capped by max_payload_bytes.
-    let limit = config.limits.max_frame_bytes as usize;
-    if len > limit {
-        return Err(Response::json(
-            413,
-            &json!({"error": format!("payload_size_exceeded: body over {limit} bytes (limits.max_frame_bytes)")}),
-        ));
+/// Checks a JSON body before it goes anywhere: valid JSON, nested at most
+/// `limits.max_json_depth` levels.
+fn checked_json(body: &[u8], config: &Config) -> Result<(), String> {
+    let depth = config.limits.max_json_depth as usize;
+    if chorus_core::json::depth_exceeds(body, depth) {
+        return Err(chorus_core::command::depth_refusal(depth));
     }
-    let mut chunk = vec![0u8; 16 * 1024];
-    while body.len() < len {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return Err(bad_request("body shorter than Content-Length")),
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    body.truncate(len);
-    Ok(body)
+    serde_json::from_slice::<&serde_json::value::RawValue>(body)
+        .map(|_| ())
+        .map_err(|e| format!("body is not JSON: {e}"))
 }
 
 /// Supabase topics over REST name the channel without the `realtime:` prefix.
@@ -201,19 +163,22 @@ fn full_topic(topic: &str) -> String {
     }
 }
 
-fn publish(topic: &str, event: &str, payload: &Payload) {
+fn publish(topic: &str, event: &str, payload: Body) {
     // Only running channels have subscribers; REST never starts one.
     if let Some(ch) = channel::locate(&full_topic(topic), false) {
         ch.send(ChannelMsg::Publish(Publish {
             from: None,
             event: event.to_string(),
-            payload: Body::from_payload(payload),
+            payload,
             ack: None,
         }));
     }
 }
 
-fn broadcast_batch(body: &[u8]) -> Response {
+fn broadcast_batch(body: &[u8], config: &Config) -> Response {
+    if let Err(reason) = checked_json(body, config) {
+        return bad_request(&reason);
+    }
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return bad_request(&format!("body is not JSON: {e}")),
@@ -231,8 +196,10 @@ fn broadcast_batch(body: &[u8]) -> Response {
     for m in messages {
         let topic = m.get("topic").and_then(Value::as_str).unwrap_or_default();
         let event = m.get("event").and_then(Value::as_str).unwrap_or_default();
-        let payload = m.get("payload").cloned().unwrap_or(json!({}));
-        publish(topic, event, &Payload::Json(payload));
+        let payload = m
+            .get("payload")
+            .map_or_else(|| "{}".to_string(), Value::to_string);
+        publish(topic, event, Body::Json(payload.into_bytes()));
     }
     Response::json(202, &json!({}))
 }

@@ -4,20 +4,17 @@
 //! chorus (one_for_one, 10 restarts / 10 s)
 //! ├── presence (one_for_one)      fixed shards chorus-presence-0..N
 //! ├── modules (one_for_one)       chorus-module-<name> per modules.enabled (permanent)
-//! ├── channels (one_for_all)
-//! │   ├── channels                dynamic: one process per active topic (transient)
-//! │   └── chorus-dir-0..3         directory shards owning topics by hash ring
-//! └── gateway (rest_for_one)
-//!     ├── sessions                dynamic: one process per connection (temporary)
-//!     └── acceptor                the TCP listener (permanent)
+//! └── channels (one_for_all)
+//!     ├── channels                dynamic: one process per active topic (transient)
+//!     └── chorus-dir-0..3         directory shards owning topics by hash ring
 //! ```
 //!
-//! Admin HTTP requests are served by the connection process that received
-//! them (stateless, under `sessions`). Order matters: modules start before
-//! the channels that ask them, and the gateway starts last, once channels
-//! and presence can serve it; if the acceptor dies,
-//! rest_for_one restarts it alone, but if `sessions` dies the acceptor is
-//! restarted after it.
+//! Connections are not in this tree: the host accepts them and spawns one
+//! process per connection (a session per WebSocket, a handler per HTTP
+//! request) from the guest's exported entries, and is their supervisor
+//! (temporary children: a crash closes only that socket and is counted).
+//! Order matters: modules start before the channels that ask them, and the
+//! host starts accepting only once the whole tree is up.
 
 use std::time::Duration;
 
@@ -26,7 +23,7 @@ use supervisors::{
     ChildSpec, DynamicSupervisorSpec, Restart, Shutdown, Strategy, SupervisorRef, SupervisorSpec,
 };
 
-use crate::{channel, gateway, host, modules, presence};
+use crate::{channel, host, modules, presence};
 
 /// Registered name of the root supervisor.
 pub const ROOT: &str = "chorus";
@@ -72,24 +69,6 @@ fn spec(config: &Config) -> SupervisorSpec {
         },
     );
 
-    let gateway = SupervisorSpec::new(Strategy::RestForOne)
-        .intensity(10)
-        .period(Duration::from_secs(10))
-        .child(
-            ChildSpec::dynamic_supervisor(
-                gateway::SESSIONS,
-                DynamicSupervisorSpec::new(gateway::session::session)
-                    .restart(Restart::Temporary)
-                    .shutdown(Shutdown::BrutalKill),
-            )
-            .register(gateway::SESSIONS),
-        )
-        .child(
-            ChildSpec::new("acceptor", gateway::acceptor, config.clone())
-                .restart(Restart::Permanent)
-                .shutdown(Shutdown::BrutalKill),
-        );
-
     SupervisorSpec::new(Strategy::OneForOne)
         .intensity(10)
         .period(Duration::from_secs(10))
@@ -99,7 +78,6 @@ fn spec(config: &Config) -> SupervisorSpec {
             modules::supervisor(config),
         ))
         .child(ChildSpec::supervisor("channels", directories))
-        .child(ChildSpec::supervisor("gateway", gateway))
 }
 
 /// Starts the tree and parks the main process. If the root supervisor gives
@@ -111,7 +89,13 @@ pub fn start(config: Config) {
         std::process::exit(1);
     }
     match SupervisorRef::start_link(ROOT, spec(&config)) {
-        Ok(_) => host::log(host::Level::Info, "supervision tree started"),
+        Ok(_) => {
+            host::log(host::Level::Info, "supervision tree started");
+            if !host::listen_start() {
+                host::log(host::Level::Error, "the host cannot accept connections");
+                std::process::exit(1);
+            }
+        }
         Err(e) => {
             host::log(host::Level::Error, &format!("cannot start the tree: {e}"));
             std::process::exit(1);

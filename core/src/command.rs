@@ -9,6 +9,7 @@
 //! of a broadcast payload: it travels as the bytes the client sent.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -16,7 +17,7 @@ use serde_json::Value;
 
 use crate::frame::BodyRef;
 use crate::join::{self, JoinConfig};
-use crate::phoenix::{event, FrameRef, Vsn, PHOENIX_TOPIC};
+use crate::phoenix::{event, DecodeError, FrameRef, Vsn, PHOENIX_TOPIC};
 use crate::{json, room, selective};
 
 /// What a client sent, parsed, borrowing from its frame.
@@ -63,14 +64,21 @@ impl Push<'_> {
     }
 }
 
-/// Why a frame could not be read. The session answers it with `phx_error`
-/// on the socket topic (no ref of the frame can be trusted).
+/// Why a frame could not be read: the codec's typed reason. The session
+/// answers it with `phx_error` on the socket topic (no ref of the frame can
+/// be trusted).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Malformed(pub String);
+pub struct Malformed(pub DecodeError);
 
 impl std::fmt::Display for Malformed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "malformed message: {}", self.0)
+    }
+}
+
+impl From<DecodeError> for Malformed {
+    fn from(e: DecodeError) -> Malformed {
+        Malformed(e)
     }
 }
 
@@ -88,39 +96,14 @@ pub fn decode<'a>(vsn: Vsn, frame: FrameRef<'a>, max_depth: usize) -> Result<Pus
     match frame {
         FrameRef::Text(text) => {
             if json::depth_exceeds(text.as_bytes(), max_depth + ENVELOPE_DEPTH) {
-                return Err(Malformed(depth_refusal(max_depth)));
+                return Err(DecodeError::TooDeep(max_depth).into());
             }
             decode_text(vsn, text)
         }
-        FrameRef::Binary(_) if vsn == Vsn::V1 => Err(Malformed(
-            "binary frames need the 2.0.0 serializer (vsn=2.0.0)".into(),
-        )),
+        FrameRef::Binary(_) if vsn == Vsn::V1 => Err(DecodeError::BinaryInV1.into()),
         FrameRef::Binary(bytes) => decode_binary(bytes, max_depth),
     }
 }
-
-#[derive(Deserialize)]
-struct V1<'a> {
-    #[serde(borrow)]
-    topic: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    event: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    payload: Option<&'a RawValue>,
-    #[serde(borrow, rename = "ref")]
-    msg_ref: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    join_ref: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct V2<'a>(
-    #[serde(borrow)] Option<Cow<'a, str>>,
-    #[serde(borrow)] Option<Cow<'a, str>>,
-    #[serde(borrow)] Option<Cow<'a, str>>,
-    #[serde(borrow)] Option<Cow<'a, str>>,
-    #[serde(borrow)] &'a RawValue,
-);
 
 /// The JSON form of a broadcast push's payload.
 #[derive(Deserialize)]
@@ -133,27 +116,77 @@ struct BroadcastBody<'a> {
     payload: Option<&'a RawValue>,
 }
 
-fn bad_json(what: &str, e: serde_json::Error) -> Malformed {
-    Malformed(format!("invalid JSON in the {what}: {e}"))
+fn bad_json(what: &'static str, e: serde_json::Error) -> DecodeError {
+    DecodeError::InvalidJson {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// Whether JSON text starts (after white space) with `open`.
+fn starts_with(text: &str, open: char) -> bool {
+    text.trim_start().starts_with(open)
+}
+
+/// A required string field: its text, or why not.
+fn string_field<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, DecodeError> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Err(DecodeError::MissingField(field)),
+        Some(text) => serde_json::from_str::<Cow<'a, str>>(text).map_err(|_| {
+            DecodeError::InvalidField {
+                field,
+                expected: "a string",
+            }
+        }),
+    }
+}
+
+/// A ref: a string, or null / absent / empty for none.
+fn ref_field<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, DecodeError> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(text) => serde_json::from_str::<Cow<'a, str>>(text)
+            .map(|s| (!s.is_empty()).then_some(s))
+            .map_err(|_| DecodeError::InvalidField {
+                field,
+                expected: "a string or null",
+            }),
+    }
 }
 
 fn decode_text(vsn: Vsn, text: &str) -> Result<Push<'_>, Malformed> {
-    let (join_ref, msg_ref, topic, event, payload) = match vsn {
+    let [join_ref, msg_ref, topic, event, payload] = match vsn {
         Vsn::V1 => {
-            let f: V1 = serde_json::from_str(text).map_err(|e| bad_json("frame", e))?;
-            let payload = f
-                .payload
-                .ok_or(Malformed("missing field `payload`".into()))?;
-            (f.join_ref, f.msg_ref, f.topic, f.event, payload)
+            let mut fields: HashMap<Cow<str>, &RawValue> = serde_json::from_str(text)
+                .map_err(|e| match starts_with(text, '{') {
+                    true => bad_json("frame", e),
+                    false if serde_json::from_str::<&RawValue>(text).is_ok() => {
+                        DecodeError::ExpectedObject
+                    }
+                    false => bad_json("frame", e),
+                })?;
+            ["join_ref", "ref", "topic", "event", "payload"].map(|k| fields.remove(k))
         }
         Vsn::V2 => {
-            let V2(join_ref, msg_ref, topic, event, payload) =
-                serde_json::from_str(text).map_err(|e| bad_json("frame", e))?;
-            (join_ref, msg_ref, topic, event, payload)
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
+                match starts_with(text, '[') {
+                    true => bad_json("frame", e),
+                    false if serde_json::from_str::<&RawValue>(text).is_ok() => {
+                        DecodeError::ExpectedArray
+                    }
+                    false => bad_json("frame", e),
+                }
+            })?;
+            let len = items.len();
+            let items: [&RawValue; 5] = items
+                .try_into()
+                .map_err(|_| DecodeError::WrongArrayLength(len))?;
+            items.map(Some)
         }
     };
-    let topic = topic.ok_or(Malformed("missing field `topic`".into()))?;
-    let event = event.ok_or(Malformed("missing field `event`".into()))?;
+    let payload = payload.ok_or(DecodeError::MissingField("payload"))?;
+    let topic = string_field("topic", topic)?;
+    let event = string_field("event", event)?;
     let kind = match fold_broadcast(&event, payload) {
         Some(kind) => kind,
         None => Kind::Event {
@@ -162,16 +195,11 @@ fn decode_text(vsn: Vsn, text: &str) -> Result<Push<'_>, Malformed> {
         },
     };
     Ok(Push {
-        join_ref: nonempty(join_ref),
-        msg_ref: nonempty(msg_ref),
+        join_ref: ref_field("join_ref", join_ref)?,
+        msg_ref: ref_field("ref", msg_ref)?,
         topic,
         kind,
     })
-}
-
-/// Refs are optional; an empty one is none.
-fn nonempty(r: Option<Cow<'_, str>>) -> Option<Cow<'_, str>> {
-    r.filter(|s| !s.is_empty())
 }
 
 /// The JSON form of a broadcast: event `broadcast` with payload
@@ -201,9 +229,7 @@ const ENCODING_BINARY: u8 = 0;
 const ENCODING_JSON: u8 = 1;
 
 fn decode_binary(bytes: &[u8], max_depth: usize) -> Result<Push<'_>, Malformed> {
-    let (&kind, _) = bytes
-        .split_first()
-        .ok_or(Malformed("empty binary frame".into()))?;
+    let (&kind, _) = bytes.split_first().ok_or(DecodeError::EmptyFrame)?;
     match kind {
         KIND_PUSH => {
             let mut r = Fields::new(bytes, 4, 0)?;
@@ -212,8 +238,8 @@ fn decode_binary(bytes: &[u8], max_depth: usize) -> Result<Push<'_>, Malformed> 
             let topic = r.text("topic")?;
             let event = r.text("event")?;
             Ok(Push {
-                join_ref: nonempty(Some(join_ref.into())),
-                msg_ref: nonempty(Some(msg_ref.into())),
+                join_ref: nonempty(join_ref),
+                msg_ref: nonempty(msg_ref),
                 topic: topic.into(),
                 kind: Kind::Event {
                     event: event.into(),
@@ -233,7 +259,7 @@ fn decode_binary(bytes: &[u8], max_depth: usize) -> Result<Push<'_>, Malformed> 
             let meta = r.field("metadata")?;
             if !meta.is_empty() {
                 if json::depth_exceeds(meta, max_depth) {
-                    return Err(Malformed(depth_refusal(max_depth)));
+                    return Err(DecodeError::TooDeep(max_depth).into());
                 }
                 serde_json::from_slice::<&RawValue>(meta).map_err(|e| bad_json("metadata", e))?;
             }
@@ -242,17 +268,17 @@ fn decode_binary(bytes: &[u8], max_depth: usize) -> Result<Push<'_>, Malformed> 
                 ENCODING_BINARY => BodyRef::Binary(rest),
                 ENCODING_JSON => {
                     if json::depth_exceeds(rest, max_depth) {
-                        return Err(Malformed(depth_refusal(max_depth)));
+                        return Err(DecodeError::TooDeep(max_depth).into());
                     }
                     serde_json::from_slice::<&RawValue>(rest)
                         .map_err(|e| bad_json("payload", e))?;
                     BodyRef::Json(rest)
                 }
-                other => return Err(Malformed(format!("unknown payload encoding {other}"))),
+                other => return Err(DecodeError::UnknownEncoding(other).into()),
             };
             Ok(Push {
-                join_ref: nonempty(Some(join_ref.into())),
-                msg_ref: nonempty(Some(msg_ref.into())),
+                join_ref: nonempty(join_ref),
+                msg_ref: nonempty(msg_ref),
                 topic: topic.into(),
                 kind: Kind::Broadcast {
                     event: user_event.into(),
@@ -260,11 +286,14 @@ fn decode_binary(bytes: &[u8], max_depth: usize) -> Result<Push<'_>, Malformed> 
                 },
             })
         }
-        1 | 2 | 4 => Err(Malformed(format!(
-            "binary kind {kind} is sent by servers, not clients"
-        ))),
-        other => Err(Malformed(format!("unknown binary kind {other}"))),
+        1 | 2 | 4 => Err(DecodeError::WrongDirection(kind).into()),
+        other => Err(DecodeError::UnknownKind(other).into()),
     }
+}
+
+/// Binary refs are empty when the sender had none.
+fn nonempty(r: &str) -> Option<Cow<'_, str>> {
+    (!r.is_empty()).then_some(Cow::Borrowed(r))
 }
 
 /// Bounds-checked walk over a binary frame: the kind byte, `n` length bytes,
@@ -277,13 +306,12 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn new(frame: &'a [u8], n: usize, extra: usize) -> Result<Fields<'a>, Malformed> {
+    fn new(frame: &'a [u8], n: usize, extra: usize) -> Result<Fields<'a>, DecodeError> {
         let needed = 1 + n + extra;
-        let header = frame.get(1..needed).ok_or_else(|| {
-            Malformed(format!(
-                "binary frame of {} bytes is shorter than its {needed}-byte header",
-                frame.len()
-            ))
+        let header = frame.get(1..needed).ok_or(DecodeError::FrameTooShort {
+            kind: frame.first().copied().unwrap_or_default(),
+            needed,
+            got: frame.len(),
         })?;
         Ok(Fields {
             lens: header.get(..n).unwrap_or_default(),
@@ -293,20 +321,20 @@ impl<'a> Fields<'a> {
         })
     }
 
-    fn field(&mut self, name: &str) -> Result<&'a [u8], Malformed> {
+    fn field(&mut self, name: &'static str) -> Result<&'a [u8], DecodeError> {
         let len = usize::from(self.lens.get(self.next).copied().unwrap_or_default());
         self.next += 1;
         if len > self.body.len() {
-            return Err(Malformed(format!("{name} length exceeds the frame")));
+            return Err(DecodeError::LengthExceedsFrame(name));
         }
         let (head, rest) = self.body.split_at(len);
         self.body = rest;
         Ok(head)
     }
 
-    fn text(&mut self, name: &str) -> Result<&'a str, Malformed> {
+    fn text(&mut self, name: &'static str) -> Result<&'a str, DecodeError> {
         let bytes = self.field(name)?;
-        std::str::from_utf8(bytes).map_err(|_| Malformed(format!("{name} is not UTF-8")))
+        std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8(name))
     }
 
     fn rest(self) -> &'a [u8] {
@@ -464,18 +492,17 @@ pub fn command<'a>(push: &Push<'a>, limits: Limits) -> Result<Command<'a>, Refus
 
 /// `{type:"presence", event:"track", payload:{…meta}}` or `event:"untrack"`.
 fn presence_command(raw: &str) -> Result<Command<'_>, Refusal> {
-    #[derive(Deserialize)]
-    struct Presence<'a> {
-        #[serde(borrow)]
-        event: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        payload: Option<&'a RawValue>,
-    }
     const SHAPE: &str = "presence event must be track or untrack";
-    let p: Presence = serde_json::from_str(raw).map_err(|_| invalid(SHAPE))?;
-    match p.event.as_deref() {
+    // A map, not a struct: `"payload": null` must stay a (refused) null
+    // meta, where an `Option` field would read it as absent.
+    let fields: HashMap<Cow<str>, &RawValue> =
+        serde_json::from_str(raw).map_err(|_| invalid(SHAPE))?;
+    let event = fields
+        .get("event")
+        .and_then(|e| serde_json::from_str::<Cow<str>>(e.get()).ok());
+    match event.as_deref() {
         Some("track") => Ok(Command::Track {
-            meta: p.payload.map_or("{}", |m| m.get()),
+            meta: fields.get("payload").map_or("{}", |m| m.get()),
         }),
         Some("untrack") => Ok(Command::Untrack),
         _ => Err(invalid(SHAPE)),
@@ -526,7 +553,7 @@ mod tests {
         assert_eq!(p.msg_ref.as_deref(), Some("9"));
         assert_eq!(p.join_ref, None);
         let e = text(Vsn::V1, r#"{"topic":"t","event":"heartbeat","ref":"9"}"#).unwrap_err();
-        assert!(e.0.contains("payload"), "{e}");
+        assert_eq!(e.0, DecodeError::MissingField("payload"));
     }
 
     #[test]
@@ -635,7 +662,8 @@ mod tests {
             "]".repeat(40)
         );
         let e = text(Vsn::V2, &deep).unwrap_err();
-        assert_eq!(e.0, depth_refusal(32));
+        assert_eq!(e.0, DecodeError::TooDeep(32));
+        assert!(e.to_string().contains("limits.max_json_depth"));
         let ok = format!(
             "[null,null,\"t\",\"e\",{}1{}]",
             "[".repeat(32),
@@ -646,7 +674,29 @@ mod tests {
         bin.extend(std::iter::repeat_n(b'[', 40));
         bin.extend(std::iter::repeat_n(b']', 40));
         let e = decode(Vsn::V2, FrameRef::Binary(&bin), 32).unwrap_err();
-        assert_eq!(e.0, depth_refusal(32));
+        assert_eq!(e.0, DecodeError::TooDeep(32));
+    }
+
+    #[test]
+    fn wrong_shapes_are_named_like_the_codec_names_them() {
+        let err = |vsn, t: &str| text(vsn, t).unwrap_err().0;
+        assert_eq!(err(Vsn::V1, r#"[null,"1","t","e",{}]"#), DecodeError::ExpectedObject);
+        assert_eq!(err(Vsn::V2, r#"{"topic":"t"}"#), DecodeError::ExpectedArray);
+        assert_eq!(err(Vsn::V2, r#"["1","1","t","e"]"#), DecodeError::WrongArrayLength(4));
+        assert_eq!(err(Vsn::V2, r#"["1","1",null,"e",{}]"#), DecodeError::MissingField("topic"));
+        assert_eq!(
+            err(Vsn::V2, r#"["1","1","t",7,{}]"#),
+            DecodeError::InvalidField { field: "event", expected: "a string" }
+        );
+        assert_eq!(
+            err(Vsn::V1, r#"{"topic":42,"event":"e","payload":{},"ref":"1"}"#),
+            DecodeError::InvalidField { field: "topic", expected: "a string" }
+        );
+        assert!(matches!(err(Vsn::V2, "[1,"), DecodeError::InvalidJson { .. }));
+        assert_eq!(
+            decode(Vsn::V2, FrameRef::Binary(&[4, 1, 1, 0, 1, b'a', b'b']), 32).unwrap_err().0,
+            DecodeError::WrongDirection(4)
+        );
     }
 
     #[test]
@@ -737,6 +787,15 @@ mod tests {
         assert_eq!(
             cmd("t", "presence", r#"{"type":"presence","event":"untrack"}"#),
             Ok(Command::Untrack)
+        );
+        // A null meta is a meta (refused by the channel), not a missing one.
+        assert_eq!(
+            cmd("t", "presence", r#"{"type":"presence","event":"track","payload":null}"#),
+            Ok(Command::Track { meta: "null" })
+        );
+        assert_eq!(
+            cmd("t", "presence", r#"{"type":"presence","event":"track"}"#),
+            Ok(Command::Track { meta: "{}" })
         );
         assert_eq!(
             cmd("t", "presence", r#"{"event":"wave"}"#),

@@ -111,6 +111,9 @@ pub struct LimitsConfig {
     /// yet; past it the host stops reading that socket until the session
     /// catches up (TCP backpressure on that client only).
     pub inlet_queue_messages: u32,
+    /// Bytes of client messages the host holds for a session that has not
+    /// taken them yet; past it the host stops reading that socket.
+    pub inlet_queue_bytes: u32,
     /// Total time a client has to send its whole HTTP request head (not per
     /// read: a byte every few seconds does not keep a connection open).
     pub http_head_timeout_ms: u64,
@@ -238,6 +241,7 @@ impl Default for LimitsConfig {
             listen_backlog: 4096,
             max_json_depth: 32,
             inlet_queue_messages: 64,
+            inlet_queue_bytes: 1024 * 1024,
             http_head_timeout_ms: 10_000,
             http_body_timeout_ms: 10_000,
             max_connections_per_ip: 10_000,
@@ -497,6 +501,9 @@ impl Config {
         }
         if self.limits.inlet_queue_messages == 0 {
             return bad("limits.inlet_queue_messages", "must be at least 1");
+        }
+        if self.limits.inlet_queue_bytes < 1024 {
+            return bad("limits.inlet_queue_bytes", "must be at least 1024");
         }
         if self.limits.http_head_timeout_ms == 0 || self.limits.http_body_timeout_ms == 0 {
             return bad(

@@ -15,12 +15,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use crate::config::LimitsConfig;
 use crate::lanes::{self, Lane};
-use crate::phoenix::{self, Outbound, Vsn};
-use crate::ws;
+use crate::phoenix::Vsn;
 
 /// Encoded WebSocket frame bytes, shared by every queue it was pushed to.
 pub type Frame = Arc<[u8]>;
@@ -309,29 +306,21 @@ impl OutQ {
 /// `[null, null, topic, "broadcast", {type, event, payload}]`, like every
 /// JSON broadcast the channels send.
 pub fn reaction_counts_frame(vsn: Vsn, topic: &str, counts: &BTreeMap<String, u64>) -> Vec<u8> {
-    let payload = lanes::reaction_counts_payload(counts, None);
-    let msg = match vsn {
-        Vsn::V1 => Outbound::user_broadcast(topic, lanes::REACTION_COUNTS_EVENT, payload),
-        Vsn::V2 => {
-            let mut body = serde_json::Map::new();
-            body.insert("type".into(), Value::from("broadcast"));
-            body.insert("event".into(), Value::from(lanes::REACTION_COUNTS_EVENT));
-            body.insert("payload".into(), payload);
-            Outbound::broadcast(topic, phoenix::event::BROADCAST, Value::Object(body))
-        }
-    };
-    let mut out = Vec::new();
-    // A JSON payload always encodes as text under both serializers.
-    if let Ok(phoenix::Frame::Text(text)) = phoenix::encode(vsn, &msg) {
-        ws::encode_text(&mut out, &text);
-    }
-    out
+    let payload = lanes::reaction_counts_payload(counts, None).to_string();
+    crate::frame::broadcast(
+        vsn,
+        topic,
+        lanes::REACTION_COUNTS_EVENT,
+        crate::frame::BodyRef::Json(payload.as_bytes()),
+        None,
+    )
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::phoenix::{client, FrameRef, Payload};
+    use crate::phoenix::{client, FrameRef, Outbound, Payload};
     use serde_json::json;
 
     const LIMITS: OutqLimits = OutqLimits {

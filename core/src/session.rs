@@ -33,6 +33,8 @@ pub struct SessionConfig {
     pub client_burst: u32,
     pub max_subscribed_keys: u32,
     pub max_json_depth: u32,
+    /// Presence shard processes (the green dot's `presence_online`).
+    pub presence_shards: u32,
     /// HS256 secret; empty when auth is off.
     pub jwt_secret: String,
     /// Test switch: `chorus_crash` on `phoenix` crashes the session.
@@ -48,6 +50,7 @@ impl SessionConfig {
             client_burst: c.limits.client_burst,
             max_subscribed_keys: c.presence.max_subscribed_keys,
             max_json_depth: c.limits.max_json_depth,
+            presence_shards: c.presence.shards,
             jwt_secret: c.auth.jwt_secret.clone(),
             fault_injection: c.node.fault_injection,
         }
@@ -660,6 +663,7 @@ mod tests {
             client_burst: 20,
             max_subscribed_keys: 3,
             max_json_depth: 8,
+            presence_shards: 4,
             jwt_secret: String::new(),
             fault_injection: false,
         }

@@ -13,11 +13,12 @@
 //! | `metrics_text` | `() -> u64` | Prometheus text of all metrics |
 //! | `data` | `(ptr: u32, len: u32) -> u64` | a JSON [`chorus_core::data::DataRequest`], answered with a `DataResponse` |
 //! | `take` | `(ptr: u32, len: u32) -> u32` | copy the parked answer; 0 ok, 1 nothing parked / wrong length |
-//! | `listen_backlog` | `(tcp_listener: u64, backlog: u32) -> u32` | set a listener's accept queue (a second `listen(2)`); 0 ok, 1 no such listener, 2 refused by the OS |
-//! | `outlet_open` | `(tcp_stream: u64, vsn: u32) -> u64` | hand a socket's write side to the host (see [`crate::outlet`]); `vsn` 2 for the 2.0.0 serializer, else 1.0.0; 0 on failure |
-//! | `outlet_send` | `(outlet: u64, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue frame bytes on a lane; 0 ok, 1 slow consumer, 2 gone |
-//! | `outlet_close` | `(outlet: u64, code: u32, ptr: u32, len: u32)` | close after the queued frames are written; a `code` other than 0 writes a close frame with that reason last |
-//! | `fanout` | `(ids: u32, n: u32, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue the same bytes on a lane of `n` outlets (`u64` ids); returns how many took them |
+//! | `listen_start` | `() -> u32` | the tree is up: start accepting connections (see [`crate::gateway`]); 0 ok, 1 already started or impossible |
+//! | `socket_start` | `(socket: u64) -> u64` | the start record of the connection a process was spawned for (a bincode `chorus_core::session::Start` for a session, the request and body for an HTTP handler), fetched with `take`; 0 when there is none |
+//! | `inlet_next` | `(socket: u64, ptr: u32, cap: u32) -> u64` | the next client message of the socket (see [`crate::socket`]): 0 when none waits; else `kind << 32 \| len` (kind 1 text, 2 binary, 3 closed: a 2-byte close code then the reason), copied to `ptr` when `len <= cap`, else left queued for a call with a larger buffer |
+//! | `outlet_send` | `(socket: u64, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue frame bytes on a lane of the socket's outlet; 0 ok, 1 slow consumer, 2 gone |
+//! | `outlet_close` | `(socket: u64, code: u32, ptr: u32, len: u32)` | close after the queued frames are written; a `code` other than 0 writes a close frame with that reason last |
+//! | `fanout` | `(ids: u32, n: u32, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue the same bytes on a lane of `n` sockets (`u64` ids); returns how many took them |
 //!
 //! `lane` is a [`chorus_core::lanes::Lane`] number (0 control, 1 audio,
 //! 2 chat, 3 reactions); the topic matters on the audio and reactions lanes
@@ -29,21 +30,16 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Result};
-use chorus_core::config::LimitsConfig;
 use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::lanes::Lane;
 use chorus_core::metrics::{self, Kind, Metric};
-use chorus_core::outq::OutqLimits;
-use chorus_core::phoenix::Vsn;
-use lunatic_networking_api::NetworkingCtx;
 use lunatic_process::state::ProcessState;
-use lunatic_runtime::DefaultProcessState;
 use wasmtime::{Caller, Linker};
 
-use crate::outlet::Outlets;
+use crate::gateway::Gateway;
+use crate::socket::{Inbound, Next, Sockets};
+use crate::spawn::State;
 use crate::store::DataService;
-
-type State = DefaultProcessState;
 
 /// Shared by every process of the node.
 pub struct HostApi {
@@ -57,7 +53,9 @@ pub struct HostApi {
     gauge_shares: Mutex<HashMap<u64, HashMap<u32, i64>>>,
     data: Option<DataService>,
     env: Arc<lunatic_process::env::LunaticEnvironment>,
-    outlets: Arc<Outlets>,
+    sockets: Arc<Sockets>,
+    /// The node's listener and connection handling (`chorus run` only).
+    gateway: Option<Arc<Gateway>>,
 }
 
 impl HostApi {
@@ -65,7 +63,8 @@ impl HostApi {
         config_json: Vec<u8>,
         data: Option<DataService>,
         env: Arc<lunatic_process::env::LunaticEnvironment>,
-        limits: &LimitsConfig,
+        sockets: Arc<Sockets>,
+        gateway: Option<Arc<Gateway>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             config_json,
@@ -74,7 +73,8 @@ impl HostApi {
             gauge_shares: Mutex::new(HashMap::new()),
             data,
             env,
-            outlets: Outlets::new(OutqLimits::from_config(limits)),
+            sockets,
+            gateway,
         })
     }
 
@@ -86,22 +86,6 @@ impl HostApi {
         len
     }
 
-    /// Drops, every second, the outlets of processes that are gone, so a
-    /// crashed session's socket closes. Call once, inside the runtime.
-    pub fn start_sweeper(self: &Arc<Self>) {
-        let api = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                match api.upgrade() {
-                    Some(api) => api.outlets.sweep(&api.env),
-                    None => return,
-                }
-            }
-        });
-    }
-
     /// Prometheus text: guest-reported metrics plus what only the host knows.
     pub fn render_metrics(&self) -> String {
         self.release_dead_gauge_shares();
@@ -110,10 +94,15 @@ impl HostApi {
             .iter()
             .map(|v| v.load(Ordering::Relaxed))
             .collect();
-        // Frames written through outlets are counted by the host.
-        values[Metric::MessagesOut as usize] +=
-            self.outlets.frames_out.load(Ordering::Relaxed) as i64;
-        values[Metric::BytesOut as usize] += self.outlets.bytes_out.load(Ordering::Relaxed) as i64;
+        // Socket reads and writes are counted by the host.
+        let sockets = &self.sockets;
+        values[Metric::MessagesOut as usize] += sockets.frames_out.load(Ordering::Relaxed) as i64;
+        values[Metric::BytesOut as usize] += sockets.bytes_out.load(Ordering::Relaxed) as i64;
+        values[Metric::BytesIn as usize] += sockets.bytes_in.load(Ordering::Relaxed) as i64;
+        let (crashes, pending) = self
+            .gateway
+            .as_ref()
+            .map_or((0, 0), |g| (g.crashes(), g.pending()));
         let processes = lunatic_process::env::Environment::process_count(self.env.as_ref());
         let mut text = metrics::render(
             &values,
@@ -125,28 +114,46 @@ impl HostApi {
                     processes as i64,
                 ),
                 (
-                    "chorus_outlets",
+                    "chorus_sockets",
                     Kind::Gauge,
-                    "sockets whose writes the host drains",
-                    self.outlets.count() as i64,
+                    "client connections the host reads and writes",
+                    sockets.count() as i64,
+                ),
+                (
+                    "chorus_pending_connections",
+                    Kind::Gauge,
+                    "connections still sending their request head",
+                    i64::from(pending),
+                ),
+                (
+                    "chorus_session_crashes_total",
+                    Kind::Counter,
+                    "session or HTTP handler processes that crashed (their socket closed with 1011)",
+                    crashes as i64,
+                ),
+                (
+                    "chorus_inlet_pauses_total",
+                    Kind::Counter,
+                    "times the host stopped reading a socket because its session had limits.inlet_queue_messages unprocessed",
+                    sockets.inlet_paused.load(Ordering::Relaxed) as i64,
                 ),
                 (
                     "chorus_reactions_aggregated_total",
                     Kind::Counter,
                     "reactions counted into a reaction_counts frame instead of queued (slow sockets)",
-                    self.outlets.reactions_aggregated.load(Ordering::Relaxed) as i64,
+                    sockets.reactions_aggregated.load(Ordering::Relaxed) as i64,
                 ),
                 (
                     "chorus_audio_frames_replaced_total",
                     Kind::Counter,
                     "unwritten audio frames replaced by a newer one of their topic (slow sockets)",
-                    self.outlets.audio_replaced.load(Ordering::Relaxed) as i64,
+                    sockets.audio_replaced.load(Ordering::Relaxed) as i64,
                 ),
                 (
                     "chorus_slow_consumers_total",
                     Kind::Counter,
                     "sockets closed with 1008 slow_consumer (a full control or chat lane, or a write stuck for 10 s)",
-                    self.outlets.slow_consumers.load(Ordering::Relaxed) as i64,
+                    sockets.slow_consumers.load(Ordering::Relaxed) as i64,
                 ),
             ],
         );
@@ -258,24 +265,22 @@ impl HostApi {
             },
         )?;
 
-        // lunatic binds with tokio's fixed backlog of 1024, which overflows
-        // under a connect storm (the kernel then answers with syncookies and
-        // resets). Linux lets a listening socket be given a new backlog by
-        // calling listen(2) again.
+        let api = self.clone();
+        linker.func_wrap("chorus", "listen_start", move || -> u32 {
+            match &api.gateway {
+                Some(g) if g.start() => 0,
+                _ => 1,
+            }
+        })?;
+
+        let api = self.clone();
         linker.func_wrap(
             "chorus",
-            "listen_backlog",
-            |caller: Caller<'_, State>, listener: u64, backlog: u32| -> u32 {
-                let Some(listener) = caller.data().tcp_listener_resources().get(listener) else {
-                    return 1;
-                };
-                let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
-                match socket2::SockRef::from(listener).listen(backlog) {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        tracing::warn!("cannot set the listen backlog to {backlog}: {e}");
-                        2
-                    }
+            "socket_start",
+            move |caller: Caller<'_, State>, socket: u64| -> u64 {
+                match api.sockets.take_start(socket) {
+                    Some(start) => api.park(caller.data().id(), start),
+                    None => 0,
                 }
             },
         )?;
@@ -283,14 +288,22 @@ impl HostApi {
         let api = self.clone();
         linker.func_wrap(
             "chorus",
-            "outlet_open",
-            move |caller: Caller<'_, State>, stream: u64, vsn: u32| -> u64 {
-                let owner = caller.data().id();
-                let vsn = if vsn == 2 { Vsn::V2 } else { Vsn::V1 };
-                match caller.data().tcp_stream_resources().get(stream) {
-                    Some(conn) => api.outlets.open(owner, conn.clone(), vsn),
-                    None => 0,
-                }
+            "inlet_next",
+            move |mut caller: Caller<'_, State>, socket: u64, ptr: u32, cap: u32| -> Result<u64> {
+                let (kind, bytes): (u64, std::borrow::Cow<'_, [u8]>) =
+                    match api.sockets.inlet_next(socket, cap as usize) {
+                        Next::Empty => return Ok(0),
+                        Next::TooBig(len) => return Ok((1 << 32) | len as u64),
+                        Next::Message(Inbound::Text(b)) => (1, b.into()),
+                        Next::Message(Inbound::Binary(b)) => (2, b.into()),
+                        Next::Message(Inbound::Closed { code, reason }) => {
+                            let mut b = code.to_be_bytes().to_vec();
+                            b.extend_from_slice(reason.as_bytes());
+                            (3, b.into())
+                        }
+                    };
+                write_guest(&mut caller, ptr, &bytes)?;
+                Ok((kind << 32) | bytes.len() as u64)
             },
         )?;
 
@@ -315,7 +328,7 @@ impl HostApi {
                     (topic_ptr, topic_len),
                     (key_ptr, key_len),
                 )?;
-                Ok(api.outlets.send(id, lane, &topic, &key, &bytes) as u32)
+                Ok(api.sockets.send(id, lane, &topic, &key, &bytes) as u32)
             },
         )?;
 
@@ -331,7 +344,7 @@ impl HostApi {
                   -> Result<()> {
                 let reason = read_guest(&mut caller, ptr, len)?;
                 let code = u16::try_from(code).ok().filter(|c| *c != 0);
-                api.outlets
+                api.sockets
                     .close(id, code, &String::from_utf8_lossy(&reason));
                 Ok(())
             },
@@ -364,7 +377,7 @@ impl HostApi {
                     (topic_ptr, topic_len),
                     (key_ptr, key_len),
                 )?;
-                Ok(api.outlets.fanout(&ids, lane, &topic, &key, &bytes))
+                Ok(api.sockets.fanout(&ids, lane, &topic, &key, &bytes))
             },
         )?;
 

@@ -9,9 +9,11 @@
 //!   `lunatic run`; the benchmarks use it to run the same guest on both.
 
 mod engine;
+mod gateway;
 mod hostapi;
 mod node;
-mod outlet;
+mod socket;
+mod spawn;
 mod sysctl;
 
 use chorus_host::store;

@@ -9,10 +9,13 @@ use chorus_core::config::Config;
 use lunatic_process::env::{Environment, Environments, LunaticEnvironments};
 use lunatic_process::wasm::spawn_wasm;
 use lunatic_process_api::ProcessConfigCtx;
-use lunatic_runtime::{DefaultProcessConfig, DefaultProcessState};
+use lunatic_runtime::DefaultProcessConfig;
 
 use crate::engine::Engine;
+use crate::gateway::Gateway;
 use crate::hostapi::HostApi;
+use crate::socket::{SocketLimits, Sockets};
+use crate::spawn::Spawner;
 use crate::store::DataService;
 use crate::sysctl;
 
@@ -73,13 +76,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         )
     })?;
 
-    // Fail fast, naming the port, rather than from inside the guest.
-    let addr = format!("{}:{}", config.node.host, config.node.port);
-    std::net::TcpListener::bind(&addr).map_err(|e| {
-        anyhow!(
-            "cannot listen on {addr}: {e} (is another node running? set CHORUS_PORT or node.port)"
-        )
-    })?;
+    // Bound now, so a busy port fails the start naming it; connections are
+    // accepted once the guest's tree is up (`chorus::listen_start`).
+    let sockets = Sockets::new(socket_limits(&config));
+    let gateway = Gateway::bind(&config, sockets.clone())?;
 
     if config.auth.jwt_secret.is_empty() {
         tracing::warn!(
@@ -118,7 +118,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         wasm,
         vec!["chorus-guest".into()],
         Vec::new(),
-        Some(data),
+        Host {
+            data: Some(data),
+            sockets,
+            gateway: Some(gateway),
+        },
         config_json,
         true,
     )
@@ -139,7 +143,30 @@ pub async fn exec(args: ExecArgs) -> Result<ExitCode> {
     argv.extend(args.args);
     sysctl::ensure_max_map_count(config.runtime.min_max_map_count);
     let config_json = serde_json::to_vec(&config)?;
-    spawn_main(&config, wasm, argv, args.dir, None, config_json, false).await
+    let host = Host {
+        data: None,
+        sockets: Sockets::new(socket_limits(&config)),
+        gateway: None,
+    };
+    spawn_main(&config, wasm, argv, args.dir, host, config_json, false).await
+}
+
+/// What the host serves a guest besides lunatic's APIs.
+struct Host {
+    data: Option<DataService>,
+    sockets: Arc<Sockets>,
+    gateway: Option<Arc<Gateway>>,
+}
+
+fn socket_limits(config: &Config) -> SocketLimits {
+    let l = &config.limits;
+    SocketLimits {
+        out: chorus_core::outq::OutqLimits::from_config(l),
+        inlet_messages: l.inlet_queue_messages as usize,
+        inlet_bytes: l.inlet_queue_bytes as usize,
+        max_frame: l.max_frame_bytes as usize,
+        idle: std::time::Duration::from_millis(l.heartbeat_timeout_ms),
+    }
 }
 
 /// Compiles `wasm`, spawns its `_start` as the root process and waits for it
@@ -149,15 +176,20 @@ async fn spawn_main(
     wasm: Vec<u8>,
     argv: Vec<String>,
     dirs: Vec<String>,
-    data: Option<DataService>,
+    host: Host,
     config_json: Vec<u8>,
     serve: bool,
 ) -> Result<ExitCode> {
     let engine = Engine::new(&config.runtime)?;
     let envs = Arc::new(LunaticEnvironments::default());
     let env = envs.create(1).await;
-    let api = HostApi::new(config_json, data, env.clone(), &config.limits);
-    api.start_sweeper();
+    let api = HostApi::new(
+        config_json,
+        host.data,
+        env.clone(),
+        host.sockets,
+        host.gateway.clone(),
+    );
     let cache = crate::engine::cache_dir(&config.runtime.module_cache);
     let module = Arc::new(engine.compile(wasm, api, cache.as_deref())?);
 
@@ -176,14 +208,17 @@ async fn spawn_main(
     let max_memory = config.runtime.process_memory_mib as usize * 1024 * 1024;
     lunatic_process::config::ProcessConfig::set_max_memory(&mut pconfig, max_memory);
 
-    let state = DefaultProcessState::new(
-        env.clone(),
-        None,
-        engine.runtime.clone(),
-        module.clone(),
-        Arc::new(pconfig),
-        Default::default(),
-    )?;
+    let spawner = Spawner {
+        env: env.clone(),
+        runtime: engine.runtime.clone(),
+        module: module.clone(),
+        config: Arc::new(pconfig),
+        registry: Default::default(),
+    };
+    if let Some(gateway) = &host.gateway {
+        gateway.set_spawner(spawner.clone());
+    }
+    let state = spawner.state()?;
     env.can_spawn_next_process().await?;
     let (task, _) = spawn_wasm(
         env.clone(),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chorus_core::data::StoredMessage;
+use chorus_core::data::{RawJson, StoredMessage};
 use chorus_core::snowflake::{self, Id, BUCKET_WIDTH_MS};
 use chorus_host::store::cql::{Cql, CqlOptions};
 use chorus_host::store::sqlite::Sqlite;
@@ -54,7 +54,7 @@ fn msg(topic: &str, id: Id) -> NewMessage {
         id,
         topic: topic.to_owned(),
         event: format!("ev-{}", id.as_u64() % 1000),
-        payload: json!({"n": id.as_u64().to_string(), "text": "hé ✓"}),
+        payload: RawJson::of(&json!({"n": id.as_u64().to_string(), "text": "hé ✓"})),
     }
 }
 
@@ -114,7 +114,7 @@ async fn case_append_then_history(b: &dyn Backend, t: &Topics) {
         assert_eq!(m.event, format!("ev-{}", id.as_u64() % 1000));
         assert_eq!(
             m.payload,
-            json!({"n": id.as_u64().to_string(), "text": "hé ✓"})
+            RawJson::of(&json!({"n": id.as_u64().to_string(), "text": "hé ✓"}))
         );
         assert_eq!(m.inserted_at, id.timestamp_ms());
     }

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use chorus_core::data::RawJson;
 use chorus_core::snowflake::{self, Id};
 use chorus_host::store::cql::{Cql, CqlOptions, REQUEST_TIMEOUT};
 use chorus_host::store::{Backend, HistoryQuery, NewMessage};
@@ -61,7 +62,7 @@ fn msg(topic: &str, id: Id) -> NewMessage {
         id,
         topic: topic.to_owned(),
         event: "fault".into(),
-        payload: json!({"id": id.as_u64().to_string()}),
+        payload: RawJson::of(&json!({"id": id.as_u64().to_string()})),
     }
 }
 

@@ -22,13 +22,12 @@ use chorus_core::config::Config;
 use chorus_core::metrics::Metric;
 use chorus_core::modules::{Answer, Outcome, Screening, Verdict};
 use chorus_core::room::{self, Lane};
-use lunatic::Tag;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use supervisors::{ChildRef, ChildSpec, Incoming, Restart, Strategy, SupervisorSpec};
 
-use crate::channel::{Body, ChannelMsg};
 use crate::host;
+use crate::msg::{Body, ModuleMsg, ModuleReply};
 
 pub mod moderation;
 
@@ -103,46 +102,23 @@ pub fn supervisor(config: &Config) -> SupervisorSpec {
     )
 }
 
-/// Messages to a module process.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ModuleMsg {
-    /// What to do with a chat message; answered to `reply` under `tag` with
-    /// [`ChannelMsg::ModuleAnswer`].
-    Chat {
-        topic: String,
-        event: String,
-        /// JSON text (bincode cannot carry `serde_json::Value`).
-        payload: String,
-        reply: ChildRef<ChannelMsg>,
-        tag: Tag,
-    },
-}
-
-/// A verdict on its way back to a channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Reply {
-    Deliver,
-    /// The new payload, as JSON text.
-    Replace(String),
-    Reject(String),
-}
-
-impl Reply {
-    fn from_verdict(verdict: Verdict) -> Reply {
+impl ModuleReply {
+    fn from_verdict(verdict: Verdict) -> ModuleReply {
         match verdict {
-            Verdict::Deliver => Reply::Deliver,
-            Verdict::Replace(v) => Reply::Replace(v.to_string()),
-            Verdict::Reject(reason) => Reply::Reject(reason),
+            Verdict::Deliver => ModuleReply::Deliver,
+            Verdict::Replace(v) => ModuleReply::Replace(v.to_string()),
+            Verdict::Reject(reason) => ModuleReply::Reject(reason),
         }
     }
 
     fn into_answer(self) -> Answer {
         match self {
-            Reply::Deliver => Answer::Verdict(Verdict::Deliver),
-            Reply::Replace(text) => serde_json::from_str(&text).map_or(Answer::Unavailable, |v| {
-                Answer::Verdict(Verdict::Replace(v))
-            }),
-            Reply::Reject(reason) => Answer::Verdict(Verdict::Reject(reason)),
+            ModuleReply::Deliver => Answer::Verdict(Verdict::Deliver),
+            ModuleReply::Replace(text) => serde_json::from_str(&text)
+                .map_or(Answer::Unavailable, |v| {
+                    Answer::Verdict(Verdict::Replace(v))
+                }),
+            ModuleReply::Reject(reason) => Answer::Verdict(Verdict::Reject(reason)),
         }
     }
 }
@@ -173,7 +149,6 @@ pub fn run(args: (String, Config), inbox: supervisors::Inbox<ModuleMsg>) {
                 event,
                 payload,
                 reply,
-                tag,
             }) => {
                 if config.node.fault_injection {
                     match event.as_str() {
@@ -194,7 +169,7 @@ pub fn run(args: (String, Config), inbox: supervisors::Inbox<ModuleMsg>) {
                     }),
                     Err(_) => Verdict::Deliver,
                 };
-                reply.tag_send(tag, ChannelMsg::ModuleAnswer(Reply::from_verdict(verdict)));
+                reply.send(&ModuleReply::from_verdict(verdict));
             }
         }
     }
@@ -222,13 +197,9 @@ impl Hooks {
         }
     }
 
-    /// Binds the hooks to the channel process they run in, where module
-    /// answers are sent.
-    pub fn bind(self, channel: ChildRef<ChannelMsg>) -> Screen {
-        Screen {
-            hooks: self,
-            channel,
-        }
+    /// A channel's side of these hooks.
+    pub fn screen(self) -> Screen {
+        Screen { hooks: self }
     }
 }
 
@@ -236,7 +207,6 @@ impl Hooks {
 #[derive(Debug)]
 pub struct Screen {
     hooks: Hooks,
-    channel: ChildRef<ChannelMsg>,
 }
 
 impl Screen {
@@ -251,7 +221,7 @@ impl Screen {
         let Body::Json(text) = payload else {
             return Ok(());
         };
-        let Ok(value) = serde_json::from_str::<Value>(text) else {
+        let Ok(value) = serde_json::from_slice::<Value>(text) else {
             return Ok(());
         };
         let mut screening = Screening::new(value, self.hooks.fail_open);
@@ -272,7 +242,7 @@ impl Screen {
         match screened.outcome {
             Outcome::Unchanged => Ok(()),
             Outcome::Replaced(v) => {
-                *payload = Body::Json(v.to_string());
+                *payload = Body::Json(v.to_string().into_bytes());
                 Ok(())
             }
             Outcome::Rejected(reason) => Err(reason),
@@ -282,26 +252,21 @@ impl Screen {
     /// One request/answer with module `name`. A module that is not running
     /// (crashed, not yet restarted) is unavailable at once; one that does
     /// not answer in time is unavailable after `timeout_ms`, and its late
-    /// answer reaches the channel's inbox as a `ModuleAnswer` it ignores.
+    /// answer is dropped by the channel's inbox.
     fn ask(&self, name: &str, topic: &str, event: &str, payload: &Value) -> Answer {
         let module = match ChildRef::<ModuleMsg>::lookup(&process_name(name)) {
             Some(m) if m.is_alive() => m,
             _ => return Answer::Unavailable,
         };
-        let tag = Tag::new();
-        module.send(ModuleMsg::Chat {
-            topic: topic.to_string(),
-            event: event.to_string(),
-            payload: payload.to_string(),
-            reply: self.channel,
-            tag,
-        });
-        match supervisors::tag_receive_timeout::<ChannelMsg>(
-            &[tag],
+        let answer = module.call(
+            |reply| ModuleMsg::Chat {
+                topic: topic.to_string(),
+                event: event.to_string(),
+                payload: payload.to_string(),
+                reply,
+            },
             Duration::from_millis(self.hooks.timeout_ms),
-        ) {
-            Some(ChannelMsg::ModuleAnswer(reply)) => reply.into_answer(),
-            _ => Answer::Unavailable,
-        }
+        );
+        answer.map_or(Answer::Unavailable, ModuleReply::into_answer)
     }
 }

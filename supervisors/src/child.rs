@@ -57,6 +57,8 @@ pub enum Incoming<M> {
 pub struct Inbox<M> {
     id: String,
     parent: Parent,
+    /// Deadlines of `receive_timeout` (see [`mail::Alarm`]).
+    alarm: std::cell::RefCell<mail::Alarm>,
     message: PhantomData<M>,
 }
 
@@ -89,8 +91,8 @@ where
     fn next(&self, timeout: Option<Duration>) -> Option<Incoming<M>> {
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         loop {
-            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-            match mail::receive(&[], left) {
+            let mail = self.alarm.borrow_mut().receive(&[], deadline);
+            match mail {
                 Mail::Data {
                     tag: mail::UNTAGGED,
                     bytes,
@@ -192,6 +194,7 @@ where
     let inbox = Inbox {
         id: boot.id,
         parent,
+        alarm: Default::default(),
         message: PhantomData,
     };
     if boot.kind == ChildKind::Worker {

@@ -114,3 +114,98 @@ pub fn receive(tags: &[i64], timeout: Option<Duration>) -> Mail {
 pub fn decode<M: DeserializeOwned>(bytes: &[u8]) -> Result<M, bincode::Error> {
     bincode::deserialize(bytes)
 }
+
+/// A wake-up this process sends itself, for receives with a deadline.
+///
+/// lunatic's `receive` with a timeout leaves the mailbox in a state where
+/// the next message to arrive is parked aside and later re-queued *behind*
+/// messages that arrived after it (`lunatic_process::mailbox::MessageMailbox`
+/// re-queues its `found` message at the back). That broke per-channel order
+/// under load. So no receive here ever times out inside lunatic: a deadline
+/// is a tagged message the process sends itself with lunatic's timer
+/// (`send_after`), and the receive waits without a timeout until either a
+/// message or the wake-up arrives. One wake-up is kept scheduled and only
+/// re-armed when a deadline moves earlier; a stale one is a tagged message
+/// nobody waits for, dropped by the receive loops.
+#[derive(Debug, Default)]
+pub struct Alarm {
+    /// The scheduled wake-up: its tag, when it fires, the timer id.
+    pending: Option<(i64, std::time::Instant, u64)>,
+}
+
+impl Alarm {
+    /// Waits for the next message whose tag is in `tags` (any when empty)
+    /// until `deadline` (forever with `None`). Returns [`Mail::TimedOut`]
+    /// only once `deadline` has passed. This alarm's own wake-ups are never
+    /// returned.
+    pub fn receive(&mut self, tags: &[i64], deadline: Option<std::time::Instant>) -> Mail {
+        loop {
+            let now = std::time::Instant::now();
+            if deadline.is_some_and(|d| d <= now) {
+                return match receive_now(tags) {
+                    Some(mail) => mail,
+                    None => Mail::TimedOut,
+                };
+            }
+            let wake = deadline.map(|d| self.arm(d, now));
+            let waiting: Vec<i64> = match (tags.is_empty(), wake) {
+                (false, Some(wake)) => tags.iter().copied().chain([wake]).collect(),
+                _ => tags.to_vec(),
+            };
+            match receive(&waiting, None) {
+                // A wake-up (this one, or one armed for an earlier wait):
+                // check the deadline again.
+                Mail::Data { tag, .. } if self.pending.is_some_and(|(p, ..)| p == tag) => {
+                    self.pending = None;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Makes sure a wake-up fires no later than `deadline`; returns its tag.
+    fn arm(&mut self, deadline: std::time::Instant, now: std::time::Instant) -> i64 {
+        if let Some((tag, due, _)) = self.pending {
+            if due <= deadline {
+                return tag;
+            }
+        }
+        if let Some((_, _, timer)) = self.pending.take() {
+            // SAFETY: scalar host call; a timer that already fired is gone.
+            unsafe { host::api::timer::cancel_timer(timer) };
+        }
+        let tag = lunatic::Tag::new().id();
+        let ms = deadline.saturating_duration_since(now).as_millis();
+        // Round up: waking a millisecond early would only mean a re-arm.
+        let ms = u64::try_from(ms).unwrap_or(u64::MAX).saturating_add(1);
+        // SAFETY: creates the wake-up message and hands it to the timer.
+        let timer = unsafe {
+            host::api::message::create_data(tag, 0);
+            host::api::timer::send_after(host::process_id(), ms)
+        };
+        self.pending = Some((tag, deadline, timer));
+        tag
+    }
+}
+
+/// A message already waiting (tags as in [`receive`]), without waiting.
+/// Implemented with a wake-up sent right away, so the mailbox never goes
+/// through a lunatic receive timeout (see [`Alarm`]).
+fn receive_now(tags: &[i64]) -> Option<Mail> {
+    let tag = lunatic::Tag::new().id();
+    // SAFETY: creates the marker message and sends it to this process.
+    unsafe {
+        host::api::message::create_data(tag, 0);
+        host::api::message::send(host::process_id());
+    }
+    let mut waiting: Vec<i64> = tags.to_vec();
+    if !waiting.is_empty() {
+        waiting.push(tag);
+    }
+    match receive(&waiting, None) {
+        Mail::Data { tag: t, .. } if t == tag => None,
+        // The marker stays queued behind what was there: it is tagged, and
+        // the next receive loop drops it.
+        other => Some(other),
+    }
+}

@@ -38,7 +38,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use chorus_core::data::StoredMessage;
+use chorus_core::data::{RawJson, StoredMessage};
 use chorus_core::snowflake::{self, Id};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -250,7 +250,7 @@ impl Cql {
                     b,
                     id,
                     m.event.as_str(),
-                    m.payload.to_string(),
+                    m.payload.get().to_string(),
                 ),
             )
             .await
@@ -312,7 +312,7 @@ impl Cql {
                     id: id.as_u64().to_string(),
                     topic: q.topic.clone(),
                     event,
-                    payload: serde_json::from_str(&payload).unwrap_or(Value::String(payload)),
+                    payload: RawJson::from_stored(payload),
                     inserted_at: id.timestamp_ms(),
                 });
             }

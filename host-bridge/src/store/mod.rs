@@ -54,7 +54,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use chorus_core::config::StoreConfig;
-use chorus_core::data::{DataRequest, DataResponse, StoredMessage};
+use chorus_core::data::{DataRequest, DataResponse, RawJson, StoredMessage};
 use chorus_core::ring::shard_of;
 use chorus_core::snowflake::{Generator, Id};
 use serde_json::Value;
@@ -69,7 +69,7 @@ pub struct NewMessage {
     pub id: Id,
     pub topic: String,
     pub event: String,
-    pub payload: Value,
+    pub payload: RawJson,
 }
 
 /// A history query: newest first, ids strictly between `after` and `before`.
@@ -332,7 +332,7 @@ impl DataService {
         }
     }
 
-    pub async fn append(&self, topic: String, event: String, payload: Value) -> Result<Id> {
+    pub async fn append(&self, topic: String, event: String, payload: RawJson) -> Result<Id> {
         self.metrics.request(Op::Append);
         let id = self.next_id()?;
         let key = topic.clone();
@@ -737,7 +737,7 @@ mod tests {
         for r in readers {
             let msgs = r.await.unwrap().unwrap();
             assert_eq!(msgs.len(), 1);
-            assert_eq!(msgs[0].payload, serde_json::json!({"n": 1}));
+            assert_eq!(msgs[0].payload, RawJson::of(&serde_json::json!({"n": 1})));
         }
         assert_eq!(backend.history.load(Ordering::SeqCst), 1);
         assert_eq!(svc.metrics().backend_queries(Op::History), 1);
@@ -878,7 +878,7 @@ mod tests {
             .call(DataRequest::Append {
                 topic: "room:1:chat".into(),
                 event: "m".into(),
-                payload: serde_json::json!(1),
+                payload: RawJson::of(&serde_json::json!(1)),
             })
             .await;
         match r {

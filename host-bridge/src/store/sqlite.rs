@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use chorus_core::data::StoredMessage;
+use chorus_core::data::{RawJson, StoredMessage};
 use chorus_core::snowflake::{self, Id};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -199,7 +199,7 @@ fn append(conn: &sqlite::Connection, m: &NewMessage) -> Result<()> {
     st.bind((2, bucket(m.id)))?;
     st.bind((3, m.id.as_u64() as i64))?;
     st.bind((4, m.event.as_str()))?;
-    st.bind((5, m.payload.to_string().as_str()))?;
+    st.bind((5, m.payload.get()))?;
     while st.next()? != sqlite::State::Done {}
     Ok(())
 }
@@ -225,7 +225,7 @@ fn history(conn: &sqlite::Connection, q: &HistoryQuery) -> Result<Vec<StoredMess
             id: raw.to_string(),
             topic: q.topic.clone(),
             event: st.read(1)?,
-            payload: serde_json::from_str(&payload).unwrap_or(Value::String(payload)),
+            payload: RawJson::from_stored(payload),
             inserted_at: Id::from_u64(raw).timestamp_ms(),
         });
     }
