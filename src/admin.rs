@@ -12,6 +12,9 @@
 //! | `GET /realtime/v1/api/channels/<topic>/messages?limit=&before=&after=` | stored history, newest first, ids as strings |
 //! | `GET /realtime/v1/api/rooms/<id>` | the room state (`{}` when never set) |
 //! | `PUT /realtime/v1/api/rooms/<id>` | merge `{"host": "<user>"}` (etc.) into the room state |
+//! | `GET /demo/…` | the demo room (files of `node.demo_dir`) |
+//! | `GET /realtime/v1/api/modules` | the process modules: pipeline, each module's status and error |
+//! | `POST /realtime/v1/api/modules/reload` | reload `modules.dir`; answers the same report once the module processes run |
 
 use chorus_core::config::Config;
 use chorus_core::data::{DataRequest, DataResponse};
@@ -51,6 +54,18 @@ pub fn handle(request: &Request, body: &[u8], config: &Config) -> Response {
         "GET" if history_topic(path).is_some() => {
             history(request, history_topic(path).unwrap_or(""))
         }
+        "GET" if path == "/demo" => Response::new(301)
+            .with_header("Location", "/demo/")
+            .with_body(Vec::new()),
+        "GET" if path.starts_with("/demo/") => demo_file(&path["/demo/".len()..]),
+        "GET" if path == "/realtime/v1/api/modules" => modules_json(host::modules_report_json()),
+        "POST" if path == "/realtime/v1/api/modules/reload" => {
+            let report = host::modules_reload();
+            if let Err(e) = crate::modules::reconcile(config) {
+                return Response::json(503, &json!({ "error": e }));
+            }
+            modules_json(report)
+        }
         "GET" if path.starts_with(ROOMS) => crate::room::admin_get(&path[ROOMS.len()..]),
         "PUT" if path.starts_with(ROOMS) => crate::room::admin_put(&path[ROOMS.len()..], body),
         "POST" if path == "/realtime/v1/api/broadcast" => broadcast_batch(body, config),
@@ -78,6 +93,29 @@ pub fn handle(request: &Request, body: &[u8], config: &Config) -> Response {
             Response::json(202, &json!({}))
         }
         _ => Response::json(404, &json!({"error": "not found", "path": path})),
+    }
+}
+
+/// A file of the demo room (`index.html` for the directory itself).
+fn demo_file(name: &str) -> Response {
+    let name = if name.is_empty() { "index.html" } else { name };
+    match host::asset(name) {
+        Some((content_type, body)) => Response::new(200)
+            .with_header("Content-Type", &content_type)
+            .with_header("Cache-Control", "no-cache")
+            .with_body(body),
+        None => Response::json(
+            404,
+            &json!({"error": format!("no demo file {name:?} (node.demo_dir; scripts/run.sh builds the demo)")}),
+        ),
+    }
+}
+
+/// The host's modules report, passed through.
+fn modules_json(report: Vec<u8>) -> Response {
+    match serde_json::from_slice::<Value>(&report) {
+        Ok(v) => Response::json(200, &v),
+        Err(e) => Response::json(500, &json!({ "error": format!("bad modules report: {e}") })),
     }
 }
 

@@ -159,11 +159,16 @@ pub enum ShardMsg {
 /// Messages to a process module.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ModuleMsg {
-    /// What to do with a chat message (payload as JSON text).
+    /// What to do with a chat message (payload as JSON text), unless
+    /// `deadline_ms` (the asker's clock) passed before the module got to it.
     Chat {
         topic: String,
         event: String,
+        /// The publisher's user id, `None` for the admin API.
+        user: Option<String>,
         payload: String,
+        at_ms: u64,
+        deadline_ms: u64,
         reply: ReplyTo<ModuleReply>,
     },
 }
@@ -175,4 +180,6 @@ pub enum ModuleReply {
     /// The new payload, as JSON text.
     Replace(String),
     Reject(String),
+    /// The module could not give a verdict (crashed, garbage, disabled).
+    Unavailable,
 }

@@ -129,20 +129,26 @@ fn starts_with(text: &str, open: char) -> bool {
 }
 
 /// A required string field: its text, or why not.
-fn string_field<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, DecodeError> {
+fn string_field<'a>(
+    field: &'static str,
+    raw: Option<&'a RawValue>,
+) -> Result<Cow<'a, str>, DecodeError> {
     match raw.map(RawValue::get) {
         None | Some("null") => Err(DecodeError::MissingField(field)),
-        Some(text) => serde_json::from_str::<Cow<'a, str>>(text).map_err(|_| {
-            DecodeError::InvalidField {
+        Some(text) => {
+            serde_json::from_str::<Cow<'a, str>>(text).map_err(|_| DecodeError::InvalidField {
                 field,
                 expected: "a string",
-            }
-        }),
+            })
+        }
     }
 }
 
 /// A ref: a string, or null / absent / empty for none.
-fn ref_field<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, DecodeError> {
+fn ref_field<'a>(
+    field: &'static str,
+    raw: Option<&'a RawValue>,
+) -> Result<Option<Cow<'a, str>>, DecodeError> {
     match raw.map(RawValue::get) {
         None | Some("null") => Ok(None),
         Some(text) => serde_json::from_str::<Cow<'a, str>>(text)
@@ -157,8 +163,8 @@ fn ref_field<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<Optio
 fn decode_text(vsn: Vsn, text: &str) -> Result<Push<'_>, Malformed> {
     let [join_ref, msg_ref, topic, event, payload] = match vsn {
         Vsn::V1 => {
-            let mut fields: HashMap<Cow<str>, &RawValue> = serde_json::from_str(text)
-                .map_err(|e| match starts_with(text, '{') {
+            let mut fields: HashMap<Cow<str>, &RawValue> =
+                serde_json::from_str(text).map_err(|e| match starts_with(text, '{') {
                     true => bad_json("frame", e),
                     false if serde_json::from_str::<&RawValue>(text).is_ok() => {
                         DecodeError::ExpectedObject
@@ -168,15 +174,14 @@ fn decode_text(vsn: Vsn, text: &str) -> Result<Push<'_>, Malformed> {
             ["join_ref", "ref", "topic", "event", "payload"].map(|k| fields.remove(k))
         }
         Vsn::V2 => {
-            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
-                match starts_with(text, '[') {
+            let items: Vec<&RawValue> =
+                serde_json::from_str(text).map_err(|e| match starts_with(text, '[') {
                     true => bad_json("frame", e),
                     false if serde_json::from_str::<&RawValue>(text).is_ok() => {
                         DecodeError::ExpectedArray
                     }
                     false => bad_json("frame", e),
-                }
-            })?;
+                })?;
             let len = items.len();
             let items: [&RawValue; 5] = items
                 .try_into()
@@ -680,21 +685,44 @@ mod tests {
     #[test]
     fn wrong_shapes_are_named_like_the_codec_names_them() {
         let err = |vsn, t: &str| text(vsn, t).unwrap_err().0;
-        assert_eq!(err(Vsn::V1, r#"[null,"1","t","e",{}]"#), DecodeError::ExpectedObject);
+        assert_eq!(
+            err(Vsn::V1, r#"[null,"1","t","e",{}]"#),
+            DecodeError::ExpectedObject
+        );
         assert_eq!(err(Vsn::V2, r#"{"topic":"t"}"#), DecodeError::ExpectedArray);
-        assert_eq!(err(Vsn::V2, r#"["1","1","t","e"]"#), DecodeError::WrongArrayLength(4));
-        assert_eq!(err(Vsn::V2, r#"["1","1",null,"e",{}]"#), DecodeError::MissingField("topic"));
+        assert_eq!(
+            err(Vsn::V2, r#"["1","1","t","e"]"#),
+            DecodeError::WrongArrayLength(4)
+        );
+        assert_eq!(
+            err(Vsn::V2, r#"["1","1",null,"e",{}]"#),
+            DecodeError::MissingField("topic")
+        );
         assert_eq!(
             err(Vsn::V2, r#"["1","1","t",7,{}]"#),
-            DecodeError::InvalidField { field: "event", expected: "a string" }
+            DecodeError::InvalidField {
+                field: "event",
+                expected: "a string"
+            }
         );
         assert_eq!(
-            err(Vsn::V1, r#"{"topic":42,"event":"e","payload":{},"ref":"1"}"#),
-            DecodeError::InvalidField { field: "topic", expected: "a string" }
+            err(
+                Vsn::V1,
+                r#"{"topic":42,"event":"e","payload":{},"ref":"1"}"#
+            ),
+            DecodeError::InvalidField {
+                field: "topic",
+                expected: "a string"
+            }
         );
-        assert!(matches!(err(Vsn::V2, "[1,"), DecodeError::InvalidJson { .. }));
+        assert!(matches!(
+            err(Vsn::V2, "[1,"),
+            DecodeError::InvalidJson { .. }
+        ));
         assert_eq!(
-            decode(Vsn::V2, FrameRef::Binary(&[4, 1, 1, 0, 1, b'a', b'b']), 32).unwrap_err().0,
+            decode(Vsn::V2, FrameRef::Binary(&[4, 1, 1, 0, 1, b'a', b'b']), 32)
+                .unwrap_err()
+                .0,
             DecodeError::WrongDirection(4)
         );
     }
@@ -790,7 +818,11 @@ mod tests {
         );
         // A null meta is a meta (refused by the channel), not a missing one.
         assert_eq!(
-            cmd("t", "presence", r#"{"type":"presence","event":"track","payload":null}"#),
+            cmd(
+                "t",
+                "presence",
+                r#"{"type":"presence","event":"track","payload":null}"#
+            ),
             Ok(Command::Track { meta: "null" })
         );
         assert_eq!(

@@ -17,7 +17,6 @@ pub mod json;
 pub mod jwt;
 pub mod lanes;
 pub mod metrics;
-pub mod moderation;
 pub mod modules;
 pub mod outq;
 pub mod peak;

@@ -19,6 +19,11 @@
 //! | `outlet_send` | `(socket: u64, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue frame bytes on a lane of the socket's outlet; 0 ok, 1 slow consumer, 2 gone |
 //! | `outlet_close` | `(socket: u64, code: u32, ptr: u32, len: u32)` | close after the queued frames are written; a `code` other than 0 writes a close frame with that reason last |
 //! | `fanout` | `(ids: u32, n: u32, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue the same bytes on a lane of `n` sockets (`u64` ids); returns how many took them |
+//! | `modules_generation` | `() -> u64` | changes whenever the loaded process modules change (see [`crate::modules`]) |
+//! | `modules_report` | `() -> u64` | the modules report as JSON (pipeline, ready modules, errors) |
+//! | `modules_reload` | `() -> u64` | reload `modules.dir`, answered with the report |
+//! | `asset` | `(name_ptr: u32, name_len: u32) -> u64` | a demo room file (see [`crate::assets`]): `content-type\n` + bytes, empty when there is none |
+//! | `module_call` | `(name_ptr: u32, name_len: u32, ptr: u32, len: u32) -> u64` | one ABI message to module `name`'s instance of this process, answered with a status byte + bytes (`chorus_core::modules::CallResult`) |
 //!
 //! `lane` is a [`chorus_core::lanes::Lane`] number (0 control, 1 audio,
 //! 2 chat, 3 reactions); the topic matters on the audio and reactions lanes
@@ -36,7 +41,9 @@ use chorus_core::metrics::{self, Kind, Metric};
 use lunatic_process::state::ProcessState;
 use wasmtime::{Caller, Linker};
 
+use crate::assets::Assets;
 use crate::gateway::Gateway;
+use crate::modules::ModuleHost;
 use crate::socket::{Inbound, Next, Sockets};
 use crate::spawn::State;
 use crate::store::DataService;
@@ -56,6 +63,8 @@ pub struct HostApi {
     sockets: Arc<Sockets>,
     /// The node's listener and connection handling (`chorus run` only).
     gateway: Option<Arc<Gateway>>,
+    modules: Option<Arc<ModuleHost>>,
+    assets: Assets,
 }
 
 impl HostApi {
@@ -65,6 +74,8 @@ impl HostApi {
         env: Arc<lunatic_process::env::LunaticEnvironment>,
         sockets: Arc<Sockets>,
         gateway: Option<Arc<Gateway>>,
+        modules: Option<Arc<ModuleHost>>,
+        assets: Assets,
     ) -> Arc<Self> {
         Arc::new(Self {
             config_json,
@@ -75,6 +86,8 @@ impl HostApi {
             env,
             sockets,
             gateway,
+            modules,
+            assets,
         })
     }
 
@@ -84,6 +97,26 @@ impl HostApi {
             parked.insert(process, bytes);
         }
         len
+    }
+
+    /// Drops, every second, the module instances of processes that are
+    /// gone. Call once, inside the runtime.
+    pub fn start_sweeper(self: &Arc<Self>) {
+        if self.modules.is_none() {
+            return;
+        }
+        let api = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(api) = api.upgrade() else { return };
+                if let Some(modules) = &api.modules {
+                    use lunatic_process::env::Environment;
+                    modules.sweep(|pid| api.env.get_process(pid).is_some());
+                }
+            }
+        });
     }
 
     /// Prometheus text: guest-reported metrics plus what only the host knows.
@@ -381,6 +414,8 @@ impl HostApi {
             },
         )?;
 
+        self.register_modules(linker)?;
+
         let api = self.clone();
         linker.func_wrap(
             "chorus",
@@ -404,8 +439,85 @@ impl HostApi {
     }
 }
 
-/// The lane of ABI number `n`; an unknown number is the chat lane (never
-/// dropped, bounded).
+impl HostApi {
+    /// The process-module functions (see [`crate::modules`]; a node
+    /// without modules, `chorus exec`, answers as if the directory were
+    /// empty) and the demo room's files.
+    fn register_modules(self: &Arc<Self>, linker: &mut Linker<State>) -> Result<()> {
+        let api = self.clone();
+        linker.func_wrap("chorus", "modules_generation", move || {
+            api.modules.as_ref().map_or(0, |m| m.generation())
+        })?;
+
+        let api = self.clone();
+        linker.func_wrap(
+            "chorus",
+            "modules_report",
+            move |caller: Caller<'_, State>| -> Result<u64> {
+                let report = match &api.modules {
+                    Some(m) => serde_json::to_vec(&m.report())?,
+                    None => b"{}".to_vec(),
+                };
+                Ok(api.park(caller.data().id(), report))
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap0_async(
+            "chorus",
+            "modules_reload",
+            move |caller: Caller<'_, State>| {
+                let api = api.clone();
+                Box::new(async move {
+                    let report = match &api.modules {
+                        Some(m) => serde_json::to_vec(&m.reload().await)?,
+                        None => b"{}".to_vec(),
+                    };
+                    Ok(api.park(caller.data().id(), report))
+                })
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap(
+            "chorus",
+            "asset",
+            move |mut caller: Caller<'_, State>, ptr: u32, len: u32| -> Result<u64> {
+                let name = read_guest(&mut caller, ptr, len.min(256))?;
+                let bytes = api.assets.get(&String::from_utf8_lossy(&name));
+                Ok(api.park(caller.data().id(), bytes))
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap4_async(
+            "chorus",
+            "module_call",
+            move |mut caller: Caller<'_, State>,
+                  name_ptr: u32,
+                  name_len: u32,
+                  ptr: u32,
+                  len: u32| {
+                let api = api.clone();
+                Box::new(async move {
+                    let name = read_guest(&mut caller, name_ptr, name_len.min(256))?;
+                    let name = String::from_utf8_lossy(&name).into_owned();
+                    let message = read_guest(&mut caller, ptr, len)?;
+                    let pid = caller.data().id();
+                    let result = match &api.modules {
+                        Some(m) => m.call(pid, &name, &message).await,
+                        None => chorus_core::modules::CallResult::Unavailable(
+                            "this node runs without process modules".into(),
+                        ),
+                    };
+                    Ok(api.park(pid, result.encode()))
+                })
+            },
+        )?;
+        Ok(())
+    }
+}
+
 /// The lane, topic and reaction key of an outlet call (an unknown lane
 /// number is chat: queued, never dropped).
 fn read_route(

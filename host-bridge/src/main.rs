@@ -8,9 +8,11 @@
 //! * `chorus exec <file.wasm> [args…]` runs any lunatic guest, like
 //!   `lunatic run`; the benchmarks use it to run the same guest on both.
 
+mod assets;
 mod engine;
 mod gateway;
 mod hostapi;
+mod modules;
 mod node;
 mod socket;
 mod spawn;

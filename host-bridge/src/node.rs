@@ -14,6 +14,7 @@ use lunatic_runtime::DefaultProcessConfig;
 use crate::engine::Engine;
 use crate::gateway::Gateway;
 use crate::hostapi::HostApi;
+use crate::modules::ModuleHost;
 use crate::socket::{SocketLimits, Sockets};
 use crate::spawn::Spawner;
 use crate::store::DataService;
@@ -112,6 +113,15 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         )?,
         other => bail!("store.backend = {other:?} is not available in this build yet"),
     };
+    let modules = ModuleHost::new(&config.modules, &config.limits)?;
+    let report = modules.reload().await;
+    tracing::info!(
+        dir = %report.dir,
+        ready = ?report.ready,
+        pipeline = ?report.pipeline,
+        "process modules"
+    );
+    reload_modules_on_sighup(modules.clone());
     let config_json = serde_json::to_vec(&config)?;
     let code = spawn_main(
         &config,
@@ -122,12 +132,29 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             data: Some(data),
             sockets,
             gateway: Some(gateway),
+            modules: Some(modules),
         },
         config_json,
         true,
     )
     .await?;
     Ok(code)
+}
+
+/// `SIGHUP` reloads `modules.dir`; the guest's module manager notices the
+/// new generation within a second.
+fn reload_modules_on_sighup(modules: Arc<ModuleHost>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload modules through the admin API");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let report = modules.reload().await;
+            tracing::info!(ready = ?report.ready, "SIGHUP: process modules reloaded");
+        }
+    });
 }
 
 pub async fn exec(args: ExecArgs) -> Result<ExitCode> {
@@ -147,6 +174,7 @@ pub async fn exec(args: ExecArgs) -> Result<ExitCode> {
         data: None,
         sockets: Sockets::new(socket_limits(&config)),
         gateway: None,
+        modules: None,
     };
     spawn_main(&config, wasm, argv, args.dir, host, config_json, false).await
 }
@@ -156,6 +184,7 @@ struct Host {
     data: Option<DataService>,
     sockets: Arc<Sockets>,
     gateway: Option<Arc<Gateway>>,
+    modules: Option<Arc<ModuleHost>>,
 }
 
 fn socket_limits(config: &Config) -> SocketLimits {
@@ -171,6 +200,7 @@ fn socket_limits(config: &Config) -> SocketLimits {
 
 /// Compiles `wasm`, spawns its `_start` as the root process and waits for it
 /// (or for SIGINT/SIGTERM when `serve` is set).
+#[allow(clippy::too_many_arguments)]
 async fn spawn_main(
     config: &Config,
     wasm: Vec<u8>,
@@ -183,13 +213,21 @@ async fn spawn_main(
     let engine = Engine::new(&config.runtime)?;
     let envs = Arc::new(LunaticEnvironments::default());
     let env = envs.create(1).await;
+    let assets = if serve {
+        crate::assets::Assets::load(&config.node.demo_dir)
+    } else {
+        crate::assets::Assets::default()
+    };
     let api = HostApi::new(
         config_json,
         host.data,
         env.clone(),
         host.sockets,
         host.gateway.clone(),
+        host.modules,
+        assets,
     );
+    api.start_sweeper();
     let cache = crate::engine::cache_dir(&config.runtime.module_cache);
     let module = Arc::new(engine.compile(wasm, api, cache.as_deref())?);
 
