@@ -6,6 +6,7 @@
 //! thin shells around these types, which keeps the logic testable natively and
 //! fuzzable.
 
+pub mod budget;
 pub mod config;
 pub mod data;
 pub mod http;
@@ -18,6 +19,7 @@ pub mod modules;
 pub mod outq;
 pub mod peak;
 pub mod phoenix;
+pub mod policy;
 pub mod presence;
 pub mod ratelimit;
 pub mod ring;
