@@ -98,6 +98,22 @@ pub struct Publish {
     pub payload: Body,
     /// `(join_ref, ref)` to acknowledge, when the join asked for `ack`.
     pub ack: Option<(String, Option<String>)>,
+    /// `(node, pid, tag)` of an admin request waiting for the outcome of a
+    /// chat-lane publish: the stored id, or the refusal's reason
+    /// (`Result<String, String>`), so a REST post is answered after the write.
+    #[serde(default)]
+    pub reply: Option<(u64, u64, Tag)>,
+}
+
+impl Publish {
+    /// Tells a waiting admin request how the publish ended.
+    fn answer(&self, outcome: Result<String, String>) {
+        if let Some((node, pid, tag)) = self.reply {
+            // SAFETY: the admin API waits for exactly this type under `tag`.
+            let to: Process<Result<String, String>> = unsafe { Process::new(node, pid) };
+            to.tag_send(tag, outcome);
+        }
+    }
 }
 
 /// Everything a channel process receives.
@@ -139,6 +155,12 @@ pub struct ChannelArgs {
     pub directory: String,
     pub idle_ms: u64,
     pub history: u32,
+    /// `limits.channel_history_bytes`: payload bytes of that history.
+    #[serde(default)]
+    pub history_bytes: u32,
+    /// `limits.presence_bytes`: presence keys and metas this channel holds.
+    #[serde(default)]
+    pub presence_bytes: u32,
     pub sweep_ms: u64,
     pub presence_shards: u32,
     /// Peak mode settings.
@@ -222,6 +244,8 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                             directory: name.clone(),
                             idle_ms: config.limits.channel_idle_ms,
                             history: config.limits.channel_history,
+                            history_bytes: config.limits.channel_history_bytes,
+                            presence_bytes: config.limits.presence_bytes,
                             sweep_ms,
                             presence_shards: config.presence.shards,
                             rooms: config.rooms.clone(),
@@ -281,6 +305,10 @@ struct Channel {
     presence: Presence,
     history: VecDeque<Kept>,
     history_len: usize,
+    /// Payload bytes in `history`, kept within `history_budget` (bytes, not
+    /// only a count, so that big messages cannot outgrow the process).
+    history_bytes: usize,
+    history_budget: usize,
     /// The room state, on a room's audio lane.
     room: Option<crate::room::AudioLane>,
     /// Peak mode: rate, transitions and held deliveries (`channel/peak.rs`).
@@ -300,6 +328,17 @@ struct Kept {
     body: Body,
 }
 
+impl Kept {
+    /// What it counts against `limits.channel_history_bytes`.
+    fn size(&self) -> usize {
+        let body = match &self.body {
+            Body::Json(text) => text.len(),
+            Body::Binary(bytes) => bytes.len(),
+        };
+        body + self.event.len()
+    }
+}
+
 /// A channel process.
 pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
     host::metric(Metric::ChannelsActive, 1);
@@ -312,9 +351,11 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
         presence_shards: args.presence_shards,
         topic: args.topic.clone(),
         subs: HashMap::new(),
-        presence: Presence::new(MAX_METAS_PER_KEY),
+        presence: Presence::with_budget(MAX_METAS_PER_KEY, args.presence_bytes as usize),
         history: VecDeque::new(),
         history_len: args.history as usize,
+        history_bytes: 0,
+        history_budget: args.history_bytes as usize,
         room: crate::room::AudioLane::for_topic(&args.topic),
         peak: peak::PeakState::new(&args.rooms, &args.topic),
         modules: args.modules.clone().bind(inbox.this()),
@@ -488,12 +529,17 @@ impl Channel {
         let mut stored = None;
         if self.persist {
             match self.store(&p) {
-                Ok(id) => stored = Some(id),
+                Ok(id) => {
+                    p.answer(Ok(id.0.clone()));
+                    stored = Some(id);
+                }
                 Err(reason) => {
                     self.refuse(&p, &reason);
                     return;
                 }
             }
+        } else {
+            p.answer(Ok(String::new()));
         }
         if let Some(sub) = p.from.and_then(|from| self.subs.get(&from)) {
             self.viewers.chatted(&sub.presence_key);
@@ -518,21 +564,47 @@ impl Channel {
                 send_outbound(sub.outlet, sub.v2, &ok);
             }
         }
-        if self.history_len > 0 {
-            if self.history.len() == self.history_len {
-                self.history.pop_front();
-            }
-            let (id, inserted_at) = match stored {
-                Some((id, at)) => (Some(id), at),
-                None => (None, now_ms()),
-            };
-            self.history.push_back(Kept {
-                id,
-                inserted_at,
-                event: p.event,
-                body: p.payload,
-            });
+        let (id, inserted_at) = match stored {
+            Some((id, at)) => (Some(id), at),
+            None => (None, now_ms()),
+        };
+        self.keep(Kept {
+            id,
+            inserted_at,
+            event: p.event,
+            body: p.payload,
+        });
+    }
+
+    /// Appends to the in-memory history within its count and byte budgets,
+    /// dropping the oldest entries; a message bigger than the whole byte
+    /// budget is not kept (logged and counted), never a reason to crash.
+    fn keep(&mut self, kept: Kept) {
+        if self.history_len == 0 {
+            return;
         }
+        let size = kept.size();
+        if size > self.history_budget {
+            host::metric(Metric::HistorySkipped, 1);
+            host::log(
+                host::Level::Warn,
+                &format!(
+                    "channel {}: a {size}-byte message is not kept in memory (limits.channel_history_bytes {})",
+                    self.topic, self.history_budget
+                ),
+            );
+            return;
+        }
+        while self.history.len() >= self.history_len
+            || self.history_bytes + size > self.history_budget
+        {
+            match self.history.pop_front() {
+                Some(old) => self.history_bytes -= old.size(),
+                None => break,
+            }
+        }
+        self.history_bytes += size;
+        self.history.push_back(kept);
     }
 
     /// Queues a broadcast's frames on every subscriber `skip` does not name:
@@ -566,6 +638,7 @@ impl Channel {
     /// Answers a refused publish with an error reply carrying `reason`, when
     /// its publisher asked for an acknowledgement.
     fn refuse(&self, p: &Publish, reason: &str) {
+        p.answer(Err(reason.to_string()));
         if let (Some(from), Some((join_ref, msg_ref))) = (p.from, &p.ack) {
             if let Some(sub) = self.subs.get(&from) {
                 let err = Outbound::reply(
@@ -595,17 +668,17 @@ impl Channel {
         }) {
             DataResponse::Messages { messages } => {
                 host::metric(Metric::HistoryRefilled, messages.len() as i64);
-                // The answer is newest first; history is oldest first.
-                self.history = messages
-                    .into_iter()
-                    .rev()
-                    .map(|m| Kept {
+                // The answer is newest first (and cut at
+                // limits.history_page_bytes by the data service); history
+                // is oldest first, within its own budgets.
+                for m in messages.into_iter().rev() {
+                    self.keep(Kept {
                         id: Some(m.id),
                         inserted_at: m.inserted_at,
                         event: m.event,
                         body: Body::Json(m.payload.to_string()),
-                    })
-                    .collect();
+                    });
+                }
             }
             other => host::log(
                 host::Level::Warn,
@@ -772,7 +845,7 @@ fn now_ms() -> u64 {
 }
 
 /// `realtime:room:<id>:chat` (or `room:<id>:chat`): a room's chat lane.
-fn is_chat_lane(topic: &str) -> bool {
+pub fn is_chat_lane(topic: &str) -> bool {
     let t = topic.strip_prefix("realtime:").unwrap_or(topic);
     t.starts_with("room:") && t.ends_with(":chat") && t.len() > "room::chat".len()
 }

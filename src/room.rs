@@ -59,6 +59,10 @@ pub enum RoomMsg {
         patch: String,
         persist: bool,
         reply: Option<(u64, u64, Tag)>,
+        /// `limits.room_state_bytes`: a patch that would take the state
+        /// (JSON text) past it is refused and changes nothing.
+        #[serde(default)]
+        max_bytes: Option<u32>,
     },
 }
 
@@ -165,17 +169,28 @@ impl AudioLane {
                     event: room::PLAYBACK_EVENT.into(),
                     payload: Body::Json(payload),
                     ack: ack.then_some(refs),
+                    reply: None,
                 })
             }
             RoomMsg::Patch {
                 patch,
                 persist,
                 reply,
+                max_bytes,
             } => {
                 let result = serde_json::from_str::<Value>(&patch)
                     .map_err(|e| e.to_string())
                     .and_then(|patch| {
-                        room::merge(self.state()?, &patch);
+                        let state = self.state()?;
+                        let mut merged = state.clone();
+                        room::merge(&mut merged, &patch);
+                        let size = merged.to_string().len();
+                        if let Some(max) = max_bytes.filter(|m| size > *m as usize) {
+                            return Err(format!(
+                                "room state would be {size} bytes, over {max} (limits.room_state_bytes)"
+                            ));
+                        }
+                        *state = merged;
                         if persist {
                             self.persist()?;
                         }
@@ -295,11 +310,19 @@ pub fn admin_get(id: &str) -> Response {
 
 /// `PUT /realtime/v1/api/rooms/<id>` with e.g. `{"host": "alice"}`: merged
 /// into the room state by the room's audio channel (started if needed, so
-/// it stays the state's single writer). Answers the new state.
-pub fn admin_put(id: &str, body: &[u8]) -> Response {
+/// it stays the state's single writer). Answers the new state; a state that
+/// would pass `limits.room_state_bytes` is refused with 413.
+pub fn admin_put(id: &str, body: &[u8], max_bytes: u32) -> Response {
     let id = chorus_core::http::percent_decode(id);
     if let Err(reason) = room::validate_room_id(&id) {
         return Response::json(400, &json!({ "error": reason }));
+    }
+    if body.len() > max_bytes as usize {
+        let reason = format!(
+            "room state patch of {} bytes is over {max_bytes} (limits.room_state_bytes)",
+            body.len()
+        );
+        return Response::json(413, &json!({ "error": reason }));
     }
     let patch: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -319,11 +342,15 @@ pub fn admin_put(id: &str, body: &[u8]) -> Response {
         patch: patch.to_string(),
         persist: true,
         reply: Some((lhost::node_id(), lhost::process_id(), tag)),
+        max_bytes: Some(max_bytes),
     }));
     // SAFETY: the channel answers with exactly this type under `tag`.
     let mailbox: Mailbox<Result<String, String>> = unsafe { Mailbox::new() };
     let state = match mailbox.tag_receive_timeout(&[tag], PATCH_TIMEOUT) {
         Ok(Ok(state)) => state,
+        Ok(Err(reason)) if reason.contains("limits.room_state_bytes") => {
+            return Response::json(413, &json!({ "error": reason }))
+        }
         Ok(Err(reason)) => return Response::json(503, &json!({ "error": reason })),
         Err(_) => return Response::json(504, &json!({"error": "room channel did not answer"})),
     };
@@ -334,6 +361,7 @@ pub fn admin_put(id: &str, body: &[u8]) -> Response {
             patch: patch.to_string(),
             persist: false,
             reply: None,
+            max_bytes: None,
         }));
     }
     let state: Value = serde_json::from_str(&state).unwrap_or(Value::Null);

@@ -42,6 +42,7 @@ metrics! {
     ProtocolErrors => "chorus_protocol_errors_total", Counter, "Client frames refused as malformed or over a limit";
     HistoryRefilled => "chorus_channel_history_refilled_total", Counter, "Messages channel servers reloaded from storage into their in-memory history at start";
     Replayed => "chorus_replayed_messages_total", Counter, "Stored messages replayed to clients on join (broadcast.replay)";
+    HistorySkipped => "chorus_channel_history_skipped_total", Counter, "Messages a channel did not keep in its in-memory history because they alone pass limits.channel_history_bytes";
     RateLimited => "chorus_rate_limited_total", Counter, "Client messages refused by the per-socket rate limit";
     PeakChannels => "chorus_peak_channels", Gauge, "Channels in peak mode now";
     PeakEntered => "chorus_peak_entered_total", Counter, "Times a channel entered peak mode";

@@ -86,8 +86,27 @@ impl HostApi {
         len
     }
 
+    /// Drops answers parked for processes that died before taking them (a
+    /// process killed while its data request was in flight), so they do not
+    /// stay in the host's memory. Returns how many were dropped.
+    pub fn sweep_parked(&self) -> usize {
+        use lunatic_process::env::Environment;
+        let Ok(mut parked) = self.parked.lock() else {
+            return 0;
+        };
+        let before = parked.len();
+        parked.retain(|process, _| self.env.get_process(*process).is_some());
+        before - parked.len()
+    }
+
+    /// Answers parked for processes and not yet taken.
+    pub fn parked_answers(&self) -> usize {
+        self.parked.lock().map_or(0, |p| p.len())
+    }
+
     /// Drops, every second, the outlets of processes that are gone, so a
-    /// crashed session's socket closes. Call once, inside the runtime.
+    /// crashed session's socket closes, and the answers parked for them.
+    /// Call once, inside the runtime.
     pub fn start_sweeper(self: &Arc<Self>) {
         let api = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -95,7 +114,13 @@ impl HostApi {
             loop {
                 tick.tick().await;
                 match api.upgrade() {
-                    Some(api) => api.outlets.sweep(&api.env),
+                    Some(api) => {
+                        api.outlets.sweep(&api.env);
+                        let dropped = api.sweep_parked();
+                        if dropped > 0 {
+                            tracing::debug!(dropped, "answers parked for dead processes dropped");
+                        }
+                    }
                     None => return,
                 }
             }
@@ -129,6 +154,12 @@ impl HostApi {
                     Kind::Gauge,
                     "sockets whose writes the host drains",
                     self.outlets.count() as i64,
+                ),
+                (
+                    "chorus_parked_answers",
+                    Kind::Gauge,
+                    "host-call answers waiting for their process to take them (dead processes' are swept every second)",
+                    self.parked_answers() as i64,
                 ),
                 (
                     "chorus_reactions_aggregated_total",

@@ -345,6 +345,7 @@ impl Session {
                     event: broadcast.event,
                     payload: Body::from_payload(&broadcast.payload),
                     ack,
+                    reply: None,
                 }));
             }
             Inbound::Push(m) => {
@@ -398,7 +399,10 @@ impl Session {
             Payload::Json(v) => join::parse_join(v),
             Payload::Binary(_) => Err("join payload must be JSON".into()),
         };
-        let config = match config {
+        let config = match config.and_then(|c| {
+            join::check_presence_key(&c.presence_key, self.config.limits.presence_key_bytes)
+                .map(|()| c)
+        }) {
             Ok(c) => c,
             Err(reason) => return self.reply_error(join_ref, msg_ref, topic, &reason),
         };
