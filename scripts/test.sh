@@ -3,8 +3,9 @@
 # formatting and lints, native unit and property tests (core), the host's
 # end-to-end tests against real node processes (Rust WebSocket client),
 # the supervision scenarios under `chorus exec`, the Node.js suite with the
-# real @supabase/realtime-js and phoenix clients, and a tiny run of each
-# benchmark (to keep the harness working; no timing is asserted).
+# real @supabase/realtime-js and phoenix clients, a few seconds of each fuzz
+# target, and a tiny run of each benchmark (to keep the harness working; no
+# timing is asserted).
 source "$(dirname "$0")/lib.sh"
 
 build_all
@@ -40,6 +41,9 @@ cargo test --release --workspace --exclude chorus-guest --exclude supervisors --
 
 log "Node.js tests with @supabase/realtime-js and phoenix"
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
+log "fuzz targets, a few seconds each (campaigns: scripts/fuzz.sh campaign)"
+scripts/fuzz.sh smoke 5
 
 log "benchmarks, tiny size (harness check only)"
 python3 bench/platform.py --tiny
