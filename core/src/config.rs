@@ -121,6 +121,10 @@ pub struct LimitsConfig {
     pub presence_key_bytes: u32,
     /// Largest room state (JSON text), e.g. through `PUT …/rooms/<id>`.
     pub room_state_bytes: u32,
+    /// Bytes one socket's outbound queue may hold (host memory, all lanes):
+    /// past it the socket is closed as a slow consumer, and reactions are
+    /// counted instead of queued.
+    pub outlet_queue_bytes: u32,
 }
 
 /// Presence shards.
@@ -240,6 +244,7 @@ impl Default for LimitsConfig {
             presence_bytes: 1024 * 1024,
             presence_key_bytes: 256,
             room_state_bytes: 64 * 1024,
+            outlet_queue_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -500,6 +505,12 @@ impl Config {
         }
         if self.limits.outlet_queue_frames < 16 {
             return bad("limits.outlet_queue_frames", "must be at least 16");
+        }
+        if self.limits.outlet_queue_bytes < self.limits.max_frame_bytes {
+            return bad(
+                "limits.outlet_queue_bytes",
+                "must be at least limits.max_frame_bytes",
+            );
         }
         if !(1..=65_535).contains(&self.limits.listen_backlog) {
             return bad("limits.listen_backlog", "must be between 1 and 65535");
