@@ -138,6 +138,9 @@ pub enum ChannelMsg {
     /// A process module's verdict (see `crate::modules`); one arriving here
     /// came after the channel stopped waiting, and is ignored.
     ModuleAnswer(crate::modules::Reply),
+    /// Test-only fault switch (`node.fault_injection`): the channel panics,
+    /// as a bug would make it.
+    Crash,
     /// `presence_subscribe` (selective presence, see `crate::viewers`),
     /// answered by the channel, which knows the set.
     PresenceSubscribe {
@@ -186,6 +189,14 @@ pub enum DirMsg {
     },
     /// A channel has had no subscriber for its idle period.
     Idle { topic: String, pid: u64 },
+    /// A channel process started (first start or a supervisor's restart):
+    /// the directory adopts it as the topic's channel unless another live
+    /// one already serves the topic, which makes this one stop. So the
+    /// directory always knows the live channel and no orphan stays behind.
+    Live {
+        topic: String,
+        channel: ChildRef<ChannelMsg>,
+    },
 }
 
 /// The name of directory shard `i` on this node.
@@ -280,6 +291,17 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                     }
                 }
             }
+            Incoming::Message(DirMsg::Live { topic, channel }) => match channels.get(&topic) {
+                Some(c) if *c == channel => {}
+                Some(c) if c.is_alive() => {
+                    // A restarted incarnation came up after a fresh channel
+                    // took over the topic: it has no subscriber and goes.
+                    channel.send(ChannelMsg::Stop);
+                }
+                _ => {
+                    channels.insert(topic, channel);
+                }
+            },
         }
     }
 }
@@ -362,6 +384,12 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
         viewers: crate::viewers::Viewers::new(&args.topic, &args.presence),
     };
     ch.refill();
+    if let Some(dir) = ChildRef::<DirMsg>::lookup(&args.directory) {
+        dir.send(DirMsg::Live {
+            topic: args.topic.clone(),
+            channel: inbox.this(),
+        });
+    }
     let idle = Duration::from_millis(args.idle_ms);
     let sweep = Duration::from_millis(args.sweep_ms);
     let mut idle_since = Some(Instant::now());
@@ -422,6 +450,7 @@ impl Channel {
                 refs,
             } => self.presence(session, meta, refs),
             ChannelMsg::Stop | ChannelMsg::ModuleAnswer(_) => {}
+            ChannelMsg::Crash => panic!("fault injection: channel {} crashes", self.topic),
             ChannelMsg::Room(m) => match self.room.as_mut().map(|r| r.handle(m)) {
                 Some(crate::room::Action::Publish(p)) => self.publish(p),
                 Some(crate::room::Action::Error { from, refs, reason }) => {

@@ -361,6 +361,11 @@ impl Session {
                     chorus_core::room::CLOCK_EVENT => {
                         self.clock(join_ref, msg_ref, topic, &m.payload, received_ms)
                     }
+                    "chorus_crash_channel" if self.config.node.fault_injection => {
+                        if let Some(j) = self.joined.get(&topic) {
+                            j.channel.send(ChannelMsg::Crash);
+                        }
+                    }
                     other => {
                         let reason = format!("unknown event {other:?}");
                         self.reply_error(join_ref, msg_ref, topic, &reason)
