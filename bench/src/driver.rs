@@ -18,7 +18,7 @@ use crate::rooms::RoomOutcome;
 use crate::scenario::{Params, Scenario};
 use crate::servers::{rss_kib, Paths, Server};
 use crate::stats::{self, Latency};
-use crate::worker::{Done, Line, Progress, WorkerSpec};
+use crate::worker::{Done, Line, Progress, Wire, WorkerSpec};
 
 /// Everything one run measured; written as one JSON file.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -28,6 +28,12 @@ pub struct RunResult {
     pub params: Option<Params>,
     /// Unix seconds at start.
     pub started_at: u64,
+    /// This run's number among the runs of the same load and system in
+    /// its suite (1-based), and how many there were.
+    #[serde(default)]
+    pub run: u32,
+    #[serde(default)]
+    pub runs: u32,
     /// `None` when the run went through; otherwise why it did not.
     pub failure: Option<String>,
     pub workers: usize,
@@ -47,6 +53,21 @@ pub struct RunResult {
     pub rss_connected_kib: u64,
     pub rss_peak_kib: u64,
     pub rss_per_session_kib: f64,
+    /// RSS `after_s` seconds after every session left, and that ÷ the RSS
+    /// before the load ("memory comes back"; 0 when not measured).
+    #[serde(default)]
+    pub rss_after_kib: u64,
+    #[serde(default)]
+    pub rss_after_ratio: f64,
+    /// What the server wrote to the clients, summed over all sessions.
+    #[serde(default)]
+    pub wire: Wire,
+    /// Socket bytes read per session over the run, and per second of the
+    /// publishing (or holding) time.
+    #[serde(default)]
+    pub bytes_per_session: f64,
+    #[serde(default)]
+    pub bytes_per_session_per_s: f64,
     /// (seconds since start, KiB)
     pub rss_series: Vec<(f64, u64)>,
     pub errors: BTreeMap<String, u64>,
@@ -77,6 +98,7 @@ fn worker_specs(system: System, server: std::net::SocketAddr, p: &Params) -> Vec
         max_run_ms: ((p.duration_s + p.drain_s) * 1000.0) as u64 + 30_000,
         connect_timeout_ms: (p.connect_timeout_s * 1000.0) as u64,
         connect_concurrency: p.connect_concurrency,
+        presence_every_ms: (p.presence_every_s * 1000.0) as u64,
     };
     let mut first = 0;
     while first < p.clients {
@@ -84,16 +106,12 @@ fn worker_specs(system: System, server: std::net::SocketAddr, p: &Params) -> Vec
         specs.push(WorkerSpec {
             first_id: first,
             count,
-            members_per_room: if p.scenario == Scenario::ManyRooms {
+            members_per_room: if p.scenario.in_rooms() || p.scenario == Scenario::Idle {
                 p.members_per_room
             } else {
                 0
             },
-            publish_rate: if p.scenario == Scenario::ManyRooms {
-                p.rate
-            } else {
-                0.0
-            },
+            publish_rate: if p.scenario.in_rooms() { p.rate } else { 0.0 },
             ..base.clone()
         });
         first += count;
@@ -130,7 +148,7 @@ pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
         ..RunResult::default()
     };
     eprintln!("== {system} {}: {}", params.scenario, params.describe());
-    let mut server = match Server::start(system, paths) {
+    let mut server = match Server::start(system, paths, params.scenario) {
         Ok(s) => s,
         Err(e) => {
             r.failure = Some(format!("server did not start: {e}"));
@@ -163,6 +181,20 @@ pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
 
     drive(&mut r, &mut server, params);
 
+    // Memory comes back: every loader is gone (their sockets closed);
+    // give the server `after_s` to let go of the sessions.
+    if r.sessions_joined > 0 && params.after_s > 0.0 {
+        eprintln!(
+            "   every session left; waiting {:.1}s for the server to free them",
+            params.after_s
+        );
+        std::thread::sleep(Duration::from_secs_f64(params.after_s));
+        r.rss_after_kib = rss_kib(server.pid).unwrap_or(0);
+        if r.rss_baseline_kib > 0 {
+            r.rss_after_ratio = r.rss_after_kib as f64 / r.rss_baseline_kib as f64;
+        }
+    }
+
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
     if let Ok(s) = series.lock() {
@@ -182,14 +214,15 @@ pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
     server.stop();
     match &r.failure {
         None => eprintln!(
-            "   done: {} sessions ({:.0}/s), {:.0} deliveries/s ({:.1}%), p50 {:.2} ms p99 {:.2} ms, {:.1} KiB/session",
+            "   done: {} sessions ({:.0}/s), {:.0} deliveries/s ({:.1}%), p50 {:.2} ms p99 {:.2} ms, {:.1} KiB/session, RSS after/before {:.2}x",
             r.sessions_joined,
             r.sessions_per_s,
             r.deliveries_per_s,
             r.delivered_pct,
             r.latency.p50_ms,
             r.latency.p99_ms,
-            r.rss_per_session_kib
+            r.rss_per_session_kib,
+            r.rss_after_ratio
         ),
         Some(f) => eprintln!("   failed: {f}"),
     }
@@ -317,6 +350,10 @@ fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
             );
         }
     }
+    if p.scenario == Scenario::Idle {
+        // "With the load": the sessions after holding, heartbeats and all.
+        r.rss_connected_kib = rss_kib(server.pid).unwrap_or(0);
+    }
     for w in procs.iter_mut() {
         w.say("stop");
     }
@@ -361,7 +398,16 @@ fn collect(
         }
     }
     r.latency = Latency::of(&lat);
-    if p.scenario == Scenario::ConnectStorm || go_ns == 0 {
+    for d in done.iter().flatten() {
+        r.wire.add(&d.wire);
+    }
+    if r.sessions_joined > 0 {
+        r.bytes_per_session = r.wire.socket_bytes as f64 / r.sessions_joined as f64;
+        if p.duration_s > 0.0 {
+            r.bytes_per_session_per_s = r.bytes_per_session / p.duration_s;
+        }
+    }
+    if !p.scenario.publishes() || go_ns == 0 {
         return;
     }
     let receivers_per_message = match p.scenario {

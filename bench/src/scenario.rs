@@ -17,6 +17,14 @@ pub enum Scenario {
     FanOut,
     /// R rooms of M members, every member publishing at a fixed rate.
     ManyRooms,
+    /// N sessions join one room each and stay, keeping themselves alive
+    /// with their protocol's heartbeat, for a while: memory per idle
+    /// session.
+    Idle,
+    /// Chorus only: R rooms of M members with presence on, each member
+    /// chatting at a fixed rate and updating its presence meta: what the
+    /// server writes per client on the wire (chat and presence bytes).
+    ChatPresence,
     /// Chorus only: presence churn in one large room, plain vs selective
     /// presence vs the large-room relevant set (`rooms.rs`).
     PresenceChurn,
@@ -25,10 +33,12 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::ConnectStorm,
         Scenario::FanOut,
         Scenario::ManyRooms,
+        Scenario::Idle,
+        Scenario::ChatPresence,
         Scenario::PresenceChurn,
         Scenario::AudioFlood,
     ];
@@ -38,11 +48,32 @@ impl Scenario {
         matches!(self, Scenario::PresenceChurn | Scenario::AudioFlood)
     }
 
+    /// Scenarios only Chorus runs (its extensions, or Supabase presence,
+    /// which no peer speaks).
+    pub fn chorus_only(self) -> bool {
+        self.is_room() || self == Scenario::ChatPresence
+    }
+
+    /// Scenarios whose clients publish (and so deliveries are counted).
+    pub fn publishes(self) -> bool {
+        matches!(
+            self,
+            Scenario::FanOut | Scenario::ManyRooms | Scenario::ChatPresence
+        )
+    }
+
+    /// Scenarios whose clients are spread over rooms of `members_per_room`.
+    pub fn in_rooms(self) -> bool {
+        matches!(self, Scenario::ManyRooms | Scenario::ChatPresence)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::ConnectStorm => "connect-storm",
             Scenario::FanOut => "fan-out",
             Scenario::ManyRooms => "many-rooms",
+            Scenario::Idle => "idle",
+            Scenario::ChatPresence => "chat-presence",
             Scenario::PresenceChurn => "presence-churn",
             Scenario::AudioFlood => "audio-flood",
         }
@@ -63,7 +94,7 @@ impl FromStr for Scenario {
             .find(|x| x.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown scenario {s:?} (connect-storm, fan-out, many-rooms, presence-churn, audio-flood)"
+                    "unknown scenario {s:?} (connect-storm, fan-out, many-rooms, idle, chat-presence, presence-churn, audio-flood)"
                 )
             })
     }
@@ -93,6 +124,14 @@ pub struct Params {
     /// The room scenarios' loads (`None` for the others).
     #[serde(default)]
     pub room: Option<RoomParams>,
+    /// Seconds to wait after every session left before the last RSS
+    /// sample ("memory comes back").
+    #[serde(default)]
+    pub after_s: f64,
+    /// chat-presence: each member updates its presence meta this often
+    /// (seconds; 0 = presence off).
+    #[serde(default)]
+    pub presence_every_s: f64,
 }
 
 impl Params {
@@ -109,6 +148,37 @@ impl Params {
             connect_concurrency: 256,
             connect_timeout_s: 60.0,
             room: None,
+            after_s: 5.0,
+            presence_every_s: 0.0,
+        }
+    }
+
+    /// idle: `sessions` join one room each (rooms of 10) and stay for
+    /// `hold_s` with heartbeats.
+    pub fn idle(sessions: u64, hold_s: f64) -> Params {
+        Params {
+            scenario: Scenario::Idle,
+            members_per_room: 10,
+            duration_s: hold_s,
+            // Big enough joins in flight for 19,000 sessions in time.
+            connect_timeout_s: 120.0,
+            ..Params::connect_storm(sessions)
+        }
+    }
+
+    /// chat-presence: `rooms` × `members`, each chatting at `rate` and
+    /// re-tracking its presence every `presence_every_s`.
+    pub fn chat_presence(
+        rooms: u64,
+        members: u64,
+        rate: f64,
+        presence_every_s: f64,
+        duration_s: f64,
+    ) -> Params {
+        Params {
+            scenario: Scenario::ChatPresence,
+            presence_every_s,
+            ..Params::many_rooms(rooms, members, rate, duration_s)
         }
     }
 
@@ -200,6 +270,15 @@ impl Params {
         }
     }
 
+    /// The key that tells loads of one scenario apart in the report (two
+    /// fan-out loads of one suite get two tables).
+    pub fn load_key(&self) -> String {
+        match self.scenario {
+            Scenario::FanOut => format!("{}-{}x{}", self.scenario, self.clients, self.rate),
+            s => s.name().to_string(),
+        }
+    }
+
     /// One line for tables: the load in words.
     pub fn describe(&self) -> String {
         match self.scenario {
@@ -214,6 +293,19 @@ impl Params {
                 self.members_per_room,
                 self.rate,
                 self.payload_bytes,
+                self.duration_s
+            ),
+            Scenario::Idle => format!(
+                "{} sessions (rooms of {}) joined and held idle {} s with heartbeats",
+                self.clients, self.members_per_room, self.duration_s
+            ),
+            Scenario::ChatPresence => format!(
+                "{} rooms × {} members with presence on, each chatting {} msg/s ({} B payloads) and updating its presence every {} s, {} s",
+                self.clients / self.members_per_room.max(1),
+                self.members_per_room,
+                self.rate,
+                self.payload_bytes,
+                self.presence_every_s,
                 self.duration_s
             ),
             Scenario::PresenceChurn => match &self.room {

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::proto::System;
+use crate::scenario::Scenario;
 
 /// Where the Chorus binaries are.
 #[derive(Debug, Clone)]
@@ -42,6 +43,7 @@ pub struct Server {
 const CHORUS_PORT: u16 = 47400;
 const NATS_PORT: u16 = 47410;
 const NATS_WS_PORT: u16 = 47411;
+const CENTRIFUGO_PORT: u16 = 47430;
 const RABBIT_AMQP_PORT: u16 = 47420;
 const RABBIT_MQTT_PORT: u16 = 47421;
 const RABBIT_WS_PORT: u16 = 47422;
@@ -108,10 +110,12 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 impl Server {
-    pub fn start(system: System, paths: &Paths) -> Result<Server, String> {
+    /// Starts `system` configured for `scenario`'s load.
+    pub fn start(system: System, paths: &Paths, scenario: Scenario) -> Result<Server, String> {
         match system {
             System::Chorus => start_chorus(paths, &[]),
             System::Nats => start_nats(),
+            System::Centrifugo => start_centrifugo(scenario),
             System::Rabbitmq => start_rabbitmq(),
         }
     }
@@ -267,6 +271,123 @@ fn start_nats() -> Result<Server, String> {
     let version = output_of(&bin.display().to_string(), &["--version"]);
     Ok(Server {
         addr: SocketAddr::from(([127, 0, 0, 1], NATS_WS_PORT)),
+        pid,
+        version,
+        child,
+        dir,
+        stop_epmd: false,
+    })
+}
+
+/// Where the Centrifugo binary is: `$CHORUS_BENCH_CENTRIFUGO`, then PATH,
+/// then Go's install directories (`scripts/bench.sh` builds it with
+/// `go install` into `$(go env GOPATH)/bin`).
+pub fn centrifugo_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CHORUS_BENCH_CENTRIFUGO") {
+        let p = PathBuf::from(p);
+        return p.exists().then_some(p);
+    }
+    let mut extra: Vec<String> = Vec::new();
+    for var in ["GOBIN", "GOPATH"] {
+        if let Some(v) = std::env::var_os(var) {
+            let v = PathBuf::from(v);
+            let dir = if var == "GOPATH" { v.join("bin") } else { v };
+            extra.push(dir.display().to_string());
+        }
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        extra.push(PathBuf::from(home).join("go/bin").display().to_string());
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    find_program("centrifugo", &extra)
+}
+
+/// Centrifugo's configuration for `scenario` (JSON, v6 keys). Chosen for
+/// its best at each load, as documented in BENCHMARKS.md:
+/// * anonymous clients, no token (Chorus and NATS check none either):
+///   `client.allow_anonymous_connect_without_token`, and on channels
+///   without a namespace `allow_subscribe_for_anonymous` (with
+///   `allow_subscribe_for_client`) and `allow_publish_for_subscriber` (with
+///   `allow_publish_for_anonymous`); presence, join/leave and history off;
+/// * a 64 MB outgoing queue per client and a 10 s write timeout, as NATS'
+///   `max_pending` and `write_deadline`, so the loader's own stalls do not
+///   cut subscribers;
+/// * logging at `error`, usage statistics off;
+/// * for loads of many mostly idle connections (connect-storm, idle) the
+///   WebSocket write-buffer pool, which Centrifugo recommends there to
+///   save memory per connection; off where every connection writes all
+///   the time (fan-out, many-rooms).
+pub fn centrifugo_config(port: u16, scenario: Scenario) -> String {
+    let idle = matches!(scenario, Scenario::ConnectStorm | Scenario::Idle);
+    serde_json::json!({
+        "http_server": {"address": "127.0.0.1", "port": port},
+        "log": {"level": "error"},
+        "usage_stats": {"disabled": true},
+        "client": {
+            "allow_anonymous_connect_without_token": true,
+            "allowed_origins": ["*"],
+            "queue_max_size": 67_108_864,
+        },
+        "channel": {
+            "without_namespace": {
+                "allow_subscribe_for_client": true,
+                "allow_subscribe_for_anonymous": true,
+                "allow_publish_for_subscriber": true,
+                "allow_publish_for_anonymous": true,
+                "presence": false,
+                "join_leave": false,
+                "history_size": 0
+            }
+        },
+        "websocket": {
+            "write_timeout": "10s",
+            "use_write_buffer_pool": idle
+        }
+    })
+    .to_string()
+}
+
+/// Centrifugo's version: a binary built by `go install` says v0.0.0 of
+/// itself, so the module version comes from its Go build info
+/// (`go version -m`), the binary's own word only without Go.
+fn centrifugo_version(bin: &Path) -> String {
+    let info = output_of("go", &["version", "-m", &bin.display().to_string()]);
+    let module = info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.as_slice() {
+            ["mod", path, version, ..] if path.starts_with("github.com/centrifugal/centrifugo") => {
+                Some(version.to_string())
+            }
+            _ => None,
+        }
+    });
+    match module {
+        Some(v) => format!("Centrifugo {v} (go install)"),
+        None => output_of(&bin.display().to_string(), &["version"]),
+    }
+}
+
+fn start_centrifugo(scenario: Scenario) -> Result<Server, String> {
+    let bin = centrifugo_bin().ok_or(
+        "centrifugo is not installed (scripts/bench.sh builds it: go install github.com/centrifugal/centrifugo/v6@v6.9.1)",
+    )?;
+    let dir = temp_dir(System::Centrifugo)?;
+    let log = dir.join("server.log");
+    let conf = dir.join("config.json");
+    write(&conf, &centrifugo_config(CENTRIFUGO_PORT, scenario))?;
+    let args = vec!["--config".to_string(), conf.display().to_string()];
+    let mut child = spawn(&bin, &args, &[], &log)?;
+    let pid = match wait_ready(&mut child, CENTRIFUGO_PORT, Duration::from_secs(30), &log) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("centrifugo {e}"));
+        }
+    };
+    let version = centrifugo_version(&bin);
+    Ok(Server {
+        addr: SocketAddr::from(([127, 0, 0, 1], CENTRIFUGO_PORT)),
         pid,
         version,
         child,

@@ -44,6 +44,10 @@ pub struct WorkerSpec {
     pub max_run_ms: u64,
     pub connect_timeout_ms: u64,
     pub connect_concurrency: usize,
+    /// chat-presence: join with presence on, track once joined, and
+    /// update the presence meta this often after `go` (0: no presence).
+    #[serde(default)]
+    pub presence_every_ms: u64,
 }
 
 impl WorkerSpec {
@@ -70,6 +74,22 @@ struct Shared {
     first_recv_ns: u64,
     last_recv_ns: u64,
     latency_us: Histogram<u64>,
+    wire: Wire,
+}
+
+/// Bytes the server wrote to this loader's clients.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Wire {
+    /// Everything read from the sockets after the upgrade, frame headers
+    /// included, over the clients' whole lives.
+    pub socket_bytes: u64,
+    /// WebSocket message payloads that carried room messages.
+    pub chat_bytes: u64,
+    /// WebSocket message payloads that carried presence.
+    pub presence_bytes: u64,
+    /// All other WebSocket message payloads (replies, pings, …).
+    pub other_bytes: u64,
+    pub messages: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -89,6 +109,8 @@ pub struct Done {
     pub alive_at_end: u64,
     pub errors: BTreeMap<String, u64>,
     pub latency_hist: String,
+    #[serde(default)]
+    pub wire: Wire,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +134,7 @@ async fn run(spec: WorkerSpec) {
         first_recv_ns: 0,
         last_recv_ns: 0,
         latency_us: stats::new_histogram(),
+        wire: Wire::default(),
     }));
     let (phase_tx, phase_rx) = watch::channel(Phase::Joining);
     let permits = Rc::new(Semaphore::new(spec.connect_concurrency.max(1)));
@@ -166,6 +189,8 @@ async fn run(spec: WorkerSpec) {
             }
         }
     }
+    // Sessions still open when told to stop (closing them is not a loss).
+    let alive_at_stop = shared.borrow().tally.alive;
     let _ = phase_tx.send(Phase::Stop);
     loader::wind_down(tasks).await;
     let s = shared.borrow();
@@ -174,9 +199,10 @@ async fn run(spec: WorkerSpec) {
         received: s.received,
         first_recv_ns: s.first_recv_ns,
         last_recv_ns: s.last_recv_ns,
-        alive_at_end: s.tally.alive,
+        alive_at_end: alive_at_stop,
         errors: s.tally.errors.clone(),
         latency_hist: stats::encode_histogram(&s.latency_us),
+        wire: s.wire,
     }));
 }
 
@@ -206,7 +232,7 @@ async fn open(id: u64, spec: &WorkerSpec, adapter: &mut Adapter) -> Result<WsCon
     loop {
         let data = conn.recv().await.map_err(|e| format!("join: {e}"))?;
         events.clear();
-        feed(adapter, data, &mut events);
+        feed(adapter, data, &mut events, &mut Wire::default());
         for ev in events.drain(..) {
             match ev {
                 Event::Connected if !connected => {
@@ -216,22 +242,43 @@ async fn open(id: u64, spec: &WorkerSpec, adapter: &mut Adapter) -> Result<WsCon
                     }
                 }
                 Event::Subscribed => {
+                    let meta = serde_json::json!({"t": payload::now_ns(), "s": 0});
+                    if let Some(out) = adapter.track(&room, meta) {
+                        conn.queue(out.opcode, &out.data);
+                    }
                     conn.flush().await.map_err(|e| format!("send: {e}"))?;
                     return Ok(conn);
                 }
                 Event::Reply(out) => conn.queue(out.opcode, &out.data),
                 Event::Error(why) => return Err(why),
-                Event::Connected | Event::Message(_) => {}
+                Event::Connected | Event::Message(_) | Event::Presence => {}
             }
         }
         conn.flush().await.map_err(|e| format!("send: {e}"))?;
     }
 }
 
-fn feed(adapter: &mut Adapter, data: Data, events: &mut Vec<Event>) {
-    match data {
-        Data::Text(t) => adapter.on_message(false, t.as_bytes(), events),
-        Data::Binary(b) => adapter.on_message(true, &b, events),
+/// Decodes one WebSocket message and counts its bytes by what it carried.
+fn feed(adapter: &mut Adapter, data: Data, events: &mut Vec<Event>, wire: &mut Wire) {
+    let before = events.len();
+    let len = match data {
+        Data::Text(t) => {
+            adapter.on_message(false, t.as_bytes(), events);
+            t.len()
+        }
+        Data::Binary(b) => {
+            adapter.on_message(true, &b, events);
+            b.len()
+        }
+    } as u64;
+    wire.messages += 1;
+    let new = &events[before..];
+    if new.iter().any(|e| matches!(e, Event::Message(_))) {
+        wire.chat_bytes += len;
+    } else if new.iter().any(|e| matches!(e, Event::Presence)) {
+        wire.presence_bytes += len;
+    } else {
+        wire.other_bytes += len;
     }
 }
 
@@ -243,7 +290,7 @@ async fn client(
     permits: Rc<Semaphore>,
     settled: tokio::sync::mpsc::UnboundedSender<()>,
 ) {
-    let mut adapter = Adapter::new(spec.system, id);
+    let mut adapter = Adapter::new(spec.system, id, spec.presence_every_ms > 0);
     let started = Instant::now();
     let opened = loader::open_within(
         &permits,
@@ -277,6 +324,8 @@ async fn client(
     let mut publish_timer: Option<tokio::time::Interval> = None;
     let mut publish_until = tokio::time::Instant::now();
     let mut publish_started = false;
+    let mut presence_timer: Option<tokio::time::Interval> = None;
+    let mut wire = Wire::default();
     let mut seq = 0u64;
     let mut events = Vec::new();
     let mut failure: Option<String> = None;
@@ -294,6 +343,12 @@ async fn client(
                 t.set_missed_tick_behavior(MissedTickBehavior::Burst);
                 publish_timer = Some(t);
                 publish_until = now + Duration::from_millis(spec.duration_ms);
+                if spec.presence_every_ms > 0 {
+                    let every = Duration::from_millis(spec.presence_every_ms);
+                    let mut p = interval_at(now + every.mul_f64(frac), every);
+                    p.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    presence_timer = Some(p);
+                }
             }
             _ => {}
         }
@@ -309,11 +364,11 @@ async fn client(
                     Err(e) => { failure = Some(format!("connection lost: {e}")); break; }
                 };
                 events.clear();
-                feed(&mut adapter, data, &mut events);
+                feed(&mut adapter, data, &mut events, &mut wire);
                 // Whatever else the same read brought in, in one go.
                 loop {
                     match conn.recv_buffered() {
-                        Ok(Some(more)) => feed(&mut adapter, more, &mut events),
+                        Ok(Some(more)) => feed(&mut adapter, more, &mut events, &mut wire),
                         Ok(None) => break,
                         Err(e) => {
                             events.push(Event::Error(format!("connection lost: {e}")));
@@ -335,7 +390,7 @@ async fn client(
                             let us = now.saturating_sub(stamp.sent_ns) / 1000;
                             let _ = s.latency_us.record(us.max(1));
                         }
-                        Event::Message(_) | Event::Connected | Event::Subscribed => {}
+                        Event::Message(_) | Event::Presence | Event::Connected | Event::Subscribed => {}
                         Event::Reply(out) => conn.queue(out.opcode, &out.data),
                         Event::Error(why) => { failure = Some(why); stop = true; }
                     }
@@ -351,10 +406,24 @@ async fn client(
                 }
             }
             _ = heartbeat.tick() => {
-                let out = adapter.heartbeat();
-                if let Err(e) = conn.send(out.opcode, &out.data).await {
-                    failure = Some(format!("heartbeat: {e}"));
-                    break;
+                if let Some(out) = adapter.heartbeat() {
+                    if let Err(e) = conn.send(out.opcode, &out.data).await {
+                        failure = Some(format!("heartbeat: {e}"));
+                        break;
+                    }
+                }
+            }
+            _ = tick(&mut presence_timer) => {
+                if tokio::time::Instant::now() >= publish_until {
+                    presence_timer = None;
+                    continue;
+                }
+                let meta = serde_json::json!({"t": payload::now_ns(), "s": seq});
+                if let Some(out) = adapter.track(&room, meta) {
+                    if let Err(e) = conn.send(out.opcode, &out.data).await {
+                        failure = Some(format!("track: {e}"));
+                        break;
+                    }
                 }
             }
             _ = tick(&mut publish_timer) => {
@@ -373,6 +442,21 @@ async fn client(
             }
         }
     }
-    shared.borrow_mut().tally.closed(failure);
+    {
+        let mut s = shared.borrow_mut();
+        s.tally.closed(failure);
+        wire.socket_bytes = conn.bytes_read();
+        s.wire.add(&wire);
+    }
     let _ = timeout(Duration::from_millis(500), conn.close()).await;
+}
+
+impl Wire {
+    pub fn add(&mut self, o: &Wire) {
+        self.socket_bytes += o.socket_bytes;
+        self.chat_bytes += o.chat_bytes;
+        self.presence_bytes += o.presence_bytes;
+        self.other_bytes += o.other_bytes;
+        self.messages += o.messages;
+    }
 }

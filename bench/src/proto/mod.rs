@@ -2,6 +2,7 @@
 //! into WebSocket messages and turns received WebSocket messages into
 //! [`Event`]s. The connection loop in `worker.rs` moves the bytes.
 
+pub mod centrifugo;
 pub mod mqtt;
 pub mod nats;
 pub mod phoenix;
@@ -20,6 +21,7 @@ use crate::payload::Stamp;
 pub enum System {
     Chorus,
     Nats,
+    Centrifugo,
     Rabbitmq,
 }
 
@@ -28,6 +30,7 @@ impl System {
         match self {
             System::Chorus => "chorus",
             System::Nats => "nats",
+            System::Centrifugo => "centrifugo",
             System::Rabbitmq => "rabbitmq",
         }
     }
@@ -37,6 +40,7 @@ impl System {
         match self {
             System::Chorus => "Chorus",
             System::Nats => "NATS",
+            System::Centrifugo => "Centrifugo",
             System::Rabbitmq => "RabbitMQ Web-MQTT",
         }
     }
@@ -46,6 +50,7 @@ impl System {
         match self {
             System::Chorus => "/realtime/v1/websocket?apikey=bench&vsn=2.0.0",
             System::Nats => "/",
+            System::Centrifugo => "/connection/websocket",
             System::Rabbitmq => "/ws",
         }
     }
@@ -71,8 +76,11 @@ impl FromStr for System {
         match s {
             "chorus" => Ok(System::Chorus),
             "nats" => Ok(System::Nats),
+            "centrifugo" => Ok(System::Centrifugo),
             "rabbitmq" | "mqtt" => Ok(System::Rabbitmq),
-            other => Err(format!("unknown system {other:?} (chorus, nats, rabbitmq)")),
+            other => Err(format!(
+                "unknown system {other:?} (chorus, nats, centrifugo, rabbitmq)"
+            )),
         }
     }
 }
@@ -109,6 +117,8 @@ pub enum Event {
     Subscribed,
     /// A room message; `None` when its payload carried no stamp.
     Message(Option<Stamp>),
+    /// A presence frame (Phoenix `presence_state` / `presence_diff`).
+    Presence,
     /// Something to send back right away (NATS PONG to a server PING).
     Reply(Out),
     /// The server refused something; the session is failed.
@@ -120,14 +130,21 @@ pub enum Event {
 pub enum Adapter {
     Phoenix(phoenix::Client),
     Nats(nats::Client),
+    Centrifugo(centrifugo::Client),
     Mqtt(mqtt::Client),
 }
 
 impl Adapter {
-    pub fn new(system: System, client_id: u64) -> Adapter {
+    /// A session of `system`; `presence` (Chorus only) joins with presence
+    /// on under the key `u<client_id>`.
+    pub fn new(system: System, client_id: u64, presence: bool) -> Adapter {
         match system {
+            System::Chorus if presence => {
+                Adapter::Phoenix(phoenix::Client::with_presence(format!("u{client_id}")))
+            }
             System::Chorus => Adapter::Phoenix(phoenix::Client::new()),
             System::Nats => Adapter::Nats(nats::Client::new()),
+            System::Centrifugo => Adapter::Centrifugo(centrifugo::Client::new()),
             System::Rabbitmq => Adapter::Mqtt(mqtt::Client::new(client_id)),
         }
     }
@@ -137,6 +154,7 @@ impl Adapter {
         match self {
             Adapter::Phoenix(_) => Vec::new(),
             Adapter::Nats(c) => c.hello(),
+            Adapter::Centrifugo(c) => c.hello(),
             Adapter::Mqtt(c) => c.hello(),
         }
     }
@@ -151,6 +169,7 @@ impl Adapter {
         match self {
             Adapter::Phoenix(c) => vec![c.join(room)],
             Adapter::Nats(c) => c.subscribe(room),
+            Adapter::Centrifugo(c) => vec![c.subscribe(room)],
             Adapter::Mqtt(c) => vec![c.subscribe(room)],
         }
     }
@@ -159,16 +178,29 @@ impl Adapter {
         match self {
             Adapter::Phoenix(c) => c.publish(room, payload),
             Adapter::Nats(c) => c.publish(room, payload),
+            Adapter::Centrifugo(c) => c.publish(room, payload),
             Adapter::Mqtt(c) => c.publish(room, payload),
         }
     }
 
-    /// The keep-alive message, sent every [`Adapter::heartbeat_every_s`].
-    pub fn heartbeat(&mut self) -> Out {
+    /// A presence update with `meta` (`None` when the session has no
+    /// presence).
+    pub fn track(&mut self, room: &str, meta: serde_json::Value) -> Option<Out> {
         match self {
-            Adapter::Phoenix(c) => c.heartbeat(),
-            Adapter::Nats(c) => c.heartbeat(),
-            Adapter::Mqtt(_) => Out::binary(mqtt::PINGREQ.to_vec()),
+            Adapter::Phoenix(c) if c.presence_on() => Some(c.track(room, meta)),
+            _ => None,
+        }
+    }
+
+    /// The keep-alive message, sent every [`Adapter::heartbeat_every_s`];
+    /// `None` where the server drives keep-alive (Centrifugo pings, the
+    /// client answers).
+    pub fn heartbeat(&mut self) -> Option<Out> {
+        match self {
+            Adapter::Phoenix(c) => Some(c.heartbeat()),
+            Adapter::Nats(c) => Some(c.heartbeat()),
+            Adapter::Centrifugo(_) => None,
+            Adapter::Mqtt(_) => Some(Out::binary(mqtt::PINGREQ.to_vec())),
         }
     }
 
@@ -178,6 +210,8 @@ impl Adapter {
             Adapter::Phoenix(_) => 25,
             // NATS pings every 2 min by default; answering is what matters.
             Adapter::Nats(_) => 60,
+            // Unused: the server pings every 25 s (`client.ping_interval`).
+            Adapter::Centrifugo(_) => 25,
             // Half the MQTT keep-alive we announce.
             Adapter::Mqtt(_) => mqtt::KEEPALIVE_S as u64 / 2,
         }
@@ -188,6 +222,7 @@ impl Adapter {
         match self {
             Adapter::Phoenix(c) => c.on_message(binary, data, out),
             Adapter::Nats(c) => c.on_bytes(data, out),
+            Adapter::Centrifugo(c) => c.on_message(data, out),
             Adapter::Mqtt(c) => c.on_bytes(data, out),
         }
     }

@@ -24,11 +24,29 @@ pub const EVENT: &str = "m";
 #[derive(Debug, Default)]
 pub struct Client {
     next_ref: u64,
+    /// The presence key when the session joins with presence on
+    /// (chat-presence), `None` for broadcast-only channels.
+    presence_key: Option<String>,
 }
 
 impl Client {
     pub fn new() -> Client {
-        Client { next_ref: 1 }
+        Client {
+            next_ref: 1,
+            presence_key: None,
+        }
+    }
+
+    /// A session that joins with presence on under `key` and tracks.
+    pub fn with_presence(key: String) -> Client {
+        Client {
+            next_ref: 1,
+            presence_key: Some(key),
+        }
+    }
+
+    pub fn presence_on(&self) -> bool {
+        self.presence_key.is_some()
     }
 
     fn take_ref(&mut self) -> String {
@@ -38,14 +56,18 @@ impl Client {
     }
 
     /// `phx_join` with the config realtime-js sends for a broadcast-only
-    /// channel.
+    /// channel (or, with a presence key, a channel with presence).
     pub fn join(&mut self, room: &str) -> Out {
         let msg_ref = self.take_ref();
         debug_assert_eq!(msg_ref, JOIN_REF);
+        let (key, enabled) = match &self.presence_key {
+            Some(k) => (k.as_str(), true),
+            None => ("", false),
+        };
         let payload = json!({
             "config": {
                 "broadcast": {"ack": false, "self": false},
-                "presence": {"key": "", "enabled": false},
+                "presence": {"key": key, "enabled": enabled},
                 "postgres_changes": [],
                 "private": false
             }
@@ -75,6 +97,18 @@ impl Client {
                 payload: Payload::Json(value),
             },
         })
+    }
+
+    /// realtime-js' `channel.track(meta)`: a `presence` push.
+    pub fn track(&mut self, room: &str, meta: Value) -> Out {
+        let msg_ref = self.take_ref();
+        encode(&Inbound::Push(Message {
+            join_ref: Some(JOIN_REF.into()),
+            msg_ref: Some(msg_ref),
+            topic: topic(room),
+            event: "presence".into(),
+            payload: Payload::Json(json!({"type": "presence", "event": "track", "payload": meta})),
+        }))
     }
 
     /// `[null, "<ref>", "phoenix", "heartbeat", {}]`.
@@ -143,7 +177,7 @@ impl Client {
                         }
                     }
                 }
-                // presence_state and friends: not part of these scenarios.
+                "presence_state" | "presence_diff" => out.push(Event::Presence),
                 _ => {}
             },
             Err(e) => out.push(Event::Error(format!("undecodable server frame: {e}"))),
