@@ -6,7 +6,8 @@
 #
 #   scripts/fuzz.sh smoke [SECONDS]     each target for SECONDS (default 5); what CI runs
 #   scripts/fuzz.sh campaign [RUNS]     each target for RUNS executions (default 10,000,000),
-#                                       figures written to fuzz/results/campaign-<UTC date>.txt
+#                                       the targets side by side, one process each; figures
+#                                       written to fuzz/results/campaign-<UTC date>.txt
 #   scripts/fuzz.sh run TARGET [ARGS…]  one target, libFuzzer ARGS passed through
 #
 # Installs cargo-fuzz from crates.io when missing. libFuzzer's flags are
@@ -32,14 +33,18 @@ build() {
   "${FUZZ[@]}" build -s none --fuzz-dir fuzz "$@"
 }
 
-# run_target TARGET LIBFUZZER_ARGS… : prints libFuzzer's final stats.
+# run_target TARGET LIBFUZZER_ARGS… : runs the target built by `build`
+# (what `cargo fuzz run` runs, without rebuilding per target); prints
+# libFuzzer's final stats.
 run_target() {
   local target=$1; shift
   local scratch
   scratch=$(mktemp -d)
   local rc=0
-  "${FUZZ[@]}" run -s none --fuzz-dir fuzz "$target" "$scratch" "fuzz/corpus/$target" -- \
-    -print_final_stats=1 "$@" || rc=$?
+  mkdir -p "fuzz/artifacts/$target"
+  "fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release/$target" \
+    -artifact_prefix="fuzz/artifacts/$target/" -print_final_stats=1 "$@" \
+    "$scratch" "fuzz/corpus/$target" || rc=$?
   rm -rf "$scratch"
   return $rc
 }
@@ -73,19 +78,27 @@ case "$mode" in
       echo "# target executions seconds exec_per_s new_corpus_units crashes"
     } >"$out"
     failed=0
+    # The targets run side by side (one process each), then report in order.
+    logs=$(mktemp -d)
     for t in "${TARGETS[@]}"; do
       log "campaign: $t, $runs executions"
-      log_file=$(mktemp)
-      start=$(date +%s)
-      if run_target "$t" -runs="$runs" >"$log_file" 2>&1; then crashes=0; else crashes=1; failed=$((failed + 1)); fi
-      secs=$(( $(date +%s) - start ))
-      execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log_file" | grep -o '[0-9]*$' | tail -n1)
-      units=$(grep -o 'stat::new_units_added: *[0-9]*' "$log_file" | grep -o '[0-9]*$' | tail -n1)
+      (
+        start=$(date +%s)
+        if run_target "$t" -runs="$runs" >"$logs/$t.log" 2>&1; then echo 0; else echo 1; fi >"$logs/$t.rc"
+        echo $(( $(date +%s) - start )) >"$logs/$t.secs"
+      ) &
+    done
+    wait
+    for t in "${TARGETS[@]}"; do
+      crashes=$(cat "$logs/$t.rc"); secs=$(cat "$logs/$t.secs")
+      [ "$crashes" = 0 ] || failed=$((failed + 1))
+      execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$t.log" | grep -o '[0-9]*$' | tail -n1)
+      units=$(grep -o 'stat::new_units_added: *[0-9]*' "$logs/$t.log" | grep -o '[0-9]*$' | tail -n1)
       rate=$(( ${execs:-0} / (secs > 0 ? secs : 1) ))
       echo "$t ${execs:-0} $secs $rate ${units:-0} $crashes" | tee -a "$out"
-      [ $crashes = 0 ] || tail -n 40 "$log_file" >&2
-      rm -f "$log_file"
+      [ "$crashes" = 0 ] || tail -n 40 "$logs/$t.log" >&2
     done
+    rm -rf "$logs"
     echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out"
     log "figures in $out"
     [ $failed = 0 ]

@@ -361,7 +361,8 @@ fn expand(template: &str, caps: &[(&str, &str)]) -> String {
 fn claim_matches(claim: Option<&Value>, want: &str) -> bool {
     let scalar = |v: &Value| match v {
         Value::String(s) => s == want,
-        Value::Number(_) | Value::Bool(_) => v.to_string() == want,
+        Value::Number(n) => want.parse::<serde_json::Number>().ok().as_ref() == Some(n),
+        Value::Bool(b) => want == if *b { "true" } else { "false" },
         _ => false,
     };
     match claim {
