@@ -575,7 +575,7 @@ mod tests {
             (policy("p", "a:{x}", &["join"], &[("c", "{x")]), "unclosed"),
             (policy("p", "a:{x}", &["join"], &[("c", "x}")]), "unmatched"),
         ] {
-            let e = Policies::compile(&[bad.clone()]).unwrap_err();
+            let e = Policies::compile(std::slice::from_ref(&bad)).unwrap_err();
             assert!(e.contains(needle), "{bad:?}: {e}");
         }
         let e = Policies::compile(&[

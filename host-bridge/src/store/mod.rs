@@ -657,14 +657,13 @@ impl Worker {
                 if self.room_keys.get(&room) == Some(&token) {
                     self.room_keys.remove(&room);
                     if let Ok(state) = &result {
-                        if !self.ttl.is_zero() {
-                            if self
+                        if !self.ttl.is_zero()
+                            && self
                                 .room_cache
                                 .insert(room, (Instant::now(), state.clone()))
                                 .is_none()
-                            {
-                                self.metrics.room_cache.fetch_add(1, Ordering::Relaxed);
-                            }
+                        {
+                            self.metrics.room_cache.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
