@@ -67,13 +67,48 @@ build_guest() {
   "${GUEST_CARGO[@]}" build --release --target wasm32-wasip1 "$@"
 }
 
-# Everything a node needs: the guest module and the `chorus` host binary.
+# Node.js and npm (the client kit, the demo room's bundle, the Node tests).
+ensure_node() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    apt_install nodejs npm
+  fi
+}
+
+# The shipped process modules (modules/*), each its own wasm32-wasip1
+# cdylib, copied to target/modules/ (point modules.dir there to load them).
+build_modules() {
+  log "building the process modules (wasm32-wasip1): moderation, slowmode"
+  build_guest -p chorus-module-moderation -p chorus-module-slowmode
+  mkdir -p target/modules
+  cp target/wasm32-wasip1/release/moderation.wasm target/wasm32-wasip1/release/slowmode.wasm target/modules/
+}
+
+# The client kit (TypeScript, compiled with tsc) and the demo room's bundle
+# (the node serves clients/demo/dist at /demo).
+build_clients() {
+  ensure_node
+  log "building the client kit (tsc)"
+  (cd clients/kit && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+  log "building the demo room (esbuild bundle in clients/demo/dist, served at /demo/)"
+  (cd clients/demo && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+}
+
+# Debian's Chromium for the browser tests (npm playwright-core drives it; a
+# test tool's own browser download cannot work here).
+ensure_chromium() {
+  apt_install chromium
+}
+
+# Everything a node needs: the guest module and the `chorus` host binary,
+# the shipped process modules, the client kit and the demo room.
 build_all() {
   ensure_rust
   ensure_native_deps
   ensure_wasm_target
   log "building the guest (wasm32-wasip1)"
   build_guest -p chorus-guest
+  build_modules
   log "building the host (chorus)"
   cargo build --release -p chorus-host
+  build_clients
 }

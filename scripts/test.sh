@@ -3,16 +3,15 @@
 # formatting and lints, native unit and property tests (core), the host's
 # end-to-end tests against real node processes (Rust WebSocket client),
 # the supervision scenarios under `chorus exec`, the Node.js suite with the
-# real @supabase/realtime-js and phoenix clients, a few seconds of each fuzz
-# target, and a tiny run of each benchmark (to keep the harness working; no
-# timing is asserted).
+# real @supabase/realtime-js and phoenix clients (the client kit, and the
+# demo room in headless Chromium: screenshots in target/test-artifacts/demo/),
+# a few seconds of each fuzz target, and a tiny run of each benchmark (to
+# keep the harness working; no timing is asserted).
 source "$(dirname "$0")/lib.sh"
 
 build_all
 apt_install sqlite3
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  apt_install nodejs npm
-fi
+ensure_chromium          # the demo room's browser test
 if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
   apt_install openjdk-17-jdk-headless maven
 fi
@@ -21,11 +20,15 @@ log "checking formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
 "${GUEST_CARGO[@]}" clippy --release --target wasm32-wasip1 \
-  -p chorus-guest -p supervisors -p platform-guest --all-targets -- -D warnings
+  -p chorus-guest -p supervisors -p platform-guest \
+  -p chorus-module -p chorus-module-moderation -p chorus-module-slowmode -p chorus-module-faulty \
+  --all-targets -- -D warnings
+(cd clients/kit && npx tsc -p tsconfig.json --noEmit)
 
 log "building the guest test modules"
 build_guest -p supervisors --example scenarios
 build_guest -p platform-guest
+build_guest -p chorus-module-faulty   # the misbehaving module of the module tests
 
 export CHORUS_BIN="$ROOT/target/release/chorus"
 export CHORUS_GUEST="$ROOT/target/wasm32-wasip1/release/chorus-guest.wasm"

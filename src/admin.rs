@@ -12,6 +12,9 @@
 //! | `GET /realtime/v1/api/channels/<topic>/messages?limit=&before=&after=` | stored history, newest first, ids as strings |
 //! | `GET /realtime/v1/api/rooms/<id>` | the room state (`{}` when never set) |
 //! | `PUT /realtime/v1/api/rooms/<id>` | merge `{"host": "<user>"}` (etc.) into the room state |
+//! | `GET /demo/…` | the demo room (files of `node.demo_dir`) |
+//! | `GET /realtime/v1/api/modules` | the process modules: pipeline, each module's status and error |
+//! | `POST /realtime/v1/api/modules/reload` | reload `modules.dir`; answers the same report once the module processes run |
 //!
 //! With auth on (`auth.jwt_secret`), every `/realtime/v1/api/` route needs a
 //! valid token (`Authorization: Bearer` or `apikey`), 401 otherwise; the
@@ -75,6 +78,21 @@ pub fn handle(
         "GET" if history_topic(path).is_some() => {
             history(request, history_topic(path).unwrap_or(""), &access)
         }
+        "GET" if path == "/demo" => Response::new(301)
+            .with_header("Location", "/demo/")
+            .with_body(Vec::new()),
+        "GET" if path.starts_with("/demo/") => demo_file(&path["/demo/".len()..]),
+        "GET" if path == "/realtime/v1/api/modules" => modules_json(host::modules_report_json()),
+        "POST" if path == "/realtime/v1/api/modules/reload" => {
+            if let Err(r) = access.admin("POST /realtime/v1/api/modules/reload") {
+                return r;
+            }
+            let report = host::modules_reload();
+            if let Err(e) = crate::modules::reconcile(config) {
+                return Response::json(503, &json!({ "error": e }));
+            }
+            modules_json(report)
+        }
         "GET" if path.starts_with(ROOMS) => match access.admin("GET /realtime/v1/api/rooms") {
             Ok(()) => crate::room::admin_get(&path[ROOMS.len()..]),
             Err(r) => r,
@@ -133,6 +151,29 @@ pub fn handle(
             }
         }
         _ => Response::json(404, &json!({"error": "not found", "path": path})),
+    }
+}
+
+/// A file of the demo room (`index.html` for the directory itself).
+fn demo_file(name: &str) -> Response {
+    let name = if name.is_empty() { "index.html" } else { name };
+    match host::asset(name) {
+        Some((content_type, body)) => Response::new(200)
+            .with_header("Content-Type", &content_type)
+            .with_header("Cache-Control", "no-cache")
+            .with_body(body),
+        None => Response::json(
+            404,
+            &json!({"error": format!("no demo file {name:?} (node.demo_dir; scripts/run.sh builds the demo)")}),
+        ),
+    }
+}
+
+/// The host's modules report, passed through.
+fn modules_json(report: Vec<u8>) -> Response {
+    match serde_json::from_slice::<Value>(&report) {
+        Ok(v) => Response::json(200, &v),
+        Err(e) => Response::json(500, &json!({ "error": format!("bad modules report: {e}") })),
     }
 }
 

@@ -551,7 +551,14 @@ impl Channel {
     }
 
     fn publish(&mut self, mut p: Publish) {
-        if let Err(reason) = self.modules.screen(&self.topic, &p.event, &mut p.payload) {
+        let user = p
+            .from
+            .and_then(|from| self.subs.get(&from))
+            .map(|s| s.presence_key.clone());
+        if let Err(reason) =
+            self.modules
+                .screen(&self.topic, &p.event, user.as_deref(), &mut p.payload)
+        {
             self.refuse(&p, &reason);
             return;
         }

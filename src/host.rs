@@ -5,7 +5,9 @@
 use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::lanes::Lane;
 use chorus_core::metrics::Metric;
+use chorus_core::modules::CallResult;
 use chorus_core::phoenix::Vsn;
+use serde::Deserialize;
 
 mod ffi {
     #[link(wasm_import_module = "chorus")]
@@ -29,6 +31,11 @@ mod ffi {
             key_len: u32,
         ) -> u32;
         pub fn outlet_close(outlet: u64, code: u32, ptr: *const u8, len: u32);
+        pub fn asset(name_ptr: *const u8, name_len: u32) -> u64;
+        pub fn modules_generation() -> u64;
+        pub fn modules_report() -> u64;
+        pub fn modules_reload() -> u64;
+        pub fn module_call(name_ptr: *const u8, name_len: u32, ptr: *const u8, len: u32) -> u64;
         pub fn fanout(
             ids: *const u64,
             n: u32,
@@ -232,4 +239,65 @@ pub fn fanout(outlets: &[u64], bytes: &[u8], route: Route<'_>) -> u32 {
             route.key.len() as u32,
         )
     }
+}
+
+/// What the host's process modules look like now (the part the guest
+/// reads; the admin API passes the whole JSON through).
+#[derive(Debug, Default, Deserialize)]
+pub struct ModulesReport {
+    /// The order chat lanes ask modules in.
+    #[serde(default)]
+    pub pipeline: Vec<String>,
+    /// Modules that should have a process.
+    #[serde(default)]
+    pub ready: Vec<String>,
+}
+
+/// Changes whenever the host's process modules change (one scalar call).
+pub fn modules_generation() -> u64 {
+    // SAFETY: scalar call.
+    unsafe { ffi::modules_generation() }
+}
+
+/// The host's modules report, as JSON text.
+pub fn modules_report_json() -> Vec<u8> {
+    // SAFETY: scalar call; the answer is fetched by `take`.
+    let len = unsafe { ffi::modules_report() };
+    take(len)
+}
+
+/// The host's modules report.
+pub fn modules_report() -> ModulesReport {
+    serde_json::from_slice(&modules_report_json()).unwrap_or_default()
+}
+
+/// Reloads `modules.dir` (blocks this process only); the report as JSON.
+pub fn modules_reload() -> Vec<u8> {
+    // SAFETY: scalar call; the answer is fetched by `take`.
+    let len = unsafe { ffi::modules_reload() };
+    take(len)
+}
+
+/// One module-ABI message to module `name`'s instance in this process.
+pub fn module_call(name: &str, message: &[u8]) -> CallResult {
+    // SAFETY: the pointer/length pairs describe `name` and `message`.
+    let len = unsafe {
+        ffi::module_call(
+            name.as_ptr(),
+            name.len() as u32,
+            message.as_ptr(),
+            message.len() as u32,
+        )
+    };
+    CallResult::decode(&take(len))
+}
+
+/// A demo room file: its content type and bytes.
+pub fn asset(name: &str) -> Option<(String, Vec<u8>)> {
+    // SAFETY: pointer and length describe `name`.
+    let len = unsafe { ffi::asset(name.as_ptr(), name.len() as u32) };
+    let bytes = take(len);
+    let split = bytes.iter().position(|b| *b == b'\n')?;
+    let content_type = String::from_utf8_lossy(&bytes[..split]).into_owned();
+    Some((content_type, bytes[split + 1..].to_vec()))
 }

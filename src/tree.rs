@@ -3,7 +3,7 @@
 //! ```text
 //! chorus (one_for_one, 10 restarts / 10 s)
 //! ├── presence (one_for_one)      fixed shards chorus-presence-0..N
-//! ├── modules (one_for_one)       chorus-module-<name> per modules.enabled (permanent)
+//! ├── modules (one_for_one)       module-manager, then chorus-module-<name> per loaded module (permanent)
 //! ├── channels (one_for_all)
 //! │   ├── channels                dynamic: one process per active topic (transient,
 //! │   │                           restart backoff 100 ms doubling to 5 s)
@@ -104,10 +104,10 @@ fn spec(config: &Config) -> SupervisorSpec {
         .intensity(10)
         .period(Duration::from_secs(10))
         .child(ChildSpec::supervisor("presence", presence))
-        .child(ChildSpec::supervisor(
-            "modules",
-            modules::supervisor(config),
-        ))
+        .child(
+            ChildSpec::supervisor("modules", modules::supervisor(config))
+                .register(modules::SUPERVISOR),
+        )
         .child(ChildSpec::supervisor("channels", directories))
         .child(ChildSpec::supervisor("gateway", gateway))
 }
@@ -116,10 +116,6 @@ fn spec(config: &Config) -> SupervisorSpec {
 /// up (too many restarts), the link takes the main process down with it and
 /// the node exits with an error.
 pub fn start(config: Config) {
-    if let Err(e) = modules::check(&config) {
-        host::log(host::Level::Error, &e);
-        std::process::exit(1);
-    }
     match SupervisorRef::start_link(ROOT, spec(&config)) {
         Ok(_) => host::log(host::Level::Info, "supervision tree started"),
         Err(e) => {

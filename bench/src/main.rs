@@ -80,10 +80,11 @@ struct RunArgs {
     system: System,
     #[arg(long)]
     scenario: Scenario,
-    /// Sessions (connect-storm), subscribers (fan-out), rooms (many-rooms).
+    /// Sessions (connect-storm, idle), subscribers (fan-out), rooms
+    /// (many-rooms, chat-presence).
     #[arg(long, default_value_t = 1000)]
     clients: u64,
-    /// many-rooms: members per room.
+    /// many-rooms, chat-presence: members per room.
     #[arg(long, default_value_t = 10)]
     members: u64,
     /// Messages/s of the publisher (fan-out) or of each member (many-rooms).

@@ -35,6 +35,9 @@ pub struct NodeConfig {
     pub port: u16,
     /// Directory for the embedded store and other node files.
     pub data_dir: String,
+    /// The demo room's files (`scripts/run.sh` builds them), served at
+    /// `/demo/`; empty: no demo.
+    pub demo_dir: String,
     /// Test-only fault injection: a client may crash its own session with
     /// the `chorus_crash` event on topic `phoenix`. Never enable in production.
     pub fault_injection: bool,
@@ -165,21 +168,33 @@ pub struct RoomsConfig {
     pub peak_reaction_interval_ms: u64,
 }
 
-/// Process modules: room behaviours added as supervised processes.
+/// Process modules: WebAssembly files loaded at run time from `dir`, each
+/// run by a supervised process (docs/MODULES.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModulesConfig {
-    /// Modules to start, by name (shipped: `moderation`).
+    /// Directory of `<name>.wasm` modules (and their `<name>.toml`
+    /// settings), read at start and on reload; empty: no modules.
+    pub dir: String,
+    /// Modules asked first, in this order, and asked even when they did not
+    /// load (then `fail_open` decides); the other loaded modules follow by
+    /// name.
     pub enabled: Vec<String>,
     /// How long a channel waits for a module's verdict before applying
     /// `fail_open`.
     pub timeout_ms: u64,
     /// When a module does not answer in time: deliver (`true`) or refuse.
     pub fail_open: bool,
-    /// `moderation`: words (case-insensitive) it acts on.
-    pub moderation_words: Vec<String>,
-    /// `moderation`: `mask` (replace with asterisks) or `reject`.
-    pub moderation_action: String,
+    /// WebAssembly instructions a module may run for one message; past it
+    /// the module is stopped (a crash).
+    pub fuel_per_message: u64,
+    /// Largest linear memory of a module instance, in MiB.
+    pub memory_mib: u32,
+    /// Crashes of one module within 10 s after which it is disabled until
+    /// the next reload.
+    pub crash_limit: u32,
+    /// Largest `.wasm` file the node loads, in MiB.
+    pub max_file_mib: u32,
 }
 
 /// The host's wasmtime settings (read by the native host only).
@@ -206,6 +221,7 @@ impl Default for NodeConfig {
             host: "127.0.0.1".into(),
             port: 4000,
             data_dir: "./data".into(),
+            demo_dir: "clients/demo/dist".into(),
             fault_injection: false,
             worker_id: 1,
         }
@@ -277,11 +293,14 @@ impl Default for RoomsConfig {
 impl Default for ModulesConfig {
     fn default() -> Self {
         Self {
+            dir: String::new(),
             enabled: Vec::new(),
             timeout_ms: 200,
             fail_open: true,
-            moderation_words: Vec::new(),
-            moderation_action: "mask".into(),
+            fuel_per_message: 50_000_000,
+            memory_mib: 32,
+            crash_limit: 5,
+            max_file_mib: 16,
         }
     }
 }
@@ -297,9 +316,6 @@ impl Default for RuntimeConfig {
         }
     }
 }
-
-/// Process modules this build ships (see `src/modules/`).
-pub const KNOWN_MODULES: &[&str] = &["moderation"];
 
 /// Short environment names for the keys operators set most, as documented in
 /// the README. Every key also has the long form `CHORUS_<SECTION>_<KEY>`.
@@ -552,32 +568,24 @@ impl Config {
             .modules
             .enabled
             .iter()
-            .find(|m| !KNOWN_MODULES.contains(&m.as_str()))
+            .find(|m| !crate::modules::valid_name(m))
         {
             return bad(
                 "modules.enabled",
-                &format!(
-                    "unknown module {name:?} (known: {})",
-                    KNOWN_MODULES.join(", ")
-                ),
+                &format!("{name:?} is not a module name (1 to 64 of a-z, 0-9, _, -)"),
             );
         }
-        if let Some(word) = self
-            .modules
-            .moderation_words
-            .iter()
-            .find(|w| !crate::moderation::is_word(w.trim()))
-        {
-            return bad(
-                "modules.moderation_words",
-                &format!("{word:?} is not one word (letters, digits, _)"),
-            );
+        if self.modules.fuel_per_message < 100_000 {
+            return bad("modules.fuel_per_message", "must be at least 100000");
         }
-        if !matches!(self.modules.moderation_action.as_str(), "mask" | "reject") {
-            return bad(
-                "modules.moderation_action",
-                "must be \"mask\" or \"reject\"",
-            );
+        if !(1..=4096).contains(&self.modules.memory_mib) {
+            return bad("modules.memory_mib", "must be between 1 and 4096");
+        }
+        if self.modules.crash_limit == 0 {
+            return bad("modules.crash_limit", "must be at least 1");
+        }
+        if !(1..=1024).contains(&self.modules.max_file_mib) {
+            return bad("modules.max_file_mib", "must be between 1 and 1024");
         }
         if let Err((key, reason)) = crate::budget::check(self) {
             return bad(key, &reason);

@@ -14,7 +14,6 @@ pub mod join;
 pub mod jwt;
 pub mod lanes;
 pub mod metrics;
-pub mod moderation;
 pub mod modules;
 pub mod outq;
 pub mod peak;

@@ -49,7 +49,9 @@ metrics! {
     PeakLeft => "chorus_peak_left_total", Counter, "Times a channel left peak mode";
     PresenceSubscriptions => "chorus_presence_subscriptions", Gauge, "Clients with a selective presence subscription now";
     ModuleVerdicts => "chorus_module_verdicts_total", Counter, "Messages a process module changed or refused";
-    ModuleTimeouts => "chorus_module_timeouts_total", Counter, "Module calls that timed out (fail_open applied)";
+    ModuleTimeouts => "chorus_module_timeouts_total", Counter, "Module calls that timed out or found the module unavailable (fail_open applied)";
+    ModuleCrashes => "chorus_module_crashes_total", Counter, "Module calls that trapped or ran out of fuel (the module's process is restarted)";
+    ModuleErrors => "chorus_module_errors_total", Counter, "Module answers refused as garbage (the message is handled as if unanswered)";
 }
 
 impl Metric {

@@ -18,6 +18,11 @@
 //! | `outlet_send` | `(outlet: u64, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue frame bytes on a lane; 0 ok, 1 slow consumer, 2 gone |
 //! | `outlet_close` | `(outlet: u64, code: u32, ptr: u32, len: u32)` | close after the queued frames are written; a `code` other than 0 writes a close frame with that reason last |
 //! | `fanout` | `(ids: u32, n: u32, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue the same bytes on a lane of `n` outlets (`u64` ids); returns how many took them |
+//! | `modules_generation` | `() -> u64` | changes whenever the loaded process modules change (see [`crate::modules`]) |
+//! | `modules_report` | `() -> u64` | the modules report as JSON (pipeline, ready modules, errors) |
+//! | `modules_reload` | `() -> u64` | reload `modules.dir`, answered with the report |
+//! | `asset` | `(name_ptr: u32, name_len: u32) -> u64` | a demo room file (see [`crate::assets`]): `content-type\n` + bytes, empty when there is none |
+//! | `module_call` | `(name_ptr: u32, name_len: u32, ptr: u32, len: u32) -> u64` | one ABI message to module `name`'s instance of this process, answered with a status byte + bytes (`chorus_core::modules::CallResult`) |
 //!
 //! `lane` is a [`chorus_core::lanes::Lane`] number (0 control, 1 audio,
 //! 2 chat, 3 reactions); the topic matters on the audio and reactions lanes
@@ -40,6 +45,8 @@ use lunatic_process::state::ProcessState;
 use lunatic_runtime::DefaultProcessState;
 use wasmtime::{Caller, Linker};
 
+use crate::assets::Assets;
+use crate::modules::ModuleHost;
 use crate::outlet::Outlets;
 use crate::store::DataService;
 
@@ -58,6 +65,8 @@ pub struct HostApi {
     data: Option<DataService>,
     env: Arc<lunatic_process::env::LunaticEnvironment>,
     outlets: Arc<Outlets>,
+    modules: Option<Arc<ModuleHost>>,
+    assets: Assets,
 }
 
 impl HostApi {
@@ -66,6 +75,8 @@ impl HostApi {
         data: Option<DataService>,
         env: Arc<lunatic_process::env::LunaticEnvironment>,
         limits: &LimitsConfig,
+        modules: Option<Arc<ModuleHost>>,
+        assets: Assets,
     ) -> Arc<Self> {
         Arc::new(Self {
             config_json,
@@ -75,6 +86,8 @@ impl HostApi {
             data,
             env,
             outlets: Outlets::new(OutqLimits::from_config(limits)),
+            modules,
+            assets,
         })
     }
 
@@ -116,6 +129,9 @@ impl HostApi {
                 match api.upgrade() {
                     Some(api) => {
                         api.outlets.sweep(&api.env);
+                        if let Some(modules) = &api.modules {
+                            use lunatic_process::env::Environment;
+                            modules.sweep(|pid| api.env.get_process(pid).is_some());
                         let dropped = api.sweep_parked();
                         if dropped > 0 {
                             tracing::debug!(dropped, "answers parked for dead processes dropped");
@@ -399,6 +415,8 @@ impl HostApi {
             },
         )?;
 
+        self.register_modules(linker)?;
+
         let api = self.clone();
         linker.func_wrap(
             "chorus",
@@ -422,8 +440,85 @@ impl HostApi {
     }
 }
 
-/// The lane of ABI number `n`; an unknown number is the chat lane (never
-/// dropped, bounded).
+impl HostApi {
+    /// The process-module functions (see [`crate::modules`]; a node
+    /// without modules, `chorus exec`, answers as if the directory were
+    /// empty) and the demo room's files.
+    fn register_modules(self: &Arc<Self>, linker: &mut Linker<State>) -> Result<()> {
+        let api = self.clone();
+        linker.func_wrap("chorus", "modules_generation", move || {
+            api.modules.as_ref().map_or(0, |m| m.generation())
+        })?;
+
+        let api = self.clone();
+        linker.func_wrap(
+            "chorus",
+            "modules_report",
+            move |caller: Caller<'_, State>| -> Result<u64> {
+                let report = match &api.modules {
+                    Some(m) => serde_json::to_vec(&m.report())?,
+                    None => b"{}".to_vec(),
+                };
+                Ok(api.park(caller.data().id(), report))
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap0_async(
+            "chorus",
+            "modules_reload",
+            move |caller: Caller<'_, State>| {
+                let api = api.clone();
+                Box::new(async move {
+                    let report = match &api.modules {
+                        Some(m) => serde_json::to_vec(&m.reload().await)?,
+                        None => b"{}".to_vec(),
+                    };
+                    Ok(api.park(caller.data().id(), report))
+                })
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap(
+            "chorus",
+            "asset",
+            move |mut caller: Caller<'_, State>, ptr: u32, len: u32| -> Result<u64> {
+                let name = read_guest(&mut caller, ptr, len.min(256))?;
+                let bytes = api.assets.get(&String::from_utf8_lossy(&name));
+                Ok(api.park(caller.data().id(), bytes))
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap4_async(
+            "chorus",
+            "module_call",
+            move |mut caller: Caller<'_, State>,
+                  name_ptr: u32,
+                  name_len: u32,
+                  ptr: u32,
+                  len: u32| {
+                let api = api.clone();
+                Box::new(async move {
+                    let name = read_guest(&mut caller, name_ptr, name_len.min(256))?;
+                    let name = String::from_utf8_lossy(&name).into_owned();
+                    let message = read_guest(&mut caller, ptr, len)?;
+                    let pid = caller.data().id();
+                    let result = match &api.modules {
+                        Some(m) => m.call(pid, &name, &message).await,
+                        None => chorus_core::modules::CallResult::Unavailable(
+                            "this node runs without process modules".into(),
+                        ),
+                    };
+                    Ok(api.park(pid, result.encode()))
+                })
+            },
+        )?;
+        Ok(())
+    }
+}
+
 /// The lane, topic and reaction key of an outlet call (an unknown lane
 /// number is chat: queued, never dropped).
 fn read_route(

@@ -8,8 +8,10 @@
 //! * `chorus exec <file.wasm> [args…]` runs any lunatic guest, like
 //!   `lunatic run`; the benchmarks use it to run the same guest on both.
 
+mod assets;
 mod engine;
 mod hostapi;
+mod modules;
 mod node;
 mod outlet;
 mod sysctl;

@@ -13,6 +13,7 @@ use lunatic_runtime::{DefaultProcessConfig, DefaultProcessState};
 
 use crate::engine::Engine;
 use crate::hostapi::HostApi;
+use crate::modules::ModuleHost;
 use crate::store::DataService;
 use crate::sysctl;
 
@@ -114,6 +115,15 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         )?,
         other => bail!("store.backend = {other:?} is not available in this build yet"),
     };
+    let modules = ModuleHost::new(&config.modules, &config.limits)?;
+    let report = modules.reload().await;
+    tracing::info!(
+        dir = %report.dir,
+        ready = ?report.ready,
+        pipeline = ?report.pipeline,
+        "process modules"
+    );
+    reload_modules_on_sighup(modules.clone());
     let config_json = serde_json::to_vec(&config)?;
     let code = spawn_main(
         &config,
@@ -121,11 +131,28 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         vec!["chorus-guest".into()],
         Vec::new(),
         Some(data),
+        Some(modules),
         config_json,
         true,
     )
     .await?;
     Ok(code)
+}
+
+/// `SIGHUP` reloads `modules.dir`; the guest's module manager notices the
+/// new generation within a second.
+fn reload_modules_on_sighup(modules: Arc<ModuleHost>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload modules through the admin API");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let report = modules.reload().await;
+            tracing::info!(ready = ?report.ready, "SIGHUP: process modules reloaded");
+        }
+    });
 }
 
 pub async fn exec(args: ExecArgs) -> Result<ExitCode> {
@@ -141,24 +168,48 @@ pub async fn exec(args: ExecArgs) -> Result<ExitCode> {
     argv.extend(args.args);
     sysctl::ensure_max_map_count(config.runtime.min_max_map_count);
     let config_json = serde_json::to_vec(&config)?;
-    spawn_main(&config, wasm, argv, args.dir, None, config_json, false).await
+    spawn_main(
+        &config,
+        wasm,
+        argv,
+        args.dir,
+        None,
+        None,
+        config_json,
+        false,
+    )
+    .await
 }
 
 /// Compiles `wasm`, spawns its `_start` as the root process and waits for it
 /// (or for SIGINT/SIGTERM when `serve` is set).
+#[allow(clippy::too_many_arguments)]
 async fn spawn_main(
     config: &Config,
     wasm: Vec<u8>,
     argv: Vec<String>,
     dirs: Vec<String>,
     data: Option<DataService>,
+    modules: Option<Arc<ModuleHost>>,
     config_json: Vec<u8>,
     serve: bool,
 ) -> Result<ExitCode> {
     let engine = Engine::new(&config.runtime)?;
     let envs = Arc::new(LunaticEnvironments::default());
     let env = envs.create(1).await;
-    let api = HostApi::new(config_json, data, env.clone(), &config.limits);
+    let assets = if serve {
+        crate::assets::Assets::load(&config.node.demo_dir)
+    } else {
+        crate::assets::Assets::default()
+    };
+    let api = HostApi::new(
+        config_json,
+        data,
+        env.clone(),
+        &config.limits,
+        modules,
+        assets,
+    );
     api.start_sweeper();
     let cache = crate::engine::cache_dir(&config.runtime.module_cache);
     let module = Arc::new(engine.compile(wasm, api, cache.as_deref())?);

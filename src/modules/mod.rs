@@ -1,118 +1,149 @@
-//! Process modules: room behaviours added as supervised processes.
+//! Process modules: room behaviours loaded at run time from `modules.dir`
+//! (docs/MODULES.md), each run by a supervised process of its own.
 //!
-//! A module is a type implementing [`Module`], registered by name in
-//! [`REGISTRY`] (and in `chorus_core::config::KNOWN_MODULES`, which the
-//! config check uses). Each name in `modules.enabled` runs as one process
-//! under the `modules` supervisor (one_for_one, permanent: a crashed module
-//! is restarted), registered as [`process_name`]. The process is the generic
-//! shell [`run`]: it builds the module from the node config and answers the
-//! channels' questions one at a time.
+//! The host (`host-bridge/src/modules.rs`) compiles every `<name>.wasm`,
+//! checks it, and keeps one instance of the module per module process. Here
+//! live the processes around it:
 //!
-//! A room's chat-lane channel asks every enabled module, in
-//! `modules.enabled` order, about each message before storing and
-//! delivering it ([`Screen::screen`]), and waits at most
-//! `modules.timeout_ms` for each answer. What the answers mean (replace,
-//! reject, fail open or closed) is `chorus_core::modules`.
+//! * under the `modules` supervisor (one_for_one), one permanent process per
+//!   ready module, registered as [`process_name`]: the shell [`run`], which
+//!   answers the channels' questions one at a time by handing each to the
+//!   module's instance ([`host::module_call`]). A module that traps crashes
+//!   its process; the supervisor restarts it with a fresh instance.
+//! * the [`manager`] (first child of `modules`), which starts and stops those
+//!   processes when the host's module generation changes (a reload through
+//!   the admin API or `SIGHUP`, a module disabled after too many crashes).
 //!
-//! The shipped module is [`moderation`].
+//! A room's chat-lane channel asks the modules of the host's pipeline
+//! (`modules.enabled` first, then the others by name), in order, about each
+//! message before storing and delivering it ([`Screen::screen`]), and waits
+//! at most `modules.timeout_ms` for each answer. What the answers mean
+//! (replace, reject, fail open or closed) is `chorus_core::modules`.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chorus_core::config::Config;
 use chorus_core::metrics::Metric;
-use chorus_core::modules::{Answer, Outcome, Screening, Verdict};
+use chorus_core::modules::{Answer, CallResult, ChatRequest, Outcome, Screening, Verdict};
 use chorus_core::room::{self, Lane};
 use lunatic::Tag;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use supervisors::{ChildRef, ChildSpec, Incoming, Restart, Strategy, SupervisorSpec};
+use supervisors::{
+    ChildRef, ChildSpec, Incoming, Restart, Strategy, SupervisorRef, SupervisorSpec,
+};
 
 use crate::channel::{Body, ChannelMsg};
 use crate::host;
 
-pub mod moderation;
-
-/// A chat message as a module sees it.
-#[derive(Debug)]
-pub struct ChatMessage<'a> {
-    /// The room's id (`<id>` of `room:<id>:chat`).
-    pub room: &'a str,
-    /// The broadcast event the client chose.
-    pub event: &'a str,
-    /// The JSON payload, as left by the modules before this one.
-    pub payload: &'a Value,
-}
-
-/// A room behaviour. One value lives in its module process for as long as
-/// the process runs (a restart builds a new one), so it may keep state.
-pub trait Module {
-    /// Called for every message published on a room's chat lane, before it
-    /// is stored or delivered: `Deliver`, `Replace(payload)` or
-    /// `Reject(reason)` (the publisher gets `{"reason": reason}`).
-    fn on_chat(&mut self, message: &ChatMessage<'_>) -> Verdict;
-}
-
-/// Builds a module from the node config.
-pub type Constructor = fn(&Config) -> Box<dyn Module>;
-
-/// Every module this build ships, by the name `modules.enabled` uses.
-pub const REGISTRY: &[(&str, Constructor)] = &[("moderation", moderation::new)];
+/// Registered name of the `modules` supervisor.
+pub const SUPERVISOR: &str = "chorus-modules";
 
 /// Registered name of the process of module `name`.
 pub fn process_name(name: &str) -> String {
     format!("chorus-module-{name}")
 }
 
-fn constructor(name: &str) -> Option<Constructor> {
-    REGISTRY.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
+/// The supervisor's child id of module `name`'s process.
+fn child_id(name: &str) -> String {
+    format!("module-{name}")
 }
 
-/// Checks that every enabled module is built into this guest (the config
-/// check only knows `KNOWN_MODULES`).
-pub fn check(config: &Config) -> Result<(), String> {
-    match config
-        .modules
-        .enabled
-        .iter()
-        .find(|name| constructor(name).is_none())
-    {
-        Some(name) => Err(format!(
-            "modules.enabled: module {name:?} is not built into this guest"
-        )),
-        None => Ok(()),
-    }
+fn module_spec(name: &str, config: &Config) -> ChildSpec {
+    ChildSpec::new(child_id(name), run, (name.to_string(), config.clone()))
+        .restart(Restart::Permanent)
+        .register(&process_name(name))
 }
 
-/// The `modules` supervisor: one permanent process per enabled module.
+/// The `modules` supervisor: the manager, then one permanent process per
+/// module ready at start (so chat lanes find them as soon as the tree is up).
 pub fn supervisor(config: &Config) -> SupervisorSpec {
-    config.modules.enabled.iter().fold(
+    let ready = host::modules_report().ready;
+    ready.iter().fold(
         SupervisorSpec::new(Strategy::OneForOne)
-            .intensity(100)
-            .period(Duration::from_secs(10)),
-        |sup, name| {
-            sup.child(
-                ChildSpec::new(
-                    format!("module-{name}"),
-                    run,
-                    (name.clone(), config.clone()),
-                )
-                .restart(Restart::Permanent)
-                .register(&process_name(name)),
-            )
-        },
+            // A module that keeps crashing is disabled by the host after
+            // `modules.crash_limit` crashes, long before this intensity.
+            .intensity(1000)
+            .period(Duration::from_secs(10))
+            .child(ChildSpec::new("module-manager", manager, config.clone())),
+        |sup, name| sup.child(module_spec(name, config)),
     )
+}
+
+/// Starts the processes of ready modules that have none and stops those of
+/// modules that are no longer ready. Called by the [`manager`] and by the
+/// admin API's reload, so the reload answers once the processes run.
+pub fn reconcile(config: &Config) -> Result<(), String> {
+    let report = host::modules_report();
+    let sup = SupervisorRef::lookup(SUPERVISOR).ok_or("the modules supervisor is not running")?;
+    let children = sup.which_children().map_err(|e| e.to_string())?;
+    let running: BTreeSet<String> = children
+        .iter()
+        .filter_map(|c| c.id.strip_prefix("module-").map(str::to_string))
+        .filter(|name| name != "manager")
+        .collect();
+    let wanted: BTreeSet<String> = report.ready.into_iter().collect();
+    for name in running.difference(&wanted) {
+        // Gone from the directory, failed to reload or disabled.
+        let _ = sup.terminate_child(&child_id(name));
+        host::log(
+            host::Level::Info,
+            &format!("module {name}: process stopped"),
+        );
+    }
+    for name in wanted.difference(&running) {
+        match sup.start_child(module_spec(name, config)) {
+            Ok(_) => host::log(
+                host::Level::Info,
+                &format!("module {name}: process started"),
+            ),
+            // Started meanwhile by the other caller of `reconcile`.
+            Err(supervisors::Error::DuplicateChild(_)) => {}
+            Err(e) => {
+                host::log(
+                    host::Level::Error,
+                    &format!("module {name}: cannot start its process: {e}"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The process that keeps module processes in line with the host's modules
+/// (checks the generation once a second: a scalar host call).
+pub fn manager(config: Config, inbox: supervisors::Inbox<()>) {
+    let mut seen = 0;
+    loop {
+        let generation = host::modules_generation();
+        if generation != seen {
+            match reconcile(&config) {
+                Ok(()) => seen = generation,
+                Err(e) => host::log(host::Level::Warn, &format!("modules: {e}")),
+            }
+        }
+        if let Some(Incoming::Shutdown) = inbox.receive_timeout(Duration::from_secs(1)) {
+            return;
+        }
+    }
 }
 
 /// Messages to a module process.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ModuleMsg {
     /// What to do with a chat message; answered to `reply` under `tag` with
-    /// [`ChannelMsg::ModuleAnswer`].
+    /// [`ChannelMsg::ModuleAnswer`], unless `deadline_ms` (the asker's
+    /// clock) passed before the module got to it.
     Chat {
         topic: String,
         event: String,
+        /// The publisher's user id, `None` for the admin API.
+        user: Option<String>,
         /// JSON text (bincode cannot carry `serde_json::Value`).
         payload: String,
+        at_ms: u64,
+        deadline_ms: u64,
         reply: ChildRef<ChannelMsg>,
         tag: Tag,
     },
@@ -125,6 +156,8 @@ pub enum Reply {
     /// The new payload, as JSON text.
     Replace(String),
     Reject(String),
+    /// The module could not give a verdict (crashed, garbage, disabled).
+    Unavailable,
 }
 
 impl Reply {
@@ -143,6 +176,7 @@ impl Reply {
                 Answer::Verdict(Verdict::Replace(v))
             }),
             Reply::Reject(reason) => Answer::Verdict(Verdict::Reject(reason)),
+            Reply::Unavailable => Answer::Unavailable,
         }
     }
 }
@@ -155,56 +189,86 @@ pub const CRASH_EVENT: &str = "chorus_crash_module";
 /// channel give up waiting and ignore the late answer.
 pub const SLOW_EVENT: &str = "chorus_slow_module";
 
-/// The process shell of every module: builds module `name` and answers.
+/// The process of module `name`: hands each question to the module's
+/// instance in the host and sends the verdict back.
 pub fn run(args: (String, Config), inbox: supervisors::Inbox<ModuleMsg>) {
     let (name, config) = args;
-    let Some(new) = constructor(&name) else {
-        // `check` refuses this before the tree starts.
-        host::log(host::Level::Error, &format!("no module named {name:?}"));
-        return;
-    };
-    let mut module = new(&config);
-    host::log(host::Level::Info, &format!("module {name} started"));
+    let max_payload = config.limits.max_payload_bytes as usize;
     loop {
-        match inbox.receive() {
-            Incoming::Shutdown => return,
-            Incoming::Message(ModuleMsg::Chat {
-                topic,
-                event,
-                payload,
-                reply,
-                tag,
-            }) => {
-                if config.node.fault_injection {
-                    match event.as_str() {
-                        CRASH_EVENT => {
-                            panic!("fault injection: module {name} crash requested by a client")
-                        }
-                        SLOW_EVENT => lunatic::sleep(Duration::from_millis(
-                            config.modules.timeout_ms.saturating_add(100),
-                        )),
-                        _ => {}
-                    }
-                }
-                let verdict = match serde_json::from_str::<Value>(&payload) {
-                    Ok(payload) => module.on_chat(&ChatMessage {
-                        room: room::parse_lane(&topic).map_or("", |(id, _)| id),
-                        event: &event,
-                        payload: &payload,
-                    }),
-                    Err(_) => Verdict::Deliver,
-                };
-                reply.tag_send(tag, ChannelMsg::ModuleAnswer(Reply::from_verdict(verdict)));
+        let Incoming::Message(ModuleMsg::Chat {
+            topic,
+            event,
+            user,
+            payload,
+            at_ms,
+            deadline_ms,
+            reply,
+            tag,
+        }) = inbox.receive()
+        else {
+            return;
+        };
+        if now_ms() > deadline_ms {
+            // The channel stopped waiting: its fail_open already applied.
+            continue;
+        }
+        if config.node.fault_injection {
+            match event.as_str() {
+                CRASH_EVENT => panic!("fault injection: module {name} crash requested by a client"),
+                SLOW_EVENT => lunatic::sleep(Duration::from_millis(
+                    config.modules.timeout_ms.saturating_add(100),
+                )),
+                _ => {}
             }
         }
+        let request = ChatRequest {
+            room: room::parse_lane(&topic).map_or("", |(id, _)| id),
+            topic: &topic,
+            event: &event,
+            user: user.as_deref(),
+            payload: &payload,
+            at_ms,
+        };
+        let answer = match host::module_call(&name, &request.encode()) {
+            CallResult::Answer(bytes) => {
+                match chorus_core::modules::parse_chat_answer(&bytes, max_payload) {
+                    Ok(verdict) => Reply::from_verdict(verdict),
+                    Err(why) => garbage(&name, &why),
+                }
+            }
+            CallResult::Garbage(why) => garbage(&name, &why),
+            CallResult::Unavailable(why) => {
+                host::log(host::Level::Debug, &why);
+                Reply::Unavailable
+            }
+            CallResult::Crashed(why) => {
+                host::metric(Metric::ModuleCrashes, 1);
+                reply.tag_send(tag, ChannelMsg::ModuleAnswer(Reply::Unavailable));
+                // A crash of the module is a crash of its process: the
+                // supervisor restarts it, the host made a fresh instance.
+                panic!("module {name} crashed: {why}");
+            }
+        };
+        reply.tag_send(tag, ChannelMsg::ModuleAnswer(answer));
     }
 }
 
-/// What a channel needs to ask modules: the part of `[modules]` it uses,
-/// empty on every topic that is not a room's chat lane.
+/// The wall clock in Unix ms (module messages' `at_ms` and deadlines).
+fn now_ms() -> u64 {
+    crate::room::now_ms() as u64
+}
+
+fn garbage(name: &str, why: &str) -> Reply {
+    host::metric(Metric::ModuleErrors, 1);
+    host::log(host::Level::Error, &format!("module {name} {why}"));
+    Reply::Unavailable
+}
+
+/// What a channel needs to ask modules: the part of `[modules]` it uses;
+/// inactive on every topic that is not a room's chat lane.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Hooks {
-    enabled: Vec<String>,
+    active: bool,
     timeout_ms: u64,
     fail_open: bool,
 }
@@ -214,7 +278,7 @@ impl Hooks {
     pub fn for_topic(config: &Config, topic: &str) -> Hooks {
         match room::parse_lane(topic) {
             Some((_, Lane::Chat)) => Hooks {
-                enabled: config.modules.enabled.clone(),
+                active: true,
                 timeout_ms: config.modules.timeout_ms,
                 fail_open: config.modules.fail_open,
             },
@@ -228,6 +292,8 @@ impl Hooks {
         Screen {
             hooks: self,
             channel,
+            generation: 0,
+            pipeline: Vec::new(),
         }
     }
 }
@@ -237,15 +303,37 @@ impl Hooks {
 pub struct Screen {
     hooks: Hooks,
     channel: ChildRef<ChannelMsg>,
+    /// The host's module generation `pipeline` was read at.
+    generation: u64,
+    pipeline: Vec<String>,
 }
 
 impl Screen {
-    /// Asks every enabled module about a message, in order, and applies the
-    /// verdicts: `Ok` with `payload` possibly replaced, or `Err(reason)` when
-    /// the message is refused. Binary payloads are not screened (a chat lane
-    /// refuses them when storing).
-    pub fn screen(&self, topic: &str, event: &str, payload: &mut Body) -> Result<(), String> {
-        if self.hooks.enabled.is_empty() {
+    /// The modules to ask, re-read from the host when they changed.
+    fn refresh(&mut self) {
+        let generation = host::modules_generation();
+        if generation != self.generation {
+            self.pipeline = host::modules_report().pipeline;
+            self.generation = generation;
+        }
+    }
+
+    /// Asks every module of the pipeline about a message, in order, and
+    /// applies the verdicts: `Ok` with `payload` possibly replaced, or
+    /// `Err(reason)` when the message is refused. Binary payloads are not
+    /// screened (a chat lane refuses them when storing).
+    pub fn screen(
+        &mut self,
+        topic: &str,
+        event: &str,
+        user: Option<&str>,
+        payload: &mut Body,
+    ) -> Result<(), String> {
+        if !self.hooks.active {
+            return Ok(());
+        }
+        self.refresh();
+        if self.pipeline.is_empty() {
             return Ok(());
         }
         let Body::Json(text) = payload else {
@@ -255,11 +343,12 @@ impl Screen {
             return Ok(());
         };
         let mut screening = Screening::new(value, self.hooks.fail_open);
-        for name in &self.hooks.enabled {
+        let at_ms = now_ms();
+        for name in &self.pipeline {
             if screening.is_rejected() {
                 break;
             }
-            let answer = self.ask(name, topic, event, screening.payload());
+            let answer = self.ask(name, topic, event, user, screening.payload(), at_ms);
             screening.take(name, answer);
         }
         let screened = screening.finish();
@@ -280,10 +369,19 @@ impl Screen {
     }
 
     /// One request/answer with module `name`. A module that is not running
-    /// (crashed, not yet restarted) is unavailable at once; one that does
-    /// not answer in time is unavailable after `timeout_ms`, and its late
-    /// answer reaches the channel's inbox as a `ModuleAnswer` it ignores.
-    fn ask(&self, name: &str, topic: &str, event: &str, payload: &Value) -> Answer {
+    /// (not loaded, crashed and not yet restarted) is unavailable at once;
+    /// one that does not answer in time is unavailable after `timeout_ms`,
+    /// and its late answer reaches the channel's inbox as a `ModuleAnswer`
+    /// it ignores.
+    fn ask(
+        &self,
+        name: &str,
+        topic: &str,
+        event: &str,
+        user: Option<&str>,
+        payload: &Value,
+        at_ms: u64,
+    ) -> Answer {
         let module = match ChildRef::<ModuleMsg>::lookup(&process_name(name)) {
             Some(m) if m.is_alive() => m,
             _ => return Answer::Unavailable,
@@ -292,7 +390,10 @@ impl Screen {
         module.send(ModuleMsg::Chat {
             topic: topic.to_string(),
             event: event.to_string(),
+            user: user.map(str::to_string),
             payload: payload.to_string(),
+            at_ms,
+            deadline_ms: at_ms.saturating_add(self.hooks.timeout_ms),
             reply: self.channel,
             tag,
         });

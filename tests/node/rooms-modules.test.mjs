@@ -1,13 +1,18 @@
-// Process modules (docs/ROOMS.md, "Process modules"; src/modules/): the
-// shipped `moderation` module screens every message on a room's chat lane
-// before it is stored and delivered. `mask` replaces blocked words with `*`
-// for everyone and in storage; `reject` refuses the message (the publisher
-// gets `moderated: ...`, nobody receives or stores it). Clean messages and
-// other topics pass untouched. A crashed module is restarted by the
-// `modules` supervisor; meanwhile `modules.fail_open` decides. An unknown
-// module name stops the node naming `modules.enabled`.
+// Process modules loaded at run time (docs/MODULES.md; src/modules/,
+// host-bridge/src/modules.rs): `.wasm` files in modules.dir, each run by a
+// supervised process, screen every message on a room's chat lane before it
+// is stored and delivered. The shipped `moderation` module (its own crate,
+// built separately from the node): `mask` replaces blocked words with `*`
+// for everyone and in storage; `reject` refuses the message. A crashed
+// module is restarted by the `modules` supervisor; meanwhile
+// `modules.fail_open` decides. Modules are added and changed by a reload
+// (admin call or SIGHUP), and bad modules are refused, each with an error
+// naming it, while the node keeps serving.
 
 import assert from 'node:assert/strict';
+import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import {
@@ -15,6 +20,7 @@ import {
   RawClient,
   realtime,
   recordingChannel,
+  REPO,
   startNode,
   subscribe,
   uid,
@@ -24,6 +30,29 @@ import {
 
 const REJECT_REASON = 'moderated: contains a blocked word';
 
+/** The shipped modules (scripts/lib.sh build_modules) and the test fixture. */
+const BUILT = {
+  moderation: path.join(REPO, 'target/modules/moderation.wasm'),
+  slowmode: path.join(REPO, 'target/modules/slowmode.wasm'),
+  faulty: path.join(REPO, 'target/wasm32-wasip1/release/faulty.wasm'),
+};
+for (const [name, file] of Object.entries(BUILT)) {
+  if (!existsSync(file)) throw new Error(`module ${name} not built at ${file} (scripts/test.sh builds it)`);
+}
+
+/** A fresh modules directory holding `modules`: {name: settings TOML or null}. */
+function modulesDir(modules = {}) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'chorus-modules-'));
+  for (const [name, settings] of Object.entries(modules)) install(dir, name, settings);
+  return dir;
+}
+
+/** Drops module `name` (built file `from`, default its own) with its settings in `dir`. */
+function install(dir, name, settings = null, from = BUILT[name]) {
+  copyFileSync(from, path.join(dir, `${name}.wasm`));
+  if (settings !== null) writeFileSync(path.join(dir, `${name}.toml`), settings);
+}
+
 async function metric(node, name) {
   const res = await fetch(`${node.http}/metrics`, { signal: AbortSignal.timeout(5000) });
   const text = await res.text();
@@ -31,6 +60,15 @@ async function metric(node, name) {
   assert.ok(line, `metric ${name} missing`);
   return Number(line.split(' ')[1]);
 }
+
+async function modulesReport(node, method = 'GET') {
+  const url = method === 'GET' ? '/realtime/v1/api/modules' : '/realtime/v1/api/modules/reload';
+  const res = await fetch(`${node.http}${url}`, { method, headers: { apikey: 'anon' }, signal: AbortSignal.timeout(30000) });
+  assert.equal(res.status, 200, await res.clone().text());
+  return res.json();
+}
+
+const statusOf = (report, name) => report.modules.find((m) => m.name === name);
 
 /** Stored messages of `topic`, newest first. */
 async function stored(node, topic) {
@@ -51,10 +89,10 @@ async function pair(node, vsn, topic) {
   return { sender, receiver };
 }
 
-/** A raw client joined to `topic` with ack on; `send` resolves with the reply. */
-async function rawSender(node, vsn, topic) {
+/** A raw client joined to `topic` with ack on, as `user`; `send` resolves with the reply. */
+async function rawSender(node, vsn, topic, user = '') {
   const c = await RawClient.open(node, vsn);
-  const r = await c.join(topic, { broadcast: { ack: true, self: false } });
+  const r = await c.join(topic, { broadcast: { ack: true, self: false }, presence: { key: user } });
   assert.equal(r.status, 'ok', JSON.stringify(r));
   c.send = (event, payload) =>
     c.reply(c.push(topic, 'broadcast', { type: 'broadcast', event, payload }, { join_ref: c.joinRefs[topic] }));
@@ -65,8 +103,7 @@ describe('moderation, action mask (fail open)', () => {
   let node;
   before(async () => {
     node = await startNode({
-      CHORUS_MODULES_ENABLED: 'moderation',
-      CHORUS_MODULES_MODERATION_WORDS: 'badword, Ärger',
+      CHORUS_MODULES_DIR: modulesDir({ moderation: 'words = ["badword", "Ärger"]\n' }),
       // Generous, so that a loaded machine cannot turn a verdict into a timeout.
       CHORUS_MODULES_TIMEOUT_MS: '2000',
       CHORUS_NODE_FAULT_INJECTION: 'true',
@@ -162,9 +199,8 @@ describe('moderation, action reject (fail closed)', () => {
   let node;
   before(async () => {
     node = await startNode({
+      CHORUS_MODULES_DIR: modulesDir({ moderation: 'words = ["badword"]\naction = "reject"\n' }),
       CHORUS_MODULES_ENABLED: 'moderation',
-      CHORUS_MODULES_MODERATION_WORDS: 'badword',
-      CHORUS_MODULES_MODERATION_ACTION: 'reject',
       CHORUS_MODULES_FAIL_OPEN: 'false',
       CHORUS_MODULES_TIMEOUT_MS: '2000',
       CHORUS_NODE_FAULT_INJECTION: 'true',
@@ -231,8 +267,7 @@ describe('late module answers', () => {
   let node;
   before(async () => {
     node = await startNode({
-      CHORUS_MODULES_ENABLED: 'moderation',
-      CHORUS_MODULES_MODERATION_WORDS: 'badword',
+      CHORUS_MODULES_DIR: modulesDir({ moderation: 'words = "badword"\n' }),
       CHORUS_NODE_FAULT_INJECTION: 'true',
     });
   });
@@ -272,27 +307,188 @@ describe('late module answers', () => {
   });
 });
 
-describe('modules config', () => {
-  test('an unknown module name stops the node, naming modules.enabled', async () => {
-    await assert.rejects(
-      startNode({ CHORUS_MODULES_ENABLED: 'moderation,nosuchmodule' }),
-      (e) => {
-        assert.match(e.message, /node exited early/);
-        assert.match(e.message, /modules\.enabled/);
-        assert.match(e.message, /nosuchmodule/);
-        return true;
-      },
-    );
+describe('modules loaded at run time', () => {
+  let node;
+  let dir;
+  before(async () => {
+    dir = modulesDir();
+    node = await startNode({ CHORUS_MODULES_DIR: dir, CHORUS_MODULES_TIMEOUT_MS: '2000' });
+  });
+  after(async () => {
+    await closeAll();
+    await node?.stop();
+    rmSync(dir, { recursive: true, force: true });
   });
 
-  test('a moderation word that can never match stops the node, naming the key', async () => {
-    await assert.rejects(
-      startNode({ CHORUS_MODULES_ENABLED: 'moderation', CHORUS_MODULES_MODERATION_WORDS: 'ok,two words' }),
-      (e) => {
-        assert.match(e.message, /modules\.moderation_words/);
-        assert.match(e.message, /two words/);
-        return true;
-      },
-    );
+  test('a module dropped in the directory acts on chat after a reload, a changed one after the next', async () => {
+    const topic = `room:${uid('d')}:chat`;
+    const { sender, receiver } = await pair(node, '2.0.0', topic);
+    assert.deepEqual((await modulesReport(node)).pipeline, []);
+    assert.equal(await sender.send({ type: 'broadcast', event: 'msg', payload: { text: 'badword' } }), 'ok');
+
+    install(dir, 'moderation', 'words = ["badword"]\n');
+    const report = await modulesReport(node, 'POST');
+    assert.deepEqual(report.pipeline, ['moderation'], JSON.stringify(report));
+    assert.equal(statusOf(report, 'moderation').status, 'ready');
+    assert.equal(await sender.send({ type: 'broadcast', event: 'msg', payload: { text: 'badword' } }), 'ok');
+
+    // New settings, same wasm: the next reload builds a fresh instance.
+    writeFileSync(path.join(dir, 'moderation.toml'), 'words = ["other"]\n');
+    await modulesReport(node, 'POST');
+    assert.equal(await sender.send({ type: 'broadcast', event: 'msg', payload: { text: 'badword other' } }), 'ok');
+
+    await waitFor(() => receiver.got.length === 3, 5000, 'three messages');
+    assert.deepEqual(receiver.got.map((m) => m.payload.text), ['badword', '*******', 'badword *****']);
+    assert.match(node.logs(), /module moderation: process started/);
+  });
+
+  test('SIGHUP reloads too: slowmode limits each user, and a removed module stops', async () => {
+    const topic = `realtime:room:${uid('s')}:chat`;
+    const ana = await rawSender(node, '2.0.0', topic, 'ana');
+    const bo = await rawSender(node, '2.0.0', topic, 'bo');
+    install(dir, 'slowmode', 'messages = 2\nper_seconds = 60\n');
+    node.child.kill('SIGHUP');
+    await waitFor(async () => statusOf(await modulesReport(node), 'slowmode')?.status === 'ready', 10000, 'slowmode loaded');
+    // The manager starts its process within a second of the reload.
+    await waitFor(() => node.logs().includes('module slowmode: process started'), 10000, 'the slowmode process');
+    assert.deepEqual(await ana.send('msg', { text: 'one' }), { status: 'ok', response: {} });
+    assert.deepEqual(await ana.send('msg', { text: 'two' }), { status: 'ok', response: {} });
+    const refused = await ana.send('msg', { text: 'three' });
+    assert.equal(refused.status, 'error');
+    assert.match(refused.response.reason, /^slowmode: at most 2 messages per 60 s in this room; wait \d+ s$/);
+    // Another user has a budget of their own.
+    assert.deepEqual(await bo.send('msg', { text: 'hi' }), { status: 'ok', response: {} });
+
+    rmSync(path.join(dir, 'slowmode.wasm'));
+    const report = await modulesReport(node, 'POST');
+    assert.equal(statusOf(report, 'slowmode'), undefined);
+    assert.deepEqual(await ana.send('msg', { text: 'free again' }), { status: 'ok', response: {} });
+    assert.match(node.logs(), /module slowmode: process stopped/);
+  });
+});
+
+/** A module that exports only `chorus_abi_version() -> i32 { 2 }`, by hand. */
+function abiTwoModule() {
+  const name = Buffer.from('chorus_abi_version');
+  return Buffer.from([
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+    0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7f, // types: () -> i32
+    0x03, 0x02, 0x01, 0x00, // functions: one of type 0
+    0x07, name.length + 4, 0x01, name.length, ...name, 0x00, 0x00, // export it as func 0
+    0x0a, 0x06, 0x01, 0x04, 0x00, 0x41, 0x02, 0x0b, // code: i32.const 2
+  ]);
+}
+
+describe('bad modules: each refused with an error naming it, and the node keeps serving', () => {
+  let node;
+  let dir;
+  before(async () => {
+    dir = modulesDir({ moderation: 'words = ["badword"]\n' });
+    writeFileSync(path.join(dir, 'notwasm.wasm'), 'this is a text file, not WebAssembly\n');
+    writeFileSync(path.join(dir, 'abitwo.wasm'), abiTwoModule());
+    install(dir, 'panics', 'mode = "panic_on_init"\n', BUILT.faulty);
+    install(dir, 'badsettings', 'words = ["two words"]\n', BUILT.moderation);
+    install(dir, 'loops', 'mode = "loop_on_chat"\n', BUILT.faulty);
+    install(dir, 'traps', 'mode = "trap_on_chat"\n', BUILT.faulty);
+    install(dir, 'garbage', 'mode = "garbage_on_chat"\n', BUILT.faulty);
+    node = await startNode({
+      CHORUS_MODULES_DIR: dir,
+      CHORUS_MODULES_TIMEOUT_MS: '3000',
+      CHORUS_MODULES_FUEL_PER_MESSAGE: '20000000',
+      CHORUS_MODULES_CRASH_LIMIT: '3',
+    });
+  });
+  after(async () => {
+    await closeAll();
+    await node?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('at load: not WebAssembly, wrong ABI version, trap in init, bad settings', async () => {
+    const report = await modulesReport(node);
+    const failed = (name) => {
+      const m = statusOf(report, name);
+      assert.equal(m?.status, 'failed', JSON.stringify(m));
+      return m.error;
+    };
+    assert.match(failed('notwasm'), /not a valid WebAssembly module/);
+    assert.match(failed('abitwo'), /speaks module ABI version 2; this node speaks version 1/);
+    assert.match(failed('panics'), /trapped in chorus_handle.*stderr: .*faulty: panicking in init as asked/s);
+    assert.match(failed('badsettings'), /refused its settings: words: "two words" is not one word/);
+    for (const name of ['notwasm', 'abitwo', 'panics', 'badsettings']) {
+      assert.match(node.logs(), new RegExp(`module ${name} \\(`), `the log names ${name}`);
+    }
+    assert.deepEqual(report.ready, ['garbage', 'loops', 'moderation', 'traps']);
+  });
+
+  test('on chat: a loop runs out of fuel, a trap crashes, garbage is refused; the rest still screens', async () => {
+    const topic = `room:${uid('b')}:chat`;
+    const { sender, receiver } = await pair(node, '2.0.0', topic);
+    const crashes = await metric(node, 'chorus_module_crashes_total');
+    const errors = await metric(node, 'chorus_module_errors_total');
+    const restarts = await metric(node, 'chorus_restarts_total');
+    for (const text of ['loop', 'trap', 'garbage', 'badword']) {
+      assert.equal(await sender.send({ type: 'broadcast', event: 'msg', payload: { text } }), 'ok', text);
+    }
+    await waitFor(() => receiver.got.length === 4, 10000, 'four messages');
+    // Fail open: the misbehaving module gives no verdict on its message; every
+    // other module still acts (faulty ones add `faulty: true`, moderation masks).
+    const got = receiver.got.map((m) => m.payload);
+    assert.equal(got[3].text, '*******');
+    assert.equal(got[3].faulty, true);
+    assert.equal(got[0].text, 'loop');
+    assert.equal(await metric(node, 'chorus_module_crashes_total'), crashes + 2);
+    assert.equal(await metric(node, 'chorus_module_errors_total'), errors + 1);
+    await waitFor(async () => (await metric(node, 'chorus_restarts_total')) >= restarts + 2, 5000, 'two restarts');
+    const logs = node.logs();
+    assert.match(logs, /module loops crashed: ran out of fuel in chorus_handle: more than modules.fuel_per_message \(20000000\)/);
+    assert.match(logs, /module traps crashed: trapped in chorus_handle: .*stderr: .*faulty: trapping on a chat message as asked/s);
+    assert.match(logs, /module garbage answered ".*this is not JSON" which is not JSON/);
+  });
+
+  test('a module that keeps crashing is disabled until the next reload', async () => {
+    const topic = `realtime:room:${uid('x')}:chat`;
+    const raw = await rawSender(node, '2.0.0', topic, 'eve');
+    for (let i = 0; i < 3; i++) {
+      assert.equal((await raw.send('msg', { text: 'trap' })).status, 'ok');
+    }
+    await waitFor(async () => statusOf(await modulesReport(node), 'traps').status === 'disabled', 10000, 'traps disabled');
+    const report = await modulesReport(node);
+    assert.match(statusOf(report, 'traps').error, /crashed 3 times within 10 s \(modules.crash_limit\)/);
+    assert.ok(!report.ready.includes('traps'));
+    // The node keeps serving, the other modules keep screening.
+    assert.deepEqual(await raw.send('msg', { text: 'badword' }), { status: 'ok', response: {} });
+    // A reload gives it another chance.
+    assert.equal(statusOf(await modulesReport(node, 'POST'), 'traps').status, 'ready');
+  });
+});
+
+describe('modules config', () => {
+  test('a module listed in modules.enabled that did not load: fail closed refuses chat naming it', async () => {
+    const node = await startNode({
+      CHORUS_MODULES_DIR: modulesDir(),
+      CHORUS_MODULES_ENABLED: 'moderation',
+      CHORUS_MODULES_FAIL_OPEN: 'false',
+    });
+    try {
+      const raw = await rawSender(node, '2.0.0', `realtime:room:${uid('e')}:chat`);
+      assert.deepEqual(await raw.send('msg', { text: 'hi' }), {
+        status: 'error',
+        response: { reason: 'module moderation unavailable' },
+      });
+      assert.match(node.logs(), /modules.enabled lists "moderation", which is not loaded/);
+    } finally {
+      await closeAll();
+      await node.stop();
+    }
+  });
+
+  test('a module name that cannot be a file name stops the node, naming modules.enabled', async () => {
+    await assert.rejects(startNode({ CHORUS_MODULES_ENABLED: 'moderation,No Such' }), (e) => {
+      assert.match(e.message, /node exited early/);
+      assert.match(e.message, /modules\.enabled/);
+      assert.match(e.message, /No Such/);
+      return true;
+    });
   });
 });

@@ -1,6 +1,6 @@
-//! The logic of the `moderation` process module: blocked words in chat
-//! messages. Pure: the module process (`src/modules/moderation.rs`) hands a
-//! message's JSON payload in and gets a decision back.
+//! The word filter of the `moderation` module: blocked words in chat
+//! messages. Pure: `lib.rs` hands a message's JSON payload in and gets a
+//! decision back.
 //!
 //! Matching is on whole words, case-insensitive (Unicode lowercase), inside
 //! every string value of the payload, nested objects and arrays included
@@ -16,7 +16,7 @@ use serde_json::Value;
 pub const REJECT_REASON: &str = "moderated: contains a blocked word";
 
 /// What the module does with a message that contains a blocked word
-/// (`modules.moderation_action`).
+/// (setting `action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Replace each character of every blocked word with `*`.
@@ -69,7 +69,7 @@ fn is_word_char(c: char) -> bool {
 }
 
 /// Whether `text` is one word as the filter sees words (what an entry of
-/// `modules.moderation_words` must be to ever match).
+/// the `words` setting must be to ever match).
 pub fn is_word(text: &str) -> bool {
     !text.is_empty() && text.chars().all(is_word_char)
 }
@@ -315,28 +315,6 @@ mod tests {
             m.check(&json!({"text": "badword"})),
             Decision::Masked(json!({"text": "*******"}))
         );
-    }
-
-    #[test]
-    fn config_refuses_entries_that_can_never_match_and_unknown_modules() {
-        use crate::config::Config;
-        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
-        let err =
-            Config::load(None, env("CHORUS_MODULES_MODERATION_WORDS", "ok, bad word")).unwrap_err();
-        assert_eq!(err.key.as_deref(), Some("modules.moderation_words"));
-        assert!(err.to_string().contains("bad word"), "{err}");
-        let loaded = Config::load(
-            None,
-            env("CHORUS_MODULES_MODERATION_WORDS", "BadWord, Ärger"),
-        )
-        .expect("single words are fine");
-        assert_eq!(
-            loaded.config.modules.moderation_words,
-            vec!["BadWord", "Ärger"]
-        );
-        let err = Config::load(None, env("CHORUS_MODULES_ENABLED", "moderation,nope")).unwrap_err();
-        assert_eq!(err.key.as_deref(), Some("modules.enabled"));
-        assert!(err.to_string().contains("\"nope\""), "{err}");
     }
 
     #[test]
