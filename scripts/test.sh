@@ -5,8 +5,8 @@
 # the supervision scenarios under `chorus exec`, the Node.js suite with the
 # real @supabase/realtime-js and phoenix clients (the client kit, and the
 # demo room in headless Chromium: screenshots in target/test-artifacts/demo/),
-# and a tiny run of each
-# benchmark (to keep the harness working; no timing is asserted).
+# a few seconds of each fuzz target, and a tiny run of each benchmark (to
+# keep the harness working; no timing is asserted).
 source "$(dirname "$0")/lib.sh"
 
 build_all
@@ -44,6 +44,9 @@ cargo test --release --workspace --exclude chorus-guest --exclude supervisors --
 
 log "Node.js tests with @supabase/realtime-js and phoenix"
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
+log "fuzz targets, a few seconds each (campaigns: scripts/fuzz.sh campaign)"
+scripts/fuzz.sh smoke 5
 
 log "benchmarks, tiny size (harness check only)"
 python3 bench/platform.py --tiny

@@ -46,6 +46,12 @@ pub struct ChannelArgs {
     pub directory: String,
     pub idle_ms: u64,
     pub history: u32,
+    /// `limits.channel_history_bytes`: payload bytes of that history.
+    #[serde(default)]
+    pub history_bytes: u32,
+    /// `limits.presence_bytes`: presence keys and metas this channel holds.
+    #[serde(default)]
+    pub presence_bytes: u32,
     pub sweep_ms: u64,
     pub presence_shards: u32,
     /// Peak mode settings.
@@ -105,6 +111,8 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                             directory: name.clone(),
                             idle_ms: config.limits.channel_idle_ms,
                             history: config.limits.channel_history,
+                            history_bytes: config.limits.channel_history_bytes,
+                            presence_bytes: config.limits.presence_bytes,
                             sweep_ms,
                             presence_shards: config.presence.shards,
                             rooms: config.rooms.clone(),
@@ -136,6 +144,17 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                     }
                 }
             }
+            Incoming::Message(DirMsg::Live { topic, channel }) => match channels.get(&topic) {
+                Some(c) if *c == channel => {}
+                Some(c) if c.is_alive() => {
+                    // A restarted incarnation came up after a fresh channel
+                    // took over the topic: it has no subscriber and goes.
+                    channel.send(ChannelMsg::Stop);
+                }
+                _ => {
+                    channels.insert(topic, channel);
+                }
+            },
         }
     }
 }
@@ -162,6 +181,10 @@ struct Channel {
     presence: Presence,
     history: VecDeque<Kept>,
     history_len: usize,
+    /// Payload bytes in `history`, kept within `history_budget` (bytes, not
+    /// only a count, so that big messages cannot outgrow the process).
+    history_bytes: usize,
+    history_budget: usize,
     /// The room state, on a room's audio lane.
     room: Option<crate::room::AudioLane>,
     /// Peak mode: rate, transitions and held deliveries (`channel/peak.rs`).
@@ -181,6 +204,17 @@ struct Kept {
     body: Body,
 }
 
+impl Kept {
+    /// What it counts against `limits.channel_history_bytes`.
+    fn size(&self) -> usize {
+        let body = match &self.body {
+            Body::Json(text) => text.len(),
+            Body::Binary(bytes) => bytes.len(),
+        };
+        body + self.event.len()
+    }
+}
+
 /// A channel process.
 pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
     host::metric(Metric::ChannelsActive, 1);
@@ -193,15 +227,23 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
         presence_shards: args.presence_shards,
         topic: args.topic.clone(),
         subs: HashMap::new(),
-        presence: Presence::new(MAX_METAS_PER_KEY),
+        presence: Presence::with_budget(MAX_METAS_PER_KEY, args.presence_bytes as usize),
         history: VecDeque::new(),
         history_len: args.history as usize,
+        history_bytes: 0,
+        history_budget: args.history_bytes as usize,
         room: crate::room::AudioLane::for_topic(&args.topic),
         peak: peak::PeakState::new(&args.rooms, &args.topic),
         modules: args.modules.clone().screen(),
         viewers: crate::viewers::Viewers::new(&args.topic, &args.presence),
     };
     ch.refill();
+    if let Some(dir) = ChildRef::<DirMsg>::lookup(&args.directory) {
+        dir.send(DirMsg::Live {
+            topic: args.topic.clone(),
+            channel: inbox.this(),
+        });
+    }
     let idle = Duration::from_millis(args.idle_ms);
     let sweep = Duration::from_millis(args.sweep_ms);
     let mut idle_since = Some(Instant::now());
@@ -262,6 +304,7 @@ impl Channel {
                 refs,
             } => self.presence(session, meta, refs),
             ChannelMsg::Stop => {}
+            ChannelMsg::Crash => panic!("fault injection: channel {} crashes", self.topic),
             ChannelMsg::Room(m) => match self.room.as_mut().map(|r| r.handle(m)) {
                 Some(crate::room::Action::Publish(p)) => self.publish(p),
                 Some(crate::room::Action::Error { from, refs, reason }) => {
@@ -379,12 +422,17 @@ impl Channel {
         let mut stored = None;
         if self.persist {
             match self.store(&p) {
-                Ok(id) => stored = Some(id),
+                Ok(id) => {
+                    p.answer(Ok(id.0.clone()));
+                    stored = Some(id);
+                }
                 Err(reason) => {
                     self.refuse(&p, &reason);
                     return;
                 }
             }
+        } else {
+            p.answer(Ok(String::new()));
         }
         if let Some(sub) = p.from.and_then(|from| self.subs.get(&from)) {
             self.viewers.chatted(&sub.presence_key);
@@ -417,21 +465,47 @@ impl Channel {
                 send_control(sub.socket, &ok);
             }
         }
-        if self.history_len > 0 {
-            if self.history.len() == self.history_len {
-                self.history.pop_front();
-            }
-            let (id, inserted_at) = match stored {
-                Some((id, at)) => (Some(id), at),
-                None => (None, now_ms()),
-            };
-            self.history.push_back(Kept {
-                id,
-                inserted_at,
-                event: p.event,
-                body: p.payload,
-            });
+        let (id, inserted_at) = match stored {
+            Some((id, at)) => (Some(id), at),
+            None => (None, now_ms()),
+        };
+        self.keep(Kept {
+            id,
+            inserted_at,
+            event: p.event,
+            body: p.payload,
+        });
+    }
+
+    /// Appends to the in-memory history within its count and byte budgets,
+    /// dropping the oldest entries; a message bigger than the whole byte
+    /// budget is not kept (logged and counted), never a reason to crash.
+    fn keep(&mut self, kept: Kept) {
+        if self.history_len == 0 {
+            return;
         }
+        let size = kept.size();
+        if size > self.history_budget {
+            host::metric(Metric::HistorySkipped, 1);
+            host::log(
+                host::Level::Warn,
+                &format!(
+                    "channel {}: a {size}-byte message is not kept in memory (limits.channel_history_bytes {})",
+                    self.topic, self.history_budget
+                ),
+            );
+            return;
+        }
+        while self.history.len() >= self.history_len
+            || self.history_bytes + size > self.history_budget
+        {
+            match self.history.pop_front() {
+                Some(old) => self.history_bytes -= old.size(),
+                None => break,
+            }
+        }
+        self.history_bytes += size;
+        self.history.push_back(kept);
     }
 
     /// Queues a frame on every subscriber `skip` does not name: the frame is
@@ -468,6 +542,7 @@ impl Channel {
     /// Answers a refused publish with an error reply carrying `reason`, when
     /// its publisher asked for an acknowledgement.
     fn refuse(&self, p: &Publish, reason: &str) {
+        p.answer(Err(reason.to_string()));
         if let (Some(from), Some((join_ref, msg_ref))) = (p.from, &p.ack) {
             if let Some(sub) = self.subs.get(&from) {
                 let err = frame::error_reply(
@@ -497,17 +572,17 @@ impl Channel {
         }) {
             DataResponse::Messages { messages } => {
                 host::metric(Metric::HistoryRefilled, messages.len() as i64);
-                // The answer is newest first; history is oldest first.
-                self.history = messages
-                    .into_iter()
-                    .rev()
-                    .map(|m| Kept {
+                // The answer is newest first (and cut at
+                // limits.history_page_bytes by the data service); history
+                // is oldest first, within its own budgets.
+                for m in messages.into_iter().rev() {
+                    self.keep(Kept {
                         id: Some(m.id),
                         inserted_at: m.inserted_at,
                         event: m.event,
                         body: Body::Json(m.payload.get().as_bytes().to_vec()),
-                    })
-                    .collect();
+                    });
+                }
             }
             other => host::log(
                 host::Level::Warn,
@@ -684,7 +759,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// `realtime:room:<id>:chat` (or `room:<id>:chat`): a room's chat lane.
-fn is_chat_lane(topic: &str) -> bool {
+pub fn is_chat_lane(topic: &str) -> bool {
     let t = topic.strip_prefix("realtime:").unwrap_or(topic);
     t.starts_with("room:") && t.ends_with(":chat") && t.len() > "room::chat".len()
 }

@@ -70,6 +70,19 @@ pub struct Publish {
     pub payload: Body,
     /// `(join_ref, ref)` to acknowledge, when the join asked for `ack`.
     pub ack: Option<Refs>,
+    /// An admin request waiting for the outcome of a chat-lane publish: the
+    /// stored id, or the refusal's reason, so a REST post is answered after
+    /// the write.
+    pub reply: Option<ReplyTo<Result<String, String>>>,
+}
+
+impl Publish {
+    /// Tells a waiting admin request how the publish ended.
+    pub fn answer(&self, outcome: Result<String, String>) {
+        if let Some(reply) = &self.reply {
+            reply.clone().send(&outcome);
+        }
+    }
 }
 
 /// Everything a channel process receives.
@@ -89,6 +102,9 @@ pub enum ChannelMsg {
     },
     /// From the directory: the idle channel may stop now.
     Stop,
+    /// Test-only fault switch (`node.fault_injection`): the channel panics,
+    /// as a bug would make it.
+    Crash,
     /// Audio sync on a room's audio lane (see `crate::room`).
     Room(RoomMsg),
     /// `presence_subscribe` (selective presence, see `crate::viewers`),
@@ -117,6 +133,11 @@ pub enum DirMsg {
     },
     /// A channel has had no subscriber for its idle period.
     Idle { topic: String, pid: u64 },
+    /// A channel process started (first start or a supervisor's restart):
+    /// the directory adopts it as the topic's channel unless another live
+    /// one already serves the topic, which makes this one stop. So the
+    /// directory always knows the live channel and no orphan stays behind.
+    Live { topic: String, channel: ChannelRef },
 }
 
 /// Room messages to an audio-lane channel.
@@ -141,6 +162,9 @@ pub enum RoomMsg {
         patch: String,
         persist: bool,
         reply: Option<ReplyTo<Result<String, String>>>,
+        /// `limits.room_state_bytes`: a patch that would take the state
+        /// (JSON text) past it is refused and changes nothing.
+        max_bytes: Option<u32>,
     },
 }
 

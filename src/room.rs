@@ -131,17 +131,28 @@ impl AudioLane {
                     event: room::PLAYBACK_EVENT.into(),
                     payload: Body::Json(payload),
                     ack: ack.then_some(refs),
+                    reply: None,
                 })
             }
             RoomMsg::Patch {
                 patch,
                 persist,
                 reply,
+                max_bytes,
             } => {
                 let result = serde_json::from_str::<Value>(&patch)
                     .map_err(|e| e.to_string())
                     .and_then(|patch| {
-                        room::merge(self.state()?, &patch);
+                        let state = self.state()?;
+                        let mut merged = state.clone();
+                        room::merge(&mut merged, &patch);
+                        let size = merged.to_string().len();
+                        if let Some(max) = max_bytes.filter(|m| size > *m as usize) {
+                            return Err(format!(
+                                "room state would be {size} bytes, over {max} (limits.room_state_bytes)"
+                            ));
+                        }
+                        *state = merged;
                         if persist {
                             self.persist()?;
                         }
@@ -183,11 +194,19 @@ pub fn admin_get(id: &str) -> Response {
 
 /// `PUT /realtime/v1/api/rooms/<id>` with e.g. `{"host": "alice"}`: merged
 /// into the room state by the room's audio channel (started if needed, so
-/// it stays the state's single writer). Answers the new state.
-pub fn admin_put(id: &str, body: &[u8]) -> Response {
+/// it stays the state's single writer). Answers the new state; a state that
+/// would pass `limits.room_state_bytes` is refused with 413.
+pub fn admin_put(id: &str, body: &[u8], max_bytes: u32) -> Response {
     let id = chorus_core::http::percent_decode(id);
     if let Err(reason) = room::validate_room_id(&id) {
         return Response::json(400, &json!({ "error": reason }));
+    }
+    if body.len() > max_bytes as usize {
+        let reason = format!(
+            "room state patch of {} bytes is over {max_bytes} (limits.room_state_bytes)",
+            body.len()
+        );
+        return Response::json(413, &json!({ "error": reason }));
     }
     let patch: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -208,12 +227,16 @@ pub fn admin_put(id: &str, body: &[u8]) -> Response {
                 patch: patch.to_string(),
                 persist: true,
                 reply: Some(reply),
+                max_bytes: Some(max_bytes),
             })
         },
         PATCH_TIMEOUT,
     );
     let state = match answer {
         Some(Ok(state)) => state,
+        Some(Err(reason)) if reason.contains("limits.room_state_bytes") => {
+            return Response::json(413, &json!({ "error": reason }))
+        }
         Some(Err(reason)) => return Response::json(503, &json!({ "error": reason })),
         None => return Response::json(504, &json!({"error": "room channel did not answer"})),
     };
@@ -224,6 +247,7 @@ pub fn admin_put(id: &str, body: &[u8]) -> Response {
             patch: patch.to_string(),
             persist: false,
             reply: None,
+            max_bytes: None,
         }));
     }
     let state: Value = serde_json::from_str(&state).unwrap_or(Value::Null);

@@ -5,7 +5,8 @@
 //! ├── presence (one_for_one)      fixed shards chorus-presence-0..N
 //! ├── modules (one_for_one)       module-manager, then chorus-module-<name> per loaded module (permanent)
 //! └── channels (one_for_all)
-//!     ├── channels                dynamic: one process per active topic (transient)
+//!     ├── channels                dynamic: one process per active topic (transient,
+//!     │                           restart backoff 100 ms doubling to 5 s)
 //!     └── chorus-dir-0..3         directory shards owning topics by hash ring
 //! ```
 //!
@@ -20,7 +21,8 @@ use std::time::Duration;
 
 use chorus_core::config::Config;
 use supervisors::{
-    ChildSpec, DynamicSupervisorSpec, Restart, Shutdown, Strategy, SupervisorRef, SupervisorSpec,
+    Backoff, ChildSpec, DynamicSupervisorSpec, Restart, Shutdown, Strategy, SupervisorRef,
+    SupervisorSpec,
 };
 
 use crate::{channel, host, modules, presence};
@@ -52,7 +54,15 @@ fn spec(config: &Config) -> SupervisorSpec {
                         .restart(Restart::Transient)
                         .shutdown(Shutdown::Timeout(Duration::from_secs(2)))
                         .intensity(1000)
-                        .period(Duration::from_secs(10)),
+                        .period(Duration::from_secs(10))
+                        // A channel that keeps crashing right after its
+                        // start (a refill it cannot hold) waits 100 ms,
+                        // 200 ms, … up to 5 s between restarts instead of
+                        // spinning the CPU.
+                        .backoff(Backoff::new(
+                            Duration::from_millis(100),
+                            Duration::from_secs(5),
+                        )),
                 )
                 .register(channel::CHANNELS),
             ),

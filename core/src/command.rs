@@ -354,6 +354,10 @@ pub struct Limits {
     pub max_subscribed_keys: usize,
 }
 
+/// Test-only push on a joined topic that crashes its channel process
+/// (`node.fault_injection`).
+pub const CRASH_CHANNEL_EVENT: &str = "chorus_crash_channel";
+
 /// What a push asks the session to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command<'a> {
@@ -369,6 +373,8 @@ pub enum Command<'a> {
     },
     /// `chorus_crash` on `phoenix` (honoured only with fault injection on).
     Crash,
+    /// [`CRASH_CHANNEL_EVENT`] on a joined topic (fault injection only).
+    CrashChannel,
     Join(Box<JoinConfig>),
     Leave,
     /// A user broadcast.
@@ -467,6 +473,7 @@ pub fn command<'a>(push: &Push<'a>, limits: Limits) -> Result<Command<'a>, Refus
                 .map_err(Refusal::Invalid)
         }
         event::LEAVE => Ok(Command::Leave),
+        CRASH_CHANNEL_EVENT => Ok(Command::CrashChannel),
         "presence" => {
             let Payload::Json(raw) = payload else {
                 return Err(invalid("presence payload must be JSON"));

@@ -7,6 +7,7 @@
 //! fuzzable.
 
 pub mod admission;
+pub mod budget;
 pub mod command;
 pub mod config;
 pub mod data;
@@ -21,6 +22,7 @@ pub mod modules;
 pub mod outq;
 pub mod peak;
 pub mod phoenix;
+pub mod policy;
 pub mod presence;
 pub mod ratelimit;
 pub mod ring;

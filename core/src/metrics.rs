@@ -42,7 +42,9 @@ metrics! {
     ProtocolErrors => "chorus_protocol_errors_total", Counter, "Client frames refused as malformed or over a limit";
     HistoryRefilled => "chorus_channel_history_refilled_total", Counter, "Messages channel servers reloaded from storage into their in-memory history at start";
     Replayed => "chorus_replayed_messages_total", Counter, "Stored messages replayed to clients on join (broadcast.replay)";
+    HistorySkipped => "chorus_channel_history_skipped_total", Counter, "Messages a channel did not keep in its in-memory history because they alone pass limits.channel_history_bytes";
     RateLimited => "chorus_rate_limited_total", Counter, "Client messages refused by the per-socket rate limit";
+    Unauthorized => "chorus_joins_refused_total", Counter, "Joins refused for identity or policy (presence key not the token's sub, a private topic's policy)";
     PeakChannels => "chorus_peak_channels", Gauge, "Channels in peak mode now";
     PeakEntered => "chorus_peak_entered_total", Counter, "Times a channel entered peak mode";
     PeakLeft => "chorus_peak_left_total", Counter, "Times a channel left peak mode";

@@ -35,6 +35,11 @@ pub struct OutqLimits {
     /// Unwritten reaction frames kept before reactions are counted instead
     /// (`limits.reaction_queue_frames`).
     pub reaction_frames: usize,
+    /// Bytes all lanes together may hold (`limits.outlet_queue_bytes`):
+    /// past it a control, audio or chat frame makes the socket a slow
+    /// consumer and a reaction is counted instead of queued, so big frames
+    /// cannot grow a socket's queue past a byte bound.
+    pub queue_bytes: usize,
 }
 
 impl OutqLimits {
@@ -43,6 +48,7 @@ impl OutqLimits {
         OutqLimits {
             queue_frames: limits.outlet_queue_frames as usize,
             reaction_frames: limits.reaction_queue_frames as usize,
+            queue_bytes: limits.outlet_queue_bytes as usize,
         }
     }
 }
@@ -128,6 +134,8 @@ pub struct OutQ {
     /// Written once everything else has been.
     close_frame: Option<Frame>,
     slow: bool,
+    /// Bytes of the queued frames (counts aside).
+    bytes: usize,
 }
 
 impl OutQ {
@@ -150,37 +158,44 @@ impl OutQ {
         if self.closing || self.slow {
             return Pushed::Refused;
         }
+        let over_bytes = self.bytes + frame.len() > limits.queue_bytes;
         match route {
             Route::Control => {
-                if self.control.len() + self.audio.len() >= limits.queue_frames {
+                if over_bytes || self.control.len() + self.audio.len() >= limits.queue_frames {
                     return self.overflow();
                 }
                 self.control.push_back(frame.clone());
             }
             Route::Audio { topic } => {
                 if let Some((_, slot)) = self.audio.iter_mut().find(|(t, _)| t == topic) {
+                    let old = slot.len();
+                    if self.bytes - old + frame.len() > limits.queue_bytes {
+                        return self.overflow();
+                    }
                     *slot = frame.clone();
+                    self.bytes = self.bytes - old + frame.len();
                     return Pushed::Replaced;
                 }
-                if self.control.len() + self.audio.len() >= limits.queue_frames {
+                if over_bytes || self.control.len() + self.audio.len() >= limits.queue_frames {
                     return self.overflow();
                 }
                 self.audio.push_back((topic.clone(), frame.clone()));
             }
             Route::Chat => {
-                if self.chat.len() >= limits.queue_frames {
+                if over_bytes || self.chat.len() >= limits.queue_frames {
                     return self.overflow();
                 }
                 self.chat.push_back(frame.clone());
             }
             Route::Reactions { topic, key } => {
-                if self.reactions.len() >= limits.reaction_frames {
+                if over_bytes || self.reactions.len() >= limits.reaction_frames {
                     self.count(topic, key);
                     return Pushed::Counted;
                 }
                 self.reactions.push_back(frame.clone());
             }
         }
+        self.bytes += frame.len();
         Pushed::Queued
     }
 
@@ -262,6 +277,7 @@ impl OutQ {
                         Lane::Reactions => self.reactions.pop_front(),
                     };
                     if let Some(frame) = frame {
+                        self.bytes -= frame.len();
                         out.push(Out::Frame(frame));
                     }
                 }
@@ -326,7 +342,45 @@ mod tests {
     const LIMITS: OutqLimits = OutqLimits {
         queue_frames: 4,
         reaction_frames: 2,
+        queue_bytes: 1 << 20,
     };
+
+    #[test]
+    fn a_queue_is_bounded_by_bytes_as_well_as_frames() {
+        let limits = OutqLimits {
+            queue_frames: 100,
+            reaction_frames: 100,
+            queue_bytes: 1000,
+        };
+        let big: Frame = Arc::from(vec![b'x'; 400]);
+        let r: Arc<str> = Arc::from("room:r:reactions");
+        let a: Arc<str> = Arc::from("room:r:audio");
+        let mut q = OutQ::new();
+        assert_eq!(q.push(Route::Chat, &big, &limits), Pushed::Queued);
+        assert_eq!(
+            q.push(Route::Audio { topic: &a }, &big, &limits),
+            Pushed::Queued
+        );
+        // A replacement is sized by the difference.
+        assert_eq!(
+            q.push(Route::Audio { topic: &a }, &big, &limits),
+            Pushed::Replaced
+        );
+        // Reactions past the byte bound are counted, not queued.
+        let reaction = Route::Reactions {
+            topic: &r,
+            key: "fire",
+        };
+        assert_eq!(q.push(reaction, &big, &limits), Pushed::Counted);
+        // Writing frees bytes.
+        let mut out = Vec::new();
+        assert_eq!(q.take(500, &mut out), Status::Open);
+        assert_eq!(out.len(), 1);
+        assert_eq!(q.push(Route::Chat, &big, &limits), Pushed::Queued);
+        // A chat frame past the bound: a slow consumer.
+        assert_eq!(q.push(Route::Chat, &big, &limits), Pushed::Slow);
+        assert_eq!(q.take(10_000, &mut out), Status::Slow);
+    }
 
     fn frame(s: &str) -> Frame {
         Arc::from(s.as_bytes())

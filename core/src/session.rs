@@ -20,6 +20,7 @@ use crate::join::{self, JoinConfig};
 use crate::jwt::{self, Claims};
 use crate::metrics::Metric;
 use crate::phoenix::{event, FrameRef, Vsn, PHOENIX_TOPIC};
+use crate::policy::{self, Action, Policies, PolicyConfig};
 use crate::ratelimit::{self, TokenBucket};
 use crate::room;
 
@@ -37,7 +38,12 @@ pub struct SessionConfig {
     pub presence_shards: u32,
     /// HS256 secret; empty when auth is off.
     pub jwt_secret: String,
-    /// Test switch: `chorus_crash` on `phoenix` crashes the session.
+    /// Longest presence key a join may ask for (`limits.presence_key_bytes`).
+    pub presence_key_bytes: u32,
+    /// Topic policies (`[[auth.policies]]`) for private topics.
+    pub policies: Vec<PolicyConfig>,
+    /// Test switch: `chorus_crash` on `phoenix` crashes the session,
+    /// `chorus_crash_channel` on a joined topic its channel.
     pub fault_injection: bool,
 }
 
@@ -52,6 +58,8 @@ impl SessionConfig {
             max_json_depth: c.limits.max_json_depth,
             presence_shards: c.presence.shards,
             jwt_secret: c.auth.jwt_secret.clone(),
+            presence_key_bytes: c.limits.presence_key_bytes,
+            policies: c.auth.policies.clone(),
             fault_injection: c.node.fault_injection,
         }
     }
@@ -142,6 +150,8 @@ pub enum Effect {
     CheckChannels,
     /// Crash this session (fault injection).
     Crash,
+    /// Crash the channel of `topic` (fault injection).
+    CrashChannel { topic: String },
 }
 
 /// The clocks a session reads, passed in.
@@ -166,8 +176,24 @@ pub struct Joined {
     /// The join push's ref (answers a retried join).
     pub msg_ref: Option<String>,
     pub config: JoinConfig,
-    /// The presence key sent to the channel.
+    /// The presence key sent to the channel: with auth on, the token's
+    /// `sub` (the user id).
     pub key: String,
+    /// When the token the join was authorized with expires (Unix seconds):
+    /// then the channel is closed with a `system` message.
+    pub exp: Option<u64>,
+    /// Cached policy decisions on a private topic: why a broadcast or a
+    /// presence track is refused, `None` when allowed.
+    pub send_refused: Option<String>,
+    pub track_refused: Option<String>,
+}
+
+/// What [`Session::authorize`] decided for a join.
+struct Authorized {
+    key: String,
+    exp: Option<u64>,
+    send_refused: Option<String>,
+    track_refused: Option<String>,
 }
 
 /// A session's protocol state.
@@ -180,6 +206,7 @@ pub struct Session {
     pid: u64,
     joined: HashMap<String, Joined>,
     flood: TokenBucket,
+    policies: Policies,
 }
 
 impl Session {
@@ -201,6 +228,8 @@ impl Session {
             claims,
             pid,
             joined: HashMap::new(),
+            // Checked when the config was loaded.
+            policies: Policies::compile(&start.config.policies).unwrap_or_default(),
         }
     }
 
@@ -239,6 +268,7 @@ impl Session {
     }
 
     fn on_push(&mut self, push: Push<'_>, size: usize, now: Now, out: &mut Vec<Effect>) {
+        self.expire(now, out);
         let topic = push.topic.as_ref();
         let join_ref = push.join_ref.as_deref();
         let msg_ref = push.msg_ref.as_deref();
@@ -303,6 +333,20 @@ impl Session {
                 };
                 self.error(join_ref, msg_ref, topic, &reason.to_string(), out)
             }
+            Command::CrashChannel if self.config.fault_injection => {
+                if self.joined.contains_key(topic) {
+                    out.push(Effect::CrashChannel {
+                        topic: topic.to_owned(),
+                    });
+                }
+            }
+            Command::CrashChannel => {
+                let reason = Refusal::UnknownEvent {
+                    event: command::CRASH_CHANNEL_EVENT.into(),
+                    on_phoenix: false,
+                };
+                self.error(join_ref, msg_ref, topic, &reason.to_string(), out)
+            }
             Command::Join(config) => self.join(topic, join_ref, msg_ref, *config, now, out),
             Command::Leave => self.leave(topic, msg_ref, out),
             Command::Broadcast { event, payload } => {
@@ -334,19 +378,127 @@ impl Session {
         }
     }
 
-    /// Verifies a token when the node has a JWT secret.
-    fn verify(&self, token: Option<&str>, now: Now) -> Result<(), String> {
+    /// Verifies a token when the node has a JWT secret: the claims that
+    /// apply (the token's, else the socket's `apikey`), `None` with auth
+    /// off.
+    fn verify(&self, token: Option<&str>, now: Now) -> Result<Option<Claims>, String> {
         let secret = &self.config.jwt_secret;
         if secret.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         match token {
             Some(t) => jwt::verify_hs256(t, secret.as_bytes(), now.unix_secs())
-                .map(|_| ())
+                .map(Some)
                 .map_err(|e| format!("invalid access token: {e}")),
-            None if self.claims.is_some() => Ok(()),
+            None if self.claims.is_some() => Ok(self.claims.clone()),
             None => Err("an access token is required".into()),
         }
+    }
+
+    /// Closes, Supabase's way (a `system` error, then `phx_close`), every
+    /// channel whose token has expired.
+    fn expire(&mut self, now: Now, out: &mut Vec<Effect>) {
+        let secs = now.unix_secs();
+        let expired: Vec<String> = self
+            .joined
+            .iter()
+            .filter(|(_, j)| j.exp.is_some_and(|exp| exp <= secs))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in expired {
+            self.close_with_system(
+                &topic,
+                "token has expired: send a fresh access_token and rejoin",
+                out,
+            );
+        }
+    }
+
+    /// Leaves `topic` with a `system` error carrying `reason`, then
+    /// `phx_close`.
+    fn close_with_system(&mut self, topic: &str, reason: &str, out: &mut Vec<Effect>) {
+        if let Some(j) = self.joined.remove(topic) {
+            out.push(Effect::Leave {
+                topic: topic.to_owned(),
+            });
+            let system = json!({
+                "extension": "system",
+                "status": "error",
+                "message": reason,
+                "channel": topic,
+            });
+            out.push(Effect::Write(frame::message(
+                self.vsn,
+                Some(&j.join_ref),
+                None,
+                topic,
+                "system",
+                system.to_string().as_bytes(),
+            )));
+            self.close(&j.join_ref, topic, out);
+        }
+    }
+
+    /// With auth on, who the client is and what it may do on `topic`: the
+    /// presence key (the token's `sub`; a different key is refused unless
+    /// the token is the service key), and the policy decisions of a private
+    /// topic. Auth off: the key the client chose, everything allowed.
+    fn authorize(
+        &self,
+        topic: &str,
+        config: &JoinConfig,
+        claims: Option<&Claims>,
+    ) -> Result<Authorized, String> {
+        join::check_presence_key(&config.presence_key, self.config.presence_key_bytes)?;
+        let Some(claims) = claims else {
+            return Ok(Authorized {
+                key: config.presence_key.clone(),
+                exp: None,
+                send_refused: None,
+                track_refused: None,
+            });
+        };
+        let map = claims.as_map();
+        let service = policy::is_service_role(map);
+        let key = match (claims.sub(), config.presence_key.as_str()) {
+            (_, asked) if service => asked.to_owned(),
+            (Some(sub), "") => sub.to_owned(),
+            (Some(sub), asked) if asked == sub => sub.to_owned(),
+            (Some(sub), asked) => {
+                return Err(format!(
+                    "presence_key_mismatch: config.presence.key {asked:?} is not your user id; with auth on a session's presence key is its token's sub ({sub:?}), or leave it empty"
+                ))
+            }
+            (None, "") => String::new(),
+            (None, asked) => {
+                return Err(format!(
+                    "presence_key_needs_sub: config.presence.key {asked:?} needs a token whose sub is that user (this token has no sub); leave it empty"
+                ))
+            }
+        };
+        let private = config.private || self.policies.covers(topic);
+        let (mut send_refused, mut track_refused) = (None, None);
+        if private {
+            self.policies
+                .decide(topic, Action::Join, map)
+                .map_err(|r| r.reason)?;
+            send_refused = self
+                .policies
+                .decide(topic, Action::Send, map)
+                .err()
+                .map(|r| r.reason);
+            track_refused = self
+                .policies
+                .decide(topic, Action::Track, map)
+                .err()
+                .map(|r| r.reason);
+        }
+        Ok(Authorized {
+            key,
+            exp: claims.exp(),
+            send_refused,
+            track_refused,
+        })
     }
 
     /// The claims of the join's `access_token` (verified), else of the
@@ -375,9 +527,17 @@ impl Session {
         if let Err(reason) = join::validate_topic(topic) {
             return self.error(join_ref, msg_ref, topic, &reason, out);
         }
-        if let Err(reason) = self.verify(config.access_token.as_deref(), now) {
-            return self.error(join_ref, msg_ref, topic, &reason, out);
-        }
+        let claims = match self.verify(config.access_token.as_deref(), now) {
+            Ok(c) => c,
+            Err(reason) => return self.error(join_ref, msg_ref, topic, &reason, out),
+        };
+        let authorized = match self.authorize(topic, &config, claims.as_ref()) {
+            Ok(a) => a,
+            Err(reason) => {
+                out.push(Effect::Count(Metric::Unauthorized));
+                return self.error(join_ref, msg_ref, topic, &reason, out);
+            }
+        };
         if let Some(old) = self.joined.remove(topic) {
             // A second join of the same topic replaces the first.
             out.push(Effect::Leave {
@@ -392,16 +552,19 @@ impl Session {
             return self.error(join_ref, msg_ref, topic, &reason, out);
         }
         let join_ref = join_ref.or(msg_ref).unwrap_or_default().to_owned();
-        let key = if config.presence_key.is_empty() {
+        let key = if authorized.key.is_empty() {
             format!("{:x}-{:x}", self.pid, now.unix_secs())
         } else {
-            config.presence_key.clone()
+            authorized.key
         };
         let joined = Joined {
             join_ref,
             msg_ref: msg_ref.map(str::to_owned),
             key,
             config,
+            exp: authorized.exp,
+            send_refused: authorized.send_refused,
+            track_refused: authorized.track_refused,
         };
         out.push(Effect::Join {
             topic: topic.to_owned(),
@@ -500,6 +663,9 @@ impl Session {
             return self.error(join_ref, msg_ref, topic, "unmatched topic", out);
         };
         let refs = (j.join_ref.clone(), msg_ref.map(str::to_owned));
+        if let Some(reason) = &j.send_refused {
+            return self.error(Some(&refs.0), msg_ref, topic, reason, out);
+        }
         if user_event == room::PLAYBACK_EVENT {
             if let Some(room_id) = room::audio_room(topic) {
                 let checked = match payload {
@@ -515,7 +681,7 @@ impl Session {
                             .is_some_and(|c| room::claims_host(c.as_map(), room_id));
                         out.push(Effect::Playback {
                             topic: topic.to_owned(),
-                            user: j.config.presence_key.clone(),
+                            user: j.key.clone(),
                             by_claim,
                             payload: json.to_vec(),
                             refs,
@@ -542,6 +708,10 @@ impl Session {
         out: &mut Vec<Effect>,
     ) {
         if let Some(j) = self.joined.get(topic) {
+            if let Some(reason) = &j.track_refused {
+                let join_ref = j.join_ref.clone();
+                return self.error(Some(&join_ref), msg_ref, topic, reason, out);
+            }
             out.push(Effect::Track {
                 topic: topic.to_owned(),
                 meta,
@@ -559,31 +729,35 @@ impl Session {
         now: Now,
         out: &mut Vec<Effect>,
     ) {
-        match self.verify(Some(token.as_deref().unwrap_or_default()), now) {
-            Ok(()) => self.ok(join_ref, msg_ref, topic, b"{}", out),
-            Err(reason) => {
-                // Supabase's way: a system error, then the channel closes.
-                if let Some(j) = self.joined.remove(topic) {
-                    out.push(Effect::Leave {
-                        topic: topic.to_owned(),
-                    });
-                    let system = json!({
-                        "extension": "system",
-                        "status": "error",
-                        "message": reason,
-                        "channel": topic,
-                    });
-                    out.push(Effect::Write(frame::message(
-                        self.vsn,
-                        Some(&j.join_ref),
-                        None,
-                        topic,
-                        "system",
-                        system.to_string().as_bytes(),
-                    )));
-                    self.close(&j.join_ref, topic, out);
+        let checked = self
+            .verify(Some(token.as_deref().unwrap_or_default()), now)
+            .and_then(|claims| {
+                // A fresh token keeps the channel open until it expires; it
+                // must be the same user's.
+                let Some(claims) = claims else { return Ok(None) };
+                let same_user = match (claims.sub(), self.joined.get(topic)) {
+                    (Some(sub), Some(j)) => sub == j.key || policy::is_service_role(claims.as_map()),
+                    _ => true,
+                };
+                if same_user {
+                    Ok(claims.exp())
+                } else {
+                    Err("access_token is another user's: its sub differs from the joined presence key".into())
                 }
+            });
+        match checked {
+            Ok(exp) => {
+                if let Some(j) = self.joined.get_mut(topic) {
+                    if self.config.jwt_secret.is_empty() {
+                        j.exp = None;
+                    } else {
+                        j.exp = exp;
+                    }
+                }
+                self.ok(join_ref, msg_ref, topic, b"{}", out)
             }
+            // Supabase's way: a system error, then the channel closes.
+            Err(reason) => self.close_with_system(topic, &reason, out),
         }
     }
 
@@ -665,6 +839,8 @@ mod tests {
             max_json_depth: 8,
             presence_shards: 4,
             jwt_secret: String::new(),
+            presence_key_bytes: 16,
+            policies: Vec::new(),
             fault_injection: false,
         }
     }
@@ -688,6 +864,19 @@ mod tests {
         ev: &str,
         payload: Value,
     ) -> Vec<Effect> {
+        push_at(s, NOW, join_ref, msg_ref, topic, ev, payload)
+    }
+
+    /// [`push`] at another time.
+    fn push_at(
+        s: &mut Session,
+        now: Now,
+        join_ref: Option<&str>,
+        msg_ref: &str,
+        topic: &str,
+        ev: &str,
+        payload: Value,
+    ) -> Vec<Effect> {
         let m = Inbound::Push(phoenix::Message {
             join_ref: join_ref.map(str::to_owned),
             msg_ref: Some(msg_ref.into()),
@@ -698,8 +887,8 @@ mod tests {
         let frame = client::encode_push(s.vsn(), &m).unwrap();
         let mut out = Vec::new();
         match &frame {
-            phoenix::Frame::Text(t) => s.on_frame(FrameRef::Text(t), NOW, &mut out),
-            phoenix::Frame::Binary(b) => s.on_frame(FrameRef::Binary(b), NOW, &mut out),
+            phoenix::Frame::Text(t) => s.on_frame(FrameRef::Text(t), now, &mut out),
+            phoenix::Frame::Binary(b) => s.on_frame(FrameRef::Binary(b), now, &mut out),
         }
         out
     }
@@ -1050,6 +1239,215 @@ mod tests {
         assert!(matches!(&msgs[0], Outbound::Message(m) if m.event == "system"));
         assert!(matches!(&msgs[1], Outbound::Message(m) if m.event == "phx_close"));
         assert_eq!(s.joined().count(), 0);
+    }
+
+    const SECRET: &str = "s3cret";
+
+    /// A session with auth on whose socket's token has `claims`.
+    fn authed(claims: Value, policies: &str) -> Session {
+        let mut c = config();
+        c.jwt_secret = SECRET.into();
+        c.policies = if policies.is_empty() {
+            Vec::new()
+        } else {
+            let wrapped: toml::Value = toml::from_str(policies).unwrap();
+            wrapped["auth"]["policies"].clone().try_into().unwrap()
+        };
+        session(Vsn::V2, c, Some(claims.to_string()))
+    }
+
+    fn refusal(out: &[Effect]) -> String {
+        let (status, r) = reply_of(&written(Vsn::V2, out)[0]);
+        assert_eq!(status, "error", "{out:?}");
+        r["reason"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn with_auth_on_the_presence_key_is_the_tokens_sub() {
+        let mut s = authed(json!({"sub": "alice"}), "");
+        let out = joined(&mut s, "realtime:a", json!({}));
+        assert!(matches!(&out[0], Effect::Join { params, .. } if params.presence_key == "alice"));
+        let out = joined(&mut s, "realtime:b", json!({"presence": {"key": "alice"}}));
+        assert!(matches!(&out[0], Effect::Join { params, .. } if params.presence_key == "alice"));
+        let out = joined(&mut s, "realtime:c", json!({"presence": {"key": "host"}}));
+        assert!(refusal(&out).starts_with("presence_key_mismatch"));
+        assert!(out.contains(&Effect::Count(Metric::Unauthorized)));
+        // A token without sub cannot pick a key, but gets a generated one.
+        let mut anon = authed(json!({"role": "anon"}), "");
+        let out = joined(
+            &mut anon,
+            "realtime:c",
+            json!({"presence": {"key": "host"}}),
+        );
+        assert!(refusal(&out).starts_with("presence_key_needs_sub"));
+        let out = joined(&mut anon, "realtime:c", json!({}));
+        assert!(
+            matches!(&out[0], Effect::Join { params, .. } if params.presence_key.starts_with("ab-"))
+        );
+        // The service key acts for anyone.
+        let mut svc = authed(json!({"role": "service_role"}), "");
+        let out = joined(&mut svc, "realtime:c", json!({"presence": {"key": "bob"}}));
+        assert!(matches!(&out[0], Effect::Join { params, .. } if params.presence_key == "bob"));
+    }
+
+    #[test]
+    fn playback_is_published_as_the_tokens_user() {
+        let mut s = authed(json!({"sub": "mallory"}), "");
+        joined(&mut s, "realtime:room:9:audio", json!({}));
+        let good = json!({"track": "t", "position_ms": 0, "playing": true, "taken_at_ms": 1});
+        let out = push(
+            &mut s,
+            Some("1"),
+            "2",
+            "realtime:room:9:audio",
+            "broadcast",
+            json!({"type": "broadcast", "event": "playback", "payload": good}),
+        );
+        assert!(
+            matches!(&out[0], Effect::Playback { user, by_claim: false, .. } if user == "mallory")
+        );
+    }
+
+    #[test]
+    fn presence_keys_are_capped_in_bytes() {
+        let mut s = session(Vsn::V2, config(), None);
+        let out = joined(&mut s, "t", json!({"presence": {"key": "k".repeat(17)}}));
+        assert!(refusal(&out).contains("limits.presence_key_bytes"));
+        assert_eq!(s.joined().count(), 0);
+    }
+
+    const ROOM_POLICIES: &str = r#"
+        [[auth.policies]]
+        name = "room host plays"
+        topic = "room:{id}:audio"
+        actions = ["send"]
+        claims = { room_host = "{id}" }
+
+        [[auth.policies]]
+        name = "room members"
+        topic = "room:{id}:*"
+        actions = ["join", "send", "track"]
+        claims = { rooms = "{id}" }
+    "#;
+
+    #[test]
+    fn private_topics_are_denied_by_default_and_decided_by_policy() {
+        // `private: true` on a topic no policy covers: default deny.
+        let mut s = authed(json!({"sub": "u", "rooms": ["1"]}), ROOM_POLICIES);
+        let out = joined(&mut s, "realtime:lobby", json!({"private": true}));
+        assert!(refusal(&out).contains("denied by default"), "{out:?}");
+        // A covered topic is private even without `private: true`.
+        let out = joined(&mut s, "realtime:room:2:chat", json!({}));
+        assert!(refusal(&out).contains("room members"));
+        // A member joins, sends and tracks on the chat lane.
+        let out = joined(&mut s, "realtime:room:1:chat", json!({"private": true}));
+        assert!(matches!(&out[0], Effect::Join { .. }), "{out:?}");
+        let out = push(
+            &mut s,
+            Some("1"),
+            "2",
+            "realtime:room:1:chat",
+            "broadcast",
+            json!({"type": "broadcast", "event": "m", "payload": {}}),
+        );
+        assert!(matches!(&out[0], Effect::Publish { .. }));
+        // On the audio lane a member may join but not send (not the host).
+        let out = joined(&mut s, "realtime:room:1:audio", json!({}));
+        assert!(matches!(&out[0], Effect::Join { .. }), "{out:?}");
+        let out = push(
+            &mut s,
+            Some("1"),
+            "3",
+            "realtime:room:1:audio",
+            "broadcast",
+            json!({"type": "broadcast", "event": "m", "payload": {}}),
+        );
+        assert!(refusal(&out).contains("room host plays"));
+        // Without auth the node is open: policies cannot be decided.
+        let mut open = session(Vsn::V2, config(), None);
+        let out = joined(&mut open, "realtime:lobby", json!({"private": true}));
+        assert!(matches!(&out[0], Effect::Join { .. }));
+    }
+
+    #[test]
+    fn an_expired_token_closes_its_channels_with_a_system_message() {
+        let exp = NOW.unix_secs() + 60;
+        let mut s = authed(json!({"sub": "u", "exp": exp}), "");
+        joined(&mut s, "t", json!({}));
+        let later = Now {
+            mono_ms: NOW.mono_ms + 61_000,
+            unix_ms: NOW.unix_ms + 61_000.0,
+        };
+        let out = push_at(&mut s, later, None, "9", "phoenix", "heartbeat", json!({}));
+        assert!(matches!(&out[0], Effect::Leave { topic } if topic == "t"));
+        let msgs = written(Vsn::V2, &out);
+        assert!(
+            matches!(&msgs[0], Outbound::Message(m) if m.event == "system"),
+            "{msgs:?}"
+        );
+        assert!(matches!(&msgs[1], Outbound::Message(m) if m.event == "phx_close"));
+        assert_eq!(s.joined().count(), 0);
+    }
+
+    #[test]
+    fn a_fresh_token_keeps_the_channel_and_must_be_the_same_users() {
+        let exp = NOW.unix_secs() + 60;
+        let mut s = authed(json!({"sub": "u", "exp": exp}), "");
+        joined(&mut s, "t", json!({}));
+        let fresh = jwt::sign_hs256(&json!({"sub": "u", "exp": exp + 3600}), SECRET.as_bytes());
+        let out = push(
+            &mut s,
+            Some("1"),
+            "2",
+            "t",
+            "access_token",
+            json!({"access_token": fresh}),
+        );
+        assert_eq!(reply_of(&written(Vsn::V2, &out)[0]).0, "ok");
+        let later = Now {
+            mono_ms: NOW.mono_ms + 61_000,
+            unix_ms: NOW.unix_ms + 61_000.0,
+        };
+        let out = push_at(&mut s, later, None, "9", "phoenix", "heartbeat", json!({}));
+        assert!(!out.iter().any(|e| matches!(e, Effect::Leave { .. })));
+        let other = jwt::sign_hs256(&json!({"sub": "eve", "exp": exp + 3600}), SECRET.as_bytes());
+        let out = push(
+            &mut s,
+            Some("1"),
+            "3",
+            "t",
+            "access_token",
+            json!({"access_token": other}),
+        );
+        assert!(matches!(&out[0], Effect::Leave { .. }));
+    }
+
+    #[test]
+    fn a_channel_crash_is_only_a_test_switch() {
+        let mut s = session(Vsn::V2, config(), None);
+        joined(&mut s, "t", json!({}));
+        let out = push(
+            &mut s,
+            Some("1"),
+            "2",
+            "t",
+            "chorus_crash_channel",
+            json!({}),
+        );
+        assert!(refusal(&out).contains("unknown event"));
+        let mut c = config();
+        c.fault_injection = true;
+        let mut s = session(Vsn::V2, c, None);
+        joined(&mut s, "t", json!({}));
+        let out = push(
+            &mut s,
+            Some("1"),
+            "2",
+            "t",
+            "chorus_crash_channel",
+            json!({}),
+        );
+        assert_eq!(out, vec![Effect::CrashChannel { topic: "t".into() }]);
     }
 
     #[test]

@@ -99,12 +99,27 @@ impl HostApi {
         len
     }
 
-    /// Drops, every second, the module instances of processes that are
-    /// gone. Call once, inside the runtime.
+    /// Drops answers parked for processes that died before taking them (a
+    /// process killed while its data request was in flight), so they do not
+    /// stay in the host's memory. Returns how many were dropped.
+    pub fn sweep_parked(&self) -> usize {
+        use lunatic_process::env::Environment;
+        let Ok(mut parked) = self.parked.lock() else {
+            return 0;
+        };
+        let before = parked.len();
+        parked.retain(|process, _| self.env.get_process(*process).is_some());
+        before - parked.len()
+    }
+
+    /// Answers parked for processes and not yet taken.
+    pub fn parked_answers(&self) -> usize {
+        self.parked.lock().map_or(0, |p| p.len())
+    }
+
+    /// Drops, every second, the answers parked for processes that are gone
+    /// and the module instances they held. Call once, inside the runtime.
     pub fn start_sweeper(self: &Arc<Self>) {
-        if self.modules.is_none() {
-            return;
-        }
         let api = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -114,6 +129,10 @@ impl HostApi {
                 if let Some(modules) = &api.modules {
                     use lunatic_process::env::Environment;
                     modules.sweep(|pid| api.env.get_process(pid).is_some());
+                }
+                let dropped = api.sweep_parked();
+                if dropped > 0 {
+                    tracing::debug!(dropped, "answers parked for dead processes dropped");
                 }
             }
         });
@@ -169,6 +188,12 @@ impl HostApi {
                     Kind::Counter,
                     "times the host stopped reading a socket because its session had limits.inlet_queue_messages unprocessed",
                     sockets.inlet_paused.load(Ordering::Relaxed) as i64,
+                ),
+                (
+                    "chorus_parked_answers",
+                    Kind::Gauge,
+                    "host-call answers waiting for their process to take them (dead processes' are swept every second)",
+                    self.parked_answers() as i64,
                 ),
                 (
                     "chorus_reactions_aggregated_total",

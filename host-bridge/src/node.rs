@@ -89,13 +89,15 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     }
     sysctl::ensure_max_map_count(config.runtime.min_max_map_count);
 
+    // Validated at load: 0..=1023.
+    let worker_id = u16::try_from(config.node.worker_id)?;
     let data = match config.store.backend.as_str() {
         "sqlite" => DataService::with_config(
             Arc::new(crate::store::sqlite::Sqlite::open(Path::new(
                 &config.node.data_dir,
             ))?),
-            1,
-            &config.store,
+            worker_id,
+            &config,
         )?,
         // CQL (ScyllaDB / Cassandra); a failed connection names the nodes
         // and CHORUS_SCYLLA_NODES (store/cql.rs).
@@ -108,8 +110,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
                 })
                 .await?,
             ),
-            1,
-            &config.store,
+            worker_id,
+            &config,
         )?,
         other => bail!("store.backend = {other:?} is not available in this build yet"),
     };

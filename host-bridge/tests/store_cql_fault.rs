@@ -135,6 +135,7 @@ async fn cql_write_fails_while_down_and_succeeds_after_restart() {
             before: None,
             after: None,
             limit: 10,
+            max_bytes: usize::MAX,
         }),
     )
     .await;
@@ -172,6 +173,7 @@ async fn cql_write_fails_while_down_and_succeeds_after_restart() {
             before: None,
             after: None,
             limit: 10,
+            max_bytes: usize::MAX,
         })
         .await
         .unwrap_or_else(|e| panic!("history after restart: {e:#}"));

@@ -228,6 +228,7 @@ impl Shell {
                         event,
                         payload,
                         ack,
+                        reply: None,
                     }));
                 }
             }
@@ -301,6 +302,11 @@ impl Shell {
                 }
             }
             Effect::Crash => panic!("fault injection: session crash requested by the client"),
+            Effect::CrashChannel { topic } => {
+                if let Some(channel) = self.channels.get(&topic) {
+                    channel.send(ChannelMsg::Crash);
+                }
+            }
         }
         None
     }

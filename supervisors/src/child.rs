@@ -320,6 +320,19 @@ pub struct ReplyTo<R> {
     answer: PhantomData<fn(R)>,
 }
 
+// Not derived: that would ask `R: Clone`. A copy answers the same asker
+// under the same tag; the asker takes the first answer and drops the rest.
+impl<R> Clone for ReplyTo<R> {
+    fn clone(&self) -> Self {
+        ReplyTo {
+            node: self.node,
+            pid: self.pid,
+            tag: self.tag,
+            answer: PhantomData,
+        }
+    }
+}
+
 impl<R> std::fmt::Debug for ReplyTo<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplyTo")

@@ -65,5 +65,6 @@ pub use handle::{
     ChildInfo, Counts, DynamicSupervisor, Error, SupervisorRef, DEFAULT_CALL_TIMEOUT,
 };
 pub use spec::{
-    ChildKind, ChildSpec, DynamicSupervisorSpec, Restart, Shutdown, Strategy, SupervisorSpec,
+    Backoff, ChildKind, ChildSpec, DynamicSupervisorSpec, Restart, Shutdown, Strategy,
+    SupervisorSpec,
 };
