@@ -6,8 +6,8 @@
 # real @supabase/realtime-js and phoenix clients (the client kit, the
 # dashboard and the demo room in headless Chromium: screenshots in
 # target/test-artifacts/dashboard/ and target/test-artifacts/demo/), the
-# .deb installed and started, and a tiny run of each
-# benchmark (to keep the harness working; no timing is asserted).
+# .deb installed and started, a few seconds of each fuzz target, and a tiny
+# run of each benchmark (to keep the harness working; no timing is asserted).
 source "$(dirname "$0")/lib.sh"
 
 build_all
@@ -50,6 +50,9 @@ log "Node.js tests with @supabase/realtime-js and phoenix"
 
 log "the Debian package: contents, systemd unit, install, start, purge"
 scripts/deb-test.sh "$(build_deb)"
+
+log "fuzz targets, a few seconds each (campaigns: scripts/fuzz.sh campaign)"
+scripts/fuzz.sh smoke 5
 
 log "benchmarks, tiny size (harness check only)"
 python3 bench/platform.py --tiny

@@ -7,7 +7,7 @@
 //! | `GET /healthz` | liveness |
 //! | `GET /metrics` | Prometheus text 0.0.4, or OpenMetrics when the `Accept` header asks |
 //! | `GET /dashboard` | the operator dashboard (a page that polls the next route) |
-//! | `GET /dashboard/stats` | live numbers as JSON (guarded like the API) |
+//! | `GET /dashboard/stats` | live numbers as JSON (an admin route when auth is on) |
 //! | `POST /realtime/v1/api/broadcast` | `{messages:[{topic, event, payload}]}` to subscribers |
 //! | `POST /realtime/v1/api/broadcast/<topic>/events/<event>` | realtime-js `httpSend`: the body is the payload |
 //! | `GET /realtime/v1/api/presence/online?keys=a,b` | which presence keys are online anywhere |
@@ -19,34 +19,45 @@
 //! | `GET /demo/<file>` | a file of the demo room |
 //! | `GET /realtime/v1/api/modules` | the process modules: pipeline, each module's status and error |
 //! | `POST /realtime/v1/api/modules/reload` | reload `modules.dir`; answers the same report once the module processes run |
+//!
+//! With auth on (`auth.jwt_secret`), every `/realtime/v1/api/` route needs a
+//! valid token (`Authorization: Bearer` or `apikey`), 401 otherwise; the
+//! admin routes need `role: service_role`, 403 with the reason otherwise:
+//! the room state (`GET`/`PUT`), the modules reload, `/dashboard/stats`, a
+//! REST broadcast to a protected topic (one a topic policy covers, a message
+//! marked `private: true`, or a room's audio lane) and the history of a
+//! private topic (one a policy covers).
 
-use std::io::Read;
+use std::time::Duration;
 
 use chorus_core::config::Config;
 use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::http::{Request, Response};
-use chorus_core::phoenix::Payload;
-use lunatic::net::TcpStream;
+use chorus_core::jwt::Claims;
+use chorus_core::policy::{self, Policies};
 use serde_json::{json, Value};
 use supervisors::SupervisorRef;
 
-use crate::channel::{self, Body, ChannelMsg, Publish};
+use crate::channel;
+use crate::msg::{Body, ChannelMsg, Publish};
 use crate::{host, presence, tree};
 
-/// Answers one request. `body_start` holds body bytes read with the head.
-pub fn handle(
-    stream: &mut TcpStream,
-    request: &Request,
-    body_start: Vec<u8>,
-    config: &Config,
-) -> Response {
+/// Answers one request; the host has read its `body` (at most
+/// `limits.max_frame_bytes`, refused with 413 before this).
+pub fn handle(request: &Request, body: &[u8], config: &Config) -> Response {
+    let mut claims = None;
     if !config.auth.jwt_secret.is_empty()
         && (request.path.starts_with("/realtime/v1/api/") || request.path == DASHBOARD_STATS)
     {
-        if let Err(reason) = authorize(request, config) {
-            return Response::json(401, &json!({ "error": reason }));
+        match authorize(request, config) {
+            Ok(c) => claims = Some(c),
+            Err(reason) => return Response::json(401, &json!({ "error": reason })),
         }
     }
+    let access = Access {
+        claims: claims.as_ref(),
+        config,
+    };
     let path = request.path.as_str();
     match request.method.as_str() {
         "GET" if path == "/healthz" => {
@@ -57,10 +68,13 @@ pub fn handle(
             .with_header("Content-Type", "text/html; charset=utf-8")
             .with_header("Cache-Control", "no-store")
             .with_body(DASHBOARD_HTML.as_bytes().to_vec()),
-        "GET" if path == DASHBOARD_STATS => Response::new(200)
-            .with_header("Content-Type", "application/json")
-            .with_header("Cache-Control", "no-store")
-            .with_body(host::stats_json(restarts())),
+        "GET" if path == DASHBOARD_STATS => match access.admin("GET /dashboard/stats") {
+            Ok(()) => Response::new(200)
+                .with_header("Content-Type", "application/json")
+                .with_header("Cache-Control", "no-store")
+                .with_body(host::stats_json(restarts())),
+            Err(r) => r,
+        },
         "GET" if path == "/realtime/v1/api/presence/online" => {
             let keys: Vec<String> = request
                 .query_param("keys")
@@ -73,7 +87,7 @@ pub fn handle(
             Response::json(200, &json!({ "online": online }))
         }
         "GET" if history_topic(path).is_some() => {
-            history(request, history_topic(path).unwrap_or(""))
+            history(request, history_topic(path).unwrap_or(""), &access)
         }
         "GET" if path == "/demo" => Response::new(301)
             .with_header("Location", "/demo/")
@@ -81,23 +95,26 @@ pub fn handle(
         "GET" if path.starts_with("/demo/") => demo_file(&path["/demo/".len()..]),
         "GET" if path == "/realtime/v1/api/modules" => modules_json(host::modules_report_json()),
         "POST" if path == "/realtime/v1/api/modules/reload" => {
+            if let Err(r) = access.admin("POST /realtime/v1/api/modules/reload") {
+                return r;
+            }
             let report = host::modules_reload();
             if let Err(e) = crate::modules::reconcile(config) {
                 return Response::json(503, &json!({ "error": e }));
             }
             modules_json(report)
         }
-        "GET" if path.starts_with(ROOMS) => crate::room::admin_get(&path[ROOMS.len()..]),
-        "PUT" if path.starts_with(ROOMS) => match read_body(stream, request, body_start, config) {
-            Ok(body) => crate::room::admin_put(&path[ROOMS.len()..], &body),
+        "GET" if path.starts_with(ROOMS) => match access.admin("GET /realtime/v1/api/rooms") {
+            Ok(()) => crate::room::admin_get(&path[ROOMS.len()..]),
             Err(r) => r,
         },
-        "POST" if path == "/realtime/v1/api/broadcast" => {
-            match read_body(stream, request, body_start, config) {
-                Ok(body) => broadcast_batch(&body),
-                Err(r) => r,
+        "PUT" if path.starts_with(ROOMS) => {
+            if let Err(r) = access.admin("PUT /realtime/v1/api/rooms") {
+                return r;
             }
+            crate::room::admin_put(&path[ROOMS.len()..], body, config.limits.room_state_bytes)
         }
+        "POST" if path == "/realtime/v1/api/broadcast" => broadcast_batch(body, &access),
         "POST" if path.starts_with("/realtime/v1/api/broadcast/") => {
             let Some((topic, event)) = path
                 .trim_start_matches("/realtime/v1/api/broadcast/")
@@ -107,23 +124,26 @@ pub fn handle(
             };
             let topic = chorus_core::http::percent_decode(topic);
             let event = chorus_core::http::percent_decode(event);
-            let body = match read_body(stream, request, body_start, config) {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
+            // realtime-js `httpSend` on a private channel adds `?private=true`.
+            let marked_private = request.query_param("private") == Some("true");
+            if let Err(r) = access.broadcast(&topic, marked_private) {
+                return r;
+            }
             let binary = request
                 .header("content-type")
                 .is_some_and(|c| c.starts_with("application/octet-stream"));
             let payload = if binary {
-                Payload::Binary(body)
+                Body::Binary(body.to_vec())
             } else {
-                match serde_json::from_slice::<Value>(&body) {
-                    Ok(v) => Payload::Json(v),
-                    Err(e) => return bad_request(&format!("body is not JSON: {e}")),
+                match checked_json(body, config) {
+                    Ok(()) => Body::Json(body.to_vec()),
+                    Err(reason) => return bad_request(&reason),
                 }
             };
-            publish(&topic, &event, &payload);
-            Response::json(202, &json!({}))
+            match publish(&topic, &event, payload) {
+                Ok(()) => Response::json(202, &json!({})),
+                Err(refused) => refused,
+            }
         }
         _ => Response::json(404, &json!({"error": "not found", "path": path})),
     }
@@ -168,12 +188,54 @@ fn history_topic(path: &str) -> Option<&str> {
         .strip_suffix("/messages")
 }
 
+/// Who is asking, for the routes that need more than a valid token.
+struct Access<'a> {
+    /// The request's verified claims; `None` when the node runs open.
+    claims: Option<&'a Claims>,
+    config: &'a Config,
+}
+
+impl Access<'_> {
+    /// An admin route: with auth on, only `service_role` (403 otherwise).
+    fn admin(&self, what: &str) -> Result<(), Response> {
+        match self.claims {
+            None => Ok(()),
+            Some(c) => policy::needs_service_role(what, c.as_map())
+                .map_err(|reason| Response::json(403, &json!({ "error": reason }))),
+        }
+    }
+
+    /// Whether `topic` is private: a topic policy covers it. A config that
+    /// does not compile (refused at start, so never here) counts as
+    /// covering everything.
+    fn private(&self, topic: &str) -> bool {
+        Policies::compile(&self.config.auth.policies).map_or(true, |p| p.covers(topic))
+    }
+
+    /// A REST broadcast to `topic` (`marked_private`: the message says
+    /// `private: true`): a protected topic needs `service_role`.
+    fn broadcast(&self, topic: &str, marked_private: bool) -> Result<(), Response> {
+        let audio_lane = chorus_core::room::audio_room(&full_topic(topic)).is_some();
+        if marked_private || audio_lane || self.private(topic) {
+            self.admin(&format!("a REST broadcast to protected topic {topic}"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// `GET /realtime/v1/api/channels/<topic>/messages`: the topic's stored
-/// messages through the data service, newest first.
-fn history(request: &Request, topic: &str) -> Response {
+/// messages through the data service, newest first. A private topic's
+/// history is an admin route.
+fn history(request: &Request, topic: &str, access: &Access<'_>) -> Response {
     let topic = chorus_core::http::percent_decode(topic);
     if let Err(reason) = chorus_core::join::validate_topic(&topic) {
         return bad_request(&reason);
+    }
+    if access.private(&topic) {
+        if let Err(r) = access.admin(&format!("the history of private topic {topic}")) {
+            return r;
+        }
     }
     let range = match chorus_core::data::parse_history_range(
         request.query_param("limit"),
@@ -205,7 +267,7 @@ fn bad_request(reason: &str) -> Response {
 }
 
 /// Bearer token or `apikey` header, verified like a socket's apikey.
-fn authorize(request: &Request, config: &Config) -> Result<(), String> {
+fn authorize(request: &Request, config: &Config) -> Result<Claims, String> {
     let token = request
         .header("authorization")
         .and_then(|h| h.strip_prefix("Bearer "))
@@ -216,39 +278,19 @@ fn authorize(request: &Request, config: &Config) -> Result<(), String> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     chorus_core::jwt::verify_hs256(token, config.auth.jwt_secret.as_bytes(), now)
-        .map(|_| ())
         .map_err(|e| format!("invalid token: {e}"))
 }
 
-fn read_body(
-    stream: &mut TcpStream,
-    request: &Request,
-    mut body: Vec<u8>,
-    config: &Config,
-) -> Result<Vec<u8>, Response> {
-    let Some(len) = request.content_length else {
-        return Err(Response::json(
-            411,
-            &json!({"error": "Content-Length required"}),
-        ));
-    };
-    // A batch may hold many messages; each is capped by max_payload_bytes.
-    let limit = config.limits.max_frame_bytes as usize;
-    if len > limit {
-        return Err(Response::json(
-            413,
-            &json!({"error": format!("payload_size_exceeded: body over {limit} bytes (limits.max_frame_bytes)")}),
-        ));
+/// Checks a JSON body before it goes anywhere: valid JSON, nested at most
+/// `limits.max_json_depth` levels.
+fn checked_json(body: &[u8], config: &Config) -> Result<(), String> {
+    let depth = config.limits.max_json_depth as usize;
+    if chorus_core::json::depth_exceeds(body, depth) {
+        return Err(chorus_core::command::depth_refusal(depth));
     }
-    let mut chunk = vec![0u8; 16 * 1024];
-    while body.len() < len {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return Err(bad_request("body shorter than Content-Length")),
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    body.truncate(len);
-    Ok(body)
+    serde_json::from_slice::<&serde_json::value::RawValue>(body)
+        .map(|_| ())
+        .map_err(|e| format!("body is not JSON: {e}"))
 }
 
 /// Supabase topics over REST name the channel without the `realtime:` prefix.
@@ -260,19 +302,67 @@ fn full_topic(topic: &str) -> String {
     }
 }
 
-fn publish(topic: &str, event: &str, payload: &Payload) {
-    // Only running channels have subscribers; REST never starts one.
-    if let Some(ch) = channel::locate(&full_topic(topic), false) {
-        ch.send(ChannelMsg::Publish(Publish {
-            from: None,
-            event: event.to_string(),
-            payload: Body::from_payload(payload),
-            ack: None,
-        }));
+/// How long a REST post to a chat lane waits for its channel to store it.
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Publishes one REST message. On a room's chat lane the message is stored
+/// before the answer, whether or not a channel ran (one is started, so the
+/// lane's modules, order and history see it like any other message); the
+/// error is the response to send. Elsewhere only a running channel has
+/// subscribers, and REST never starts one.
+fn publish(topic: &str, event: &str, payload: Body) -> Result<(), Response> {
+    let full = full_topic(topic);
+    if !channel::is_chat_lane(&full) {
+        if let Some(ch) = channel::locate(&full, false) {
+            ch.send(ChannelMsg::Publish(Publish {
+                from: None,
+                event: event.to_string(),
+                payload,
+                ack: None,
+                reply: None,
+            }));
+        }
+        return Ok(());
+    }
+    let Some(ch) = channel::locate(&full, true) else {
+        return Err(Response::json(
+            503,
+            &json!({"error": "chat lane unavailable, retry"}),
+        ));
+    };
+    let outcome = supervisors::call(
+        |reply| {
+            ch.send(ChannelMsg::Publish(Publish {
+                from: None,
+                event: event.to_string(),
+                payload,
+                ack: None,
+                reply: Some(reply),
+            }))
+        },
+        STORE_TIMEOUT,
+    );
+    match outcome {
+        Some(Ok(_id)) => Ok(()),
+        Some(Err(reason)) => {
+            let status = if reason.contains("storage") || reason.contains("unavailable") {
+                503
+            } else {
+                422
+            };
+            Err(Response::json(status, &json!({ "error": reason })))
+        }
+        None => Err(Response::json(
+            504,
+            &json!({"error": "the chat lane did not confirm the write; retry"}),
+        )),
     }
 }
 
-fn broadcast_batch(body: &[u8]) -> Response {
+fn broadcast_batch(body: &[u8], access: &Access<'_>) -> Response {
+    if let Err(reason) = checked_json(body, access.config) {
+        return bad_request(&reason);
+    }
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return bad_request(&format!("body is not JSON: {e}")),
@@ -283,15 +373,30 @@ fn broadcast_batch(body: &[u8]) -> Response {
     for (i, m) in messages.iter().enumerate() {
         let topic = m.get("topic").and_then(Value::as_str);
         let event = m.get("event").and_then(Value::as_str);
-        if topic.is_none_or(str::is_empty) || event.is_none() {
+        let (Some(topic), Some(_)) = (topic.filter(|t| !t.is_empty()), event) else {
             return bad_request(&format!("messages[{i}] needs a topic and an event"));
+        };
+        let marked_private = m.get("private").and_then(Value::as_bool) == Some(true);
+        if let Err(r) = access.broadcast(topic, marked_private) {
+            return r;
         }
     }
-    for m in messages {
+    for (i, m) in messages.iter().enumerate() {
         let topic = m.get("topic").and_then(Value::as_str).unwrap_or_default();
         let event = m.get("event").and_then(Value::as_str).unwrap_or_default();
-        let payload = m.get("payload").cloned().unwrap_or(json!({}));
-        publish(topic, event, &Payload::Json(payload));
+        let payload = m
+            .get("payload")
+            .map_or_else(|| "{}".to_string(), Value::to_string);
+        if let Err(refused) = publish(topic, event, Body::Json(payload.into_bytes())) {
+            // Say which message failed and that the ones before it went out.
+            let reason = String::from_utf8_lossy(&refused.body).into_owned();
+            let detail: Value = serde_json::from_str(&reason).unwrap_or(Value::Null);
+            let error = detail.get("error").and_then(Value::as_str).unwrap_or("");
+            return Response::json(
+                refused.status,
+                &json!({ "error": format!("messages[{i}]: {error}"), "accepted": i }),
+            );
+        }
     }
     Response::json(202, &json!({}))
 }

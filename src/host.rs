@@ -6,7 +6,6 @@ use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::lanes::Lane;
 use chorus_core::metrics::{Histogram, Metric};
 use chorus_core::modules::CallResult;
-use chorus_core::phoenix::Vsn;
 use serde::Deserialize;
 
 mod ffi {
@@ -20,8 +19,9 @@ mod ffi {
         pub fn stats_json(restarts: u64) -> u64;
         pub fn data(ptr: *const u8, len: u32) -> u64;
         pub fn take(ptr: *mut u8, len: u32) -> u32;
-        pub fn outlet_open(tcp_stream: u64, vsn: u32) -> u64;
-        pub fn listen_backlog(tcp_listener: u64, backlog: u32) -> u32;
+        pub fn listen_start() -> u32;
+        pub fn socket_start(socket: u64) -> u64;
+        pub fn inlet_next(socket: u64, ptr: *mut u8, cap: u32) -> u64;
         pub fn outlet_send(
             outlet: u64,
             ptr: *const u8,
@@ -130,41 +130,72 @@ pub fn data(request: &DataRequest) -> DataResponse {
     })
 }
 
-/// The lunatic resource id of a TCP stream. lunatic 0.14.1 (pinned) keeps it
-/// private but prints it in `Debug` (`TcpStream { id: 7, .. }`); reading it
-/// there avoids forking the crate for one accessor.
-fn stream_id(stream: &lunatic::net::TcpStream) -> Option<u64> {
-    debug_id(&format!("{stream:?}"))
-}
-
-/// The `id: N` of a lunatic resource's `Debug` text.
-fn debug_id(text: &str) -> Option<u64> {
-    let rest = text.split("id: ").nth(1)?;
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-/// Gives `listener` an accept queue of `backlog` connections (lunatic binds
-/// with tokio's 1024). False when the host could not.
-pub fn listen_backlog(listener: &lunatic::net::TcpListener, backlog: u32) -> bool {
-    // `TcpListener { id: 3 }`, like `stream_id`.
-    let id = debug_id(&format!("{listener:?}"));
+/// Tells the host the supervision tree is up: it starts accepting
+/// connections. False when it could not (or already did).
+pub fn listen_start() -> bool {
     // SAFETY: scalar call.
-    id.is_some_and(|id| unsafe { ffi::listen_backlog(id, backlog) } == 0)
+    unsafe { ffi::listen_start() == 0 }
 }
 
-/// Hands the write side of `stream` (a socket speaking serializer `vsn`) to
-/// the host; everything the client receives then goes through
-/// [`outlet_send`] / [`fanout`], in lane order.
-pub fn outlet_open(stream: &lunatic::net::TcpStream, vsn: Vsn) -> Option<u64> {
-    let id = stream_id(stream)?;
-    let vsn = match vsn {
-        Vsn::V1 => 1,
-        Vsn::V2 => 2,
-    };
-    // SAFETY: scalar call.
-    let outlet = unsafe { ffi::outlet_open(id, vsn) };
-    (outlet != 0).then_some(outlet)
+/// The start record of the connection this process was spawned for (see
+/// `host-bridge/src/gateway.rs`), once.
+pub fn socket_start(socket: u64) -> Option<Vec<u8>> {
+    // SAFETY: scalar call; the answer is fetched by `take`.
+    let len = unsafe { ffi::socket_start(socket) };
+    (len > 0).then(|| take(len))
+}
+
+/// One client message the host read from a socket.
+#[derive(Debug)]
+pub enum Inlet {
+    Text(Vec<u8>),
+    Binary(Vec<u8>),
+    /// The client closed, broke the protocol or went silent; `code` is the
+    /// close code to answer with (0: the connection is gone).
+    Closed {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// Bytes offered for a client message at first; a larger one is fetched
+/// with a second call.
+const INLET_GUESS: usize = 1024;
+
+/// The next client message of `socket`, if one waits.
+pub fn inlet_next(socket: u64) -> Option<Inlet> {
+    let mut cap = INLET_GUESS;
+    loop {
+        let mut buf: Vec<u8> = Vec::with_capacity(cap);
+        // SAFETY: `buf` has room for `cap` bytes; the host writes at most
+        // that many and says how many.
+        let answer = unsafe { ffi::inlet_next(socket, buf.as_mut_ptr(), cap as u32) };
+        if answer == 0 {
+            return None;
+        }
+        let (kind, len) = (answer >> 32, (answer & 0xffff_ffff) as usize);
+        if len > cap {
+            cap = len;
+            continue;
+        }
+        // SAFETY: the host wrote `len <= cap` bytes into `buf`.
+        unsafe { buf.set_len(len) };
+        return Some(match kind {
+            1 => Inlet::Text(buf),
+            2 => Inlet::Binary(buf),
+            _ => {
+                let code = match buf.get(..2) {
+                    Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
+                    _ => 0,
+                };
+                let reason = String::from_utf8_lossy(buf.get(2..).unwrap_or_default());
+                Inlet::Closed {
+                    code,
+                    reason: reason.into_owned(),
+                }
+            }
+        });
+    }
 }
 
 /// Where a frame goes in an outlet: its lane, the topic (the unit of
@@ -199,7 +230,7 @@ pub enum Sent {
     Gone,
 }
 
-/// Queues frame bytes on an outlet's lane.
+/// Queues frame bytes on a lane of a socket's outlet.
 pub fn outlet_send(outlet: u64, bytes: &[u8], route: Route<'_>) -> Sent {
     // SAFETY: the pointer/length pairs describe `bytes`, the topic and the key.
     let status = unsafe {

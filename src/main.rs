@@ -1,12 +1,15 @@
 //! The Chorus guest: every process of a node, compiled to wasm32-wasip1 and
 //! run by the `chorus` host (host-bridge/). `main` reads the node config from
-//! the host and starts the supervision tree declared in [`tree`].
+//! the host and starts the supervision tree declared in [`tree`]; the host
+//! spawns one process per connection from [`chorus_session`] and
+//! [`chorus_http`].
 
 mod admin;
 mod channel;
 mod gateway;
 mod host;
 mod modules;
+mod msg;
 mod presence;
 mod room;
 mod tree;
@@ -14,16 +17,27 @@ mod viewers;
 
 use chorus_core::config::Config;
 
+/// The node's configuration, as the host serves it.
+pub fn config() -> Option<Config> {
+    serde_json::from_slice(&host::config_json()).ok()
+}
+
 fn main() {
-    let config: Config = match serde_json::from_slice(&host::config_json()) {
-        Ok(c) => c,
-        Err(e) => {
-            host::log(
-                host::Level::Error,
-                &format!("no usable config from the host: {e}"),
-            );
-            std::process::exit(2);
-        }
+    let Some(config) = config() else {
+        host::log(host::Level::Error, "no usable config from the host");
+        std::process::exit(2);
     };
     tree::start(config);
+}
+
+/// A WebSocket session, spawned by the host for socket `socket`.
+#[no_mangle]
+pub extern "C" fn chorus_session(socket: u64) {
+    gateway::session::run(socket);
+}
+
+/// One HTTP request, spawned by the host for connection `socket`.
+#[no_mangle]
+pub extern "C" fn chorus_http(socket: u64) {
+    gateway::http::run(socket);
 }

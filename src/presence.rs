@@ -7,22 +7,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chorus_core::ring::shard_of;
-use lunatic::{host as lhost, Mailbox, Process, Tag};
-use serde::{Deserialize, Serialize};
 use supervisors::{ChildRef, Inbox, Incoming};
 
-/// Messages to a presence shard.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ShardMsg {
-    /// `key` gained (`+1`) or lost (`-1`) a presence somewhere.
-    Delta { key: String, delta: i32 },
-    /// Which of `keys` are online; answered to `(node, pid)` under `tag`.
-    Query {
-        keys: Vec<String>,
-        reply: (u64, u64),
-        tag: Tag,
-    },
-}
+use crate::msg::ShardMsg;
+
+/// How long a `presence_online` query waits for each shard.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Registered name of shard `i`.
 pub fn shard_name(i: u32) -> String {
@@ -54,19 +44,11 @@ pub fn online(keys: &[String], shards: u32) -> Vec<String> {
             .push(k.clone());
     }
     let mut online = Vec::new();
-    // SAFETY: shards answer `Vec<String>` under the tag we send.
-    let mailbox: Mailbox<Vec<String>> = unsafe { Mailbox::new() };
     for (i, keys) in by_shard {
         let Some(shard) = ChildRef::<ShardMsg>::lookup(&shard_name(i)) else {
             continue;
         };
-        let tag = Tag::new();
-        shard.send(ShardMsg::Query {
-            keys,
-            reply: (lhost::node_id(), lhost::process_id()),
-            tag,
-        });
-        if let Ok(found) = mailbox.tag_receive_timeout(&[tag], Duration::from_secs(2)) {
+        if let Some(found) = shard.call(|reply| ShardMsg::Query { keys, reply }, QUERY_TIMEOUT) {
             online.extend(found);
         }
     }
@@ -87,14 +69,12 @@ pub fn shard(_index: u32, inbox: Inbox<ShardMsg>) {
                     counts.remove(&key);
                 }
             }
-            Incoming::Message(ShardMsg::Query { keys, reply, tag }) => {
+            Incoming::Message(ShardMsg::Query { keys, reply }) => {
                 let found: Vec<String> = keys
                     .into_iter()
                     .filter(|k| counts.contains_key(k))
                     .collect();
-                // SAFETY: `online` waits for exactly this type under `tag`.
-                let to: Process<Vec<String>> = unsafe { Process::new(reply.0, reply.1) };
-                to.tag_send(tag, found);
+                reply.send(&found);
             }
         }
     }

@@ -4,29 +4,28 @@
 //! chorus (one_for_one, 10 restarts / 10 s)
 //! ├── presence (one_for_one)      fixed shards chorus-presence-0..N
 //! ├── modules (one_for_one)       module-manager, then chorus-module-<name> per loaded module (permanent)
-//! ├── channels (one_for_all)
-//! │   ├── channels                dynamic: one process per active topic (transient)
-//! │   └── chorus-dir-0..3         directory shards owning topics by hash ring
-//! └── gateway (rest_for_one)
-//!     ├── sessions                dynamic: one process per connection (temporary)
-//!     └── acceptor                the TCP listener (permanent)
+//! └── channels (one_for_all)
+//!     ├── channels                dynamic: one process per active topic (transient,
+//!     │                           restart backoff 100 ms doubling to 5 s)
+//!     └── chorus-dir-0..3         directory shards owning topics by hash ring
 //! ```
 //!
-//! Admin HTTP requests are served by the connection process that received
-//! them (stateless, under `sessions`). Order matters: modules start before
-//! the channels that ask them, and the gateway starts last, once channels
-//! and presence can serve it; if the acceptor dies,
-//! rest_for_one restarts it alone, but if `sessions` dies the acceptor is
-//! restarted after it.
+//! Connections are not in this tree: the host accepts them and spawns one
+//! process per connection (a session per WebSocket, a handler per HTTP
+//! request) from the guest's exported entries, and is their supervisor
+//! (temporary children: a crash closes only that socket and is counted).
+//! Order matters: modules start before the channels that ask them, and the
+//! host starts accepting only once the whole tree is up.
 
 use std::time::Duration;
 
 use chorus_core::config::Config;
 use supervisors::{
-    ChildSpec, DynamicSupervisorSpec, Restart, Shutdown, Strategy, SupervisorRef, SupervisorSpec,
+    Backoff, ChildSpec, DynamicSupervisorSpec, Restart, Shutdown, Strategy, SupervisorRef,
+    SupervisorSpec,
 };
 
-use crate::{channel, gateway, host, modules, presence};
+use crate::{channel, host, modules, presence};
 
 /// Registered name of the root supervisor.
 pub const ROOT: &str = "chorus";
@@ -55,7 +54,15 @@ fn spec(config: &Config) -> SupervisorSpec {
                         .restart(Restart::Transient)
                         .shutdown(Shutdown::Timeout(Duration::from_secs(2)))
                         .intensity(1000)
-                        .period(Duration::from_secs(10)),
+                        .period(Duration::from_secs(10))
+                        // A channel that keeps crashing right after its
+                        // start (a refill it cannot hold) waits 100 ms,
+                        // 200 ms, … up to 5 s between restarts instead of
+                        // spinning the CPU.
+                        .backoff(Backoff::new(
+                            Duration::from_millis(100),
+                            Duration::from_secs(5),
+                        )),
                 )
                 .register(channel::CHANNELS),
             ),
@@ -72,24 +79,6 @@ fn spec(config: &Config) -> SupervisorSpec {
         },
     );
 
-    let gateway = SupervisorSpec::new(Strategy::RestForOne)
-        .intensity(10)
-        .period(Duration::from_secs(10))
-        .child(
-            ChildSpec::dynamic_supervisor(
-                gateway::SESSIONS,
-                DynamicSupervisorSpec::new(gateway::session::session)
-                    .restart(Restart::Temporary)
-                    .shutdown(Shutdown::BrutalKill),
-            )
-            .register(gateway::SESSIONS),
-        )
-        .child(
-            ChildSpec::new("acceptor", gateway::acceptor, config.clone())
-                .restart(Restart::Permanent)
-                .shutdown(Shutdown::BrutalKill),
-        );
-
     SupervisorSpec::new(Strategy::OneForOne)
         .intensity(10)
         .period(Duration::from_secs(10))
@@ -99,7 +88,6 @@ fn spec(config: &Config) -> SupervisorSpec {
                 .register(modules::SUPERVISOR),
         )
         .child(ChildSpec::supervisor("channels", directories))
-        .child(ChildSpec::supervisor("gateway", gateway))
 }
 
 /// Starts the tree and parks the main process. If the root supervisor gives
@@ -107,7 +95,13 @@ fn spec(config: &Config) -> SupervisorSpec {
 /// the node exits with an error.
 pub fn start(config: Config) {
     match SupervisorRef::start_link(ROOT, spec(&config)) {
-        Ok(_) => host::log(host::Level::Info, "supervision tree started"),
+        Ok(_) => {
+            host::log(host::Level::Info, "supervision tree started");
+            if !host::listen_start() {
+                host::log(host::Level::Error, "the host cannot accept connections");
+                std::process::exit(1);
+            }
+        }
         Err(e) => {
             host::log(host::Level::Error, &format!("cannot start the tree: {e}"));
             std::process::exit(1);

@@ -41,7 +41,7 @@ pub struct Viewers {
 }
 
 fn now_ms() -> u64 {
-    crate::room::now_ms() as u64
+    crate::channel::now_ms()
 }
 
 impl Viewers {

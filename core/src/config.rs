@@ -41,6 +41,14 @@ pub struct NodeConfig {
     /// Test-only fault injection: a client may crash its own session with
     /// the `chorus_crash` event on topic `phoenix`. Never enable in production.
     pub fault_injection: bool,
+    /// Browser origins allowed to open a WebSocket (`Origin` header, e.g.
+    /// `https://app.example.com`); empty allows every origin. Clients that
+    /// send no `Origin` (servers, native apps) are not affected.
+    pub allowed_origins: Vec<String>,
+    /// This node's Snowflake worker id (0..=1023), part of every message id
+    /// it assigns: nodes that share a store must each have their own, or
+    /// their ids could collide (the store then refuses the second write).
+    pub worker_id: u32,
 }
 
 /// Which backend the data service uses.
@@ -66,6 +74,10 @@ pub struct StoreConfig {
 pub struct AuthConfig {
     /// HS256 secret. Empty: the node runs open (and says so at start).
     pub jwt_secret: String,
+    /// Topic policies authorizing joins, sends and tracks on private
+    /// topics (`[[auth.policies]]`, see `crate::policy`); enforced when
+    /// `jwt_secret` is set. Env: `CHORUS_AUTH_POLICIES` as a JSON list.
+    pub policies: Vec<crate::policy::PolicyConfig>,
 }
 
 /// Per-session and per-channel limits.
@@ -102,6 +114,46 @@ pub struct LimitsConfig {
     /// Linux caps it at `net.core.somaxconn`). Too small a queue refuses
     /// clients during connect storms.
     pub listen_backlog: u32,
+    /// Deepest nesting of arrays and objects a client's JSON may have
+    /// (payloads and frames); deeper frames are refused with a reason.
+    /// Guest processes run on small stacks, and parsers recurse per level.
+    pub max_json_depth: u32,
+    /// Client messages the host holds for a session that has not taken them
+    /// yet; past it the host stops reading that socket until the session
+    /// catches up (TCP backpressure on that client only).
+    pub inlet_queue_messages: u32,
+    /// Bytes of client messages the host holds for a session that has not
+    /// taken them yet; past it the host stops reading that socket.
+    pub inlet_queue_bytes: u32,
+    /// Total time a client has to send its whole HTTP request head (not per
+    /// read: a byte every few seconds does not keep a connection open).
+    pub http_head_timeout_ms: u64,
+    /// Total time a client has to send an HTTP request body.
+    pub http_body_timeout_ms: u64,
+    /// Open connections one IP address may hold; more are refused (503 with
+    /// the key named) before their head is read.
+    pub max_connections_per_ip: u32,
+    /// Connections still sending their request head (not yet upgraded or
+    /// answered), node-wide; more are refused at once.
+    pub max_pending_connections: u32,
+    /// Byte budgets of client data (see `crate::budget`, which checks at
+    /// start that one channel's share fits `runtime.process_memory_mib`).
+    /// Payload bytes a channel keeps in its in-memory recent history.
+    pub channel_history_bytes: u32,
+    /// Most payload bytes in one history answer of the data service: a REST
+    /// history page, a join's replay, a channel's refill. A longer answer
+    /// stops early; page on with `before=`.
+    pub history_page_bytes: u32,
+    /// Presence keys plus metas one channel holds.
+    pub presence_bytes: u32,
+    /// Longest presence key.
+    pub presence_key_bytes: u32,
+    /// Largest room state (JSON text), e.g. through `PUT …/rooms/<id>`.
+    pub room_state_bytes: u32,
+    /// Bytes one socket's outbound queue may hold (host memory, all lanes):
+    /// past it the socket is closed as a slow consumer, and reactions are
+    /// counted instead of queued.
+    pub outlet_queue_bytes: u32,
 }
 
 /// Presence shards.
@@ -197,6 +249,8 @@ impl Default for NodeConfig {
             data_dir: "./data".into(),
             demo_dir: "clients/demo/dist".into(),
             fault_injection: false,
+            allowed_origins: Vec::new(),
+            worker_id: 1,
         }
     }
 }
@@ -228,6 +282,19 @@ impl Default for LimitsConfig {
             outlet_queue_frames: 4096,
             reaction_queue_frames: 64,
             listen_backlog: 4096,
+            max_json_depth: 32,
+            inlet_queue_messages: 64,
+            inlet_queue_bytes: 1024 * 1024,
+            http_head_timeout_ms: 10_000,
+            http_body_timeout_ms: 10_000,
+            max_connections_per_ip: 10_000,
+            max_pending_connections: 4096,
+            channel_history_bytes: 2 * 1024 * 1024,
+            history_page_bytes: 1024 * 1024,
+            presence_bytes: 1024 * 1024,
+            presence_key_bytes: 256,
+            room_state_bytes: 64 * 1024,
+            outlet_queue_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -403,6 +470,11 @@ impl Config {
                 .parse::<u64>()
                 .map(serde_json::Value::from)
                 .map_err(|_| err(format!("expected a non-negative integer, got {value:?}")))?,
+            // A list of tables (`auth.policies`) comes as JSON text.
+            serde_json::Value::Array(_) if value.trim_start().starts_with('[') => {
+                serde_json::from_str(value)
+                    .map_err(|e| err(format!("expected a JSON list: {e}")))?
+            }
             serde_json::Value::Array(_) => serde_json::Value::Array(
                 value
                     .split(',')
@@ -454,6 +526,15 @@ impl Config {
         if self.node.name.is_empty() {
             return bad("node.name", "must not be empty");
         }
+        if self.node.worker_id > u32::from(crate::snowflake::MAX_WORKER) {
+            return bad(
+                "node.worker_id",
+                &format!("must be between 0 and {}", crate::snowflake::MAX_WORKER),
+            );
+        }
+        if let Err(reason) = crate::policy::Policies::compile(&self.auth.policies) {
+            return bad("auth.policies", &reason);
+        }
         if self.limits.heartbeat_timeout_ms < 1_000 {
             return bad("limits.heartbeat_timeout_ms", "must be at least 1000");
         }
@@ -480,8 +561,35 @@ impl Config {
         if self.limits.outlet_queue_frames < 16 {
             return bad("limits.outlet_queue_frames", "must be at least 16");
         }
+        if self.limits.outlet_queue_bytes < self.limits.max_frame_bytes {
+            return bad(
+                "limits.outlet_queue_bytes",
+                "must be at least limits.max_frame_bytes",
+            );
+        }
         if !(1..=65_535).contains(&self.limits.listen_backlog) {
             return bad("limits.listen_backlog", "must be between 1 and 65535");
+        }
+        if !(2..=512).contains(&self.limits.max_json_depth) {
+            return bad("limits.max_json_depth", "must be between 2 and 512");
+        }
+        if self.limits.inlet_queue_messages == 0 {
+            return bad("limits.inlet_queue_messages", "must be at least 1");
+        }
+        if self.limits.inlet_queue_bytes < 1024 {
+            return bad("limits.inlet_queue_bytes", "must be at least 1024");
+        }
+        if self.limits.http_head_timeout_ms == 0 || self.limits.http_body_timeout_ms == 0 {
+            return bad(
+                "limits.http_head_timeout_ms",
+                "and limits.http_body_timeout_ms must be at least 1",
+            );
+        }
+        if self.limits.max_connections_per_ip == 0 || self.limits.max_pending_connections == 0 {
+            return bad(
+                "limits.max_connections_per_ip",
+                "and limits.max_pending_connections must be at least 1",
+            );
         }
         if self.limits.reaction_queue_frames == 0 {
             return bad("limits.reaction_queue_frames", "must be at least 1");
@@ -538,6 +646,9 @@ impl Config {
         }
         if !(1..=1024).contains(&self.modules.max_file_mib) {
             return bad("modules.max_file_mib", "must be between 1 and 1024");
+        }
+        if let Err((key, reason)) = crate::budget::check(self) {
+            return bad(key, &reason);
         }
         if self.runtime.max_processes < 16 {
             return bad("runtime.max_processes", "must be at least 16");
@@ -700,6 +811,39 @@ mod tests {
         assert_eq!(err.key.as_deref(), Some("node.port"));
         let err = Config::load(None, env(&[("CHORUS_PORT", "70000")])).unwrap_err();
         assert_eq!(err.source, "CHORUS_PORT");
+    }
+
+    #[test]
+    fn policies_come_from_toml_or_json_in_the_environment() {
+        let text = "[[auth.policies]]\nname = \"members\"\ntopic = \"room:{id}:*\"\n\
+                    actions = [\"join\"]\nclaims = { rooms = \"{id}\" }\n";
+        let c = Config::from_toml(text, "f.toml").unwrap();
+        assert_eq!(c.auth.policies.len(), 1);
+        assert_eq!(c.auth.policies[0].claims["rooms"], "{id}");
+        let json = r#"[{"name":"m","topic":"room:{id}:*","actions":["join","track"],"claims":{"rooms":"{id}"}}]"#;
+        let loaded = Config::load(None, env(&[("CHORUS_AUTH_POLICIES", json)])).unwrap();
+        assert_eq!(
+            loaded.config.auth.policies[0].actions,
+            vec!["join", "track"]
+        );
+        let err =
+            Config::load(None, env(&[("CHORUS_AUTH_POLICIES", "[{\"name\": 1}]")])).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("auth.policies"));
+        let err = Config::from_toml(
+            "[[auth.policies]]\nname = \"p\"\ntopic = \"a:{x}\"\nactions = [\"fly\"]\n",
+            "f.toml",
+        )
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("auth.policies"));
+        assert!(err.reason.contains("auth.policies[0].actions"), "{err}");
+    }
+
+    #[test]
+    fn the_worker_id_is_checked() {
+        let c = Config::load(None, env(&[("CHORUS_NODE_WORKER_ID", "1023")])).unwrap();
+        assert_eq!(c.config.node.worker_id, 1023);
+        let err = Config::load(None, env(&[("CHORUS_NODE_WORKER_ID", "1024")])).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("node.worker_id"));
     }
 
     #[test]

@@ -2,18 +2,75 @@
 //! it answers. Serialized as JSON across the `chorus::data` host call, so the
 //! guest never opens a database itself and the host can coalesce, cache and
 //! route requests (Discord's data services).
+//!
+//! Message payloads travel as [`RawJson`]: the JSON text the client sent,
+//! stored and returned as it is, never parsed into a value on the way. The
+//! enums are externally tagged (`{"append": {...}}`), the representation in
+//! which raw JSON values survive serde.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// JSON text carried as it is (checked to be one valid JSON value).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(pub Box<RawValue>);
+
+impl RawJson {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The JSON text of a value.
+    pub fn of(value: &serde_json::Value) -> RawJson {
+        // A `Value` always serializes to valid JSON.
+        match RawValue::from_string(value.to_string()) {
+            Ok(raw) => RawJson(raw),
+            Err(_) => RawJson::null(),
+        }
+    }
+
+    /// Text read back from storage: itself when it is JSON, else (a row
+    /// written by something else) the text as a JSON string.
+    pub fn from_stored(text: String) -> RawJson {
+        if serde_json::from_str::<&RawValue>(&text).is_ok() {
+            if let Ok(raw) = RawValue::from_string(text) {
+                return RawJson(raw);
+            }
+            return RawJson::null();
+        }
+        RawJson::of(&serde_json::Value::String(text))
+    }
+
+    fn null() -> RawJson {
+        RawJson(RawValue::NULL.to_owned())
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+/// Checks that `text` is one JSON value and wraps it.
+pub fn raw_json(text: &[u8]) -> Result<RawJson, String> {
+    let text = std::str::from_utf8(text).map_err(|e| format!("payload is not UTF-8: {e}"))?;
+    RawValue::from_string(text.to_owned())
+        .map(RawJson)
+        .map_err(|e| format!("payload is not JSON: {e}"))
+}
 
 /// One request from a guest process to the data service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum DataRequest {
     /// Persist a message; answered once the backend has committed it.
     Append {
         topic: String,
         event: String,
-        payload: serde_json::Value,
+        payload: RawJson,
     },
     /// Messages of a topic, newest first, strictly before/after the given ids.
     History {
@@ -38,14 +95,14 @@ pub struct StoredMessage {
     pub id: String,
     pub topic: String,
     pub event: String,
-    pub payload: serde_json::Value,
+    pub payload: RawJson,
     /// Milliseconds since the Unix epoch, from the id.
     pub inserted_at: u64,
 }
 
 /// The answer to a [`DataRequest`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum DataResponse {
     Appended {
         id: String,
@@ -207,7 +264,34 @@ mod tests {
             limit: 50,
         };
         let text = serde_json::to_string(&r).unwrap();
-        assert!(text.contains("\"op\":\"history\""), "{text}");
+        assert!(text.starts_with("{\"history\":"), "{text}");
         assert_eq!(serde_json::from_str::<DataRequest>(&text).unwrap(), r);
+    }
+
+    #[test]
+    fn payloads_travel_as_the_text_they_were() {
+        let text = br#"{"b":1, "a" : [ 2.50 ]}"#;
+        let r = DataRequest::Append {
+            topic: "t".into(),
+            event: "e".into(),
+            payload: raw_json(text).unwrap(),
+        };
+        let wire = serde_json::to_string(&r).unwrap();
+        assert!(wire.contains(r#"{"b":1, "a" : [ 2.50 ]}"#), "{wire}");
+        let back: DataRequest = serde_json::from_str(&wire).unwrap();
+        assert_eq!(back, r);
+        let answer = DataResponse::Messages {
+            messages: vec![StoredMessage {
+                id: "1".into(),
+                topic: "t".into(),
+                event: "e".into(),
+                payload: raw_json(b"[1, 2]").unwrap(),
+                inserted_at: 5,
+            }],
+        };
+        let wire = serde_json::to_string(&answer).unwrap();
+        assert_eq!(serde_json::from_str::<DataResponse>(&wire).unwrap(), answer);
+        assert!(raw_json(b"{").is_err());
+        assert!(raw_json(b"\xff").is_err());
     }
 }

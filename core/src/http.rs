@@ -16,7 +16,7 @@ use std::fmt;
 pub const MAX_HEADERS: usize = 64;
 
 /// An owned, parsed request head.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     /// The method exactly as sent (`GET`, `POST`, ...).
     pub method: String,
@@ -50,10 +50,13 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The first query parameter with this (decoded) name.
+    /// The query parameter with this (decoded) name; when it is repeated,
+    /// the last one wins, as in Phoenix (Plug). phoenix.js appends its own
+    /// `vsn` after the user's params, so `?vsn=1.0.0&vsn=2.0.0` is 2.0.0.
     pub fn query_param(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
+            .rev()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }

@@ -27,7 +27,15 @@ pub struct JoinConfig {
     /// `chorus.batch` (Chorus extension): in peak mode, receive chat as one
     /// `batch` frame per period instead of one frame per message.
     pub batch: bool,
+    /// `config.private`: the join asks for a private channel, authorized by
+    /// the node's topic policies (`crate::policy`).
+    pub private: bool,
 }
+
+/// The refusal of a join that binds `postgres_changes`: Chorus has no
+/// database change feed, and an `ok` with the bindings dropped would leave
+/// the client waiting for changes that never come.
+pub const POSTGRES_CHANGES_REFUSED: &str = "postgres_changes is not supported: this server has no database change feed (join without postgres_changes bindings)";
 
 /// Most entries of `config.presence.friends`.
 pub const MAX_FRIENDS: usize = 500;
@@ -66,6 +74,17 @@ pub struct Replay {
 /// Messages replayed when `replay.limit` is absent (Supabase's default).
 pub const DEFAULT_REPLAY_LIMIT: u32 = 25;
 
+/// Checks a presence key against `limits.presence_key_bytes`.
+pub fn check_presence_key(key: &str, max: u32) -> Result<(), String> {
+    if key.len() > max as usize {
+        return Err(format!(
+            "presence_key_too_long: config.presence.key is {} bytes, at most {max} (limits.presence_key_bytes)",
+            key.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a topic a client wants to join or publish to.
 pub fn validate_topic(topic: &str) -> Result<(), String> {
     if topic.is_empty() {
@@ -79,10 +98,6 @@ pub fn validate_topic(topic: &str) -> Result<(), String> {
     }
     Ok(())
 }
-
-/// Why a join asking for `postgres_changes` is refused.
-pub const POSTGRES_CHANGES_REFUSED: &str = "postgres_changes is not supported: Chorus watches no \
-     database; publish changes with POST /realtime/v1/api/broadcast";
 
 /// Reads a `phx_join` payload. Wrongly typed fields are errors (a client bug
 /// better reported than ignored); absent ones take defaults.
@@ -110,13 +125,6 @@ pub fn parse_join(payload: &Value) -> Result<JoinConfig, String> {
         Some(Value::Bool(b)) => Ok(*b),
         Some(_) => Err(format!("config.{path}.{key} must be a boolean")),
     };
-    // Supabase's database change feed needs Postgres; refuse it by name
-    // rather than acknowledge bindings that will never fire.
-    match config.get("postgres_changes") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(bindings)) if bindings.is_empty() => {}
-        Some(_) => return Err(POSTGRES_CHANGES_REFUSED.into()),
-    }
     let broadcast = section("broadcast")?;
     let presence = section("presence")?;
     let chorus = section("chorus")?;
@@ -129,6 +137,17 @@ pub fn parse_join(payload: &Value) -> Result<JoinConfig, String> {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         Some(_) => return Err("config.presence.key must be a string".into()),
+    };
+    match config.get("postgres_changes") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(bindings)) if bindings.is_empty() => {}
+        Some(Value::Array(_)) => return Err(POSTGRES_CHANGES_REFUSED.into()),
+        Some(_) => return Err("config.postgres_changes must be a list".into()),
+    }
+    let private = match config.get("private") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err("config.private must be a boolean".into()),
     };
     let replay = match broadcast.get("replay") {
         None | Some(Value::Null) => None,
@@ -149,6 +168,7 @@ pub fn parse_join(payload: &Value) -> Result<JoinConfig, String> {
         replay,
         friends,
         batch: flag(chorus, "chorus", "batch")?,
+        private,
     })
 }
 
@@ -215,16 +235,39 @@ mod tests {
     }
 
     #[test]
-    fn postgres_changes_bindings_are_refused_by_name() {
-        let join = |pc: Value| parse_join(&json!({"config": {"postgres_changes": pc}}));
+    fn postgres_changes_bindings_are_refused_with_a_reason() {
+        let p = json!({"config": {"postgres_changes": [
+            {"event": "*", "schema": "public", "table": "messages"}
+        ]}});
+        assert_eq!(parse_join(&p).unwrap_err(), POSTGRES_CHANGES_REFUSED);
+        assert!(parse_join(&json!({"config": {"postgres_changes": []}})).is_ok());
+        assert!(parse_join(&json!({"config": {"postgres_changes": {}}})).is_err());
+    }
+
+    #[test]
+    fn long_presence_keys_are_refused_naming_the_limit() {
+        assert!(check_presence_key(&"k".repeat(256), 256).is_ok());
+        let e = check_presence_key(&"k".repeat(257), 256).unwrap_err();
         assert!(
-            join(json!([])).is_ok(),
-            "realtime-js always sends an empty list"
+            e.contains("limits.presence_key_bytes") && e.contains("257"),
+            "{e}"
         );
-        assert!(join(Value::Null).is_ok());
-        let err = join(json!([{"event": "*", "schema": "public", "table": "t"}])).unwrap_err();
-        assert_eq!(err, POSTGRES_CHANGES_REFUSED);
-        assert!(join(json!({"event": "*"})).is_err());
+    }
+
+    #[test]
+    fn private_is_read() {
+        assert!(
+            parse_join(&json!({"config": {"private": true}}))
+                .unwrap()
+                .private
+        );
+        assert!(
+            !parse_join(&json!({"config": {"private": false}}))
+                .unwrap()
+                .private
+        );
+        assert!(!parse_join(&json!({})).unwrap().private);
+        assert!(parse_join(&json!({"config": {"private": "yes"}})).is_err());
     }
 
     #[test]

@@ -55,11 +55,19 @@ impl Lane {
 
 /// What a reaction counts as: the payload's `emoji` string (at most
 /// [`MAX_REACTION_KEY_BYTES`]), else the event name.
-pub fn reaction_key(event: &str, payload: &Value) -> String {
-    let key = payload
-        .get("emoji")
-        .and_then(Value::as_str)
-        .unwrap_or(event);
+pub fn reaction_key(event: &str, payload: crate::frame::BodyRef<'_>) -> String {
+    #[derive(serde::Deserialize)]
+    struct Reaction<'a> {
+        #[serde(borrow)]
+        emoji: Option<&'a serde_json::value::RawValue>,
+    }
+    let emoji = match payload {
+        crate::frame::BodyRef::Json(json) => serde_json::from_slice::<Reaction>(json)
+            .ok()
+            .and_then(|r| serde_json::from_str::<std::borrow::Cow<str>>(r.emoji?.get()).ok()),
+        crate::frame::BodyRef::Binary(_) => None,
+    };
+    let key = emoji.as_deref().unwrap_or(event);
     if key.is_empty() || key.len() > MAX_REACTION_KEY_BYTES {
         "other".to_string()
     } else {
@@ -97,11 +105,20 @@ mod tests {
 
     #[test]
     fn reaction_keys() {
-        assert_eq!(reaction_key("reaction", &json!({"emoji": "🔥"})), "🔥");
-        assert_eq!(reaction_key("clap", &json!({})), "clap");
-        assert_eq!(reaction_key("reaction", &json!({"emoji": 3})), "reaction");
+        let key = |event: &str, v: Value| {
+            let text = v.to_string();
+            reaction_key(event, crate::frame::BodyRef::Json(text.as_bytes()))
+        };
+        assert_eq!(key("reaction", json!({"emoji": "🔥"})), "🔥");
+        assert_eq!(key("clap", json!({})), "clap");
+        assert_eq!(key("reaction", json!({"emoji": 3})), "reaction");
+        assert_eq!(key("reaction", json!([1])), "reaction");
+        assert_eq!(
+            reaction_key("wave", crate::frame::BodyRef::Binary(b"\x00")),
+            "wave"
+        );
         let long = "x".repeat(MAX_REACTION_KEY_BYTES + 1);
-        assert_eq!(reaction_key("reaction", &json!({ "emoji": long })), "other");
+        assert_eq!(key("reaction", json!({ "emoji": long })), "other");
     }
 
     #[test]

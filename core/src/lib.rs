@@ -6,10 +6,15 @@
 //! thin shells around these types, which keeps the logic testable natively and
 //! fuzzable.
 
+pub mod admission;
+pub mod budget;
+pub mod command;
 pub mod config;
 pub mod data;
+pub mod frame;
 pub mod http;
 pub mod join;
+pub mod json;
 pub mod jwt;
 pub mod lanes;
 pub mod metrics;
@@ -17,10 +22,12 @@ pub mod modules;
 pub mod outq;
 pub mod peak;
 pub mod phoenix;
+pub mod policy;
 pub mod presence;
 pub mod ratelimit;
 pub mod ring;
 pub mod room;
 pub mod selective;
+pub mod session;
 pub mod snowflake;
 pub mod ws;

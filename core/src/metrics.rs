@@ -51,7 +51,9 @@ metrics! {
     ProtocolErrors => "chorus_protocol_errors_total", Counter, "Client frames refused as malformed or over a limit";
     HistoryRefilled => "chorus_channel_history_refilled_total", Counter, "Messages channel servers reloaded from storage into their in-memory history at start";
     Replayed => "chorus_replayed_messages_total", Counter, "Stored messages replayed to clients on join (broadcast.replay)";
+    HistorySkipped => "chorus_channel_history_skipped_total", Counter, "Messages a channel did not keep in its in-memory history because they alone pass limits.channel_history_bytes";
     RateLimited => "chorus_rate_limited_total", Counter, "Client messages refused by the per-socket rate limit";
+    Unauthorized => "chorus_joins_refused_total", Counter, "Joins refused for identity or policy (presence key not the token's sub, a private topic's policy)";
     PeakChannels => "chorus_peak_channels", Gauge, "Channels in peak mode now";
     PeakEntered => "chorus_peak_entered_total", Counter, "Times a channel entered peak mode";
     PeakLeft => "chorus_peak_left_total", Counter, "Times a channel left peak mode";
@@ -97,7 +99,12 @@ macro_rules! host_metrics {
 
 host_metrics! {
     Processes => "chorus_processes", Gauge, None, "lunatic processes alive on this node";
-    Outlets => "chorus_outlets", Gauge, None, "Sockets whose writes the host drains";
+    Sockets => "chorus_sockets", Gauge, None, "Client connections the host reads and writes";
+    PendingConnections => "chorus_pending_connections", Gauge, None, "Connections still sending their request head";
+    ConnectionsRefused => "chorus_connections_refused_total", Counter, None, "Connections refused before their head was read (limits.max_connections_per_ip, limits.max_pending_connections)";
+    SessionCrashes => "chorus_session_crashes_total", Counter, None, "Session or HTTP handler processes that crashed (their socket closed with 1011)";
+    InletPauses => "chorus_inlet_pauses_total", Counter, None, "Times the host stopped reading a socket because its session had limits.inlet_queue_messages (or inlet_queue_bytes) unprocessed";
+    ParkedAnswers => "chorus_parked_answers", Gauge, None, "Host-call answers waiting for their process to take them (dead processes' are swept every second)";
     QueuedFrames => "chorus_outlet_queued_frames", Gauge, None, "Frames waiting in all sockets' send queues now";
     StoreInFlight => "chorus_store_in_flight", Gauge, None, "Data-service requests waiting for an answer now";
     StoreRequests => "chorus_store_requests_total", Counter, Some("op"), "Requests to the data service, by operation";

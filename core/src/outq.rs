@@ -15,12 +15,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use crate::config::LimitsConfig;
 use crate::lanes::{self, Lane};
-use crate::phoenix::{self, Outbound, Vsn};
-use crate::ws;
+use crate::phoenix::Vsn;
 
 /// Encoded WebSocket frame bytes, shared by every queue it was pushed to.
 pub type Frame = Arc<[u8]>;
@@ -38,6 +35,11 @@ pub struct OutqLimits {
     /// Unwritten reaction frames kept before reactions are counted instead
     /// (`limits.reaction_queue_frames`).
     pub reaction_frames: usize,
+    /// Bytes all lanes together may hold (`limits.outlet_queue_bytes`):
+    /// past it a control, audio or chat frame makes the socket a slow
+    /// consumer and a reaction is counted instead of queued, so big frames
+    /// cannot grow a socket's queue past a byte bound.
+    pub queue_bytes: usize,
 }
 
 impl OutqLimits {
@@ -46,6 +48,7 @@ impl OutqLimits {
         OutqLimits {
             queue_frames: limits.outlet_queue_frames as usize,
             reaction_frames: limits.reaction_queue_frames as usize,
+            queue_bytes: limits.outlet_queue_bytes as usize,
         }
     }
 }
@@ -131,6 +134,8 @@ pub struct OutQ {
     /// Written once everything else has been.
     close_frame: Option<Frame>,
     slow: bool,
+    /// Bytes of the queued frames (counts aside).
+    bytes: usize,
 }
 
 impl OutQ {
@@ -163,37 +168,44 @@ impl OutQ {
         if self.closing || self.slow {
             return Pushed::Refused;
         }
+        let over_bytes = self.bytes + frame.len() > limits.queue_bytes;
         match route {
             Route::Control => {
-                if self.control.len() + self.audio.len() >= limits.queue_frames {
+                if over_bytes || self.control.len() + self.audio.len() >= limits.queue_frames {
                     return self.overflow();
                 }
                 self.control.push_back(frame.clone());
             }
             Route::Audio { topic } => {
                 if let Some((_, slot)) = self.audio.iter_mut().find(|(t, _)| t == topic) {
+                    let old = slot.len();
+                    if self.bytes - old + frame.len() > limits.queue_bytes {
+                        return self.overflow();
+                    }
                     *slot = frame.clone();
+                    self.bytes = self.bytes - old + frame.len();
                     return Pushed::Replaced;
                 }
-                if self.control.len() + self.audio.len() >= limits.queue_frames {
+                if over_bytes || self.control.len() + self.audio.len() >= limits.queue_frames {
                     return self.overflow();
                 }
                 self.audio.push_back((topic.clone(), frame.clone()));
             }
             Route::Chat => {
-                if self.chat.len() >= limits.queue_frames {
+                if over_bytes || self.chat.len() >= limits.queue_frames {
                     return self.overflow();
                 }
                 self.chat.push_back(frame.clone());
             }
             Route::Reactions { topic, key } => {
-                if self.reactions.len() >= limits.reaction_frames {
+                if over_bytes || self.reactions.len() >= limits.reaction_frames {
                     self.count(topic, key);
                     return Pushed::Counted;
                 }
                 self.reactions.push_back(frame.clone());
             }
         }
+        self.bytes += frame.len();
         Pushed::Queued
     }
 
@@ -235,6 +247,12 @@ impl OutQ {
         }
     }
 
+    /// Whether the queue is closing or was cut off as a slow consumer:
+    /// nothing more will be accepted.
+    pub fn is_closing(&self) -> bool {
+        self.closing || self.slow
+    }
+
     /// Moves the next frames to write into `out`, in priority order, about
     /// `max_bytes` of them (at least one item when any is queued).
     pub fn take(&mut self, max_bytes: usize, out: &mut Vec<Out>) -> Status {
@@ -269,6 +287,7 @@ impl OutQ {
                         Lane::Reactions => self.reactions.pop_front(),
                     };
                     if let Some(frame) = frame {
+                        self.bytes -= frame.len();
                         out.push(Out::Frame(frame));
                     }
                 }
@@ -294,7 +313,7 @@ impl OutQ {
 
     /// An idle socket keeps no queue memory after a burst.
     fn shrink(&mut self) {
-        const KEEP: usize = 64;
+        const KEEP: usize = 4;
         if self.control.is_empty() && self.control.capacity() > KEEP {
             self.control = VecDeque::new();
         }
@@ -313,35 +332,65 @@ impl OutQ {
 /// `[null, null, topic, "broadcast", {type, event, payload}]`, like every
 /// JSON broadcast the channels send.
 pub fn reaction_counts_frame(vsn: Vsn, topic: &str, counts: &BTreeMap<String, u64>) -> Vec<u8> {
-    let payload = lanes::reaction_counts_payload(counts, None);
-    let msg = match vsn {
-        Vsn::V1 => Outbound::user_broadcast(topic, lanes::REACTION_COUNTS_EVENT, payload),
-        Vsn::V2 => {
-            let mut body = serde_json::Map::new();
-            body.insert("type".into(), Value::from("broadcast"));
-            body.insert("event".into(), Value::from(lanes::REACTION_COUNTS_EVENT));
-            body.insert("payload".into(), payload);
-            Outbound::broadcast(topic, phoenix::event::BROADCAST, Value::Object(body))
-        }
-    };
-    let mut out = Vec::new();
-    // A JSON payload always encodes as text under both serializers.
-    if let Ok(phoenix::Frame::Text(text)) = phoenix::encode(vsn, &msg) {
-        ws::encode_text(&mut out, &text);
-    }
-    out
+    let payload = lanes::reaction_counts_payload(counts, None).to_string();
+    crate::frame::broadcast(
+        vsn,
+        topic,
+        lanes::REACTION_COUNTS_EVENT,
+        crate::frame::BodyRef::Json(payload.as_bytes()),
+        None,
+    )
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::phoenix::{client, FrameRef, Payload};
+    use crate::phoenix::{client, FrameRef, Outbound, Payload};
     use serde_json::json;
 
     const LIMITS: OutqLimits = OutqLimits {
         queue_frames: 4,
         reaction_frames: 2,
+        queue_bytes: 1 << 20,
     };
+
+    #[test]
+    fn a_queue_is_bounded_by_bytes_as_well_as_frames() {
+        let limits = OutqLimits {
+            queue_frames: 100,
+            reaction_frames: 100,
+            queue_bytes: 1000,
+        };
+        let big: Frame = Arc::from(vec![b'x'; 400]);
+        let r: Arc<str> = Arc::from("room:r:reactions");
+        let a: Arc<str> = Arc::from("room:r:audio");
+        let mut q = OutQ::new();
+        assert_eq!(q.push(Route::Chat, &big, &limits), Pushed::Queued);
+        assert_eq!(
+            q.push(Route::Audio { topic: &a }, &big, &limits),
+            Pushed::Queued
+        );
+        // A replacement is sized by the difference.
+        assert_eq!(
+            q.push(Route::Audio { topic: &a }, &big, &limits),
+            Pushed::Replaced
+        );
+        // Reactions past the byte bound are counted, not queued.
+        let reaction = Route::Reactions {
+            topic: &r,
+            key: "fire",
+        };
+        assert_eq!(q.push(reaction, &big, &limits), Pushed::Counted);
+        // Writing frees bytes.
+        let mut out = Vec::new();
+        assert_eq!(q.take(500, &mut out), Status::Open);
+        assert_eq!(out.len(), 1);
+        assert_eq!(q.push(Route::Chat, &big, &limits), Pushed::Queued);
+        // A chat frame past the bound: a slow consumer.
+        assert_eq!(q.push(Route::Chat, &big, &limits), Pushed::Slow);
+        assert_eq!(q.take(10_000, &mut out), Status::Slow);
+    }
 
     fn frame(s: &str) -> Frame {
         Arc::from(s.as_bytes())

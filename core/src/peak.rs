@@ -172,9 +172,9 @@ pub struct Held<F> {
     pub from: Option<u64>,
     /// The broadcast event.
     pub event: String,
-    /// The JSON payload: it can go into a `batch`. A binary payload (`None`)
-    /// is delivered as its own frame, in order between batches.
-    pub json: Option<Value>,
+    /// The JSON payload (text): it can go into a `batch`. A binary payload
+    /// (`None`) is delivered as its own frame, in order between batches.
+    pub json: Option<Vec<u8>>,
     /// The broadcast's own frame(s), for clients that do not batch.
     pub frames: F,
 }
@@ -187,8 +187,9 @@ pub fn senders<F>(items: &[Held<F>]) -> BTreeSet<u64> {
 /// One frame of what a batching client receives for a period.
 #[derive(Debug, PartialEq)]
 pub enum Run<'a, F> {
-    /// A `batch` broadcast with this payload: `{"messages": [{event, payload}, ...]}`.
-    Batch(Value),
+    /// A `batch` broadcast with this payload (JSON text):
+    /// `{"messages": [{event, payload}, ...]}`, spliced from the held bytes.
+    Batch(Vec<u8>),
     /// A held broadcast that cannot be batched (binary), as its own frame.
     Single(&'a F),
 }
@@ -196,24 +197,35 @@ pub enum Run<'a, F> {
 /// What a batching client receives for `items`, in order: each run of JSON
 /// broadcasts becomes one `batch` payload (normally the whole period is one).
 pub fn batch_runs<'a, F: 'a>(items: impl IntoIterator<Item = &'a Held<F>>) -> Vec<Run<'a, F>> {
+    fn close(batch: &mut Vec<u8>, runs: &mut Vec<Run<'_, impl Sized>>) {
+        if !batch.is_empty() {
+            batch.extend_from_slice(b"]}");
+            runs.push(Run::Batch(std::mem::take(batch)));
+        }
+    }
     let mut runs = Vec::new();
-    let mut messages = Vec::new();
+    let mut batch: Vec<u8> = Vec::new();
     for h in items {
         match &h.json {
-            Some(payload) => messages.push(json!({ "event": h.event, "payload": payload })),
+            Some(payload) => {
+                batch.extend_from_slice(if batch.is_empty() {
+                    b"{\"messages\":["
+                } else {
+                    b","
+                });
+                batch.extend_from_slice(b"{\"event\":");
+                crate::frame::write_str(&mut batch, &h.event);
+                batch.extend_from_slice(b",\"payload\":");
+                batch.extend_from_slice(payload);
+                batch.push(b'}');
+            }
             None => {
-                if !messages.is_empty() {
-                    runs.push(Run::Batch(
-                        json!({ "messages": std::mem::take(&mut messages) }),
-                    ));
-                }
+                close(&mut batch, &mut runs);
                 runs.push(Run::Single(&h.frames));
             }
         }
     }
-    if !messages.is_empty() {
-        runs.push(Run::Batch(json!({ "messages": messages })));
-    }
+    close(&mut batch, &mut runs);
     runs
 }
 
@@ -457,8 +469,16 @@ mod tests {
         Held {
             from,
             event: event.into(),
-            json,
+            json: json.map(|v| v.to_string().into_bytes()),
             frames: "frame",
+        }
+    }
+
+    /// A batch run's payload, parsed back.
+    fn batch(run: &Run<'_, &str>) -> Value {
+        match run {
+            Run::Batch(text) => serde_json::from_slice(text).unwrap(),
+            Run::Single(_) => Value::Null,
         }
     }
 
@@ -588,26 +608,27 @@ mod tests {
             held(Some(1), "c", Some(json!("3"))),
         ];
         let runs = batch_runs(&items);
+        assert_eq!(runs.len(), 3);
         assert_eq!(
-            runs,
-            vec![
-                Run::Batch(json!({"messages": [
-                    {"event": "a", "payload": {"n": 1}},
-                    {"event": "b", "payload": 2},
-                ]})),
-                Run::Single(&"frame"),
-                Run::Batch(json!({"messages": [{"event": "c", "payload": "3"}]})),
-            ]
+            batch(&runs[0]),
+            json!({"messages": [
+                {"event": "a", "payload": {"n": 1}},
+                {"event": "b", "payload": 2},
+            ]})
+        );
+        assert_eq!(runs[1], Run::Single(&"frame"));
+        assert_eq!(
+            batch(&runs[2]),
+            json!({"messages": [{"event": "c", "payload": "3"}]})
         );
         // Seen by sender 1 (without self): its own messages are left out.
         let runs = batch_runs(items.iter().filter(|h| h.from != Some(1)));
+        assert_eq!(runs.len(), 2);
         assert_eq!(
-            runs,
-            vec![
-                Run::Batch(json!({"messages": [{"event": "b", "payload": 2}]})),
-                Run::Single(&"frame"),
-            ]
+            batch(&runs[0]),
+            json!({"messages": [{"event": "b", "payload": 2}]})
         );
+        assert_eq!(runs[1], Run::Single(&"frame"));
         assert!(batch_runs::<&str>(&[]).is_empty());
         assert_eq!(senders(&items), BTreeSet::from([1, 2]));
     }

@@ -95,7 +95,7 @@ pub mod event {
 pub const PHOENIX_TOPIC: &str = "phoenix";
 
 /// Serializer version, negotiated by the `vsn` query parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Vsn {
     /// `1.0.0`: JSON objects, text frames only.
     V1,
@@ -426,6 +426,8 @@ pub enum DecodeError {
     WrongDirection(u8),
     /// Payload encoding byte other than 0 (binary) or 1 (JSON).
     UnknownEncoding(u8),
+    /// JSON nested deeper than the node allows (`limits.max_json_depth`).
+    TooDeep(usize),
 }
 
 impl fmt::Display for DecodeError {
@@ -467,6 +469,7 @@ impl fmt::Display for DecodeError {
             DecodeError::UnknownEncoding(enc) => {
                 write!(f, "unknown payload encoding {enc} (0 binary, 1 JSON)")
             }
+            DecodeError::TooDeep(max) => f.write_str(&crate::command::depth_refusal(*max)),
         }
     }
 }

@@ -18,6 +18,8 @@ struct Entry {
     session: SessionId,
     phx_ref: String,
     meta: Map<String, Value>,
+    /// Its key's and meta's bytes (JSON text), counted against the budget.
+    bytes: usize,
 }
 
 /// A presence change to fan out as `presence_diff`.
@@ -77,6 +79,8 @@ pub enum TrackError {
     NotAnObject,
     /// More metas under one key than allowed.
     TooManyMetas { limit: usize },
+    /// The channel's keys and metas would pass their byte budget.
+    OverBudget { limit: usize },
 }
 
 impl std::fmt::Display for TrackError {
@@ -86,6 +90,10 @@ impl std::fmt::Display for TrackError {
             TrackError::TooManyMetas { limit } => {
                 write!(f, "too many presences under one key (limit {limit})")
             }
+            TrackError::OverBudget { limit } => write!(
+                f,
+                "presence_full: this channel holds at most {limit} bytes of presence keys and metas (limits.presence_bytes)"
+            ),
         }
     }
 }
@@ -97,15 +105,31 @@ pub struct Presence {
     next_ref: u64,
     /// Largest number of metas per key (Supabase allows 10).
     max_per_key: usize,
+    /// Bytes of keys and metas held, and the most allowed.
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl Presence {
+    /// No byte budget (tests and tools); a channel uses [`Presence::with_budget`].
     pub fn new(max_per_key: usize) -> Self {
+        Self::with_budget(max_per_key, usize::MAX)
+    }
+
+    /// At most `max_bytes` of keys and metas (JSON text) in all.
+    pub fn with_budget(max_per_key: usize, max_bytes: usize) -> Self {
         Self {
             by_key: BTreeMap::new(),
             next_ref: 0,
             max_per_key: max_per_key.max(1),
+            bytes: 0,
+            max_bytes,
         }
+    }
+
+    /// Bytes of keys and metas held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     fn fresh_ref(&mut self) -> String {
@@ -133,13 +157,27 @@ impl Presence {
         let Value::Object(meta) = meta else {
             return Err(TrackError::NotAnObject);
         };
+        let size = key.len() + serde_json::to_string(&meta).map_or(0, |t| t.len());
         let mut diff = Diff::default();
         let phx_ref = self.fresh_ref();
         let limit = self.max_per_key;
+        let (held, max_bytes) = (self.bytes, self.max_bytes);
         let entries = self.by_key.entry(key.to_string()).or_default();
+        let current = entries
+            .iter()
+            .find(|e| e.session == session)
+            .map_or(0, |e| e.bytes);
+        if held - current + size > max_bytes {
+            if entries.is_empty() {
+                self.by_key.remove(key);
+            }
+            return Err(TrackError::OverBudget { limit: max_bytes });
+        }
         match entries.iter_mut().find(|e| e.session == session) {
             Some(e) if e.meta == meta => {}
             Some(e) => {
+                self.bytes = held - e.bytes + size;
+                e.bytes = size;
                 let prev = e.phx_ref.clone();
                 diff.leaves
                     .entry(key.to_string())
@@ -163,7 +201,9 @@ impl Presence {
                     session,
                     phx_ref,
                     meta,
+                    bytes: size,
                 };
+                self.bytes = held + size;
                 diff.joins
                     .entry(key.to_string())
                     .or_default()
@@ -177,9 +217,11 @@ impl Presence {
     /// Removes every meta `session` tracks (untrack, leave, session gone).
     pub fn untrack(&mut self, session: SessionId) -> Diff {
         let mut diff = Diff::default();
+        let mut freed = 0;
         self.by_key.retain(|key, entries| {
             entries.retain(|e| {
                 if e.session == session {
+                    freed += e.bytes;
                     diff.leaves
                         .entry(key.clone())
                         .or_default()
@@ -191,6 +233,7 @@ impl Presence {
             });
             !entries.is_empty()
         });
+        self.bytes -= freed;
         diff
     }
 
@@ -234,6 +277,29 @@ impl Presence {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keys_and_metas_are_held_within_a_byte_budget() {
+        let mut p = super::Presence::with_budget(10, 100);
+        let big = serde_json::json!({"bio": "x".repeat(60)});
+        assert!(p.track(1, "alice", big.clone()).is_ok());
+        let held = p.bytes();
+        assert!(held > 60 && held <= 100, "{held}");
+        // A second big meta would pass the budget: refused, nothing changes.
+        let err = p.track(2, "bob", big.clone()).unwrap_err();
+        assert!(err.to_string().contains("limits.presence_bytes"), "{err}");
+        assert!(!p.has_key("bob"));
+        assert_eq!(p.bytes(), held);
+        // An update replaces the old meta's bytes instead of adding to them.
+        assert!(p
+            .track(1, "alice", serde_json::json!({"bio": "y".repeat(60)}))
+            .is_ok());
+        assert_eq!(p.bytes(), held);
+        // Leaving frees the bytes for others.
+        p.untrack(1);
+        assert_eq!(p.bytes(), 0);
+        assert!(p.track(2, "bob", big).is_ok());
+    }
+
     use super::*;
 
     #[test]

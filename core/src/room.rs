@@ -209,12 +209,15 @@ pub fn merge(state: &mut Value, patch: &Value) {
     }
 }
 
+/// The reason of a `clock` push without a numeric `t0`.
+pub const CLOCK_SHAPE: &str = "invalid_clock: payload must be {\"t0\": <client time in ms>}";
+
 /// The reply to a `clock` push: `{t0, server_receive_ms, server_send_ms}`.
 /// `t0` (the client's send time) is echoed as sent; it must be a number.
 pub fn clock_reply(payload: &Value, receive_ms: f64, send_ms: f64) -> Result<Value, String> {
     let t0 = match payload.get("t0") {
         Some(Value::Number(n)) => Value::Number(n.clone()),
-        _ => return Err("invalid_clock: payload must be {\"t0\": <client time in ms>}".into()),
+        _ => return Err(CLOCK_SHAPE.into()),
     };
     Ok(serde_json::json!({
         "t0": t0,

@@ -339,6 +339,15 @@ impl FrameDecoder {
         }
     }
 
+    /// Drops the receive buffer when every byte in it has been decoded, so
+    /// an idle connection holds no buffer between reads.
+    pub fn release_idle(&mut self) {
+        if self.start >= self.buf.len() {
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+    }
+
     /// Bytes received but not yet consumed by a complete frame.
     pub fn buffered(&self) -> usize {
         self.buf.len().saturating_sub(self.start)
@@ -635,6 +644,13 @@ fn control_payload(payload: &[u8]) -> &[u8] {
 /// frames into one socket write.
 pub fn encode_text(out: &mut Vec<u8>, text: &str) {
     encode_frame(out, true, Opcode::Text, text.as_bytes(), None);
+}
+
+/// Appends a server text frame whose payload the caller built as bytes; they
+/// must be UTF-8 (JSON assembled from `str`s and checked JSON text).
+pub fn encode_text_bytes(out: &mut Vec<u8>, text: &[u8]) {
+    debug_assert!(std::str::from_utf8(text).is_ok());
+    encode_frame(out, true, Opcode::Text, text, None);
 }
 
 /// Appends a server binary frame.

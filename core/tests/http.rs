@@ -144,3 +144,12 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_repeated_query_parameter_takes_its_last_value_as_phoenix_does() {
+    // phoenix.js appends its own vsn after the user's params.
+    let head = b"GET /socket/websocket?vsn=1.0.0&apikey=a&vsn=2.0.0 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (req, _) = parse_request(head, 8192).unwrap().unwrap();
+    assert_eq!(req.query_param("vsn"), Some("2.0.0"));
+    assert_eq!(req.query_param("apikey"), Some("a"));
+}

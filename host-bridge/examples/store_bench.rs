@@ -139,6 +139,7 @@ async fn main() -> Result<()> {
                 before: Some(before),
                 after: None,
                 limit: 50,
+                max_bytes: usize::MAX,
             })
             .await?;
         fetch_us.push(micros(t.elapsed()));
@@ -153,6 +154,7 @@ async fn main() -> Result<()> {
         before: None,
         after: None,
         limit: 50,
+        max_bytes: usize::MAX,
     };
     let t = Instant::now();
     // One task per reader, as one guest process per request would be.

@@ -15,11 +15,12 @@
 //! | `stats_json` | `(restarts: u64) -> u64` | the `/dashboard` JSON (see [`crate::metrics::Metrics::stats`]) |
 //! | `data` | `(ptr: u32, len: u32) -> u64` | a JSON [`chorus_core::data::DataRequest`], answered with a `DataResponse` |
 //! | `take` | `(ptr: u32, len: u32) -> u32` | copy the parked answer; 0 ok, 1 nothing parked / wrong length |
-//! | `listen_backlog` | `(tcp_listener: u64, backlog: u32) -> u32` | set a listener's accept queue (a second `listen(2)`); 0 ok, 1 no such listener, 2 refused by the OS |
-//! | `outlet_open` | `(tcp_stream: u64, vsn: u32) -> u64` | hand a socket's write side to the host (see [`crate::outlet`]); `vsn` 2 for the 2.0.0 serializer, else 1.0.0; 0 on failure |
-//! | `outlet_send` | `(outlet: u64, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue frame bytes on a lane; 0 ok, 1 slow consumer, 2 gone |
-//! | `outlet_close` | `(outlet: u64, code: u32, ptr: u32, len: u32)` | close after the queued frames are written; a `code` other than 0 writes a close frame with that reason last |
-//! | `fanout` | `(ids: u32, n: u32, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue the same bytes on a lane of `n` outlets (`u64` ids); returns how many took them |
+//! | `listen_start` | `() -> u32` | the tree is up: start accepting connections (see [`crate::gateway`]); 0 ok, 1 already started or impossible |
+//! | `socket_start` | `(socket: u64) -> u64` | the start record of the connection a process was spawned for (a bincode `chorus_core::session::Start` for a session, the request and body for an HTTP handler), fetched with `take`; 0 when there is none |
+//! | `inlet_next` | `(socket: u64, ptr: u32, cap: u32) -> u64` | the next client message of the socket (see [`crate::socket`]): 0 when none waits; else `kind << 32 \| len` (kind 1 text, 2 binary, 3 closed: a 2-byte close code then the reason), copied to `ptr` when `len <= cap`, else left queued for a call with a larger buffer |
+//! | `outlet_send` | `(socket: u64, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue frame bytes on a lane of the socket's outlet; 0 ok, 1 slow consumer, 2 gone |
+//! | `outlet_close` | `(socket: u64, code: u32, ptr: u32, len: u32)` | close after the queued frames are written; a `code` other than 0 writes a close frame with that reason last |
+//! | `fanout` | `(ids: u32, n: u32, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue the same bytes on a lane of `n` sockets (`u64` ids); returns how many took them |
 //! | `modules_generation` | `() -> u64` | changes whenever the loaded process modules change (see [`crate::modules`]) |
 //! | `modules_report` | `() -> u64` | the modules report as JSON (pipeline, ready modules, errors) |
 //! | `modules_reload` | `() -> u64` | reload `modules.dir`, answered with the report |
@@ -37,24 +38,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
-use chorus_core::config::LimitsConfig;
 use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::lanes::Lane;
 use chorus_core::metrics::{Histogram, HostMetric, Metric};
-use chorus_core::outq::OutqLimits;
-use chorus_core::phoenix::Vsn;
-use lunatic_networking_api::NetworkingCtx;
 use lunatic_process::state::ProcessState;
-use lunatic_runtime::DefaultProcessState;
 use wasmtime::{Caller, Linker};
 
 use crate::assets::Assets;
+use crate::gateway::Gateway;
 use crate::metrics::{Format, HostValues, Metrics};
 use crate::modules::ModuleHost;
-use crate::outlet::Outlets;
+use crate::socket::{Inbound, Next, Sockets};
+use crate::spawn::State;
 use crate::store::{DataService, Op};
-
-type State = DefaultProcessState;
 
 /// Shared by every process of the node.
 pub struct HostApi {
@@ -66,7 +62,9 @@ pub struct HostApi {
     /// Data-service requests waiting for an answer.
     store_in_flight: AtomicU64,
     env: Arc<lunatic_process::env::LunaticEnvironment>,
-    outlets: Arc<Outlets>,
+    sockets: Arc<Sockets>,
+    /// The node's listener and connection handling (`chorus run` only).
+    gateway: Option<Arc<Gateway>>,
     modules: Option<Arc<ModuleHost>>,
     assets: Assets,
 }
@@ -76,20 +74,21 @@ impl HostApi {
         config_json: Vec<u8>,
         data: Option<DataService>,
         env: Arc<lunatic_process::env::LunaticEnvironment>,
-        limits: &LimitsConfig,
-        node: &str,
+        sockets: Arc<Sockets>,
+        gateway: Option<Arc<Gateway>>,
         modules: Option<Arc<ModuleHost>>,
+        metrics: Arc<Metrics>,
         assets: Assets,
     ) -> Arc<Self> {
-        let metrics = Arc::new(Metrics::new(node));
         Arc::new(Self {
             config_json,
-            metrics: metrics.clone(),
+            metrics,
             parked: Mutex::new(HashMap::new()),
             data,
             store_in_flight: AtomicU64::new(0),
             env,
-            outlets: Outlets::new(OutqLimits::from_config(limits), metrics),
+            sockets,
+            gateway,
             modules,
             assets,
         })
@@ -103,25 +102,42 @@ impl HostApi {
         len
     }
 
-    /// Drops, every second, the outlets of processes that are gone, so a
-    /// crashed session's socket closes, and takes the dashboard's sample.
-    /// Call once, inside the runtime.
+    /// Drops answers parked for processes that died before taking them (a
+    /// process killed while its data request was in flight), so they do not
+    /// stay in the host's memory. Returns how many were dropped.
+    pub fn sweep_parked(&self) -> usize {
+        use lunatic_process::env::Environment;
+        let Ok(mut parked) = self.parked.lock() else {
+            return 0;
+        };
+        let before = parked.len();
+        parked.retain(|process, _| self.env.get_process(*process).is_some());
+        before - parked.len()
+    }
+
+    /// Answers parked for processes and not yet taken.
+    pub fn parked_answers(&self) -> usize {
+        self.parked.lock().map_or(0, |p| p.len())
+    }
+
+    /// Drops, every second, the answers parked for processes that are gone
+    /// and the module instances they held, and takes the dashboard's
+    /// sample. Call once, inside the runtime.
     pub fn start_sweeper(self: &Arc<Self>) {
         let api = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                match api.upgrade() {
-                    Some(api) => {
-                        api.outlets.sweep(&api.env);
-                        api.metrics.sample(&api.host_values(0));
-                        if let Some(modules) = &api.modules {
-                            use lunatic_process::env::Environment;
-                            modules.sweep(|pid| api.env.get_process(pid).is_some());
-                        }
-                    }
-                    None => return,
+                let Some(api) = api.upgrade() else { return };
+                api.metrics.sample(&api.host_values(0));
+                if let Some(modules) = &api.modules {
+                    use lunatic_process::env::Environment;
+                    modules.sweep(|pid| api.env.get_process(pid).is_some());
+                }
+                let dropped = api.sweep_parked();
+                if dropped > 0 {
+                    tracing::debug!(dropped, "answers parked for dead processes dropped");
                 }
             }
         });
@@ -131,15 +147,24 @@ impl HostApi {
     /// `restarts` comes from the guest (the supervision tree counts them).
     fn host_values(&self, restarts: u64) -> HostValues {
         use lunatic_process::env::Environment;
-        let o = &self.outlets;
+        let o = &self.sockets;
         let (queued_frames, largest_queue_frames) = o.queued_frames();
+        let (crashes, pending, refused) = self.gateway.as_ref().map_or((0, 0, 0), |g| {
+            (g.crashes(), u64::from(g.pending()), g.refused())
+        });
         let counter = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut host = HostValues::default();
         host.largest_queue_frames = largest_queue_frames;
         host.frames_out = counter(&o.frames_out);
         host.bytes_out = counter(&o.bytes_out);
+        host.bytes_in = counter(&o.bytes_in);
         host.set(HostMetric::Processes, self.env.process_count() as u64)
-            .set(HostMetric::Outlets, o.count() as u64)
+            .set(HostMetric::Sockets, o.count() as u64)
+            .set(HostMetric::PendingConnections, pending)
+            .set(HostMetric::ConnectionsRefused, refused)
+            .set(HostMetric::SessionCrashes, crashes)
+            .set(HostMetric::InletPauses, counter(&o.inlet_paused))
+            .set(HostMetric::ParkedAnswers, self.parked_answers() as u64)
             .set(HostMetric::QueuedFrames, queued_frames)
             .set(HostMetric::StoreInFlight, counter(&self.store_in_flight))
             .set(
@@ -282,24 +307,22 @@ impl HostApi {
             },
         )?;
 
-        // lunatic binds with tokio's fixed backlog of 1024, which overflows
-        // under a connect storm (the kernel then answers with syncookies and
-        // resets). Linux lets a listening socket be given a new backlog by
-        // calling listen(2) again.
+        let api = self.clone();
+        linker.func_wrap("chorus", "listen_start", move || -> u32 {
+            match &api.gateway {
+                Some(g) if g.start() => 0,
+                _ => 1,
+            }
+        })?;
+
+        let api = self.clone();
         linker.func_wrap(
             "chorus",
-            "listen_backlog",
-            |caller: Caller<'_, State>, listener: u64, backlog: u32| -> u32 {
-                let Some(listener) = caller.data().tcp_listener_resources().get(listener) else {
-                    return 1;
-                };
-                let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
-                match socket2::SockRef::from(listener).listen(backlog) {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        tracing::warn!("cannot set the listen backlog to {backlog}: {e}");
-                        2
-                    }
+            "socket_start",
+            move |caller: Caller<'_, State>, socket: u64| -> u64 {
+                match api.sockets.take_start(socket) {
+                    Some(start) => api.park(caller.data().id(), start),
+                    None => 0,
                 }
             },
         )?;
@@ -307,14 +330,22 @@ impl HostApi {
         let api = self.clone();
         linker.func_wrap(
             "chorus",
-            "outlet_open",
-            move |caller: Caller<'_, State>, stream: u64, vsn: u32| -> u64 {
-                let owner = caller.data().id();
-                let vsn = if vsn == 2 { Vsn::V2 } else { Vsn::V1 };
-                match caller.data().tcp_stream_resources().get(stream) {
-                    Some(conn) => api.outlets.open(owner, conn.clone(), vsn),
-                    None => 0,
-                }
+            "inlet_next",
+            move |mut caller: Caller<'_, State>, socket: u64, ptr: u32, cap: u32| -> Result<u64> {
+                let (kind, bytes): (u64, std::borrow::Cow<'_, [u8]>) =
+                    match api.sockets.inlet_next(socket, cap as usize) {
+                        Next::Empty => return Ok(0),
+                        Next::TooBig(len) => return Ok((1 << 32) | len as u64),
+                        Next::Message(Inbound::Text(b)) => (1, b.into()),
+                        Next::Message(Inbound::Binary(b)) => (2, b.into()),
+                        Next::Message(Inbound::Closed { code, reason }) => {
+                            let mut b = code.to_be_bytes().to_vec();
+                            b.extend_from_slice(reason.as_bytes());
+                            (3, b.into())
+                        }
+                    };
+                write_guest(&mut caller, ptr, &bytes)?;
+                Ok((kind << 32) | bytes.len() as u64)
             },
         )?;
 
@@ -339,9 +370,7 @@ impl HostApi {
                     (topic_ptr, topic_len),
                     (key_ptr, key_len),
                 )?;
-                api.metrics
-                    .observe(Histogram::MessageSizeOut, bytes.len() as u64);
-                Ok(api.outlets.send(id, lane, &topic, &key, &bytes) as u32)
+                Ok(api.sockets.send(id, lane, &topic, &key, &bytes) as u32)
             },
         )?;
 
@@ -357,7 +386,7 @@ impl HostApi {
                   -> Result<()> {
                 let reason = read_guest(&mut caller, ptr, len)?;
                 let code = u16::try_from(code).ok().filter(|c| *c != 0);
-                api.outlets
+                api.sockets
                     .close(id, code, &String::from_utf8_lossy(&reason));
                 Ok(())
             },
@@ -390,9 +419,7 @@ impl HostApi {
                     (topic_ptr, topic_len),
                     (key_ptr, key_len),
                 )?;
-                api.metrics
-                    .observe(Histogram::MessageSizeOut, bytes.len() as u64);
-                Ok(api.outlets.fanout(&ids, lane, &topic, &key, &bytes))
+                Ok(api.sockets.fanout(&ids, lane, &topic, &key, &bytes))
             },
         )?;
 

@@ -16,12 +16,14 @@
 mod assets;
 mod cli;
 mod engine;
+mod gateway;
 mod hostapi;
 mod metrics;
 mod modules;
 mod node;
-mod outlet;
 mod procstat;
+mod socket;
+mod spawn;
 mod sysctl;
 
 use chorus_host::store;

@@ -7,7 +7,7 @@
 //!   lock, so the hot path pays next to nothing.
 //! * Export: each scrape builds a `prometheus-client` registry with one
 //!   collector that reads the atomics plus what only the host knows
-//!   ([`HostValues`]: processes, outlets, data service, restarts, the
+//!   ([`HostValues`]: processes, sockets and their queues, data service, restarts, the
 //!   process's own CPU, memory and descriptors) and encodes OpenMetrics or
 //!   Prometheus text 0.0.4, whichever the scraper asked for.
 //! * Dashboard: a sampler ([`Metrics::sample`], once a second) keeps the last
@@ -89,9 +89,11 @@ pub struct HostValues {
     values: [u64; HostMetric::ALL.len()],
     /// Frames in the fullest send queue (dashboard).
     pub largest_queue_frames: u64,
-    /// Frames and bytes the host wrote (added to the guest's counters).
+    /// Frames and bytes the host wrote and bytes it read (added to the
+    /// guest's counters).
     pub frames_out: u64,
     pub bytes_out: u64,
+    pub bytes_in: u64,
 }
 
 impl HostValues {
@@ -192,10 +194,11 @@ impl Metrics {
 
     fn value(&self, m: Metric, host: &HostValues) -> i64 {
         let own = self.values[m as usize].load(Ordering::Relaxed);
-        // Frames written through outlets are counted by the host.
+        // Socket reads and writes are counted by the host.
         match m {
             Metric::MessagesOut => own + host.frames_out as i64,
             Metric::BytesOut => own + host.bytes_out as i64,
+            Metric::BytesIn => own + host.bytes_in as i64,
             _ => own,
         }
     }
@@ -327,7 +330,7 @@ impl Metrics {
             "window_s": window_s,
             "restarts": host.get(HostMetric::Restarts),
             "queues": {
-                "outlets": host.get(HostMetric::Outlets),
+                "sockets": host.get(HostMetric::Sockets),
                 "queued_frames": host.get(HostMetric::QueuedFrames),
                 "largest_queue_frames": host.largest_queue_frames,
                 "store_in_flight": host.get(HostMetric::StoreInFlight),

@@ -12,7 +12,7 @@
 //!
 //! Why the instance lives in the host and not in a lunatic process spawned
 //! from the module: the module process stays an ordinary guest process
-//! (mailbox, supervision, restart, `tag_send` answers) whatever the module
+//! (mailbox, supervision, restart, `call` answers) whatever the module
 //! is written in, the module needs no lunatic crate and no bincode, and the
 //! host can meter each message (fuel), cap its memory, and tell a trap from
 //! a garbage answer, naming the module in every error.

@@ -9,11 +9,15 @@ use chorus_core::config::Config;
 use lunatic_process::env::{Environment, Environments, LunaticEnvironments};
 use lunatic_process::wasm::spawn_wasm;
 use lunatic_process_api::ProcessConfigCtx;
-use lunatic_runtime::{DefaultProcessConfig, DefaultProcessState};
+use lunatic_runtime::DefaultProcessConfig;
 
 use crate::engine::Engine;
+use crate::gateway::Gateway;
 use crate::hostapi::HostApi;
+use crate::metrics::Metrics;
 use crate::modules::ModuleHost;
+use crate::socket::{SocketLimits, Sockets};
+use crate::spawn::Spawner;
 use crate::store::DataService;
 use crate::sysctl;
 
@@ -97,13 +101,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let config = load_config(args.config.config.as_deref())?;
     let wasm = guest_bytes(args.guest.as_deref())?;
 
-    // Fail fast, naming the port, rather than from inside the guest.
-    let addr = format!("{}:{}", config.node.host, config.node.port);
-    std::net::TcpListener::bind(&addr).map_err(|e| {
-        anyhow!(
-            "cannot listen on {addr}: {e} (is another node running? set CHORUS_PORT or node.port)"
-        )
-    })?;
+    // Bound now, so a busy port fails the start naming it; connections are
+    // accepted once the guest's tree is up (`chorus::listen_start`).
+    let metrics = Arc::new(Metrics::new(&config.node.name));
+    let sockets = Sockets::new(socket_limits(&config), metrics.clone());
+    let gateway = Gateway::bind(&config, sockets.clone())?;
 
     if config.auth.jwt_secret.is_empty() {
         tracing::warn!(
@@ -112,13 +114,15 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     }
     sysctl::ensure_max_map_count(config.runtime.min_max_map_count);
 
+    // Validated at load: 0..=1023.
+    let worker_id = u16::try_from(config.node.worker_id)?;
     let data = match config.store.backend.as_str() {
         "sqlite" => DataService::with_config(
             Arc::new(crate::store::sqlite::Sqlite::open(Path::new(
                 &config.node.data_dir,
             ))?),
-            1,
-            &config.store,
+            worker_id,
+            &config,
         )?,
         // CQL (ScyllaDB / Cassandra); a failed connection names the nodes
         // and CHORUS_SCYLLA_NODES (store/cql.rs).
@@ -131,8 +135,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
                 })
                 .await?,
             ),
-            1,
-            &config.store,
+            worker_id,
+            &config,
         )?,
         other => bail!("store.backend = {other:?} is not available in this build yet"),
     };
@@ -151,8 +155,13 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         wasm,
         vec!["chorus-guest".into()],
         Vec::new(),
-        Some(data),
-        Some(modules),
+        Host {
+            data: Some(data),
+            sockets,
+            gateway: Some(gateway),
+            modules: Some(modules),
+            metrics,
+        },
         config_json,
         true,
     )
@@ -189,17 +198,36 @@ pub async fn exec(args: ExecArgs) -> Result<ExitCode> {
     argv.extend(args.args);
     sysctl::ensure_max_map_count(config.runtime.min_max_map_count);
     let config_json = serde_json::to_vec(&config)?;
-    spawn_main(
-        &config,
-        wasm,
-        argv,
-        args.dir,
-        None,
-        None,
-        config_json,
-        false,
-    )
-    .await
+    let metrics = Arc::new(Metrics::new(&config.node.name));
+    let host = Host {
+        data: None,
+        sockets: Sockets::new(socket_limits(&config), metrics.clone()),
+        gateway: None,
+        modules: None,
+        metrics,
+    };
+    spawn_main(&config, wasm, argv, args.dir, host, config_json, false).await
+}
+
+/// What the host serves a guest besides lunatic's APIs.
+struct Host {
+    data: Option<DataService>,
+    sockets: Arc<Sockets>,
+    gateway: Option<Arc<Gateway>>,
+    modules: Option<Arc<ModuleHost>>,
+    /// Every metric of the node (sockets record into it too).
+    metrics: Arc<Metrics>,
+}
+
+fn socket_limits(config: &Config) -> SocketLimits {
+    let l = &config.limits;
+    SocketLimits {
+        out: chorus_core::outq::OutqLimits::from_config(l),
+        inlet_messages: l.inlet_queue_messages as usize,
+        inlet_bytes: l.inlet_queue_bytes as usize,
+        max_frame: l.max_frame_bytes as usize,
+        idle: std::time::Duration::from_millis(l.heartbeat_timeout_ms),
+    }
 }
 
 /// Compiles `wasm`, spawns its `_start` as the root process and waits for it
@@ -210,8 +238,7 @@ async fn spawn_main(
     wasm: Vec<u8>,
     argv: Vec<String>,
     dirs: Vec<String>,
-    data: Option<DataService>,
-    modules: Option<Arc<ModuleHost>>,
+    host: Host,
     config_json: Vec<u8>,
     serve: bool,
 ) -> Result<ExitCode> {
@@ -225,11 +252,12 @@ async fn spawn_main(
     };
     let api = HostApi::new(
         config_json,
-        data,
+        host.data,
         env.clone(),
-        &config.limits,
-        &config.node.name,
-        modules,
+        host.sockets,
+        host.gateway.clone(),
+        host.modules,
+        host.metrics,
         assets,
     );
     api.start_sweeper();
@@ -251,14 +279,17 @@ async fn spawn_main(
     let max_memory = config.runtime.process_memory_mib as usize * 1024 * 1024;
     lunatic_process::config::ProcessConfig::set_max_memory(&mut pconfig, max_memory);
 
-    let state = DefaultProcessState::new(
-        env.clone(),
-        None,
-        engine.runtime.clone(),
-        module.clone(),
-        Arc::new(pconfig),
-        Default::default(),
-    )?;
+    let spawner = Spawner {
+        env: env.clone(),
+        runtime: engine.runtime.clone(),
+        module: module.clone(),
+        config: Arc::new(pconfig),
+        registry: Default::default(),
+    };
+    if let Some(gateway) = &host.gateway {
+        gateway.set_spawner(spawner.clone());
+    }
+    let state = spawner.state()?;
     env.can_spawn_next_process().await?;
     let (task, _) = spawn_wasm(
         env.clone(),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chorus_core::data::StoredMessage;
+use chorus_core::data::{RawJson, StoredMessage};
 use chorus_core::snowflake::{self, Id, BUCKET_WIDTH_MS};
 use chorus_host::store::cql::{Cql, CqlOptions};
 use chorus_host::store::sqlite::Sqlite;
@@ -54,7 +54,7 @@ fn msg(topic: &str, id: Id) -> NewMessage {
         id,
         topic: topic.to_owned(),
         event: format!("ev-{}", id.as_u64() % 1000),
-        payload: json!({"n": id.as_u64().to_string(), "text": "hé ✓"}),
+        payload: RawJson::of(&json!({"n": id.as_u64().to_string(), "text": "hé ✓"})),
     }
 }
 
@@ -78,6 +78,7 @@ async fn history(
         before: before.map(Id::as_u64),
         after: after.map(Id::as_u64),
         limit,
+        max_bytes: usize::MAX,
     })
     .await
     .unwrap_or_else(|e| panic!("history of {topic}: {e:#}"))
@@ -114,7 +115,7 @@ async fn case_append_then_history(b: &dyn Backend, t: &Topics) {
         assert_eq!(m.event, format!("ev-{}", id.as_u64() % 1000));
         assert_eq!(
             m.payload,
-            json!({"n": id.as_u64().to_string(), "text": "hé ✓"})
+            RawJson::of(&json!({"n": id.as_u64().to_string(), "text": "hé ✓"}))
         );
         assert_eq!(m.inserted_at, id.timestamp_ms());
     }
@@ -355,6 +356,70 @@ async fn report_latency(name: &str, b: &dyn Backend, t: &Topics) {
     );
 }
 
+/// Two nodes sharing a store with the same worker id could assign one id
+/// twice: the second write is refused and the first message stays.
+async fn case_an_existing_id_is_never_overwritten(b: &dyn Backend, t: &Topics) {
+    let topic = t.topic("dup");
+    let id = id_at(now_since_epoch_ms().saturating_sub(1_000), 3);
+    b.append(msg(&topic, id)).await.expect("first write");
+    let mut other = msg(&topic, id);
+    other.event = "overwrite".into();
+    other.payload = json!({"evil": true});
+    let err = b
+        .append(other)
+        .await
+        .expect_err("a second message with the same id must be refused");
+    let text = format!("{err:#}");
+    assert!(text.contains("already exists"), "{text}");
+    let got = history(b, &topic, None, None, 10).await;
+    assert_eq!(ids_of(&got), vec![id.as_u64()]);
+    assert_eq!(got[0].event, format!("ev-{}", id.as_u64() % 1000));
+    assert_ne!(got[0].payload, json!({"evil": true}));
+}
+
+/// A history answer stops at its byte budget (at least one message), and
+/// paging with `before` still covers everything once.
+async fn case_history_is_paged_by_bytes(b: &dyn Backend, t: &Topics) {
+    let topic = t.topic("bytes");
+    let base = now_since_epoch_ms().saturating_sub(30_000);
+    let ids: Vec<Id> = (0..6).map(|i| id_at(base + i, 0)).collect();
+    for &id in &ids {
+        let mut m = msg(&topic, id);
+        m.event = "e".into();
+        m.payload = json!({"text": "x".repeat(1000)});
+        b.append(m).await.expect("append");
+    }
+    let page = |before: Option<Id>, max_bytes: usize| {
+        b.history(HistoryQuery {
+            topic: topic.clone(),
+            before: before.map(Id::as_u64),
+            after: None,
+            limit: 100,
+            max_bytes,
+        })
+    };
+    let all = desc(&ids);
+    // Each message is ~1012 bytes of payload and event: 2500 holds two.
+    let got = page(None, 2500).await.expect("history");
+    assert_eq!(ids_of(&got), all[..2].to_vec());
+    // A budget smaller than one message still returns one.
+    let got = page(None, 10).await.expect("history");
+    assert_eq!(ids_of(&got), all[..1].to_vec());
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let got = page(before, 2500).await.expect("history");
+        if got.is_empty() {
+            break;
+        }
+        assert!(got.len() <= 2);
+        let ids = ids_of(&got);
+        before = ids.last().map(|&raw| Id::from_u64(raw));
+        seen.extend(ids);
+    }
+    assert_eq!(seen, all, "byte pages cover everything once, in order");
+}
+
 async fn run_suite(name: &str, b: &dyn Backend) {
     let t = Topics::new();
     eprintln!("[{name}] append then history");
@@ -367,6 +432,10 @@ async fn run_suite(name: &str, b: &dyn Backend) {
     case_buckets(b, &t).await;
     eprintln!("[{name}] room state");
     case_room_state(b, &t).await;
+    eprintln!("[{name}] history paged by bytes");
+    case_history_is_paged_by_bytes(b, &t).await;
+    eprintln!("[{name}] an existing id is never overwritten");
+    case_an_existing_id_is_never_overwritten(b, &t).await;
     report_latency(name, b, &t).await;
 }
 

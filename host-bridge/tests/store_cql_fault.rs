@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use chorus_core::data::RawJson;
 use chorus_core::snowflake::{self, Id};
 use chorus_host::store::cql::{Cql, CqlOptions, REQUEST_TIMEOUT};
 use chorus_host::store::{Backend, HistoryQuery, NewMessage};
@@ -61,7 +62,7 @@ fn msg(topic: &str, id: Id) -> NewMessage {
         id,
         topic: topic.to_owned(),
         event: "fault".into(),
-        payload: json!({"id": id.as_u64().to_string()}),
+        payload: RawJson::of(&json!({"id": id.as_u64().to_string()})),
     }
 }
 
@@ -134,6 +135,7 @@ async fn cql_write_fails_while_down_and_succeeds_after_restart() {
             before: None,
             after: None,
             limit: 10,
+            max_bytes: usize::MAX,
         }),
     )
     .await;
@@ -171,6 +173,7 @@ async fn cql_write_fails_while_down_and_succeeds_after_restart() {
             before: None,
             after: None,
             limit: 10,
+            max_bytes: usize::MAX,
         })
         .await
         .unwrap_or_else(|e| panic!("history after restart: {e:#}"));

@@ -14,16 +14,36 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chorus_core::config::RoomsConfig;
+use chorus_core::frame::{self, BodyRef};
 use chorus_core::lanes::{reaction_counts_payload, reaction_key, REACTION_COUNTS_EVENT};
 use chorus_core::metrics::Metric;
 use chorus_core::peak::{self, Held, Peak, ReactionCounts, Run, Transition};
-use chorus_core::phoenix::{Outbound, Payload};
+use chorus_core::phoenix::Vsn;
 use chorus_core::presence::Diff;
 use chorus_core::room::{parse_lane, Lane};
-use serde_json::Value;
 
-use super::{broadcast_frames, send_outbound, Channel, Frames, Publish, Subscriber};
+use super::{send_control, Channel, Publish, Subscriber};
 use crate::host;
+use crate::msg::Body;
+
+/// A broadcast's frames for the 1.0.0 and 2.0.0 serializers.
+type Frames = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Frames a broadcast once per serializer.
+fn broadcast_frames(topic: &str, event: &str, payload: BodyRef<'_>) -> Frames {
+    (
+        frame::broadcast(Vsn::V1, topic, event, payload, None),
+        frame::broadcast(Vsn::V2, topic, event, payload, None),
+    )
+}
+
+/// The frame of `frames` for serializer `vsn`.
+fn of(frames: &Frames, vsn: Vsn) -> Option<Vec<u8>> {
+    match vsn {
+        Vsn::V1 => frames.0.clone(),
+        Vsn::V2 => frames.1.clone(),
+    }
+}
 
 /// A channel's peak mode and its clock.
 pub(super) struct PeakState {
@@ -72,7 +92,7 @@ fn concat<'a>(frames: impl IntoIterator<Item = &'a Frames>) -> Frames {
 /// Sends one subscriber the frame(s) of its serializer.
 fn send_frames(sub: &Subscriber, frames: Frames, route: host::Route<'_>) {
     if let Some(bytes) = if sub.v2 { frames.1 } else { frames.0 } {
-        host::outlet_send(sub.outlet, &bytes, route);
+        host::outlet_send(sub.socket, &bytes, route);
     }
 }
 
@@ -89,30 +109,26 @@ fn held_route(topic: &str) -> host::Route<'_> {
 
 impl Channel {
     /// Measures a publish. In peak mode the broadcast is held (or counted,
-    /// on a reactions lane) and `None` is returned; otherwise the payload
-    /// comes back to be delivered now.
-    pub(super) fn peak_hold(&mut self, p: &Publish, payload: Payload) -> Option<Payload> {
+    /// on a reactions lane) and `false` is returned; `true`: deliver it now.
+    pub(super) fn peak_hold(&mut self, p: &Publish) -> bool {
         let now = self.peak.now_ms();
         self.peak.core.record(now);
         self.peak_tick_at(now);
         if !self.peak.core.is_on() {
-            return Some(payload);
+            return true;
         }
         match self.peak.lane {
-            Some(Lane::Audio) => return Some(payload),
+            Some(Lane::Audio) => return true,
             Some(Lane::Reactions) => {
-                let key = match &payload {
-                    Payload::Json(v) => reaction_key(&p.event, v),
-                    Payload::Binary(_) => reaction_key(&p.event, &Value::Null),
-                };
+                let key = reaction_key(&p.event, p.payload.as_ref());
                 self.peak.core.count_reaction(now, p.from, key);
             }
             Some(Lane::Chat) | None => {
-                let json = match &payload {
-                    Payload::Json(v) => Some(v.clone()),
-                    Payload::Binary(_) => None,
+                let json = match &p.payload {
+                    Body::Json(text) => Some(text.clone()),
+                    Body::Binary(_) => None,
                 };
-                let frames = broadcast_frames(&self.topic, &p.event, payload);
+                let frames = broadcast_frames(&self.topic, &p.event, p.payload.as_ref());
                 let held = Held {
                     from: p.from,
                     event: p.event.clone(),
@@ -122,7 +138,7 @@ impl Channel {
                 self.peak.core.hold(now, held);
             }
         }
-        None
+        false
     }
 
     /// A presence diff: merged into the period's in peak mode, fanned out
@@ -188,15 +204,17 @@ impl Channel {
                 self.topic
             ),
         );
-        let payload = t.system_payload();
+        let payload = t.system_payload().to_string();
         for sub in self.subs.values() {
-            let msg = Outbound::push(
-                Some(sub.join_ref.clone()),
+            let msg = frame::message(
+                sub.vsn(),
+                Some(&sub.join_ref),
+                None,
                 &self.topic,
                 peak::SYSTEM_EVENT,
-                payload.clone(),
+                payload.as_bytes(),
             );
-            send_outbound(sub.outlet, sub.v2, &msg);
+            send_control(sub.socket, &msg);
         }
     }
 
@@ -207,7 +225,7 @@ impl Channel {
             .into_iter()
             .map(|run| match run {
                 Run::Batch(payload) => {
-                    broadcast_frames(&self.topic, peak::BATCH_EVENT, Payload::Json(payload))
+                    broadcast_frames(&self.topic, peak::BATCH_EVENT, BodyRef::Json(&payload))
                 }
                 Run::Single(frames) => frames.clone(),
             })
@@ -225,14 +243,18 @@ impl Channel {
         let senders = peak::senders(&items);
         let own = |pid: u64, sub: &Subscriber| senders.contains(&pid) && !sub.broadcast_self;
         let plain = concat(items.iter().map(|h| &h.frames));
-        self.fan_out(&plain, held_route(&self.topic), |pid, sub| {
-            sub.batch || own(pid, sub)
-        });
+        self.fan_out(
+            |vsn| of(&plain, vsn),
+            held_route(&self.topic),
+            |pid, sub| sub.batch || own(pid, sub),
+        );
         if self.subs.values().any(|s| s.batch) {
             let batched = self.batch_frames(&items);
-            self.fan_out(&batched, held_route(&self.topic), |pid, sub| {
-                !sub.batch || own(pid, sub)
-            });
+            self.fan_out(
+                |vsn| of(&batched, vsn),
+                held_route(&self.topic),
+                |pid, sub| !sub.batch || own(pid, sub),
+            );
         }
         for pid in &senders {
             let Some(sub) = self.subs.get(pid).filter(|s| !s.broadcast_self) else {
@@ -253,15 +275,17 @@ impl Channel {
     fn flush_reactions(&self, counts: &ReactionCounts) {
         let interval = Some(self.peak.core.reaction_interval_ms());
         let frames = |c: &BTreeMap<String, u64>| {
+            let payload = reaction_counts_payload(c, interval).to_string();
             broadcast_frames(
                 &self.topic,
                 REACTION_COUNTS_EVENT,
-                Payload::Json(reaction_counts_payload(c, interval)),
+                BodyRef::Json(payload.as_bytes()),
             )
         };
         let senders: BTreeSet<u64> = counts.senders().collect();
+        let all = frames(counts.all());
         self.fan_out(
-            &frames(counts.all()),
+            |vsn| of(&all, vsn),
             held_route(&self.topic),
             |pid, sub| senders.contains(&pid) && !sub.broadcast_self,
         );

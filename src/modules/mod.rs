@@ -27,15 +27,14 @@ use chorus_core::config::Config;
 use chorus_core::metrics::Metric;
 use chorus_core::modules::{Answer, CallResult, ChatRequest, Outcome, Screening, Verdict};
 use chorus_core::room::{self, Lane};
-use lunatic::Tag;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use supervisors::{
     ChildRef, ChildSpec, Incoming, Restart, Strategy, SupervisorRef, SupervisorSpec,
 };
 
-use crate::channel::{Body, ChannelMsg};
 use crate::host;
+use crate::msg::{Body, ModuleMsg, ModuleReply};
 
 /// Registered name of the `modules` supervisor.
 pub const SUPERVISOR: &str = "chorus-modules";
@@ -129,54 +128,24 @@ pub fn manager(config: Config, inbox: supervisors::Inbox<()>) {
     }
 }
 
-/// Messages to a module process.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ModuleMsg {
-    /// What to do with a chat message; answered to `reply` under `tag` with
-    /// [`ChannelMsg::ModuleAnswer`], unless `deadline_ms` (the asker's
-    /// clock) passed before the module got to it.
-    Chat {
-        topic: String,
-        event: String,
-        /// The publisher's user id, `None` for the admin API.
-        user: Option<String>,
-        /// JSON text (bincode cannot carry `serde_json::Value`).
-        payload: String,
-        at_ms: u64,
-        deadline_ms: u64,
-        reply: ChildRef<ChannelMsg>,
-        tag: Tag,
-    },
-}
-
-/// A verdict on its way back to a channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Reply {
-    Deliver,
-    /// The new payload, as JSON text.
-    Replace(String),
-    Reject(String),
-    /// The module could not give a verdict (crashed, garbage, disabled).
-    Unavailable,
-}
-
-impl Reply {
-    fn from_verdict(verdict: Verdict) -> Reply {
+impl ModuleReply {
+    fn from_verdict(verdict: Verdict) -> ModuleReply {
         match verdict {
-            Verdict::Deliver => Reply::Deliver,
-            Verdict::Replace(v) => Reply::Replace(v.to_string()),
-            Verdict::Reject(reason) => Reply::Reject(reason),
+            Verdict::Deliver => ModuleReply::Deliver,
+            Verdict::Replace(v) => ModuleReply::Replace(v.to_string()),
+            Verdict::Reject(reason) => ModuleReply::Reject(reason),
         }
     }
 
     fn into_answer(self) -> Answer {
         match self {
-            Reply::Deliver => Answer::Verdict(Verdict::Deliver),
-            Reply::Replace(text) => serde_json::from_str(&text).map_or(Answer::Unavailable, |v| {
-                Answer::Verdict(Verdict::Replace(v))
-            }),
-            Reply::Reject(reason) => Answer::Verdict(Verdict::Reject(reason)),
-            Reply::Unavailable => Answer::Unavailable,
+            ModuleReply::Deliver => Answer::Verdict(Verdict::Deliver),
+            ModuleReply::Replace(text) => serde_json::from_str(&text)
+                .map_or(Answer::Unavailable, |v| {
+                    Answer::Verdict(Verdict::Replace(v))
+                }),
+            ModuleReply::Reject(reason) => Answer::Verdict(Verdict::Reject(reason)),
+            ModuleReply::Unavailable => Answer::Unavailable,
         }
     }
 }
@@ -203,7 +172,6 @@ pub fn run(args: (String, Config), inbox: supervisors::Inbox<ModuleMsg>) {
             at_ms,
             deadline_ms,
             reply,
-            tag,
         }) = inbox.receive()
         else {
             return;
@@ -232,36 +200,36 @@ pub fn run(args: (String, Config), inbox: supervisors::Inbox<ModuleMsg>) {
         let answer = match host::module_call(&name, &request.encode()) {
             CallResult::Answer(bytes) => {
                 match chorus_core::modules::parse_chat_answer(&bytes, max_payload) {
-                    Ok(verdict) => Reply::from_verdict(verdict),
+                    Ok(verdict) => ModuleReply::from_verdict(verdict),
                     Err(why) => garbage(&name, &why),
                 }
             }
             CallResult::Garbage(why) => garbage(&name, &why),
             CallResult::Unavailable(why) => {
                 host::log(host::Level::Debug, &why);
-                Reply::Unavailable
+                ModuleReply::Unavailable
             }
             CallResult::Crashed(why) => {
                 host::metric(Metric::ModuleCrashes, 1);
-                reply.tag_send(tag, ChannelMsg::ModuleAnswer(Reply::Unavailable));
+                reply.send(&ModuleReply::Unavailable);
                 // A crash of the module is a crash of its process: the
                 // supervisor restarts it, the host made a fresh instance.
                 panic!("module {name} crashed: {why}");
             }
         };
-        reply.tag_send(tag, ChannelMsg::ModuleAnswer(answer));
+        reply.send(&answer);
     }
 }
 
 /// The wall clock in Unix ms (module messages' `at_ms` and deadlines).
 fn now_ms() -> u64 {
-    crate::room::now_ms() as u64
+    crate::channel::now_ms()
 }
 
-fn garbage(name: &str, why: &str) -> Reply {
+fn garbage(name: &str, why: &str) -> ModuleReply {
     host::metric(Metric::ModuleErrors, 1);
     host::log(host::Level::Error, &format!("module {name} {why}"));
-    Reply::Unavailable
+    ModuleReply::Unavailable
 }
 
 /// What a channel needs to ask modules: the part of `[modules]` it uses;
@@ -286,12 +254,10 @@ impl Hooks {
         }
     }
 
-    /// Binds the hooks to the channel process they run in, where module
-    /// answers are sent.
-    pub fn bind(self, channel: ChildRef<ChannelMsg>) -> Screen {
+    /// A channel's side of these hooks.
+    pub fn screen(self) -> Screen {
         Screen {
             hooks: self,
-            channel,
             generation: 0,
             pipeline: Vec::new(),
         }
@@ -302,7 +268,6 @@ impl Hooks {
 #[derive(Debug)]
 pub struct Screen {
     hooks: Hooks,
-    channel: ChildRef<ChannelMsg>,
     /// The host's module generation `pipeline` was read at.
     generation: u64,
     pipeline: Vec<String>,
@@ -339,7 +304,7 @@ impl Screen {
         let Body::Json(text) = payload else {
             return Ok(());
         };
-        let Ok(value) = serde_json::from_str::<Value>(text) else {
+        let Ok(value) = serde_json::from_slice::<Value>(text) else {
             return Ok(());
         };
         let mut screening = Screening::new(value, self.hooks.fail_open);
@@ -361,7 +326,7 @@ impl Screen {
         match screened.outcome {
             Outcome::Unchanged => Ok(()),
             Outcome::Replaced(v) => {
-                *payload = Body::Json(v.to_string());
+                *payload = Body::Json(v.to_string().into_bytes());
                 Ok(())
             }
             Outcome::Rejected(reason) => Err(reason),
@@ -371,8 +336,7 @@ impl Screen {
     /// One request/answer with module `name`. A module that is not running
     /// (not loaded, crashed and not yet restarted) is unavailable at once;
     /// one that does not answer in time is unavailable after `timeout_ms`,
-    /// and its late answer reaches the channel's inbox as a `ModuleAnswer`
-    /// it ignores.
+    /// and its late answer is dropped by the channel's inbox.
     fn ask(
         &self,
         name: &str,
@@ -386,23 +350,18 @@ impl Screen {
             Some(m) if m.is_alive() => m,
             _ => return Answer::Unavailable,
         };
-        let tag = Tag::new();
-        module.send(ModuleMsg::Chat {
-            topic: topic.to_string(),
-            event: event.to_string(),
-            user: user.map(str::to_string),
-            payload: payload.to_string(),
-            at_ms,
-            deadline_ms: at_ms.saturating_add(self.hooks.timeout_ms),
-            reply: self.channel,
-            tag,
-        });
-        match supervisors::tag_receive_timeout::<ChannelMsg>(
-            &[tag],
+        let answer = module.call(
+            |reply| ModuleMsg::Chat {
+                topic: topic.to_string(),
+                event: event.to_string(),
+                user: user.map(str::to_string),
+                payload: payload.to_string(),
+                at_ms,
+                deadline_ms: at_ms.saturating_add(self.hooks.timeout_ms),
+                reply,
+            },
             Duration::from_millis(self.hooks.timeout_ms),
-        ) {
-            Some(ChannelMsg::ModuleAnswer(reply)) => reply.into_answer(),
-            _ => Answer::Unavailable,
-        }
+        );
+        answer.map_or(Answer::Unavailable, ModuleReply::into_answer)
     }
 }

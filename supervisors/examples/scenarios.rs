@@ -16,8 +16,8 @@ use lunatic::{host, sleep, Mailbox, MailboxError, MessageSignal, Process, Tag};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use supervisors::{
-    tag_receive_timeout, ChildRef, ChildSpec, DynamicSupervisor, DynamicSupervisorSpec, Inbox,
-    Incoming, Restart, Shutdown, Strategy, SupervisorRef, SupervisorSpec,
+    call, Backoff, ChildRef, ChildSpec, DynamicSupervisor, DynamicSupervisorSpec, Inbox, Incoming,
+    Restart, Shutdown, Strategy, SupervisorRef, SupervisorSpec,
 };
 
 type Scenario = fn() -> Result<(), String>;
@@ -95,6 +95,14 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     (
         "tagged_answer_is_awaited_alone_and_a_late_one_is_an_ordinary_message",
         tagged_answers,
+    ),
+    (
+        "crash_loop_is_restarted_with_doubling_backoff",
+        crash_loop_backs_off,
+    ),
+    (
+        "a_child_that_ran_long_enough_is_restarted_at_once",
+        stable_child_restarts_at_once,
     ),
 ];
 
@@ -260,6 +268,12 @@ fn worker(config: Worker, inbox: Inbox<Cmd>) {
             }
         }
     }
+}
+
+/// Reports each start, then crashes at once: a crash loop.
+fn crash_loop(starts: Probe, _: Inbox<Cmd>) {
+    starts.send(());
+    panic!("crash loop");
 }
 
 fn spec(label: &str) -> ChildSpec {
@@ -803,34 +817,41 @@ fn doomed_parent(report: Probe, _: Mailbox<()>) {
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 enum AskMsg {
     Note(String),
-    Answer(u64),
 }
 
-/// Sends itself answers with `ChildRef::tag_send` and checks, from inside a
-/// supervised process, that `tag_receive_timeout` takes the tagged answer
-/// past a queued message, times out when nothing comes, and that an answer
-/// sent after the wait ended arrives in the inbox as an ordinary message.
+/// Calls itself with `supervisors::call` and checks, from inside a
+/// supervised process, that the answer is taken past a queued message, that
+/// a call nobody answers times out, and that an answer sent after the wait
+/// ended is dropped by the inbox (never decoded as one of its messages)
+/// while the messages around it arrive in order.
 fn asker(report: Probe, inbox: Inbox<AskMsg>) {
     let me = inbox.this();
     let outcome = (|| {
         me.send(AskMsg::Note("queued first".into()));
-        let tag = Tag::new();
-        me.tag_send(tag, AskMsg::Answer(1));
-        let got = tag_receive_timeout::<AskMsg>(&[tag], SETTLE);
-        check(got == Some(AskMsg::Answer(1)), || {
-            format!("tagged answer: got {got:?}")
+        let got = call::<u64>(|reply| reply.send(&7), SETTLE);
+        check(got == Some(7), || format!("answer: got {got:?}"))?;
+        let mut pending = None;
+        let got = call::<u64>(|reply| pending = Some(reply), Duration::from_millis(20));
+        check(got.is_none(), || {
+            format!("nothing was answered, got {got:?}")
         })?;
-        let late = Tag::new();
-        let got = tag_receive_timeout::<AskMsg>(&[late], Duration::from_millis(20));
-        check(got.is_none(), || format!("nothing was sent, got {got:?}"))?;
-        me.tag_send(late, AskMsg::Answer(2));
-        for expected in [AskMsg::Note("queued first".into()), AskMsg::Answer(2)] {
+        if let Some(late) = pending {
+            late.send(&8);
+        }
+        me.send(AskMsg::Note("after the late answer".into()));
+        for expected in [
+            AskMsg::Note("queued first".into()),
+            AskMsg::Note("after the late answer".into()),
+        ] {
             match inbox.receive_timeout(SETTLE) {
                 Some(Incoming::Message(m)) if m == expected => {}
                 other => return Err(format!("inbox: expected {expected:?}, got {other:?}")),
             }
         }
-        Ok(())
+        match inbox.receive_timeout(Duration::from_millis(50)) {
+            None => Ok(()),
+            other => Err(format!("inbox: expected nothing more, got {other:?}")),
+        }
     })();
     report.send(outcome);
     while inbox.receive() != Incoming::Shutdown {}
@@ -844,5 +865,66 @@ fn tagged_answers() -> Result<(), String> {
             .child(ChildSpec::new("asker", asker, report).restart(Restart::Temporary)),
     )?;
     report.receive::<Result<(), String>>(SETTLE)??;
+    sup.shutdown().map_err(err)
+}
+
+// ---------------------------------------------------------------------------
+// Restart backoff
+
+fn crash_loop_backs_off() -> Result<(), String> {
+    let starts = Probe::new();
+    let sup = start(
+        "s20",
+        SupervisorSpec::new(Strategy::OneForOne)
+            .intensity(1000)
+            .period(Duration::from_secs(10))
+            .backoff(Backoff::new(
+                Duration::from_millis(100),
+                Duration::from_millis(400),
+            ))
+            .child(ChildSpec::new("s20.loop", crash_loop, starts)),
+    )?;
+    let mut at = Vec::new();
+    for _ in 0..6 {
+        starts.receive::<()>(SETTLE)?;
+        at.push(Instant::now());
+        // The supervisor answers calls while a child waits out its backoff.
+        sup.which_children().map_err(err)?;
+    }
+    let gaps: Vec<u128> = at.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+    let want = [100, 200, 400, 400, 400];
+    for (gap, want) in gaps.iter().zip(want) {
+        check(*gap >= want * 9 / 10 && *gap < want + 600, || {
+            format!("gaps between restarts {gaps:?} ms, expected about {want:?}")
+        })?;
+    }
+    // Without backoff the same loop would restart thousands of times in
+    // these 1.5 s; with it, a handful.
+    let restarts = sup.restarts().map_err(err)?;
+    check(restarts <= 7, || format!("{restarts} restarts"))?;
+    sup.shutdown().map_err(err)
+}
+
+fn stable_child_restarts_at_once() -> Result<(), String> {
+    let sup = start(
+        "s21",
+        SupervisorSpec::new(Strategy::OneForOne)
+            .intensity(10)
+            .period(Duration::from_secs(10))
+            .backoff(Backoff::new(
+                Duration::from_millis(500),
+                Duration::from_millis(300),
+            ))
+            .child(spec("s21.a")),
+    )?;
+    let a = child("s21.a")?;
+    sleep(Duration::from_millis(700));
+    let crashed = Instant::now();
+    a.send(Cmd::Crash);
+    restarted("s21.a", a)?;
+    let took = crashed.elapsed();
+    check(took < Duration::from_millis(400), || {
+        format!("a child that ran 700 ms was restarted after {took:?}, not at once")
+    })?;
     sup.shutdown().map_err(err)
 }

@@ -24,10 +24,11 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use lunatic::serializer::Bincode;
-use lunatic::{host, Mailbox, MailboxError, Process, Tag};
+use lunatic::{host, Mailbox, Process, Tag};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::mail::{self, Mail};
 use crate::spec::{registry_key, ChildKind};
 use crate::supervisor::SupervisorMsg;
 
@@ -56,6 +57,8 @@ pub enum Incoming<M> {
 pub struct Inbox<M> {
     id: String,
     parent: Parent,
+    /// Deadlines of `receive_timeout` (see [`mail::Alarm`]).
+    alarm: std::cell::RefCell<mail::Alarm>,
     message: PhantomData<M>,
 }
 
@@ -70,15 +73,39 @@ where
     /// If a message cannot be decoded as `M`, like lunatic's own `Mailbox`
     /// (a process only receives what is sent through its typed handle).
     pub fn receive(&self) -> Incoming<M> {
-        Self::incoming(mailbox::<M>().receive())
+        match self.next(None) {
+            Some(incoming) => incoming,
+            None => unreachable!("a receive without timeout returned nothing"),
+        }
     }
 
     /// Waits at most `timeout` for the next message.
+    ///
+    /// A tagged message found here is the answer to a request this process
+    /// stopped waiting for ([`ReplyTo`]): it is dropped, never decoded as
+    /// an `M`.
     pub fn receive_timeout(&self, timeout: Duration) -> Option<Incoming<M>> {
-        match mailbox::<M>().receive_timeout(timeout) {
-            Ok(envelope) => Some(Self::incoming(envelope)),
-            Err(MailboxError::TimedOut) => None,
-            Err(err) => panic!("child `{}` received an undecodable message: {err}", self.id),
+        self.next(Some(timeout))
+    }
+
+    fn next(&self, timeout: Option<Duration>) -> Option<Incoming<M>> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            let mail = self.alarm.borrow_mut().receive(&[], deadline);
+            match mail {
+                Mail::Data {
+                    tag: mail::UNTAGGED,
+                    bytes,
+                } => match mail::decode::<Envelope<M>>(&bytes) {
+                    Ok(envelope) => return Some(Self::incoming(envelope)),
+                    Err(err) => {
+                        panic!("child `{}` received an undecodable message: {err}", self.id)
+                    }
+                },
+                Mail::TimedOut => return None,
+                // A late answer, or a signal this child does not trap.
+                Mail::Data { .. } | Mail::LinkDied { .. } | Mail::ProcessDied { .. } => {}
+            }
         }
     }
 
@@ -108,15 +135,6 @@ impl<M> Inbox<M> {
     pub(crate) fn ack_started(&self) {
         self.parent.notify(SupervisorMsg::Started);
     }
-}
-
-fn mailbox<M>() -> Mailbox<Envelope<M>>
-where
-    M: Serialize + DeserializeOwned,
-{
-    // SAFETY: `Mailbox` is a zero-sized typed view of the process' mailbox;
-    // `Envelope<M>` is what supervised processes are sent through `ChildRef`.
-    unsafe { Mailbox::new() }
 }
 
 /// Where a child reports to: its supervisor (or the process that started a
@@ -176,6 +194,7 @@ where
     let inbox = Inbox {
         id: boot.id,
         parent,
+        alarm: Default::default(),
         message: PhantomData,
     };
     if boot.kind == ChildKind::Worker {
@@ -235,16 +254,24 @@ where
     /// Sends `message`; like every lunatic send, it is dropped silently if
     /// the process is gone.
     pub fn send(&self, message: M) {
-        self.process().send(Envelope::Msg(message));
+        mail::send(
+            self.node,
+            self.pid,
+            mail::UNTAGGED,
+            &Envelope::<&M>::Msg(&message),
+        );
     }
 
-    /// Sends `message` under `tag`, for a process waiting for this very
-    /// answer with [`tag_receive_timeout`] (a request/answer between
-    /// supervised processes). If the receiver has stopped waiting, the
-    /// message arrives in its [`Inbox`] like any other `M`, so a late answer
-    /// is a message the receiver ignores, never an undecodable one.
-    pub fn tag_send(&self, tag: Tag, message: M) {
-        self.process().tag_send(tag, Envelope::Msg(message));
+    /// Sends the request `make(reply_to)` and waits at most `timeout` for
+    /// its answer (OTP's `gen_server:call`). The callee answers with
+    /// [`ReplyTo::send`]; an answer that comes after the timeout is dropped
+    /// by the caller's receive loop ([`Inbox::receive`]), never decoded as
+    /// one of its messages.
+    pub fn call<R>(&self, make: impl FnOnce(ReplyTo<R>) -> M, timeout: Duration) -> Option<R>
+    where
+        R: DeserializeOwned,
+    {
+        call(|reply| self.send(make(reply)), timeout)
     }
 
     /// The current incarnation of the child registered as `name` (see
@@ -280,20 +307,67 @@ impl<M> std::fmt::Debug for ChildRef<M> {
     }
 }
 
-/// Waits at most `timeout`, in a supervised process whose messages are `M`,
-/// for a message sent to it with [`ChildRef::tag_send`] under one of `tags`;
-/// every other message (the supervisor's shutdown request included) stays
-/// queued for its [`Inbox`]. `None` when nothing came in time.
-///
-/// This is the answer side of a request/answer when the process does not
-/// hold its `Inbox` at hand (deep in its own code).
-pub fn tag_receive_timeout<M>(tags: &[Tag], timeout: Duration) -> Option<M>
+/// The asking side of a request/answer: where the answer goes (the asking
+/// process) and the tag it waits on. Put it in the request; the callee
+/// answers once with [`ReplyTo::send`].
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct ReplyTo<R> {
+    node: u64,
+    pid: u64,
+    tag: i64,
+    #[serde(skip)]
+    answer: PhantomData<fn(R)>,
+}
+
+// Not derived: that would ask `R: Clone`. A copy answers the same asker
+// under the same tag; the asker takes the first answer and drops the rest.
+impl<R> Clone for ReplyTo<R> {
+    fn clone(&self) -> Self {
+        ReplyTo {
+            node: self.node,
+            pid: self.pid,
+            tag: self.tag,
+            answer: PhantomData,
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for ReplyTo<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyTo")
+            .field("pid", &self.pid)
+            .field("tag", &self.tag)
+            .finish()
+    }
+}
+
+impl<R: Serialize> ReplyTo<R> {
+    /// Answers the request. If the asker has stopped waiting, the answer is
+    /// dropped by its receive loop.
+    pub fn send(self, answer: &R) {
+        mail::send(self.node, self.pid, self.tag, answer);
+    }
+}
+
+/// Sends a request with `send_request` (which puts the given [`ReplyTo`] in
+/// it) and waits at most `timeout` for the answer, leaving every other
+/// message queued. Works from any process, supervised or not: the answer
+/// never mixes with the caller's own messages.
+pub fn call<R>(send_request: impl FnOnce(ReplyTo<R>), timeout: Duration) -> Option<R>
 where
-    M: Serialize + DeserializeOwned,
+    R: DeserializeOwned,
 {
-    match mailbox::<M>().tag_receive_timeout(tags, timeout) {
-        Ok(Envelope::Msg(message)) => Some(message),
-        Ok(Envelope::Shutdown) | Err(_) => None,
+    let tag = Tag::new().id();
+    send_request(ReplyTo {
+        node: mail::node_id(),
+        pid: host::process_id(),
+        tag,
+        answer: PhantomData,
+    });
+    match mail::receive(&[tag], Some(timeout)) {
+        Mail::Data { bytes, .. } => mail::decode(&bytes).ok(),
+        _ => None,
     }
 }
 

@@ -10,17 +10,15 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use lunatic::serializer::Bincode;
-use lunatic::{host, Mailbox, MailboxError, MessageSignal, Process, Signal, Tag};
+use lunatic::{host, Mailbox, MessageSignal, Process, Signal, Tag};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::child::{lookup_key, register_key, ChildRef, Envelope};
+use crate::child::{call, lookup_key, register_key, ChildRef, Envelope};
 use crate::spec::{
     encode_arg, registry_key, ChildKind, ChildSpec, DynamicSupervisorSpec, Restart, SupervisorSpec,
 };
-use crate::supervisor::{
-    spawn_linked, Caller, Reply, Request, SupervisorConfig, SupervisorMsg, Target,
-};
+use crate::supervisor::{spawn_linked, Reply, Request, SupervisorConfig, SupervisorMsg, Target};
 
 /// How long a call waits for the supervisor by default. Generous because a
 /// call may include stopping a child with a shutdown timeout of its own.
@@ -213,22 +211,15 @@ impl SupervisorRef {
         if !self.is_alive() {
             return Err(Error::NotRunning);
         }
-        let tag = Tag::new();
-        let from = Caller {
-            node: host::node_id(),
-            pid: host::process_id(),
-            tag,
-        };
-        self.process()
-            .send(Envelope::Msg(SupervisorMsg::Call { from, request }));
-        // SAFETY: the supervisor replies with `Reply` under `tag`, and nothing
-        // else uses this fresh tag.
-        let replies = unsafe { Mailbox::<Reply>::new() };
-        match replies.tag_receive_timeout(&[tag], self.call_timeout) {
-            Ok(reply) => Ok(reply),
-            Err(MailboxError::TimedOut) if !self.is_alive() => Err(Error::NotRunning),
-            Err(MailboxError::TimedOut) => Err(Error::Timeout(self.call_timeout)),
-            Err(MailboxError::DeserializationFailed(_)) => Err(Error::BadReply),
+        let process = self.process();
+        let answer = call(
+            |from| process.send(Envelope::Msg(SupervisorMsg::Call { from, request })),
+            self.call_timeout,
+        );
+        match answer {
+            Some(reply) => Ok(reply),
+            None if !self.is_alive() => Err(Error::NotRunning),
+            None => Err(Error::Timeout(self.call_timeout)),
         }
     }
 

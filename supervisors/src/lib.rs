@@ -56,13 +56,15 @@
 mod child;
 mod handle;
 mod intensity;
+pub mod mail;
 mod spec;
 mod supervisor;
 
-pub use child::{tag_receive_timeout, ChildRef, Inbox, Incoming};
+pub use child::{call, ChildRef, Inbox, Incoming, ReplyTo};
 pub use handle::{
     ChildInfo, Counts, DynamicSupervisor, Error, SupervisorRef, DEFAULT_CALL_TIMEOUT,
 };
 pub use spec::{
-    ChildKind, ChildSpec, DynamicSupervisorSpec, Restart, Shutdown, Strategy, SupervisorSpec,
+    Backoff, ChildKind, ChildSpec, DynamicSupervisorSpec, Restart, Shutdown, Strategy,
+    SupervisorSpec,
 };

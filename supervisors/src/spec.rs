@@ -89,6 +89,46 @@ pub enum ChildKind {
     Supervisor,
 }
 
+/// Restart backoff: how long a supervisor waits before restarting a child
+/// that keeps crashing soon after it starts, so that a crash loop within
+/// the intensity (a channel whose refill panics, say) costs a few restarts
+/// a second instead of spinning the CPU.
+///
+/// A child that crashes after running at least `max` is restarted at once
+/// (OTP's behaviour); each further crash sooner than that doubles the wait,
+/// from `initial` up to `max`. The default (`initial` zero) never waits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// Waits of `initial`, 2×, 4×, … up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max: max.max(initial),
+        }
+    }
+
+    /// The wait before restarting a child after its `quick`-th crash in a
+    /// row that came less than `max` after its start (0: it ran long enough).
+    pub fn delay(&self, quick: u32) -> Duration {
+        if quick == 0 || self.initial.is_zero() {
+            return Duration::ZERO;
+        }
+        let factor = 1u32.checked_shl(quick - 1).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+
+    /// Whether a child that ran for `ran` counts as stable (its next crash
+    /// restarts it at once).
+    pub fn stable_after(&self, ran: Duration) -> bool {
+        self.initial.is_zero() || ran >= self.max
+    }
+}
+
 /// A supervisor: its restart strategy, restart intensity, and its children in
 /// start order.
 ///
@@ -100,6 +140,9 @@ pub struct SupervisorSpec {
     pub strategy: Strategy,
     pub intensity: u32,
     pub period: Duration,
+    /// Waits between restarts of a crash-looping child (none by default).
+    #[serde(default)]
+    pub backoff: Backoff,
     pub children: Vec<ChildSpec>,
 }
 
@@ -111,6 +154,7 @@ impl SupervisorSpec {
             strategy,
             intensity: 1,
             period: Duration::from_secs(5),
+            backoff: Backoff::default(),
             children: Vec::new(),
         }
     }
@@ -122,6 +166,11 @@ impl SupervisorSpec {
 
     pub fn period(mut self, period: Duration) -> Self {
         self.period = period;
+        self
+    }
+
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
         self
     }
 
@@ -260,6 +309,7 @@ impl ChildSpec {
 pub struct DynamicSupervisorSpec<A, M> {
     pub intensity: u32,
     pub period: Duration,
+    pub backoff: Backoff,
     pub restart: Restart,
     pub shutdown: Shutdown,
     start: fn(A, Inbox<M>),
@@ -276,6 +326,7 @@ where
         Self {
             intensity: 1,
             period: Duration::from_secs(5),
+            backoff: Backoff::default(),
             restart: Restart::Temporary,
             shutdown: Shutdown::Timeout(Duration::from_secs(5)),
             start,
@@ -289,6 +340,11 @@ where
 
     pub fn period(mut self, period: Duration) -> Self {
         self.period = period;
+        self
+    }
+
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
         self
     }
 
@@ -306,7 +362,8 @@ where
         SupervisorConfig {
             spec: SupervisorSpec::new(Strategy::OneForOne)
                 .intensity(self.intensity)
-                .period(self.period),
+                .period(self.period)
+                .backoff(self.backoff),
             template: Some(Template {
                 runner: run_child::<A, M> as fn(Boot) as usize,
                 func: self.start as usize,
@@ -325,6 +382,7 @@ impl<A, M> Clone for DynamicSupervisorSpec<A, M> {
         Self {
             intensity: self.intensity,
             period: self.period,
+            backoff: self.backoff,
             restart: self.restart,
             shutdown: self.shutdown,
             start: self.start,
@@ -337,6 +395,7 @@ impl<A, M> std::fmt::Debug for DynamicSupervisorSpec<A, M> {
         f.debug_struct("DynamicSupervisorSpec")
             .field("intensity", &self.intensity)
             .field("period", &self.period)
+            .field("backoff", &self.backoff)
             .field("restart", &self.restart)
             .field("shutdown", &self.shutdown)
             .field("child", &PhantomData::<(A, M)>)

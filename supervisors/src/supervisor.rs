@@ -23,11 +23,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::child::{
     child_entry, register_key, request_shutdown, unregister_key, Boot, Envelope, Inbox, Parent,
+    ReplyTo,
 };
 use crate::handle::{ChildInfo, Counts, Error};
 use crate::intensity::RestartWindow;
 use crate::spec::{
-    ChildKind, ChildSpec, Exit, Restart, Shutdown, StartFn, Strategy, SupervisorSpec,
+    Backoff, ChildKind, ChildSpec, Exit, Restart, Shutdown, StartFn, Strategy, SupervisorSpec,
 };
 
 /// What a supervisor is spawned with.
@@ -65,22 +66,10 @@ pub(crate) enum SupervisorMsg {
     /// From a child, tagged with its link tag: its start function returned.
     Exited { tag: Tag },
     /// A request from a handle; the reply goes to `from`.
-    Call { from: Caller, request: Request },
-}
-
-#[derive(Serialize, Deserialize)]
-pub(crate) struct Caller {
-    pub(crate) node: u64,
-    pub(crate) pid: u64,
-    pub(crate) tag: Tag,
-}
-
-impl Caller {
-    fn reply(&self, reply: Reply) {
-        // SAFETY: the caller waits for `Reply` with this tag (handle::call).
-        let caller: Process<Reply, Bincode> = unsafe { Process::new(self.node, self.pid) };
-        caller.tag_send(self.tag, reply);
-    }
+    Call {
+        from: ReplyTo<Reply>,
+        request: Request,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -160,6 +149,10 @@ struct Child {
     /// good.
     dynamic: bool,
     running: Option<Running>,
+    /// When the current (or last) incarnation started.
+    started: Option<Instant>,
+    /// Crashes in a row that came soon after a start (see [`Backoff`]).
+    quick_crashes: u32,
 }
 
 impl Child {
@@ -190,6 +183,8 @@ impl Children {
             spec,
             dynamic,
             running: None,
+            started: None,
+            quick_crashes: 0,
         };
         self.by_key.insert(key, child);
         key
@@ -198,6 +193,12 @@ impl Children {
     fn get(&self, key: u64) -> &Child {
         self.by_key
             .get(&key)
+            .expect("child keys are only used while the child is listed")
+    }
+
+    fn get_mut(&mut self, key: u64) -> &mut Child {
+        self.by_key
+            .get_mut(&key)
             .expect("child keys are only used while the child is listed")
     }
 
@@ -244,6 +245,9 @@ struct Supervisor {
     initial: Vec<ChildSpec>,
     children: Children,
     window: RestartWindow,
+    backoff: Backoff,
+    /// Children waiting out their backoff: key → when to restart.
+    delayed: BTreeMap<u64, Instant>,
     /// Child processes restarted so far (a one_for_all restart of three
     /// children counts three; intensity counts it once, as OTP does).
     restarts: u64,
@@ -264,6 +268,8 @@ impl Supervisor {
             initial: spec.children,
             children: Children::default(),
             window: RestartWindow::new(spec.intensity, spec.period),
+            backoff: spec.backoff,
+            delayed: BTreeMap::new(),
             restarts: 0,
             mailbox,
         }
@@ -285,7 +291,18 @@ impl Supervisor {
 
     fn run(mut self) {
         loop {
-            match self.mailbox.try_receive() {
+            self.restart_due();
+            let received = match self.delayed.values().min() {
+                Some(due) => {
+                    let wait = due.saturating_duration_since(Instant::now());
+                    match self.mailbox.receive_timeout(wait) {
+                        Err(MailboxError::TimedOut) => continue,
+                        other => other,
+                    }
+                }
+                None => self.mailbox.try_receive(),
+            };
+            match received {
                 Ok(MessageSignal::Signal(LinkDiedSignal(tag))) => {
                     if let Some(&key) = self.children.by_tag.get(&tag) {
                         self.child_exited(key, Exit::Abnormal);
@@ -312,7 +329,7 @@ impl Supervisor {
                 }))) => {
                     let stop = matches!(request, Request::Stop);
                     let reply = self.handle(request);
-                    from.reply(reply);
+                    from.send(&reply);
                     if stop {
                         return;
                     }
@@ -374,6 +391,7 @@ impl Supervisor {
                     };
                     return Reply::Failed(Error::UnknownChild(what));
                 };
+                self.delayed.remove(&key);
                 self.terminate(key);
                 self.children.remove(key);
                 Reply::Done
@@ -451,6 +469,7 @@ impl Supervisor {
         }
         let running = Running { pid, tag };
         self.children.set_running(key, Some(running));
+        self.children.get_mut(key).started = Some(Instant::now());
         Ok(running)
     }
 
@@ -507,6 +526,7 @@ impl Supervisor {
     /// Stops every child in reverse start order; the supervisor is about to
     /// exit, so their registry entries go too.
     fn terminate_all(&mut self) {
+        self.delayed.clear();
         let keys: Vec<u64> = self.children.keys().rev().collect();
         for key in keys {
             self.terminate(key);
@@ -539,11 +559,40 @@ impl Supervisor {
             }
             return;
         }
+        let ran = child.started.map_or(Duration::ZERO, |s| s.elapsed());
+        let quick = if self.backoff.stable_after(ran) {
+            0
+        } else {
+            child.quick_crashes.saturating_add(1)
+        };
+        let wait = self.backoff.delay(quick);
         eprintln!(
-            "supervisor `{}`: child `{}` (pid {pid}) {how}; restarting ({:?})",
+            "supervisor `{}`: child `{}` (pid {pid}) {how} after {ran:?}; restarting ({:?}) in {wait:?}",
             self.name, child.spec.id, self.strategy
         );
-        self.restart(key);
+        self.children.get_mut(key).quick_crashes = quick;
+        if wait.is_zero() {
+            self.restart(key);
+        } else {
+            self.delayed.insert(key, Instant::now() + wait);
+        }
+    }
+
+    /// Restarts the children whose backoff has run out.
+    fn restart_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u64> = self
+            .delayed
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in due {
+            self.delayed.remove(&key);
+            if self.children.contains(key) && self.children.get(key).running.is_none() {
+                self.restart(key);
+            }
+        }
     }
 
     /// Restarts `failed` and, by strategy, its siblings; a child that dies

@@ -117,7 +117,8 @@ async function waitKeys(what, get, expected, ms = 5000) {
 async function putRoom(id, body) {
   const res = await fetch(`${node.http}/realtime/v1/api/rooms/${encodeURIComponent(id)}`, {
     method: 'PUT',
-    headers: { 'content-type': 'application/json', apikey: token('admin') },
+    // Setting the room host is an admin route: the service key.
+    headers: { 'content-type': 'application/json', apikey: token('admin', { role: 'service_role' }) },
     body: JSON.stringify(body),
     signal: AbortSignal.timeout(5000),
   });

@@ -38,7 +38,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use chorus_core::data::StoredMessage;
+use chorus_core::data::{RawJson, StoredMessage};
 use chorus_core::snowflake::{self, Id};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -47,7 +47,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 use serde_json::Value;
 
-use super::{Backend, BoxFuture, HistoryQuery, NewMessage};
+use super::{Backend, BoxFuture, HistoryQuery, NewMessage, PageBudget};
 
 /// Upper bound on one request to the database, so a database that is down
 /// or overloaded turns into an error rather than a hang.
@@ -180,7 +180,7 @@ impl Cql {
         let st = Statements {
             insert_message: prepare(format!(
                 "INSERT INTO {ks}.messages (channel_id, bucket, message_id, event, payload) \
-                 VALUES (?, ?, ?, ?, ?)"
+                 VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
             ))
             .await?,
             insert_bucket: prepare(format!(
@@ -242,7 +242,11 @@ impl Cql {
                 .context("CQL write (channel bucket index) failed")?;
             self.remember_bucket(&m.topic, b);
         }
-        self.session
+        // A lightweight transaction: an id that already exists (two nodes
+        // sharing a store with the same node.worker_id) is refused, never
+        // silently overwritten as a plain CQL upsert would.
+        let result = self
+            .session
             .execute_unpaged(
                 &self.st.insert_message,
                 (
@@ -250,11 +254,32 @@ impl Cql {
                     b,
                     id,
                     m.event.as_str(),
-                    m.payload.to_string(),
+                    m.payload.get().to_string(),
                 ),
             )
             .await
-            .context("CQL write (message) failed")?;
+            .context("CQL write (message) failed")?
+            .into_rows_result()
+            .context("CQL write (message): no [applied] answer")?;
+        // The first column is `[applied]`; a refused insert adds the
+        // existing row's columns after it, so read the row untyped.
+        let applied = result
+            .rows::<scylla::value::Row>()
+            .ok()
+            .and_then(|mut rows| rows.next())
+            .and_then(Result::ok)
+            .and_then(|row| match row.columns.into_iter().next() {
+                Some(Some(scylla::value::CqlValue::Boolean(a))) => Some(a),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("CQL write (message): unreadable [applied] answer"))?;
+        if !applied {
+            bail!(
+                "message id {} already exists in {}: refused, not overwritten (does another node share node.worker_id?)",
+                m.id.as_u64(),
+                m.topic
+            );
+        }
         Ok(())
     }
 
@@ -286,7 +311,8 @@ impl Cql {
             .collect::<Result<_, _>>()
             .context("CQL read (channel bucket index): bad row")?;
         let mut out = Vec::new();
-        for b in buckets {
+        let mut budget = PageBudget::new(q.max_bytes);
+        'buckets: for b in buckets {
             let remaining = (q.limit as usize).saturating_sub(out.len());
             if remaining == 0 {
                 break;
@@ -307,12 +333,15 @@ impl Cql {
                 .context("CQL read (messages): unexpected columns")?
             {
                 let (raw, event, payload) = row.context("CQL read (messages): bad row")?;
+                if !budget.take(payload.len() + event.len()) {
+                    break 'buckets;
+                }
                 let id = Id::from_u64(raw as u64);
                 out.push(StoredMessage {
                     id: id.as_u64().to_string(),
                     topic: q.topic.clone(),
                     event,
-                    payload: serde_json::from_str(&payload).unwrap_or(Value::String(payload)),
+                    payload: RawJson::from_stored(payload),
                     inserted_at: id.timestamp_ms(),
                 });
             }

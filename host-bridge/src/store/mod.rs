@@ -48,13 +48,13 @@ pub mod sqlite;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use chorus_core::config::StoreConfig;
-use chorus_core::data::{DataRequest, DataResponse, StoredMessage};
+use chorus_core::config::Config;
+use chorus_core::data::{DataRequest, DataResponse, RawJson, StoredMessage};
 use chorus_core::ring::shard_of;
 use chorus_core::snowflake::{Generator, Id};
 use serde_json::Value;
@@ -69,16 +69,47 @@ pub struct NewMessage {
     pub id: Id,
     pub topic: String,
     pub event: String,
-    pub payload: Value,
+    pub payload: RawJson,
 }
 
-/// A history query: newest first, ids strictly between `after` and `before`.
+/// A history query: newest first, ids strictly between `after` and `before`,
+/// at most `limit` messages and about `max_bytes` of them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HistoryQuery {
     pub topic: String,
     pub before: Option<u64>,
     pub after: Option<u64>,
     pub limit: u32,
+    /// The answer's byte budget (`limits.history_page_bytes`): a backend
+    /// stops before the message that would take the answer's payload and
+    /// event bytes past it, but always returns at least one message, so
+    /// paging with `before` always moves on.
+    pub max_bytes: usize,
+}
+
+/// Tracks an answer's bytes against [`HistoryQuery::max_bytes`].
+pub struct PageBudget {
+    left: usize,
+    taken: usize,
+}
+
+impl PageBudget {
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            left: max_bytes,
+            taken: 0,
+        }
+    }
+
+    /// Whether a message of `bytes` still fits (the first always does).
+    pub fn take(&mut self, bytes: usize) -> bool {
+        if self.taken > 0 && bytes > self.left {
+            return false;
+        }
+        self.left = self.left.saturating_sub(bytes);
+        self.taken += 1;
+        true
+    }
 }
 
 /// One storage backend. Every method resolves once the backend has
@@ -117,7 +148,12 @@ impl Op {
 pub struct StoreMetrics {
     requests: [AtomicU64; 4],
     backend_queries: [AtomicU64; 4],
+    /// Room states cached by the workers (a gauge).
+    room_cache: AtomicI64,
 }
+
+/// How often a worker drops expired room-state cache entries.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl StoreMetrics {
     pub fn requests(&self, op: Op) -> u64 {
@@ -126,6 +162,11 @@ impl StoreMetrics {
 
     pub fn backend_queries(&self, op: Op) -> u64 {
         self.backend_queries[op as usize].load(Ordering::Relaxed)
+    }
+
+    /// Room states in the cache now.
+    pub fn room_cache_entries(&self) -> i64 {
+        self.room_cache.load(Ordering::Relaxed)
     }
 
     fn request(&self, op: Op) {
@@ -157,6 +198,11 @@ impl StoreMetrics {
                 out.push_str(&format!("{name}{{op=\"{}\"}} {v}\n", op.label()));
             }
         }
+        out.push_str(&format!(
+            "# HELP chorus_store_room_cache_entries Room states cached by the data service\n\
+             # TYPE chorus_store_room_cache_entries gauge\nchorus_store_room_cache_entries {}\n",
+            self.room_cache_entries()
+        ));
         out
     }
 }
@@ -166,8 +212,11 @@ impl StoreMetrics {
 pub struct Options {
     /// Worker tasks keys are routed to.
     pub workers: usize,
-    /// Room-state cache lifetime; zero disables the cache.
+    /// Room-state cache lifetime; zero disables the cache. Expired entries
+    /// are swept every second.
     pub room_state_ttl: Duration,
+    /// Byte budget of one history answer (`limits.history_page_bytes`).
+    pub history_page_bytes: usize,
 }
 
 impl Default for Options {
@@ -175,14 +224,16 @@ impl Default for Options {
         Self {
             workers: 8,
             room_state_ttl: Duration::from_millis(5_000),
+            history_page_bytes: 1024 * 1024,
         }
     }
 }
 
 impl Options {
-    pub fn from_config(store: &StoreConfig) -> Self {
+    pub fn from_config(config: &Config) -> Self {
         Self {
-            room_state_ttl: Duration::from_millis(store.room_state_ttl_ms),
+            room_state_ttl: Duration::from_millis(config.store.room_state_ttl_ms),
+            history_page_bytes: config.limits.history_page_bytes as usize,
             ..Self::default()
         }
     }
@@ -222,6 +273,7 @@ pub struct DataService {
     workers: Arc<[mpsc::UnboundedSender<Job>]>,
     ids: Arc<Mutex<Generator>>,
     metrics: Arc<StoreMetrics>,
+    history_page_bytes: usize,
 }
 
 fn now_ms() -> u64 {
@@ -242,13 +294,10 @@ impl DataService {
         Self::with_options(backend, worker_id, Options::default())
     }
 
-    /// A service configured from the node's `[store]` section.
-    pub fn with_config(
-        backend: Arc<dyn Backend>,
-        worker_id: u16,
-        store: &StoreConfig,
-    ) -> Result<Self> {
-        Self::with_options(backend, worker_id, Options::from_config(store))
+    /// A service configured from the node's config (`[store]`, and the
+    /// history page budget from `[limits]`).
+    pub fn with_config(backend: Arc<dyn Backend>, worker_id: u16, config: &Config) -> Result<Self> {
+        Self::with_options(backend, worker_id, Options::from_config(config))
     }
 
     pub fn with_options(backend: Arc<dyn Backend>, worker_id: u16, opts: Options) -> Result<Self> {
@@ -277,6 +326,7 @@ impl DataService {
             workers,
             ids: Arc::new(Mutex::new(ids)),
             metrics,
+            history_page_bytes: opts.history_page_bytes.max(1),
         })
     }
 
@@ -332,7 +382,7 @@ impl DataService {
         }
     }
 
-    pub async fn append(&self, topic: String, event: String, payload: Value) -> Result<Id> {
+    pub async fn append(&self, topic: String, event: String, payload: RawJson) -> Result<Id> {
         self.metrics.request(Op::Append);
         let id = self.next_id()?;
         let key = topic.clone();
@@ -399,6 +449,7 @@ impl DataService {
                         before,
                         after,
                         limit,
+                        max_bytes: self.history_page_bytes,
                     })
                     .await?;
                 DataResponse::Messages {
@@ -440,13 +491,41 @@ struct Worker {
 impl Worker {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
         let mut batch = Vec::new();
-        // Every queued job is taken before any backend query starts, so a
-        // burst of identical reads is coalesced even if the first query would
-        // finish before the worker got to the rest.
-        while rx.recv_many(&mut batch, 4096).await > 0 {
-            for job in batch.drain(..) {
-                self.handle(job);
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // Every queued job is taken before any backend query starts,
+                // so a burst of identical reads is coalesced even if the
+                // first query would finish before the worker got to the rest.
+                n = rx.recv_many(&mut batch, 4096) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for job in batch.drain(..) {
+                        self.handle(job);
+                    }
+                }
+                _ = sweep.tick() => self.sweep_cache(),
             }
+        }
+    }
+
+    /// Drops expired room-state entries, so rooms read once are not kept
+    /// for the life of the node.
+    fn sweep_cache(&mut self) {
+        let ttl = self.ttl;
+        let before = self.room_cache.len();
+        self.room_cache.retain(|_, (at, _)| at.elapsed() < ttl);
+        let gone = before - self.room_cache.len();
+        self.metrics
+            .room_cache
+            .fetch_sub(gone as i64, Ordering::Relaxed);
+    }
+
+    fn uncache(&mut self, room: &str) {
+        if self.room_cache.remove(room).is_some() {
+            self.metrics.room_cache.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -504,7 +583,7 @@ impl Worker {
                         let _ = reply.send(Ok(state.clone()));
                         return;
                     }
-                    self.room_cache.remove(&room);
+                    self.uncache(&room);
                 }
                 if let Some(token) = self.room_keys.get(&room) {
                     if let Some((_, waiters)) = self.room_waiters.get_mut(token) {
@@ -545,7 +624,7 @@ impl Worker {
     }
 
     fn invalidate_room(&mut self, room: &str) {
-        self.room_cache.remove(room);
+        self.uncache(room);
         self.room_keys.remove(room);
     }
 
@@ -578,9 +657,13 @@ impl Worker {
                 if self.room_keys.get(&room) == Some(&token) {
                     self.room_keys.remove(&room);
                     if let Ok(state) = &result {
-                        if !self.ttl.is_zero() {
-                            self.room_cache
-                                .insert(room, (Instant::now(), state.clone()));
+                        if !self.ttl.is_zero()
+                            && self
+                                .room_cache
+                                .insert(room, (Instant::now(), state.clone()))
+                                .is_none()
+                        {
+                            self.metrics.room_cache.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -686,6 +769,7 @@ mod tests {
             Options {
                 workers: 4,
                 room_state_ttl: Duration::from_millis(ttl_ms),
+                history_page_bytes: 1024 * 1024,
             },
         )
         .unwrap()
@@ -697,7 +781,20 @@ mod tests {
             before: None,
             after: None,
             limit: 50,
+            max_bytes: usize::MAX,
         }
+    }
+
+    /// Waits until `f` holds, at most `limit`.
+    async fn until_within(limit: Duration, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition not reached within {limit:?}");
     }
 
     /// Waits until `f` holds (bounded).
@@ -737,7 +834,7 @@ mod tests {
         for r in readers {
             let msgs = r.await.unwrap().unwrap();
             assert_eq!(msgs.len(), 1);
-            assert_eq!(msgs[0].payload, serde_json::json!({"n": 1}));
+            assert_eq!(msgs[0].payload, RawJson::of(&serde_json::json!({"n": 1})));
         }
         assert_eq!(backend.history.load(Ordering::SeqCst), 1);
         assert_eq!(svc.metrics().backend_queries(Op::History), 1);
@@ -878,7 +975,7 @@ mod tests {
             .call(DataRequest::Append {
                 topic: "room:1:chat".into(),
                 event: "m".into(),
-                payload: serde_json::json!(1),
+                payload: RawJson::of(&serde_json::json!(1)),
             })
             .await;
         match r {
@@ -886,6 +983,35 @@ mod tests {
             other => panic!("expected an error, got {other:?}"),
         }
         assert!(backend.appends.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn expired_room_states_are_swept_from_the_cache() {
+        let backend = Arc::new(Counting::default());
+        let svc = service(backend.clone(), 100);
+        for i in 0..20 {
+            svc.get_room_state(format!("r{i}")).await.unwrap();
+        }
+        assert_eq!(svc.metrics().room_cache_entries(), 20);
+        // Nobody reads them again; the sweep (every second) drops them.
+        until_within(Duration::from_secs(3), || {
+            svc.metrics().room_cache_entries() == 0
+        })
+        .await;
+        assert!(svc
+            .render_metrics()
+            .contains("chorus_store_room_cache_entries 0\n"));
+    }
+
+    #[test]
+    fn a_page_budget_keeps_at_least_one_message() {
+        let mut b = PageBudget::new(100);
+        assert!(b.take(60));
+        assert!(b.take(40));
+        assert!(!b.take(1));
+        let mut b = PageBudget::new(10);
+        assert!(b.take(500), "the first message always fits");
+        assert!(!b.take(1));
     }
 
     #[tokio::test]

@@ -11,12 +11,12 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use chorus_core::data::StoredMessage;
+use chorus_core::data::{RawJson, StoredMessage};
 use chorus_core::snowflake::{self, Id};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Backend, BoxFuture, HistoryQuery, NewMessage};
+use super::{Backend, BoxFuture, HistoryQuery, NewMessage, PageBudget};
 
 enum Job {
     Append(NewMessage, oneshot::Sender<Result<()>>),
@@ -181,6 +181,7 @@ fn explain(e: anyhow::Error) -> anyhow::Error {
         11 => "the database file is corrupt",
         13 => "database or disk is full",
         14 => "unable to open the database file",
+        19 => "a message with this id already exists: refused, not overwritten (does another node share node.worker_id?)",
         _ => return e,
     };
     anyhow!("sqlite: {what} (code {code})")
@@ -199,7 +200,7 @@ fn append(conn: &sqlite::Connection, m: &NewMessage) -> Result<()> {
     st.bind((2, bucket(m.id)))?;
     st.bind((3, m.id.as_u64() as i64))?;
     st.bind((4, m.event.as_str()))?;
-    st.bind((5, m.payload.to_string().as_str()))?;
+    st.bind((5, m.payload.get()))?;
     while st.next()? != sqlite::State::Done {}
     Ok(())
 }
@@ -218,14 +219,19 @@ fn history(conn: &sqlite::Connection, q: &HistoryQuery) -> Result<Vec<StoredMess
     st.bind((3, q.after.map_or(-1, |a| a.min(i64::MAX as u64) as i64)))?;
     st.bind((4, i64::from(q.limit)))?;
     let mut messages = Vec::new();
+    let mut budget = PageBudget::new(q.max_bytes);
     while st.next()? == sqlite::State::Row {
         let raw = st.read::<i64, _>(0)? as u64;
         let payload: String = st.read(2)?;
+        let event: String = st.read(1)?;
+        if !budget.take(payload.len() + event.len()) {
+            break;
+        }
         messages.push(StoredMessage {
             id: raw.to_string(),
             topic: q.topic.clone(),
-            event: st.read(1)?,
-            payload: serde_json::from_str(&payload).unwrap_or(Value::String(payload)),
+            event,
+            payload: RawJson::from_stored(payload),
             inserted_at: Id::from_u64(raw).timestamp_ms(),
         });
     }

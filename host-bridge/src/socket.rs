@@ -1,0 +1,690 @@
+//! Sockets: every client connection, owned by the host.
+//!
+//! The host reads and writes every socket itself; a session process only
+//! ever sees whole client messages and hands back whole frames.
+//!
+//! * **Inlet.** A task per socket reads it, decodes WebSocket frames with
+//!   `core::ws`, answers pings, enforces frame limits and idleness, and
+//!   queues each complete client message. When the queue goes from empty to
+//!   non-empty the owning session gets one small wake message (tag
+//!   [`INLET_TAG`]) and takes the queued messages with `chorus::inlet_next`.
+//!   While the session has `limits.inlet_queue_messages` (or
+//!   `limits.inlet_queue_bytes`) unprocessed, the task stops reading: TCP
+//!   backpressure falls on that client only.
+//! * **Outlet.** Everything the client receives — the session's replies and
+//!   every channel's fan-out (`fanout`: the same shared bytes pushed on many
+//!   sockets) — goes through the socket's lane queue ([`OutQ`], which makes
+//!   every decision: priorities, audio replacement, reaction counts, slow
+//!   consumers), drained by a writer task that coalesces queued frames into
+//!   few `write` calls.
+//!
+//! Each socket has its own lock: a fan-out to 5,000 sockets takes 5,000
+//! short uncontended locks instead of holding one node-wide lock across all
+//! of them (which stalled every writer and reader of the node meanwhile).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use chorus_core::lanes::Lane;
+use chorus_core::metrics::Histogram;
+use chorus_core::outq::{self, Frame, Out, OutQ, OutqLimits, Pushed, Route, Status};
+use chorus_core::phoenix::Vsn;
+use chorus_core::ws::{self, FrameDecoder, WsEvent};
+use lunatic_process::message::{DataMessage, Message};
+use lunatic_process::{Process, Signal};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
+
+/// Tag of the message that tells a session its socket has client messages
+/// waiting (lunatic leaves tags 64..=128 to applications).
+pub const INLET_TAG: i64 = 64;
+
+/// Bytes gathered into one write.
+const WRITE_BATCH: usize = 64 * 1024;
+/// A write that takes longer than this ends the socket (slow consumer).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read per `read` call into a worker thread's scratch buffer.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Status of a send, as returned to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Sent {
+    Ok = 0,
+    /// A lane is full: the socket is being closed as a slow consumer.
+    Slow = 1,
+    /// No such socket (closed, or its connection failed).
+    Gone = 2,
+}
+
+/// One complete message from the client, or the end of the stream.
+#[derive(Debug)]
+pub enum Inbound {
+    Text(Vec<u8>),
+    Binary(Vec<u8>),
+    /// The client closed, broke the protocol or went silent: `code` is the
+    /// close code to answer with (0: none, the connection is gone).
+    Closed {
+        code: u16,
+        reason: String,
+    },
+}
+
+impl Inbound {
+    pub fn len(&self) -> usize {
+        match self {
+            Inbound::Text(b) | Inbound::Binary(b) => b.len(),
+            Inbound::Closed { reason, .. } => reason.len(),
+        }
+    }
+}
+
+/// What [`Sockets::inlet_next`] found.
+#[derive(Debug)]
+pub enum Next {
+    Empty,
+    /// The next message needs a buffer of this many bytes.
+    TooBig(usize),
+    Message(Inbound),
+}
+
+/// Limits of the sockets of a node.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketLimits {
+    pub out: OutqLimits,
+    pub inlet_messages: usize,
+    pub inlet_bytes: usize,
+    pub max_frame: usize,
+    pub idle: Duration,
+}
+
+struct State {
+    out: OutQ,
+    /// The writer found nothing to write and waits: the next push wakes it.
+    writer_idle: bool,
+    inlet: VecDeque<Inbound>,
+    inlet_bytes: usize,
+    /// A wake message is in the owner's mailbox (or the owner is draining).
+    wake_sent: bool,
+    /// The reader waits for the session to take messages.
+    reader_paused: bool,
+    /// What the session process reads when it starts (taken once).
+    start: Option<Vec<u8>>,
+}
+
+/// One client connection.
+pub struct Socket {
+    pub id: u64,
+    vsn: Vsn,
+    state: Mutex<State>,
+    /// The process that owns the socket (set once it is spawned).
+    owner: OnceLock<Arc<dyn Process>>,
+    write_wake: Notify,
+    read_wake: Notify,
+}
+
+impl Socket {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave `State` inconsistent
+        // in a way that matters more than losing the socket; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends the owner its wake message if messages wait and none is on its
+    /// way.
+    fn wake_owner(&self, state: &mut State) {
+        if state.inlet.is_empty() || state.wake_sent {
+            return;
+        }
+        if let Some(owner) = self.owner.get() {
+            state.wake_sent = true;
+            owner.send(Signal::Message(Message::Data(DataMessage::new(
+                Some(INLET_TAG),
+                0,
+            ))));
+        }
+    }
+}
+
+/// What pushes leave to do once the socket locks are released: counters
+/// to bump and writers to wake.
+#[derive(Default)]
+struct After {
+    counted: u64,
+    replaced: u64,
+    slow: u64,
+    wake: Vec<Arc<Socket>>,
+}
+
+/// All sockets of the node.
+pub struct Sockets {
+    next: AtomicU64,
+    limits: SocketLimits,
+    map: RwLock<HashMap<u64, Arc<Socket>>>,
+    /// Frames and bytes written by writer tasks, for /metrics.
+    pub frames_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Reactions counted into `reaction_counts` instead of queued.
+    pub reactions_aggregated: AtomicU64,
+    /// Unwritten audio frames replaced by a newer one of their topic.
+    pub audio_replaced: AtomicU64,
+    /// Sockets closed as slow consumers (a full lane or a stuck write).
+    pub slow_consumers: AtomicU64,
+    /// Times a socket's reading paused because its session was behind.
+    pub inlet_paused: AtomicU64,
+    /// Where message sizes and queue depths are recorded.
+    metrics: Arc<Metrics>,
+}
+
+impl Sockets {
+    pub fn new(limits: SocketLimits, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            next: AtomicU64::new(1),
+            limits,
+            map: RwLock::new(HashMap::new()),
+            frames_out: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            reactions_aggregated: AtomicU64::new(0),
+            audio_replaced: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
+            inlet_paused: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    pub fn limits(&self) -> &SocketLimits {
+        &self.limits
+    }
+
+    fn get(&self, id: u64) -> Option<Arc<Socket>> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Registers a connection whose writes go to `writer` (serializer
+    /// `vsn`), with `start(id)` for its process to read; starts its writer
+    /// task.
+    pub fn open(
+        self: &Arc<Self>,
+        writer: OwnedWriteHalf,
+        vsn: Vsn,
+        start: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Arc<Socket> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = start(id);
+        let socket = Arc::new(Socket {
+            id,
+            vsn,
+            state: Mutex::new(State {
+                out: OutQ::new(),
+                writer_idle: false,
+                inlet: VecDeque::new(),
+                inlet_bytes: 0,
+                wake_sent: false,
+                reader_paused: false,
+                start: Some(start),
+            }),
+            owner: OnceLock::new(),
+            write_wake: Notify::new(),
+            read_wake: Notify::new(),
+        });
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, socket.clone());
+        tokio::spawn(write_loop(self.clone(), socket.clone(), writer));
+        socket
+    }
+
+    /// Gives the socket its owning process, and wakes it if client messages
+    /// arrived before it existed.
+    pub fn set_owner(&self, socket: &Socket, owner: Arc<dyn Process>) {
+        let _ = socket.owner.set(owner);
+        let mut state = socket.lock();
+        socket.wake_owner(&mut state);
+    }
+
+    /// The start record of socket `id`, once (for its process).
+    pub fn take_start(&self, id: u64) -> Option<Vec<u8>> {
+        self.get(id)?.lock().start.take()
+    }
+
+    /// The next client message of socket `id` for its session, if it fits
+    /// in `cap` bytes (else it stays queued and its size is returned).
+    /// [`Next::Empty`] when none waits: the next arrival sends a new wake
+    /// message.
+    pub fn inlet_next(&self, id: u64, cap: usize) -> Next {
+        let Some(socket) = self.get(id) else {
+            return Next::Empty;
+        };
+        let mut state = socket.lock();
+        let Some(len) = state.inlet.front().map(Inbound::len) else {
+            state.wake_sent = false;
+            if state.inlet.capacity() > 4 {
+                state.inlet = VecDeque::new();
+            }
+            return Next::Empty;
+        };
+        if len > cap {
+            return Next::TooBig(len);
+        }
+        let Some(next) = state.inlet.pop_front() else {
+            return Next::Empty;
+        };
+        state.inlet_bytes = state.inlet_bytes.saturating_sub(len);
+        if state.reader_paused
+            && state.inlet.len() * 2 <= self.limits.inlet_messages
+            && state.inlet_bytes * 2 <= self.limits.inlet_bytes
+        {
+            state.reader_paused = false;
+            socket.read_wake.notify_one();
+        }
+        Next::Message(next)
+    }
+
+    /// Queues one frame on `lane` (`topic` and `key` matter on the audio and
+    /// reactions lanes).
+    pub fn send(&self, id: u64, lane: Lane, topic: &str, key: &str, bytes: &[u8]) -> Sent {
+        let Some(socket) = self.get(id) else {
+            return Sent::Gone;
+        };
+        self.metrics
+            .observe(Histogram::MessageSizeOut, bytes.len() as u64);
+        let frame: Frame = Arc::from(bytes);
+        let topic = shared_topic(lane, topic);
+        let route = route(lane, topic.as_ref(), key);
+        let mut after = After::default();
+        let sent = self.push(&socket, route, &frame, &mut after);
+        self.finish(after);
+        sent
+    }
+
+    /// Queues one frame on many sockets; returns how many took it.
+    pub fn fanout(&self, ids: &[u64], lane: Lane, topic: &str, key: &str, bytes: &[u8]) -> u32 {
+        // Once per fan-out, not per socket: the size of what was sent.
+        self.metrics
+            .observe(Histogram::MessageSizeOut, bytes.len() as u64);
+        let frame: Frame = Arc::from(bytes);
+        let topic = shared_topic(lane, topic);
+        let route = route(lane, topic.as_ref(), key);
+        let sockets: Vec<Arc<Socket>> = {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            ids.iter().filter_map(|id| map.get(id).cloned()).collect()
+        };
+        let mut after = After::default();
+        let took = sockets
+            .iter()
+            .filter(|s| self.push(s, route, &frame, &mut after) == Sent::Ok)
+            .count() as u32;
+        self.finish(after);
+        took
+    }
+
+    fn push(
+        &self,
+        socket: &Arc<Socket>,
+        route: Route<'_>,
+        frame: &Frame,
+        after: &mut After,
+    ) -> Sent {
+        let mut state = socket.lock();
+        let sent = match state.out.push(route, frame, &self.limits.out) {
+            Pushed::Queued => Sent::Ok,
+            Pushed::Replaced => {
+                after.replaced += 1;
+                Sent::Ok
+            }
+            Pushed::Counted => {
+                after.counted += 1;
+                Sent::Ok
+            }
+            Pushed::Slow => {
+                after.slow += 1;
+                tracing::warn!(
+                    socket = socket.id,
+                    lane = ?route.lane(),
+                    "slow consumer: send queue full, closing the socket"
+                );
+                Sent::Slow
+            }
+            Pushed::Refused => return Sent::Gone,
+        };
+        if state.writer_idle {
+            state.writer_idle = false;
+            after.wake.push(socket.clone());
+        }
+        sent
+    }
+
+    fn finish(&self, after: After) {
+        if after.counted > 0 {
+            self.reactions_aggregated
+                .fetch_add(after.counted, Ordering::Relaxed);
+        }
+        if after.replaced > 0 {
+            self.audio_replaced
+                .fetch_add(after.replaced, Ordering::Relaxed);
+        }
+        if after.slow > 0 {
+            self.slow_consumers.fetch_add(after.slow, Ordering::Relaxed);
+        }
+        for socket in after.wake {
+            socket.write_wake.notify_one();
+        }
+    }
+
+    /// Closes socket `id` after the frames already queued are written; with
+    /// a `code`, a close frame `(code, reason)` is written last.
+    pub fn close(&self, id: u64, code: Option<u16>, reason: &str) {
+        let Some(socket) = self.get(id) else {
+            return;
+        };
+        let frame = code.map(|code| {
+            let mut bytes = Vec::new();
+            ws::encode_close(&mut bytes, code, reason);
+            Frame::from(bytes)
+        });
+        let wake = {
+            let mut state = socket.lock();
+            state.out.close(frame);
+            std::mem::replace(&mut state.writer_idle, false)
+        };
+        if wake {
+            socket.write_wake.notify_one();
+        }
+        // A reader parked on backpressure must see the end too.
+        socket.read_wake.notify_one();
+    }
+
+    /// Items queued in all sockets' send queues, and in the fullest one
+    /// (for scrapes and the dashboard, not the hot path: one short lock per
+    /// socket).
+    pub fn queued_frames(&self) -> (u64, u64) {
+        let sockets: Vec<Arc<Socket>> = self
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        sockets.iter().fold((0, 0), |(sum, max), socket| {
+            let n = socket.lock().out.len() as u64;
+            (sum + n, max.max(n))
+        })
+    }
+
+    /// Sockets open now.
+    pub fn count(&self) -> usize {
+        self.map.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn remove(&self, id: u64) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.remove(&id);
+        // A map that held a connect storm keeps its table otherwise.
+        if map.capacity() > 1024 && map.len() * 4 < map.capacity() {
+            map.shrink_to_fit();
+        }
+    }
+
+    /// Queues a client message for the session; false when the socket is
+    /// gone. Wakes the session if it may be waiting.
+    fn deliver(&self, socket: &Socket, message: Inbound) {
+        if let Inbound::Text(b) | Inbound::Binary(b) = &message {
+            self.metrics
+                .observe(Histogram::MessageSizeIn, b.len() as u64);
+        }
+        let mut state = socket.lock();
+        state.inlet_bytes += message.len();
+        state.inlet.push_back(message);
+        socket.wake_owner(&mut state);
+    }
+
+    /// Whether the session has as much unprocessed input as it may; then the
+    /// reader is marked paused (and woken by `inlet_next`).
+    fn inlet_full(&self, socket: &Socket) -> bool {
+        let mut state = socket.lock();
+        let full = state.inlet.len() >= self.limits.inlet_messages
+            || state.inlet_bytes >= self.limits.inlet_bytes;
+        if full && !state.out.is_closing() {
+            state.reader_paused = true;
+            return true;
+        }
+        false
+    }
+
+    fn is_closing(&self, socket: &Socket) -> bool {
+        socket.lock().out.is_closing()
+    }
+}
+
+/// Reads socket `socket` until the client closes, breaks the protocol, goes
+/// silent for `limits.idle`, or the socket is closed by its session; every
+/// client message is queued for the session, pings are answered here.
+/// `early` holds bytes read with the request head.
+pub async fn read_loop(
+    sockets: Arc<Sockets>,
+    socket: Arc<Socket>,
+    reader: OwnedReadHalf,
+    early: Vec<u8>,
+) {
+    let limits = *sockets.limits();
+    let mut decoder = FrameDecoder::new(limits.max_frame);
+    decoder.push(&early);
+    let end = 'read: loop {
+        loop {
+            match decoder.next() {
+                Ok(Some(WsEvent::Text(t))) => {
+                    sockets.deliver(&socket, Inbound::Text(t.into_bytes()));
+                }
+                Ok(Some(WsEvent::Binary(b))) => sockets.deliver(&socket, Inbound::Binary(b)),
+                Ok(Some(WsEvent::Ping(p))) => {
+                    let mut pong = Vec::new();
+                    ws::encode_pong(&mut pong, &p);
+                    sockets.send(socket.id, Lane::Control, "", "", &pong);
+                }
+                Ok(Some(WsEvent::Pong)) => {}
+                Ok(Some(WsEvent::Close(_))) => {
+                    break 'read Inbound::Closed {
+                        code: 1000,
+                        reason: String::new(),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    break 'read Inbound::Closed {
+                        code: e.close_code(),
+                        reason: e.to_string(),
+                    }
+                }
+            }
+        }
+        decoder.release_idle();
+        if sockets.is_closing(&socket) {
+            return;
+        }
+        // Backpressure: wait until the session has taken its messages.
+        while sockets.inlet_full(&socket) {
+            sockets.inlet_paused.fetch_add(1, Ordering::Relaxed);
+            let resumed = socket.read_wake.notified();
+            if !sockets.inlet_full(&socket) {
+                break;
+            }
+            resumed.await;
+            if sockets.is_closing(&socket) {
+                return;
+            }
+        }
+        let readable = tokio::select! {
+            r = tokio::time::timeout(limits.idle, reader.readable()) => r,
+            // Closed by its session (or the writer ended): stop reading.
+            () = socket.read_wake.notified() => continue,
+        };
+        match readable {
+            Err(_) => {
+                break 'read Inbound::Closed {
+                    code: 1000,
+                    reason: "heartbeat timeout".into(),
+                }
+            }
+            Ok(Err(_)) => {
+                break 'read Inbound::Closed {
+                    code: 0,
+                    reason: String::new(),
+                }
+            }
+            Ok(Ok(())) => {}
+        }
+        let read = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            match reader.try_read(&mut scratch[..]) {
+                Ok(0) => Err(None),
+                Ok(n) => {
+                    decoder.push(&scratch[..n]);
+                    Ok(n)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+                Err(e) => Err(Some(e)),
+            }
+        });
+        match read {
+            Ok(n) => {
+                sockets.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                break 'read Inbound::Closed {
+                    code: 0,
+                    reason: String::new(),
+                }
+            }
+        }
+    };
+    sockets.deliver(&socket, end);
+}
+
+thread_local! {
+    /// One read buffer per worker thread, so an idle socket holds none.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// The topic of a frame, shared by its queue entries, on the lanes that
+/// need it (one allocation per call, not per socket).
+fn shared_topic(lane: Lane, topic: &str) -> Option<Arc<str>> {
+    matches!(lane, Lane::Audio | Lane::Reactions).then(|| Arc::from(topic))
+}
+
+/// The queue route of a frame on `lane`.
+fn route<'a>(lane: Lane, topic: Option<&'a Arc<str>>, key: &'a str) -> Route<'a> {
+    match (lane, topic) {
+        (Lane::Control, _) => Route::Control,
+        (Lane::Audio, Some(topic)) => Route::Audio { topic },
+        (Lane::Reactions, Some(topic)) => Route::Reactions { topic, key },
+        _ => Route::Chat,
+    }
+}
+
+/// How a writer ended.
+enum End {
+    /// Closed by its owner and drained.
+    Closed,
+    /// The socket failed: nothing more can be written.
+    Failed,
+    /// A slow consumer: send the 1008 close.
+    Slow,
+}
+
+async fn write_loop(sockets: Arc<Sockets>, socket: Arc<Socket>, mut writer: OwnedWriteHalf) {
+    // Grown on demand and dropped after a burst: an idle socket keeps no
+    // write buffer.
+    let mut batch: Vec<u8> = Vec::new();
+    let mut taken: Vec<Out> = Vec::new();
+    let end = loop {
+        let (status, depth) = {
+            let mut state = socket.lock();
+            let depth = state.out.len();
+            let status = state.out.take(WRITE_BATCH, &mut taken);
+            state.writer_idle = taken.is_empty() && status == Status::Open;
+            (status, depth)
+        };
+        if depth > 0 {
+            sockets
+                .metrics
+                .observe(Histogram::OutletQueueDepth, depth as u64);
+        }
+        if status == Status::Slow {
+            break End::Slow;
+        }
+        if taken.is_empty() && status == Status::Open {
+            socket.write_wake.notified().await;
+            continue;
+        }
+        batch.clear();
+        let frames = taken.len() as u64;
+        for out in taken.drain(..) {
+            match out {
+                Out::Frame(frame) => batch.extend_from_slice(&frame),
+                Out::Counts { topic, counts } => batch
+                    .extend_from_slice(&outq::reaction_counts_frame(socket.vsn, &topic, &counts)),
+            }
+        }
+        if taken.capacity() > 64 {
+            taken = Vec::new();
+        }
+        if !batch.is_empty() {
+            match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&batch)).await {
+                Ok(Ok(())) => {
+                    sockets.frames_out.fetch_add(frames, Ordering::Relaxed);
+                    sockets
+                        .bytes_out
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    if batch.capacity() > 8 * 1024 {
+                        batch = Vec::new();
+                    }
+                }
+                Ok(Err(_)) => break End::Failed,
+                Err(_) => {
+                    sockets.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        socket = socket.id,
+                        "slow consumer: a write took over {WRITE_TIMEOUT:?}, closing the socket"
+                    );
+                    break End::Slow;
+                }
+            }
+        }
+        if status == Status::Finished {
+            break End::Closed;
+        }
+    };
+    sockets.remove(socket.id);
+    // The session must learn that its socket is gone (a failed or slow
+    // socket): its inlet ends here if the reader has not ended it already.
+    sockets.deliver(
+        &socket,
+        Inbound::Closed {
+            code: 0,
+            reason: String::new(),
+        },
+    );
+    socket.read_wake.notify_one();
+    match end {
+        End::Failed => return,
+        End::Slow => {
+            let mut close = Vec::new();
+            ws::encode_close(&mut close, 1008, "slow_consumer");
+            let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(&close)).await;
+        }
+        End::Closed => {}
+    }
+    let _ = writer.shutdown().await;
+}

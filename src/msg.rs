@@ -1,0 +1,209 @@
+//! Every message the guest's processes send each other, in one place, so
+//! that process modules depend on this module and never on each other.
+//!
+//! Payloads travel as the bytes the client sent ([`Body`]: JSON text
+//! checked once at the session, or binary), encoded with bincode in one
+//! buffer ([`supervisors::mail`]).
+
+use serde::{Deserialize, Serialize};
+use supervisors::{mail, ChildRef, ReplyTo};
+
+pub use chorus_core::frame::Body;
+pub use chorus_core::session::{JoinParams, Refs};
+
+/// A session process. Sessions are spawned by the host, one per WebSocket,
+/// and receive plain (envelope-less) mail: [`SessionMsg`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRef {
+    node: u64,
+    pid: u64,
+}
+
+impl SessionRef {
+    /// The calling process.
+    pub fn this() -> SessionRef {
+        SessionRef {
+            node: mail::node_id(),
+            pid: lunatic::host::process_id(),
+        }
+    }
+
+    pub fn pid(&self) -> u64 {
+        self.pid
+    }
+
+    pub fn send(&self, msg: &SessionMsg) {
+        mail::send(self.node, self.pid, mail::UNTAGGED, msg);
+    }
+
+    /// Whether the session still runs (local processes only).
+    pub fn is_alive(&self) -> bool {
+        // SAFETY: scalar host call.
+        unsafe { lunatic::host::api::process::exists(self.pid) != 0 }
+    }
+}
+
+/// What a session receives from other processes (client messages come from
+/// the host's inlet, see `gateway::session`).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum SessionMsg {
+    /// A join raced with its channel stopping: join again.
+    Rejoin { topic: String },
+}
+
+/// A subscriber's join, as its channel needs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinReq {
+    pub session: SessionRef,
+    /// The session's socket: where everything for this client is written.
+    pub socket: u64,
+    pub params: JoinParams,
+}
+
+/// A broadcast entering a channel, from a session or the admin API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Publish {
+    /// The publishing session, excluded from delivery unless it joined with
+    /// `self: true`; `None` for the admin API.
+    pub from: Option<u64>,
+    pub event: String,
+    pub payload: Body,
+    /// `(join_ref, ref)` to acknowledge, when the join asked for `ack`.
+    pub ack: Option<Refs>,
+    /// An admin request waiting for the outcome of a chat-lane publish: the
+    /// stored id, or the refusal's reason, so a REST post is answered after
+    /// the write.
+    pub reply: Option<ReplyTo<Result<String, String>>>,
+}
+
+impl Publish {
+    /// Tells a waiting admin request how the publish ended.
+    pub fn answer(&self, outcome: Result<String, String>) {
+        if let Some(reply) = &self.reply {
+            reply.clone().send(&outcome);
+        }
+    }
+}
+
+/// Everything a channel process receives.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ChannelMsg {
+    Join(JoinReq),
+    Leave {
+        session: u64,
+    },
+    Publish(Publish),
+    /// Track (`meta: Some(JSON text)`) or untrack (`None`) the session's
+    /// presence, answered with an ok reply carrying `refs`.
+    Presence {
+        session: u64,
+        meta: Option<String>,
+        refs: Refs,
+    },
+    /// From the directory: the idle channel may stop now.
+    Stop,
+    /// Test-only fault switch (`node.fault_injection`): the channel panics,
+    /// as a bug would make it.
+    Crash,
+    /// Audio sync on a room's audio lane (see `crate::room`).
+    Room(RoomMsg),
+    /// `presence_subscribe` (selective presence, see `crate::viewers`),
+    /// answered by the channel, which knows the set.
+    PresenceSubscribe {
+        session: u64,
+        add: Vec<String>,
+        remove: Vec<String>,
+        refs: Refs,
+    },
+}
+
+/// A channel process, as the directory hands it out.
+pub type ChannelRef = ChildRef<ChannelMsg>;
+
+/// Messages to a directory shard.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum DirMsg {
+    /// Find (spawning if needed) the channel of `topic`. With `spawn: false`
+    /// a missing channel is answered with `None` (the admin API does not
+    /// start channels nobody listens to).
+    Locate {
+        topic: String,
+        spawn: bool,
+        reply: ReplyTo<Option<ChannelRef>>,
+    },
+    /// A channel has had no subscriber for its idle period.
+    Idle { topic: String, pid: u64 },
+    /// A channel process started (first start or a supervisor's restart):
+    /// the directory adopts it as the topic's channel unless another live
+    /// one already serves the topic, which makes this one stop. So the
+    /// directory always knows the live channel and no orphan stays behind.
+    Live { topic: String, channel: ChannelRef },
+}
+
+/// Room messages to an audio-lane channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RoomMsg {
+    /// A validated `playback` broadcast from session `from`, whose user id
+    /// is `user`; `by_claim` when its token claims the room.
+    Playback {
+        from: u64,
+        user: String,
+        by_claim: bool,
+        /// JSON text, checked by the session.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+        refs: Refs,
+        ack: bool,
+    },
+    /// A checked admin patch of the room state (JSON text), merged and (with
+    /// `persist`) written back; the new state (JSON text) or an error is the
+    /// answer.
+    Patch {
+        patch: String,
+        persist: bool,
+        reply: Option<ReplyTo<Result<String, String>>>,
+        /// `limits.room_state_bytes`: a patch that would take the state
+        /// (JSON text) past it is refused and changes nothing.
+        max_bytes: Option<u32>,
+    },
+}
+
+/// Messages to a presence shard.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ShardMsg {
+    /// `key` gained (`+1`) or lost (`-1`) a presence somewhere.
+    Delta { key: String, delta: i32 },
+    /// Which of `keys` are online.
+    Query {
+        keys: Vec<String>,
+        reply: ReplyTo<Vec<String>>,
+    },
+}
+
+/// Messages to a process module.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ModuleMsg {
+    /// What to do with a chat message (payload as JSON text), unless
+    /// `deadline_ms` (the asker's clock) passed before the module got to it.
+    Chat {
+        topic: String,
+        event: String,
+        /// The publisher's user id, `None` for the admin API.
+        user: Option<String>,
+        payload: String,
+        at_ms: u64,
+        deadline_ms: u64,
+        reply: ReplyTo<ModuleReply>,
+    },
+}
+
+/// A module's verdict on its way back to a channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ModuleReply {
+    Deliver,
+    /// The new payload, as JSON text.
+    Replace(String),
+    Reject(String),
+    /// The module could not give a verdict (crashed, garbage, disabled).
+    Unavailable,
+}
