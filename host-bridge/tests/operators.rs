@@ -411,7 +411,7 @@ fn dashboard_serves_its_page_and_live_stats() {
 }
 
 #[test]
-fn dashboard_stats_are_guarded_like_the_api_when_auth_is_on() {
+fn dashboard_stats_are_an_admin_route_when_auth_is_on() {
     let secret = "dashboard-secret";
     let node = Node::start_with(&[("CHORUS_JWT_SECRET", secret)]);
     // The page itself holds no data and loads; its JSON needs a token.
@@ -434,4 +434,20 @@ fn dashboard_stats_are_guarded_like_the_api_when_auth_is_on() {
     let (status, body) = stats(&node, &[("Authorization", bearer.as_str())]);
     assert_eq!(status, 200, "{body}");
     assert!(body["sessions"].is_number());
+
+    // A valid token of a user is not an operator's: 403 with the reason.
+    let out = chorus(
+        &["gentoken", "--sub", "ana", "--role", "authenticated"],
+        &[("CHORUS_JWT_SECRET", secret)],
+        dir.path(),
+    );
+    assert!(out.status.success());
+    let user = format!("Bearer {}", text(&out.stdout).trim());
+    let (status, body) = stats(&node, &[("Authorization", user.as_str())]);
+    assert_eq!(status, 403, "{body}");
+    let reason = body["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("service_role") && reason.contains("authenticated"),
+        "{body}"
+    );
 }

@@ -20,6 +20,7 @@ const SECRET = 'openapi-secret';
 let api;
 let node;
 let token;
+let userToken;
 
 before(async () => {
   api = await SwaggerParser.validate(SPEC);
@@ -29,11 +30,14 @@ before(async () => {
   writeFileSync(path.join(demo, 'index.html'), '<!doctype html><title>demo</title>');
   writeFileSync(path.join(demo, 'app.js'), 'console.log(1)');
   node = await startNode({ CHORUS_JWT_SECRET: SECRET, CHORUS_NODE_DEMO_DIR: demo });
-  token = execFileSync(CHORUS_BIN, ['gentoken', '--sub', 'svc', '--role', 'service_role'], {
-    env: { PATH: process.env.PATH, CHORUS_JWT_SECRET: SECRET },
-  })
-    .toString()
-    .trim();
+  const gentoken = (sub, role) =>
+    execFileSync(CHORUS_BIN, ['gentoken', '--sub', sub, '--role', role], {
+      env: { PATH: process.env.PATH, CHORUS_JWT_SECRET: SECRET },
+    })
+      .toString()
+      .trim();
+  token = gentoken('svc', 'service_role');
+  userToken = gentoken('ana', 'authenticated');
 });
 after(async () => {
   await node?.stop();
@@ -76,10 +80,10 @@ function checkRequired(schema, body, where) {
   if (schema.items && Array.isArray(body)) body.forEach((b, i) => checkRequired(schema.items, b, `${where}[${i}]`));
 }
 
-async function call(method, route, { path: actual, body, auth = true, headers = {} } = {}) {
+async function call(method, route, { path: actual, body, auth = true, as = token, headers = {} } = {}) {
   const res = await fetch(`${node.http}${actual ?? route}`, {
     method,
-    headers: { ...(auth ? { Authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'Content-Type': 'application/json' } : {}), ...headers },
+    headers: { ...(auth ? { Authorization: `Bearer ${as}` } : {}), ...(body !== undefined ? { 'Content-Type': 'application/json' } : {}), ...headers },
     body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
     redirect: 'manual',
     signal: AbortSignal.timeout(10000),
@@ -134,6 +138,8 @@ test('a live node answers every operation as documented', async () => {
   assert.equal(await call('GET', '/dashboard', { auth: false }), 200);
   assert.equal(await call('GET', '/dashboard/stats', { auth: false }), 401);
   assert.equal(await call('GET', '/dashboard/stats'), 200);
+  // A user's token is not an operator's: the admin routes answer 403.
+  assert.equal(await call('GET', '/dashboard/stats', { as: userToken }), 403);
   const batch = '/realtime/v1/api/broadcast';
   assert.equal(await call('POST', batch, { body: { messages: [{ topic, event: 'm', payload: { a: 1 } }] } }), 202);
   assert.equal(await call('POST', batch, { body: { messages: [{ event: 'no topic' }] } }), 400);
@@ -151,11 +157,13 @@ test('a live node answers every operation as documented', async () => {
   assert.equal(await call('GET', rooms, { path: `/realtime/v1/api/rooms/${room}` }), 200);
   assert.equal(await call('PUT', rooms, { path: `/realtime/v1/api/rooms/${room}`, body: { host: 'alice' } }), 200);
   assert.equal(await call('PUT', rooms, { path: `/realtime/v1/api/rooms/${room}`, body: '[1,2' }), 400);
+  assert.equal(await call('GET', rooms, { path: `/realtime/v1/api/rooms/${room}`, as: userToken }), 403);
   const modules = '/realtime/v1/api/modules';
   assert.equal(await call('GET', modules), 200);
   assert.equal(await call('GET', modules, { auth: false }), 401);
   assert.equal(await call('POST', `${modules}/reload`), 200);
   assert.equal(await call('POST', `${modules}/reload`, { auth: false }), 401);
+  assert.equal(await call('POST', `${modules}/reload`, { as: userToken }), 403);
   assert.equal(await call('GET', '/demo', { auth: false }), 301);
   assert.equal(await call('GET', '/demo/', { auth: false }), 200);
   assert.equal(await call('GET', '/demo/{file}', { path: '/demo/app.js', auth: false }), 200);
