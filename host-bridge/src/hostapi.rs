@@ -77,12 +77,11 @@ impl HostApi {
         sockets: Arc<Sockets>,
         gateway: Option<Arc<Gateway>>,
         modules: Option<Arc<ModuleHost>>,
-        metrics: Arc<Metrics>,
         assets: Assets,
     ) -> Arc<Self> {
         Arc::new(Self {
             config_json,
-            metrics,
+            metrics: sockets.metrics().clone(),
             parked: Mutex::new(HashMap::new()),
             data,
             store_in_flight: AtomicU64::new(0),

@@ -103,8 +103,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
 
     // Bound now, so a busy port fails the start naming it; connections are
     // accepted once the guest's tree is up (`chorus::listen_start`).
+    // Every metric of the node: the sockets record into it, the host API
+    // renders it.
     let metrics = Arc::new(Metrics::new(&config.node.name));
-    let sockets = Sockets::new(socket_limits(&config), metrics.clone());
+    let sockets = Sockets::new(socket_limits(&config), metrics);
     let gateway = Gateway::bind(&config, sockets.clone())?;
 
     if config.auth.jwt_secret.is_empty() {
@@ -160,7 +162,6 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             sockets,
             gateway: Some(gateway),
             modules: Some(modules),
-            metrics,
         },
         config_json,
         true,
@@ -198,13 +199,14 @@ pub async fn exec(args: ExecArgs) -> Result<ExitCode> {
     argv.extend(args.args);
     sysctl::ensure_max_map_count(config.runtime.min_max_map_count);
     let config_json = serde_json::to_vec(&config)?;
-    let metrics = Arc::new(Metrics::new(&config.node.name));
     let host = Host {
         data: None,
-        sockets: Sockets::new(socket_limits(&config), metrics.clone()),
+        sockets: Sockets::new(
+            socket_limits(&config),
+            Arc::new(Metrics::new(&config.node.name)),
+        ),
         gateway: None,
         modules: None,
-        metrics,
     };
     spawn_main(&config, wasm, argv, args.dir, host, config_json, false).await
 }
@@ -215,8 +217,6 @@ struct Host {
     sockets: Arc<Sockets>,
     gateway: Option<Arc<Gateway>>,
     modules: Option<Arc<ModuleHost>>,
-    /// Every metric of the node (sockets record into it too).
-    metrics: Arc<Metrics>,
 }
 
 fn socket_limits(config: &Config) -> SocketLimits {
@@ -257,7 +257,6 @@ async fn spawn_main(
         host.sockets,
         host.gateway.clone(),
         host.modules,
-        host.metrics,
         assets,
     );
     api.start_sweeper();

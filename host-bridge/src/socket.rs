@@ -203,6 +203,12 @@ impl Sockets {
         &self.limits
     }
 
+    /// The node's metrics, which the sockets record into (the host API
+    /// renders them).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     fn get(&self, id: u64) -> Option<Arc<Socket>> {
         self.map
             .read()
