@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use chorus_core::data::RawJson;
 use chorus_host::store::sqlite::Sqlite;
 use chorus_host::store::{DataService, HistoryQuery, Op, Options};
 use serde_json::json;
@@ -84,7 +85,7 @@ async fn main() -> Result<()> {
             .append(
                 topic.clone(),
                 "msg".into(),
-                json!({"n": n, "text": "hello from the store bench"}),
+                RawJson::of(&json!({"n": n, "text": "hello from the store bench"})),
             )
             .await?;
         insert_us.push(micros(t.elapsed()));
@@ -107,7 +108,7 @@ async fn main() -> Result<()> {
                     svc.append(
                         format!("realtime:room:w{w}:chat"),
                         "msg".into(),
-                        json!({"n": n, "text": "hello from the store bench"}),
+                        RawJson::of(&json!({"n": n, "text": "hello from the store bench"})),
                     )
                     .await?;
                     us.push(micros(t.elapsed()));

@@ -312,7 +312,8 @@ describe('JWT room_host claim', () => {
     h.push(topic, 'broadcast', { type: 'broadcast', event: 'playback', payload: pb }, { join_ref: h.joinRefs[topic] });
     await waitFor(() => p.broadcasts(topic, 'playback').length === 1, 5000, 'claimed host playback delivered');
     // Join access_token claim, on a socket whose apikey has none.
-    const j = await rawJoined(authNode, '1.0.0', topic, 'j', { access_token: hostToken }, `apikey=${plainToken}`);
+    // (Its presence key is the token's sub: with auth on, identity comes from the token.)
+    const j = await rawJoined(authNode, '1.0.0', topic, 'h', { access_token: hostToken }, `apikey=${plainToken}`);
     j.push(topic, 'broadcast', { type: 'broadcast', event: 'playback', payload: playback({ position_ms: 88 }) }, { join_ref: j.joinRefs[topic] });
     await waitFor(() => p.broadcasts(topic, 'playback').length === 2, 5000, 'access_token host playback delivered');
     // Reading the room state is an admin route: the service key.

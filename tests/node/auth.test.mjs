@@ -145,7 +145,8 @@ describe('channel access_token', () => {
       const topic = `realtime:${uid('refresh')}`;
       assert.equal((await raw.join(topic, {}, { access_token: valid() })).status, 'ok');
       const joinRef = raw.joinRefs[topic];
-      const okRef = raw.push(topic, 'access_token', { access_token: valid({ sub: 'user-1b' }) }, { join_ref: joinRef });
+      // A refresh is the same user's token with a later expiry.
+      const okRef = raw.push(topic, 'access_token', { access_token: valid({ exp: now() + 7200 }) }, { join_ref: joinRef });
       assert.equal((await raw.reply(okRef)).status, 'ok');
       raw.push(topic, 'access_token', { access_token: expired() }, { join_ref: joinRef });
       const sys = await raw.waitMessage((m) => m.event === 'system' && m.topic === topic, 5000, 'system error');

@@ -815,7 +815,7 @@ mod tests {
         svc.append(
             "room:1:chat".into(),
             "m".into(),
-            serde_json::json!({"n": 1}),
+            RawJson::of(&serde_json::json!({"n": 1})),
         )
         .await
         .unwrap();
@@ -834,7 +834,7 @@ mod tests {
         for r in readers {
             let msgs = r.await.unwrap().unwrap();
             assert_eq!(msgs.len(), 1);
-            assert_eq!(msgs[0].payload, RawJson::of(&serde_json::json!({"n": 1})));
+            assert_eq!(msgs[0].payload.get(), r#"{"n":1}"#);
         }
         assert_eq!(backend.history.load(Ordering::SeqCst), 1);
         assert_eq!(svc.metrics().backend_queries(Op::History), 1);
@@ -868,9 +868,13 @@ mod tests {
             tokio::spawn(async move { svc.history(query("room:1:chat")).await })
         };
         until(|| backend.history.load(Ordering::SeqCst) == 1).await;
-        svc.append("room:1:chat".into(), "m".into(), serde_json::json!(1))
-            .await
-            .unwrap();
+        svc.append(
+            "room:1:chat".into(),
+            "m".into(),
+            RawJson::of(&serde_json::json!(1)),
+        )
+        .await
+        .unwrap();
         let new = {
             let svc = svc.clone();
             tokio::spawn(async move { svc.history(query("room:1:chat")).await })
