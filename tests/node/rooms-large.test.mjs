@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { RawClient, assertHealthy, closeAll, startNode, uid, waitFor } from './lib/node.mjs';
+import { RawClient, assertHealthy, closeAll, metric, startNode, uid, waitFor } from './lib/node.mjs';
 
 const MEMBERS = 320;
 const THRESHOLD = 200; // presence.large_room_threshold, default
@@ -25,12 +25,6 @@ after(async () => {
   await closeAll();
   await node?.stop();
 });
-
-async function metric(name) {
-  const text = await (await fetch(`${node.http}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-  return line ? Number(line.split(' ')[1]) : 0;
-}
 
 /** A raw 2.0.0 client joined to `topic` with presence key `member-<i>`. */
 async function joined(topic, i) {
@@ -50,7 +44,7 @@ async function track(c, topic, i) {
 
 describe('a large room at the default threshold', () => {
   test(`${MEMBERS} members crossing the threshold together: every join answered, relevant sets, count, chat`, async () => {
-    const restartsBefore = await metric('chorus_restarts_total');
+    const restartsBefore = await metric(node, 'chorus_restarts_total');
     const topic = `realtime:room:${uid('big')}:chat`;
     // Everyone joins first (as an app's room fills), then everyone tracks:
     // at the crossing every member is a viewer.
@@ -81,7 +75,7 @@ describe('a large room at the default threshold', () => {
     );
 
     // Nothing crashed on the way.
-    assert.equal(await metric('chorus_restarts_total'), restartsBefore, 'no supervised process was restarted');
+    assert.equal(await metric(node, 'chorus_restarts_total'), restartsBefore, 'no supervised process was restarted');
     for (const c of members) assert.equal(c.closed, null);
     await assertHealthy(node);
   });
