@@ -17,6 +17,7 @@ mod assets;
 mod cli;
 mod engine;
 mod gateway;
+mod heap;
 mod hostapi;
 mod metrics;
 mod modules;
