@@ -791,8 +791,8 @@ mod tests {
     fn invalid_value_names_key() {
         let err = Config::from_toml("[store]\nbackend = \"mongo\"\n", "a.toml").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("store.backend"));
-        let err = Config::from_toml("[runtime]\nfreed_slot_resident_kib = 1025\n", "a.toml")
-            .unwrap_err();
+        let err =
+            Config::from_toml("[runtime]\nfreed_slot_resident_kib = 1025\n", "a.toml").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("runtime.freed_slot_resident_kib"));
     }
 

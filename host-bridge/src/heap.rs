@@ -55,7 +55,7 @@ mod tests {
         assert!(t.after(2500), "half of the peak, 2,500 gone");
         assert!(!t.after(2500), "once, not every second");
         assert!(!t.after(1300));
-        assert!(t.after(1250), "a new high of 2,500 halved, but only 1,250 gone");
+        assert!(t.after(1250), "the new high of 2,500 halved: 1,250 gone");
     }
 
     #[test]
