@@ -481,6 +481,16 @@ export class RawClient {
   }
 }
 
+// ------------------------------------------------------------- metrics
+
+/** The value of the unlabelled metric `name` in the node's `/metrics` (fails if absent). */
+export async function metric(node, name) {
+  const res = await fetch(`${node.http}/metrics`, { signal: AbortSignal.timeout(5000) });
+  const line = (await res.text()).split('\n').find((l) => l.startsWith(`${name} `));
+  if (!line) throw new Error(`no ${name} in /metrics`);
+  return Number(line.split(' ')[1]);
+}
+
 // ---------------------------------------------------------------- REST
 
 export async function restBroadcast(node, messages, headers = {}) {
