@@ -11,6 +11,7 @@ pub mod budget;
 pub mod command;
 pub mod config;
 pub mod data;
+pub mod drain;
 pub mod frame;
 pub mod http;
 pub mod join;
