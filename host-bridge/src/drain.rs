@@ -34,6 +34,11 @@ pub async fn run(sockets: &Sockets, store: Option<&DataService>, config: DrainCo
                 }
             }
             Step::Wait(ms) => tokio::time::sleep(Duration::from_millis(ms.max(1))).await,
+            // HTTP exchanges still answering (the drain call's own 202
+            // among them) finish before the exit, within the deadline.
+            Step::Flushed if sockets.count() > 0 && elapsed() < drain.deadline_ms() => {
+                tokio::time::sleep(Duration::from_millis(chorus_core::drain::POLL_MS)).await;
+            }
             Step::Flushed => {
                 tracing::info!(
                     closed = drain.closed(),
