@@ -257,6 +257,7 @@ describe('caps on channels, slow heads and presence sizes', () => {
     // A later member joins and sees the three accepted presences.
     const viewer = realtime(node, '2.0.0');
     const vch = viewer.channel(topic.slice('realtime:'.length));
+    vch.on('presence', { event: 'sync' }, () => {});
     await subscribe(vch);
     await waitFor(() => Object.keys(vch.presenceState()).length === 3, 5000, 'three presences');
   });
