@@ -4,7 +4,9 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /healthz` | liveness |
+//! | `GET /healthz` | liveness: 200 `ok`, 503 `draining` once a drain started |
+//! | `GET /readyz` | readiness: 200 while serving, 503 `draining` |
+//! | `POST /realtime/v1/api/drain` | start the node's graceful drain (an admin route when auth is on) |
 //! | `GET /metrics` | Prometheus text 0.0.4, or OpenMetrics when the `Accept` header asks |
 //! | `GET /dashboard` | the operator dashboard (a page that polls the next route) |
 //! | `GET /dashboard/stats` | live numbers as JSON (an admin route when auth is on) |
@@ -23,7 +25,7 @@
 //! With auth on (`auth.jwt_secret`), every `/realtime/v1/api/` route needs a
 //! valid token (`Authorization: Bearer` or `apikey`), 401 otherwise; the
 //! admin routes need `role: service_role`, 403 with the reason otherwise:
-//! the room state (`GET`/`PUT`), the modules reload, `/dashboard/stats`, a
+//! the room state (`GET`/`PUT`), the modules reload, the drain, `/dashboard/stats`, a
 //! REST broadcast to a protected topic (one a topic policy covers, a message
 //! marked `private: true`, or a room's audio lane) and the history of a
 //! private topic (one a policy covers).
@@ -60,8 +62,23 @@ pub fn handle(request: &Request, body: &[u8], config: &Config) -> Response {
     };
     let path = request.path.as_str();
     match request.method.as_str() {
-        "GET" if path == "/healthz" => {
-            Response::json(200, &json!({"status": "ok", "node": config.node.name}))
+        "GET" if path == "/healthz" || path == "/readyz" => {
+            let (status, state) = chorus_core::drain::health(host::draining());
+            Response::json(status, &json!({"status": state, "node": config.node.name}))
+        }
+        "POST" if path == "/realtime/v1/api/drain" => {
+            if let Err(r) = access.admin("POST /realtime/v1/api/drain") {
+                return r;
+            }
+            host::start_drain();
+            Response::json(
+                202,
+                &json!({
+                    "status": "draining",
+                    "node": config.node.name,
+                    "shutdown_timeout_ms": config.node.shutdown_timeout_ms,
+                }),
+            )
         }
         "GET" if path == "/metrics" => metrics(request),
         "GET" if path == "/dashboard" || path == "/dashboard/" => Response::new(200)

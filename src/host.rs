@@ -20,6 +20,7 @@ mod ffi {
         pub fn data(ptr: *const u8, len: u32) -> u64;
         pub fn take(ptr: *mut u8, len: u32) -> u32;
         pub fn listen_start() -> u32;
+        pub fn node_drain(start: u32) -> u32;
         pub fn socket_start(socket: u64) -> u64;
         pub fn inlet_next(socket: u64, ptr: *mut u8, cap: u32) -> u64;
         pub fn outlet_send(
@@ -135,6 +136,19 @@ pub fn data(request: &DataRequest) -> DataResponse {
 pub fn listen_start() -> bool {
     // SAFETY: scalar call.
     unsafe { ffi::listen_start() == 0 }
+}
+
+/// Whether the node is draining (SIGTERM or the admin route).
+pub fn draining() -> bool {
+    // SAFETY: scalar call.
+    unsafe { ffi::node_drain(0) == 1 }
+}
+
+/// Starts the node's drain (see `host-bridge/src/drain.rs`); true once it
+/// is draining.
+pub fn start_drain() -> bool {
+    // SAFETY: scalar call.
+    unsafe { ffi::node_drain(1) == 1 }
 }
 
 /// The start record of the connection this process was spawned for (see

@@ -165,9 +165,8 @@ impl Viewers {
     /// `presence`), and what crossing the large-room threshold sends.
     pub fn fan_out(&mut self, diff: &Diff, presence: &Presence, topic: &str) {
         self.refresh_host(presence);
-        for p in self.sel.fan_out(diff, presence, now_ms()) {
-            deliver(topic, None, p);
-        }
+        self.sel
+            .fan_out(diff, presence, now_ms(), &mut |p| deliver(topic, None, p));
     }
 
     /// Sends a throttled `presence_count` once it is due.

@@ -49,6 +49,13 @@ pub struct NodeConfig {
     /// it assigns: nodes that share a store must each have their own, or
     /// their ids could collide (the store then refuses the second write).
     pub worker_id: u32,
+    /// A drain (SIGTERM, or `POST /realtime/v1/api/drain`) ends with the
+    /// process's exit within this long, whatever is still open.
+    pub shutdown_timeout_ms: u64,
+    /// During a drain, WebSocket connections closed (1001) per batch.
+    pub drain_batch_size: u32,
+    /// During a drain, the pause between two batches of closes.
+    pub drain_batch_interval_ms: u64,
 }
 
 /// Which backend the data service uses.
@@ -267,6 +274,9 @@ impl Default for NodeConfig {
             fault_injection: false,
             allowed_origins: Vec::new(),
             worker_id: 1,
+            shutdown_timeout_ms: 30_000,
+            drain_batch_size: 500,
+            drain_batch_interval_ms: 100,
         }
     }
 }
@@ -551,6 +561,12 @@ impl Config {
                 "node.worker_id",
                 &format!("must be between 0 and {}", crate::snowflake::MAX_WORKER),
             );
+        }
+        if self.node.drain_batch_size == 0 {
+            return bad("node.drain_batch_size", "must be at least 1");
+        }
+        if self.node.shutdown_timeout_ms == 0 {
+            return bad("node.shutdown_timeout_ms", "must be at least 1");
         }
         if let Err(reason) = crate::policy::Policies::compile(&self.auth.policies) {
             return bad("auth.policies", &reason);
@@ -873,6 +889,26 @@ mod tests {
         assert_eq!(c.config.node.worker_id, 1023);
         let err = Config::load(None, env(&[("CHORUS_NODE_WORKER_ID", "1024")])).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("node.worker_id"));
+    }
+
+    #[test]
+    fn the_drain_keys_are_read_and_checked() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("CHORUS_NODE_SHUTDOWN_TIMEOUT_MS", "5000"),
+                ("CHORUS_NODE_DRAIN_BATCH_SIZE", "7"),
+                ("CHORUS_NODE_DRAIN_BATCH_INTERVAL_MS", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.config.node.shutdown_timeout_ms, 5000);
+        assert_eq!(c.config.node.drain_batch_size, 7);
+        assert_eq!(c.config.node.drain_batch_interval_ms, 0);
+        let err = Config::load(None, env(&[("CHORUS_NODE_DRAIN_BATCH_SIZE", "0")])).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("node.drain_batch_size"));
+        let err = Config::load(None, env(&[("CHORUS_NODE_SHUTDOWN_TIMEOUT_MS", "0")])).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("node.shutdown_timeout_ms"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod command;
 pub mod config;
 pub mod data;
 pub mod dedupe;
+pub mod drain;
 pub mod frame;
 pub mod http;
 pub mod join;

@@ -550,8 +550,17 @@ impl<A: Copy> Selective<A> {
     /// * in a large room, `presence_count` when the count changed and the
     ///   last one is at least [`COUNT_INTERVAL_MS`] old (else later, see
     ///   [`Selective::tick`]).
-    pub fn fan_out(&mut self, diff: &Diff, presence: &Presence, now_ms: u64) -> Vec<Push<A>> {
-        let mut out = Vec::new();
+    ///
+    /// Each push goes to `emit` as soon as it is built: crossing the
+    /// threshold builds one `presence_state` per viewer, and holding them
+    /// all at once would take megabytes in a room of a few hundred.
+    pub fn fan_out(
+        &mut self,
+        diff: &Diff,
+        presence: &Presence,
+        now_ms: u64,
+        emit: &mut impl FnMut(Push<A>),
+    ) {
         self.count = presence.key_count();
         let was_large = self.large;
         self.large = self.limits.is_large(was_large, self.count);
@@ -585,7 +594,7 @@ impl<A: Copy> Selective<A> {
                 Mode::Plain if to_large => {
                     let set = relevance.select(&v.member, presence);
                     if v.member.presence_enabled {
-                        out.push(Push {
+                        emit(Push {
                             to: vec![v.addr],
                             event: PRESENCE_STATE,
                             payload: state_of(presence, set.iter().map(String::as_str)),
@@ -632,14 +641,14 @@ impl<A: Copy> Selective<A> {
             }
         }
         if !full_state.is_empty() {
-            out.push(Push {
+            emit(Push {
                 to: full_state,
                 event: PRESENCE_STATE,
                 payload: presence.state_json(),
             });
         }
         if !whole.is_empty() && !diff.is_empty() {
-            out.push(Push {
+            emit(Push {
                 to: whole,
                 event: PRESENCE_DIFF,
                 payload: diff.to_json(),
@@ -648,7 +657,7 @@ impl<A: Copy> Selective<A> {
         for ((keys, topped), to) in parts {
             let part = part_of(diff, presence, &keys, &topped);
             if !part.is_empty() {
-                out.push(Push {
+                emit(Push {
                     to,
                     event: PRESENCE_DIFF,
                     payload: part.to_json(),
@@ -659,7 +668,7 @@ impl<A: Copy> Selective<A> {
             self.count_sent = Some(self.count);
             self.count_sent_ms = now_ms;
             if !counted.is_empty() {
-                out.push(Push {
+                emit(Push {
                     to: counted,
                     event: PRESENCE_COUNT,
                     payload: count_payload(self.count),
@@ -668,9 +677,10 @@ impl<A: Copy> Selective<A> {
         } else if to_small {
             self.count_sent = None;
         } else {
-            out.extend(self.tick(now_ms));
+            if let Some(p) = self.tick(now_ms) {
+                emit(p);
+            }
         }
-        out
     }
 
     /// The `presence_count` push to every relevant-set viewer, when the
@@ -707,6 +717,13 @@ impl<A: Copy> Selective<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every push of one `fan_out`, in order.
+    fn fan(s: &mut Selective<u64>, d: &Diff, p: &Presence, now_ms: u64) -> Vec<Push<u64>> {
+        let mut out = Vec::new();
+        s.fan_out(d, p, now_ms, &mut |push| out.push(push));
+        out
+    }
 
     fn limits(threshold: usize, set: usize) -> Limits {
         Limits {
@@ -776,7 +793,7 @@ mod tests {
         quiet.presence_enabled = false;
         assert!(s.join(2, 2, quiet, &p, 0).is_empty());
         let d = p.track(9, "c", json!({})).unwrap();
-        let pushes = s.fan_out(&d, &p, 0);
+        let pushes = fan(&mut s, &d, &p, 0);
         // One shared push to every viewer, the whole diff.
         assert_eq!(pushes.len(), 1);
         assert_eq!(pushes[0].to, vec![1, 2]);
@@ -837,7 +854,7 @@ mod tests {
         s.join(3, 3, member("sub", &[]), &p, 0);
         s.subscribe(3, &strs(&["e", "f"]), &[], &p).unwrap();
         let d = p.track(100, "f", json!({})).unwrap();
-        let pushes = s.fan_out(&d, &p, 5_000);
+        let pushes = fan(&mut s, &d, &p, 5_000);
         assert!(s.is_large());
         let st1 = to(&pushes, 1, PRESENCE_STATE);
         assert_eq!(st1.len(), 1);
@@ -855,12 +872,12 @@ mod tests {
 
         // 5 keys: still large (not below 90% of 5).
         let d = p.untrack(100);
-        let pushes = s.fan_out(&d, &p, 5_100);
+        let pushes = fan(&mut s, &d, &p, 5_100);
         assert!(s.is_large());
         assert!(to(&pushes, 1, PRESENCE_STATE).is_empty());
         // 4 keys: back to plain, full state to each.
         let d = p.untrack(1004);
-        let pushes = s.fan_out(&d, &p, 5_200);
+        let pushes = fan(&mut s, &d, &p, 5_200);
         assert!(!s.is_large());
         let full: Vec<_> = pushes
             .iter()
@@ -882,7 +899,7 @@ mod tests {
     fn relevant_viewers_get_only_their_keys_and_top_ups() {
         let mut s: Selective<u64> = Selective::new(limits(3, 2));
         let mut p = present(&["a", "b", "c", "d"]);
-        s.fan_out(&Diff::default(), &p, 0);
+        fan(&mut s, &Diff::default(), &p, 0);
         assert!(s.is_large());
         s.set_host(Some("a".into()));
         s.join(1, 1, member("v1", &["z"]), &p, 0);
@@ -903,15 +920,15 @@ mod tests {
                 .position(|k| *k == other)
                 .unwrap() as u64;
         let d = p.track(sess, other, json!({"x": 1})).unwrap();
-        let pushes = s.fan_out(&d, &p, 10);
+        let pushes = fan(&mut s, &d, &p, 10);
         assert!(to(&pushes, 1, PRESENCE_DIFF).is_empty());
         // The host updating its meta goes through whole.
         let d = p.track(1000, "a", json!({"x": 2})).unwrap();
-        let pushes = s.fan_out(&d, &p, 20);
+        let pushes = fan(&mut s, &d, &p, 20);
         assert_eq!(to(&pushes, 1, PRESENCE_DIFF), vec![&d.to_json()]);
         // The friend joins while the set is full: not added.
         let d = p.track(50, "z", json!({})).unwrap();
-        let pushes = s.fan_out(&d, &p, 30);
+        let pushes = fan(&mut s, &d, &p, 30);
         assert!(to(&pushes, 1, PRESENCE_DIFF).is_empty());
         p.untrack(50);
         // The sampled member leaves: it leaves the set (leave is sent).
@@ -922,7 +939,7 @@ mod tests {
                 .position(|k| *k == sampled)
                 .unwrap() as u64;
         let d = p.untrack(sess);
-        let pushes = s.fan_out(&d, &p, 40);
+        let pushes = fan(&mut s, &d, &p, 40);
         assert_eq!(
             keys_of(&to(&pushes, 1, PRESENCE_DIFF)[0]["leaves"]),
             vec![sampled.clone()]
@@ -933,7 +950,7 @@ mod tests {
         let stranger = p.track(62, "q", json!({})).unwrap();
         let mut both = d.clone();
         both.merge(stranger);
-        let pushes = s.fan_out(&both, &p, 50);
+        let pushes = fan(&mut s, &both, &p, 50);
         let diffs = to(&pushes, 1, PRESENCE_DIFF);
         assert_eq!(diffs.len(), 1);
         assert_eq!(keys_of(&diffs[0]["joins"]), strs(&["z"]));
@@ -947,17 +964,17 @@ mod tests {
     fn recent_chatter_joining_is_topped_up() {
         let mut s: Selective<u64> = Selective::new(limits(2, 5));
         let mut p = present(&["a", "b", "c"]);
-        s.fan_out(&Diff::default(), &p, 0);
+        fan(&mut s, &Diff::default(), &p, 0);
         s.join(1, 1, member("v", &[]), &p, 0);
         s.chatted("talker", 1_000);
         s.chatted("old", 0);
         let d1 = p.track(70, "old", json!({})).unwrap();
-        let pushes = s.fan_out(&d1, &p, 61_000);
+        let pushes = fan(&mut s, &d1, &p, 61_000);
         // "old" chatted 61 s ago: not a recent chatter, so not added to the
         // set although it has room, and nothing is sent.
         assert!(to(&pushes, 1, PRESENCE_DIFF).is_empty());
         let d2 = p.track(71, "talker", json!({})).unwrap();
-        let pushes = s.fan_out(&d2, &p, 61_000);
+        let pushes = fan(&mut s, &d2, &p, 61_000);
         assert_eq!(
             keys_of(&to(&pushes, 1, PRESENCE_DIFF)[0]["joins"]),
             strs(&["talker"])
@@ -975,7 +992,7 @@ mod tests {
         s.subscribe(2, &strs(&["a"]), &[], &p).unwrap();
         let mut d = p.track(1000, "a", json!({"n": 2})).unwrap();
         d.merge(p.track(1001, "b", json!({"n": 2})).unwrap());
-        let pushes = s.fan_out(&d, &p, 0);
+        let pushes = fan(&mut s, &d, &p, 0);
         assert_eq!(pushes.len(), 2);
         let part = pushes.iter().find(|x| x.to == vec![1, 2]).unwrap();
         assert_eq!(keys_of(&part.payload["joins"]), strs(&["a"]));
@@ -984,7 +1001,7 @@ mod tests {
         assert_eq!(whole.payload, d.to_json());
         // A diff of only b: subscribers get nothing at all.
         let d = p.track(1001, "b", json!({"n": 3})).unwrap();
-        let pushes = s.fan_out(&d, &p, 0);
+        let pushes = fan(&mut s, &d, &p, 0);
         assert_eq!(pushes.len(), 1);
         assert_eq!(pushes[0].to, vec![3]);
     }
@@ -1043,14 +1060,14 @@ mod tests {
         let mut s: Selective<u64> = Selective::new(limits(2, 2));
         let mut p = present(&["a", "b", "c"]);
         s.join(1, 1, member("v", &[]), &p, 0);
-        let pushes = s.fan_out(&Diff::default(), &p, 1_000);
+        let pushes = fan(&mut s, &Diff::default(), &p, 1_000);
         assert_eq!(to(&pushes, 1, PRESENCE_COUNT), vec![&json!({"count": 3})]);
         assert_eq!(s.wait_ms(1_000), None);
         // Changes within the second: nothing now, one later with the latest.
         let d = p.track(5, "d", json!({})).unwrap();
-        assert!(to(&s.fan_out(&d, &p, 1_200), 1, PRESENCE_COUNT).is_empty());
+        assert!(to(&fan(&mut s, &d, &p, 1_200), 1, PRESENCE_COUNT).is_empty());
         let d = p.track(6, "e", json!({})).unwrap();
-        assert!(to(&s.fan_out(&d, &p, 1_500), 1, PRESENCE_COUNT).is_empty());
+        assert!(to(&fan(&mut s, &d, &p, 1_500), 1, PRESENCE_COUNT).is_empty());
         assert_eq!(s.wait_ms(1_500), Some(500));
         assert!(s.tick(1_999).is_none());
         let push = s.tick(2_000).unwrap();
@@ -1060,9 +1077,9 @@ mod tests {
         assert!(s.tick(5_000).is_none());
         // A change back and forth within the period sends nothing.
         let d = p.track(7, "f", json!({})).unwrap();
-        s.fan_out(&d, &p, 2_100);
+        fan(&mut s, &d, &p, 2_100);
         let d = p.untrack(7);
-        s.fan_out(&d, &p, 2_200);
+        fan(&mut s, &d, &p, 2_200);
         assert_eq!(s.wait_ms(2_200), None);
         // A joiner gets the count at once.
         let pushes = s.join(2, 2, member("w", &[]), &p, 2_300);

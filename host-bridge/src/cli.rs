@@ -1,5 +1,5 @@
 //! The operator subcommands that do not start a node: `check-config`,
-//! `gentoken` and `version`.
+//! `gentoken`, `drain` and `version`.
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -32,6 +32,61 @@ pub struct GentokenArgs {
     /// Lifetime: seconds, or a number with s, m, h or d (`90s`, `30m`, `12h`, `7d`)
     #[arg(long, value_name = "DURATION", default_value = "1h")]
     exp: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The node's address, `host:port` (default: node.host and node.port of the config)
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<String>,
+}
+
+/// `chorus drain`: asks the node of the config (or `--addr`) to drain, as
+/// SIGTERM does, through `POST /realtime/v1/api/drain`; with auth on, with a
+/// short-lived `service_role` token signed with the config's secret.
+pub fn drain(args: DrainArgs) -> Result<ExitCode> {
+    use std::io::{Read, Write};
+    let config = node::load_config_quiet(args.config.config.as_deref())?.config;
+    let addr = args
+        .addr
+        .unwrap_or_else(|| format!("{}:{}", config.node.host, config.node.port));
+    let mut auth = String::new();
+    if !config.auth.jwt_secret.is_empty() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let claims =
+            json!({"sub": "chorus-drain", "role": "service_role", "iat": now, "exp": now + 60});
+        let token = chorus_core::jwt::sign_hs256(&claims, config.auth.jwt_secret.as_bytes());
+        auth = format!("Authorization: Bearer {token}\r\n");
+    }
+    let timeout = std::time::Duration::from_secs(10);
+    let target = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+        .with_context(|| format!("--addr {addr:?} is not host:port"))?
+        .next()
+        .with_context(|| format!("{addr:?} resolves to no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&target, timeout)
+        .with_context(|| format!("cannot reach the node at {addr} (is it running?)"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "POST /realtime/v1/api/drain HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .with_context(|| format!("no answer from {addr}"))?;
+    let status = answer.split(' ').nth(1).unwrap_or("");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    if status != "202" {
+        bail!("the node at {addr} refused the drain ({status}): {body}");
+    }
+    println!("{body}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `chorus check-config`: loads the config like `chorus run` would and says

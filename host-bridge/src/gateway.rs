@@ -20,7 +20,7 @@
 //! reason and, for limits, the config key.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -60,6 +60,11 @@ pub struct Gateway {
     crashes: Arc<AtomicU64>,
     /// Connections refused before their head was read (limits).
     refused: AtomicU64,
+    /// A drain started: the listener is closed, upgrades are refused and
+    /// `/healthz` and `/readyz` answer 503.
+    draining: AtomicBool,
+    /// Tells the accept loop (and the node) that a drain started.
+    drain: tokio::sync::watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -87,6 +92,8 @@ impl Gateway {
             listener: Mutex::new(Some(listener)),
             crashes: Arc::new(AtomicU64::new(0)),
             refused: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            drain: tokio::sync::watch::channel(false).0,
         }))
     }
 
@@ -122,8 +129,13 @@ impl Gateway {
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut drain = self.drain.subscribe();
         loop {
-            match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = drain.wait_for(|d| *d) => break,
+            };
+            match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     tokio::spawn(self.clone().serve(stream, peer));
@@ -135,6 +147,36 @@ impl Gateway {
                 }
             }
         }
+        // Dropping the listener closes the port: a second node can bind it
+        // while this one drains.
+        drop(listener);
+        tracing::info!("draining: the listener is closed");
+    }
+
+    /// Starts a drain (SIGTERM or the admin route): no connection is
+    /// accepted any more, the listener is closed, upgrades on connections
+    /// already accepted are refused. True when this call started it.
+    pub fn request_drain(&self) -> bool {
+        if self.draining.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        // Not accepting yet (the tree is not up): close the port now.
+        if let Ok(mut listener) = self.listener.lock() {
+            listener.take();
+        }
+        self.drain.send_replace(true);
+        true
+    }
+
+    /// Whether a drain started.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Resolves once a drain is requested.
+    pub async fn drain_requested(&self) {
+        let mut drain = self.drain.subscribe();
+        let _ = drain.wait_for(|d| *d).await;
     }
 
     /// One connection: admission, head, then upgrade or HTTP.
@@ -196,6 +238,14 @@ impl Gateway {
         early: Vec<u8>,
         ticket: Ticket,
     ) {
+        if self.draining() {
+            let response = Response::json(
+                503,
+                &json!({"error": "draining: this node is shutting down; connect again (to the next node)"}),
+            );
+            let _ = write_timeout(&mut stream, &response.to_bytes()).await;
+            return;
+        }
         let up = match admission::upgrade(&request, &self.config, now_secs()) {
             Ok(up) => up,
             Err(response) => {
@@ -210,7 +260,7 @@ impl Gateway {
         let claims = up
             .claims
             .map(|c| serde_json::Value::Object(c.into_map()).to_string());
-        let socket = self.sockets.open(writer, up.vsn, |id| {
+        let socket = self.sockets.open(writer, up.vsn, true, |id| {
             bincode::serialize(&Start {
                 socket: id,
                 vsn: up.vsn,
@@ -271,7 +321,7 @@ impl Gateway {
         }
         body.truncate(len);
         let (_reader, writer) = stream.into_split();
-        let socket = self.sockets.open(writer, Vsn::V1, |_| {
+        let socket = self.sockets.open(writer, Vsn::V1, false, |_| {
             bincode::serialize(&Exchange {
                 request: &request,
                 body: &body,

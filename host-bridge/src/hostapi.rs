@@ -314,6 +314,21 @@ impl HostApi {
             }
         })?;
 
+        // `node_drain(1)` starts the node's drain; both answer 1 while
+        // draining, 0 while serving.
+        let api = self.clone();
+        linker.func_wrap("chorus", "node_drain", move |start: u32| -> u32 {
+            match &api.gateway {
+                Some(g) => {
+                    if start == 1 {
+                        g.request_drain();
+                    }
+                    u32::from(g.draining())
+                }
+                None => 0,
+            }
+        })?;
+
         let api = self.clone();
         linker.func_wrap(
             "chorus",

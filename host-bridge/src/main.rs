@@ -7,14 +7,15 @@
 //!   builds the supervision tree (gateway, channels, presence, admin).
 //! * `chorus exec <file.wasm> [args…]` runs any lunatic guest, like
 //!   `lunatic run`; the benchmarks use it to run the same guest on both.
-//! * `chorus check-config`, `chorus gentoken`, `chorus version`: operator
-//!   tools (cli.rs).
+//! * `chorus check-config`, `chorus gentoken`, `chorus drain`,
+//!   `chorus version`: operator tools (cli.rs).
 //!
 //! The guest is embedded in the binary at build time (build.rs), so the
 //! binary alone is the node and runs from any directory.
 
 mod assets;
 mod cli;
+mod drain;
 mod engine;
 mod gateway;
 mod hostapi;
@@ -54,6 +55,8 @@ enum Command {
     CheckConfig(cli::CheckConfigArgs),
     /// Print a JWT (HS256) signed with the node's auth.jwt_secret, for development and operators
     Gentoken(cli::GentokenArgs),
+    /// Ask a running node to drain and exit (as SIGTERM does): POST /realtime/v1/api/drain, with a service_role token when auth is on
+    Drain(cli::DrainArgs),
     /// Print the version of chorus, the lunatic and wasmtime versions it embeds, and its guest
     Version,
 }
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
     let command = match cli.command {
         Command::CheckConfig(args) => return report(cli::check_config(args)),
         Command::Gentoken(args) => return report(cli::gentoken(args)),
+        Command::Drain(args) => return report(cli::drain(args)),
         Command::Version => return cli::version(),
         command => command,
     };

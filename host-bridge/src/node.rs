@@ -243,6 +243,8 @@ async fn spawn_main(
     serve: bool,
 ) -> Result<ExitCode> {
     let engine = Engine::new(&config.runtime)?;
+    // Kept for a drain: the outlets to close and the store to flush.
+    let drain_with = (host.sockets.clone(), host.data.clone());
     let envs = Arc::new(LunaticEnvironments::default());
     let env = envs.create(1).await;
     let assets = if serve {
@@ -305,14 +307,23 @@ async fn spawn_main(
     let outcome = if serve {
         tokio::select! {
             r = task => Some(r),
-            _ = shutdown_signal() => None,
+            () = drain_requested(host.gateway.as_deref()) => None,
         }
     } else {
         Some(task.await)
     };
     match outcome {
         None => {
-            tracing::info!("signal received; shutting down");
+            let (sockets, store) = drain_with;
+            let drain = crate::drain::run(
+                &sockets,
+                store.as_ref(),
+                chorus_core::drain::DrainConfig::from_config(config),
+            );
+            tokio::select! {
+                () = drain => {}
+                () = shutdown_signal() => tracing::warn!("second signal: exiting without finishing the drain"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(Ok(Ok(_))) => Ok(ExitCode::SUCCESS),
@@ -332,6 +343,23 @@ fn exit_status(failure: &str) -> Option<u8> {
     let rest = failure.split("exit status ").nth(1)?;
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     digits.parse::<u32>().ok().map(|n| n.min(255) as u8)
+}
+
+/// Resolves when a drain starts: SIGTERM/SIGINT (which starts it) or the
+/// admin route (`POST /realtime/v1/api/drain`, through the gateway).
+async fn drain_requested(gateway: Option<&Gateway>) {
+    match gateway {
+        Some(g) => {
+            tokio::select! {
+                () = shutdown_signal() => {
+                    tracing::info!("signal received; draining");
+                    g.request_drain();
+                }
+                () = g.drain_requested() => tracing::info!("drain requested through the admin API"),
+            }
+        }
+        None => shutdown_signal().await,
+    }
 }
 
 async fn shutdown_signal() {

@@ -121,6 +121,8 @@ struct State {
 pub struct Socket {
     pub id: u64,
     vsn: Vsn,
+    /// A WebSocket session's connection (not a one-shot HTTP exchange).
+    websocket: bool,
     state: Mutex<State>,
     /// The process that owns the socket (set once it is spawned).
     owner: OnceLock<Arc<dyn Process>>,
@@ -224,6 +226,7 @@ impl Sockets {
         self: &Arc<Self>,
         writer: OwnedWriteHalf,
         vsn: Vsn,
+        websocket: bool,
         start: impl FnOnce(u64) -> Vec<u8>,
     ) -> Arc<Socket> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -231,6 +234,7 @@ impl Sockets {
         let socket = Arc::new(Socket {
             id,
             vsn,
+            websocket,
             state: Mutex::new(State {
                 out: OutQ::new(),
                 writer_idle: false,
@@ -427,6 +431,18 @@ impl Sockets {
             let n = socket.lock().out.len() as u64;
             (sum + n, max.max(n))
         })
+    }
+
+    /// The WebSocket connections whose writer still runs (a closed one
+    /// leaves once its queued frames and its close frame are written).
+    pub fn websockets(&self) -> Vec<u64> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.websocket)
+            .map(|s| s.id)
+            .collect()
     }
 
     /// Sockets open now.

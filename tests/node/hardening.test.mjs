@@ -14,17 +14,11 @@ import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { closeAll, RawClient, realtime, startNode, subscribe, uid, waitFor } from './lib/node.mjs';
+import { closeAll, metric, RawClient, realtime, startNode, subscribe, uid, waitFor } from './lib/node.mjs';
 
 after(async () => {
   await closeAll();
 });
-
-async function metric(node, name) {
-  const res = await fetch(`${node.http}/metrics`, { signal: AbortSignal.timeout(5000) });
-  const line = (await res.text()).split('\n').find((l) => l.startsWith(`${name} `));
-  return line === undefined ? null : Number(line.split(' ')[1]);
-}
 
 /** CPU seconds (user + system) the node's OS process has used so far. */
 function cpuSeconds(node) {

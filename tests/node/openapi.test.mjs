@@ -134,6 +134,9 @@ test('a live node answers every operation as documented', async () => {
   const room = uid('api');
   const topic = `room:${room}:chat`;
   assert.equal(await call('GET', '/healthz', { auth: false }), 200);
+  assert.equal(await call('GET', '/readyz', { auth: false }), 200);
+  assert.equal(await call('POST', '/realtime/v1/api/drain', { auth: false }), 401);
+  assert.equal(await call('POST', '/realtime/v1/api/drain', { as: userToken }), 403);
   assert.equal(await call('GET', '/metrics', { auth: false }), 200);
   assert.equal(await call('GET', '/dashboard', { auth: false }), 200);
   assert.equal(await call('GET', '/dashboard/stats', { auth: false }), 401);
@@ -171,4 +174,6 @@ test('a live node answers every operation as documented', async () => {
   const ws = '/realtime/v1/websocket';
   assert.equal(await call('GET', ws, { path: `${ws}?vsn=9.9.9`, auth: false }), 400);
   assert.equal(await upgrade(ws, `${ws}?vsn=2.0.0`), 401);
+  // Last: the operator's drain ends this node.
+  assert.equal(await call('POST', '/realtime/v1/api/drain'), 202);
 });

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
 import { makeClient, RawClient } from './lib/clients.mjs';
-import { closeAll, startNode, uid, waitFor } from './lib/node.mjs';
+import { closeAll, metric, startNode, uid, waitFor } from './lib/node.mjs';
 
 const PER_SECOND = 5;
 const BURST = 10;
@@ -25,13 +25,6 @@ after(async () => {
   await node?.stop();
 });
 
-async function metric(name) {
-  const text = await (await fetch(`${node.http}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-  assert.ok(line, `no ${name} in /metrics`);
-  return Number(line.split(' ')[1]);
-}
-
 test('realtime-js: a flooding socket gets error replies, the others keep receiving, and it recovers after the refill', async () => {
   const topic = uid('room');
   const flooder = makeClient(node, 'realtime@2.0.0');
@@ -40,7 +33,7 @@ test('realtime-js: a flooding socket gets error replies, the others keep receivi
   await flooder.join(topic, { broadcast: { ack: true, self: false } });
   await listener.join(topic, { broadcast: { self: false } });
   await other.join(topic, { broadcast: { ack: true, self: false } });
-  const limitedBefore = await metric('chorus_rate_limited_total');
+  const limitedBefore = await metric(node, 'chorus_rate_limited_total');
 
   // Far more than the burst at once: the bucket empties and the rest is
   // refused, while another socket in the same channel is not affected.
@@ -54,7 +47,7 @@ test('realtime-js: a flooding socket gets error replies, the others keep receivi
   assert.equal(accepted.length + refused, results.length, `only ok/error: ${results}`);
   assert.ok(accepted.length >= 1 && accepted.length <= BURST + 2, `accepted ${accepted.length}`);
   assert.ok(refused >= results.length - BURST - 2, `refused ${refused}`);
-  assert.equal((await metric('chorus_rate_limited_total')) - limitedBefore, refused);
+  assert.equal((await metric(node, 'chorus_rate_limited_total')) - limitedBefore, refused);
 
   // The listener gets exactly the accepted messages, in order, and the
   // other socket's messages.

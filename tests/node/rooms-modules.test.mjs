@@ -26,6 +26,7 @@ import {
   uid,
   VSNS,
   waitFor,
+  metric,
 } from './lib/node.mjs';
 
 const REJECT_REASON = 'moderated: contains a blocked word';
@@ -51,14 +52,6 @@ function modulesDir(modules = {}) {
 function install(dir, name, settings = null, from = BUILT[name]) {
   copyFileSync(from, path.join(dir, `${name}.wasm`));
   if (settings !== null) writeFileSync(path.join(dir, `${name}.toml`), settings);
-}
-
-async function metric(node, name) {
-  const res = await fetch(`${node.http}/metrics`, { signal: AbortSignal.timeout(5000) });
-  const text = await res.text();
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-  assert.ok(line, `metric ${name} missing`);
-  return Number(line.split(' ')[1]);
 }
 
 async function modulesReport(node, method = 'GET') {

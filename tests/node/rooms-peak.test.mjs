@@ -17,6 +17,7 @@ import {
   subscribe,
   uid,
   waitFor,
+  metric,
 } from './lib/node.mjs';
 
 const ENTER_PER_S = 20;
@@ -40,13 +41,6 @@ after(async () => {
   await closeAll();
   await node?.stop();
 });
-
-async function metric(name) {
-  const text = await (await fetch(`${node.http}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-  assert.ok(line, `${name} in /metrics`);
-  return Number(line.split(' ')[1]);
-}
 
 /** A realtime-js subscriber recording broadcasts (`.got`) and `system` pushes (`.system`). */
 async function realtimeWatcher(vsn, topic) {
@@ -243,7 +237,7 @@ test('reactions in peak mode arrive as reaction_counts summing to the number sen
 });
 
 test('below the threshold nothing changes', async () => {
-  const entered = await metric('chorus_peak_entered_total');
+  const entered = await metric(node, 'chorus_peak_entered_total');
   const topic = uid('calm');
   const plain = await realtimeWatcher('1.0.0', topic);
   const batching = await batchWatcher('2.0.0', topic);
@@ -257,13 +251,13 @@ test('below the threshold nothing changes', async () => {
   for (const w of [plain, batching]) {
     assert.deepEqual(w.got, [...Array(N).keys()].map((i) => ({ event: 'chat', payload: { i } })));
   }
-  assert.equal(await metric('chorus_peak_entered_total'), entered);
+  assert.equal(await metric(node, 'chorus_peak_entered_total'), entered);
 });
 
 test('/metrics shows the transitions', async () => {
   // Every test above waited for its channel to leave peak mode.
-  const entered = await metric('chorus_peak_entered_total');
+  const entered = await metric(node, 'chorus_peak_entered_total');
   assert.ok(entered >= 5, `entered ${entered} times`);
-  assert.equal(await metric('chorus_peak_left_total'), entered);
-  assert.equal(await metric('chorus_peak_channels'), 0);
+  assert.equal(await metric(node, 'chorus_peak_left_total'), entered);
+  assert.equal(await metric(node, 'chorus_peak_channels'), 0);
 });

@@ -274,6 +274,24 @@ pub struct DataService {
     ids: Arc<Mutex<Generator>>,
     metrics: Arc<StoreMetrics>,
     history_page_bytes: usize,
+    /// Requests in flight (asked, not yet answered), for a drain's flush.
+    inflight: Arc<AtomicU64>,
+}
+
+/// Counts a request in flight until it is answered (or its asker is gone).
+struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn now_ms() -> u64 {
@@ -327,11 +345,32 @@ impl DataService {
             ids: Arc::new(Mutex::new(ids)),
             metrics,
             history_page_bytes: opts.history_page_bytes.max(1),
+            inflight: Arc::new(AtomicU64::new(0)),
         })
     }
 
     pub fn metrics(&self) -> &StoreMetrics {
         &self.metrics
+    }
+
+    /// Requests asked of the service and not answered yet.
+    pub fn in_flight(&self) -> u64 {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    /// A drain's store flush: waits until every request in flight is
+    /// answered (an append is answered once it is committed: on disk with
+    /// SQLite's `synchronous = FULL`, at QUORUM with CQL), at most `within`.
+    /// False when some were still in flight then.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        while self.in_flight() > 0 {
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
     }
 
     /// Prometheus lines of the service's counters, for /metrics.
@@ -353,6 +392,7 @@ impl DataService {
 
     /// Runs one request; a failing backend is an error answer, never a hang.
     pub async fn call(&self, request: DataRequest) -> DataResponse {
+        let _counted = InFlight::new(&self.inflight);
         match self.dispatch(request).await {
             Ok(r) => r,
             Err(e) => {
@@ -839,6 +879,44 @@ mod tests {
         assert_eq!(backend.history.load(Ordering::SeqCst), 1);
         assert_eq!(svc.metrics().backend_queries(Op::History), 1);
         assert_eq!(svc.metrics().requests(Op::History), 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_waits_for_the_requests_in_flight() {
+        let backend = Arc::new(Counting::default());
+        let svc = service(backend.clone(), 0);
+        assert!(
+            svc.flush(Duration::from_millis(1)).await,
+            "nothing in flight"
+        );
+        backend.gated.store(true, Ordering::SeqCst);
+        let asker = {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                svc.call(DataRequest::History {
+                    topic: "room:1:chat".into(),
+                    limit: 5,
+                    before: None,
+                    after: None,
+                })
+                .await
+            })
+        };
+        until(|| backend.history.load(Ordering::SeqCst) == 1).await;
+        assert_eq!(svc.in_flight(), 1);
+        assert!(
+            !svc.flush(Duration::from_millis(30)).await,
+            "a read held by the backend is still in flight"
+        );
+        let flushed = {
+            let svc = svc.clone();
+            tokio::spawn(async move { svc.flush(Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        backend.gate.notify_waiters();
+        assert!(flushed.await.unwrap());
+        asker.await.unwrap();
+        assert_eq!(svc.in_flight(), 0);
     }
 
     #[tokio::test]

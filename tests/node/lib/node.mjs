@@ -91,8 +91,10 @@ async function freePort() {
  * Starts a node. `env` holds CHORUS_* overrides. Returns a handle with
  * `port`, `http` (http://127.0.0.1:port), `ws` (ws://…/realtime/v1),
  * `logs()`, `healthz()`, `stop()` (SIGTERM, then SIGKILL) and `kill()` (SIGKILL).
+ * Options: `port` and `dataDir` to start on a given port and data directory
+ * (another node's, once it drained or died).
  */
-export async function startNode(env = {}, { readyMs = 30000 } = {}) {
+export async function startNode(env = {}, { readyMs = 30000, port: fixedPort, dataDir: fixedDir } = {}) {
   for (const [what, file, variable] of [
     ['host binary', CHORUS_BIN, 'CHORUS_BIN'],
     ['guest wasm', CHORUS_GUEST, 'CHORUS_GUEST'],
@@ -105,8 +107,9 @@ export async function startNode(env = {}, { readyMs = 30000 } = {}) {
       );
     }
   }
-  const port = await freePort();
-  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'chorus-node-test-'));
+  // A second node may take over a drained node's port and data (drain.test.mjs).
+  const port = fixedPort ?? (await freePort());
+  const dataDir = fixedDir ?? mkdtempSync(path.join(os.tmpdir(), 'chorus-node-test-'));
   const child = spawn(CHORUS_BIN, ['run', '--guest', CHORUS_GUEST], {
     env: {
       ...process.env,
@@ -479,6 +482,16 @@ export class RawClient {
       this.ws.terminate();
     } catch {}
   }
+}
+
+// ------------------------------------------------------------- metrics
+
+/** The value of the unlabelled metric `name` in the node's `/metrics` (fails if absent). */
+export async function metric(node, name) {
+  const res = await fetch(`${node.http}/metrics`, { signal: AbortSignal.timeout(5000) });
+  const line = (await res.text()).split('\n').find((l) => l.startsWith(`${name} `));
+  if (!line) throw new Error(`no ${name} in /metrics`);
+  return Number(line.split(' ')[1]);
 }
 
 // ---------------------------------------------------------------- REST

@@ -1,0 +1,65 @@
+//! A node's graceful drain, the host's shell around `chorus_core::drain`:
+//! started by SIGTERM/SIGINT or `POST /realtime/v1/api/drain` (through the
+//! gateway's `request_drain`), it closes the WebSocket connections in
+//! batches with `1001`, waits for their outlets to write what was queued,
+//! then for the store's requests in flight, all within
+//! `node.shutdown_timeout_ms`. The listener is already closed by then
+//! (`gateway.rs`), so a second node may bind the port while this one drains.
+
+use std::time::{Duration, Instant};
+
+use chorus_core::drain::{Drain, DrainConfig, Step, CLOSE_CODE, CLOSE_REASON};
+
+use crate::socket::Sockets;
+use crate::store::DataService;
+
+/// Runs the drain to its end (flushed or timed out).
+pub async fn run(sockets: &Sockets, store: Option<&DataService>, config: DrainConfig) {
+    let started = Instant::now();
+    let mut drain = Drain::new(config, 0);
+    let elapsed = || started.elapsed().as_millis() as u64;
+    tracing::info!(
+        connections = sockets.websockets().len(),
+        batch = config.batch_size,
+        interval_ms = config.batch_interval_ms,
+        timeout_ms = config.shutdown_timeout_ms,
+        "draining: closing client connections with 1001"
+    );
+    loop {
+        let open = sockets.websockets();
+        match drain.step(&open, elapsed()) {
+            Step::Close(ids) => {
+                for id in ids {
+                    sockets.close(id, Some(CLOSE_CODE), CLOSE_REASON);
+                }
+            }
+            Step::Wait(ms) => tokio::time::sleep(Duration::from_millis(ms.max(1))).await,
+            Step::Flushed => {
+                tracing::info!(
+                    closed = drain.closed(),
+                    ms = elapsed(),
+                    "draining: every connection closed and its outlet written"
+                );
+                break;
+            }
+            Step::TimedOut { open } => {
+                tracing::warn!(
+                    open,
+                    "draining: node.shutdown_timeout_ms reached with connections still open"
+                );
+                break;
+            }
+        }
+    }
+    if let Some(store) = store {
+        let left = drain.deadline_ms().saturating_sub(elapsed());
+        if store.flush(Duration::from_millis(left)).await {
+            tracing::info!(ms = elapsed(), "draining: store flushed; exiting");
+        } else {
+            tracing::warn!(
+                in_flight = store.in_flight(),
+                "draining: node.shutdown_timeout_ms reached with store requests in flight (none was acknowledged)"
+            );
+        }
+    }
+}
