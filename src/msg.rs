@@ -202,6 +202,9 @@ pub enum ShardMsg {
         keys: Vec<String>,
         reply: ReplyTo<Vec<String>>,
     },
+    /// Test-only fault switch (`node.fault_injection`): the shard panics,
+    /// to see its supervisor restart it.
+    Crash,
 }
 
 /// Messages to a process module.

@@ -34,6 +34,14 @@ pub fn report(key: &str, delta: i32, shards: u32) {
     }
 }
 
+/// Crashes the shard owning `key` (fault injection, see
+/// `chorus_core::command::CRASH_PRESENCE_EVENT`).
+pub fn crash(key: &str, shards: u32) {
+    if let Some(shard) = shard_for(key, shards) {
+        shard.send(ShardMsg::Crash);
+    }
+}
+
 /// The subset of `keys` online anywhere on the node.
 pub fn online(keys: &[String], shards: u32) -> Vec<String> {
     let mut by_shard: HashMap<u32, Vec<String>> = HashMap::new();
@@ -57,7 +65,7 @@ pub fn online(keys: &[String], shards: u32) -> Vec<String> {
 }
 
 /// A presence shard process.
-pub fn shard(_index: u32, inbox: Inbox<ShardMsg>) {
+pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
     let mut counts: HashMap<String, u32> = HashMap::new();
     loop {
         match inbox.receive() {
@@ -68,6 +76,9 @@ pub fn shard(_index: u32, inbox: Inbox<ShardMsg>) {
                 if *n == 0 {
                     counts.remove(&key);
                 }
+            }
+            Incoming::Message(ShardMsg::Crash) => {
+                panic!("fault injection: presence shard {index} crashes")
             }
             Incoming::Message(ShardMsg::Query { keys, reply }) => {
                 let found: Vec<String> = keys

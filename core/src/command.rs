@@ -358,6 +358,10 @@ pub struct Limits {
 /// (`node.fault_injection`).
 pub const CRASH_CHANNEL_EVENT: &str = "chorus_crash_channel";
 
+/// Test-only push on a joined topic, `{"key": "<presence key>"}`, that
+/// crashes the presence shard owning that key (`node.fault_injection`).
+pub const CRASH_PRESENCE_EVENT: &str = "chorus_crash_presence";
+
 /// What a push asks the session to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command<'a> {
@@ -375,6 +379,11 @@ pub enum Command<'a> {
     Crash,
     /// [`CRASH_CHANNEL_EVENT`] on a joined topic (fault injection only).
     CrashChannel,
+    /// [`CRASH_PRESENCE_EVENT`] on a joined topic (fault injection only):
+    /// the presence key whose shard crashes.
+    CrashPresence {
+        key: String,
+    },
     Join(Box<JoinConfig>),
     Leave,
     /// A user broadcast.
@@ -474,6 +483,15 @@ pub fn command<'a>(push: &Push<'a>, limits: Limits) -> Result<Command<'a>, Refus
         }
         event::LEAVE => Ok(Command::Leave),
         CRASH_CHANNEL_EVENT => Ok(Command::CrashChannel),
+        CRASH_PRESENCE_EVENT => {
+            let v = json_of(payload, CRASH_PRESENCE_EVENT)?;
+            match v.get("key") {
+                Some(Value::String(k)) => Ok(Command::CrashPresence { key: k.clone() }),
+                _ => Err(invalid(
+                    "chorus_crash_presence needs {\"key\": \"<presence key>\"}",
+                )),
+            }
+        }
         "presence" => {
             let Payload::Json(raw) = payload else {
                 return Err(invalid("presence payload must be JSON"));

@@ -39,7 +39,9 @@ pub struct NodeConfig {
     /// `/demo/`; empty: no demo.
     pub demo_dir: String,
     /// Test-only fault injection: a client may crash its own session with
-    /// the `chorus_crash` event on topic `phoenix`. Never enable in production.
+    /// the `chorus_crash` event on topic `phoenix`, a joined topic's channel
+    /// (`chorus_crash_channel`) or a presence shard (`chorus_crash_presence`).
+    /// Never enable in production.
     pub fault_injection: bool,
     /// Browser origins allowed to open a WebSocket (`Origin` header, e.g.
     /// `https://app.example.com`); empty allows every origin. Clients that

@@ -164,6 +164,8 @@ pub enum Effect {
     Crash,
     /// Crash the channel of `topic` (fault injection).
     CrashChannel { topic: String },
+    /// Crash the presence shard that owns `key` (fault injection).
+    CrashPresence { key: String },
 }
 
 /// The clocks a session reads, passed in.
@@ -362,6 +364,18 @@ impl Session {
             Command::CrashChannel => {
                 let reason = Refusal::UnknownEvent {
                     event: command::CRASH_CHANNEL_EVENT.into(),
+                    on_phoenix: false,
+                };
+                self.error(join_ref, msg_ref, topic, &reason.to_string(), out)
+            }
+            Command::CrashPresence { key } if self.config.fault_injection => {
+                if self.joined.contains_key(topic) {
+                    out.push(Effect::CrashPresence { key });
+                }
+            }
+            Command::CrashPresence { .. } => {
+                let reason = Refusal::UnknownEvent {
+                    event: command::CRASH_PRESENCE_EVENT.into(),
                     on_phoenix: false,
                 };
                 self.error(join_ref, msg_ref, topic, &reason.to_string(), out)
@@ -1575,6 +1589,42 @@ mod tests {
             json!({}),
         );
         assert_eq!(out, vec![Effect::CrashChannel { topic: "t".into() }]);
+    }
+
+    #[test]
+    fn a_presence_shard_crash_is_only_a_test_switch() {
+        let crash = |s: &mut Session| {
+            push(
+                s,
+                Some("1"),
+                "2",
+                "t",
+                "chorus_crash_presence",
+                json!({"key": "alice"}),
+            )
+        };
+        let mut s = session(Vsn::V2, config(), None);
+        joined(&mut s, "t", json!({}));
+        assert!(refusal(&crash(&mut s)).contains("unknown event"));
+        let mut c = config();
+        c.fault_injection = true;
+        let mut s = session(Vsn::V2, c, None);
+        joined(&mut s, "t", json!({}));
+        assert_eq!(
+            crash(&mut s),
+            vec![Effect::CrashPresence {
+                key: "alice".into()
+            }]
+        );
+        let out = push(
+            &mut s,
+            Some("1"),
+            "3",
+            "t",
+            "chorus_crash_presence",
+            json!({}),
+        );
+        assert!(refusal(&out).contains("key"), "{out:?}");
     }
 
     #[test]

@@ -117,8 +117,14 @@ impl Shell {
                         &format!("session: an undecodable message was dropped: {e}"),
                     ),
                 },
+                // A monitored channel died: its topics get `phx_error`.
+                Mail::ProcessDied { .. } => {
+                    if let Some(close) = self.apply(vec![Effect::CheckChannels]) {
+                        return close;
+                    }
+                }
                 // Late answers of calls this session stopped waiting for.
-                Mail::Data { .. } | Mail::LinkDied { .. } | Mail::ProcessDied { .. } => {}
+                Mail::Data { .. } | Mail::LinkDied { .. } => {}
                 Mail::TimedOut => {}
             }
         }
@@ -215,6 +221,12 @@ impl Shell {
                             socket: self.socket,
                             params,
                         }));
+                        // A channel that dies tells this session at once
+                        // (`ProcessDied`), not at the client's next heartbeat:
+                        // the client gets `phx_error` and rejoins the restarted
+                        // channel within milliseconds.
+                        // SAFETY: scalar call on a process id.
+                        unsafe { lunatic::host::api::process::monitor(channel.pid()) };
                         self.channels.insert(topic, channel);
                     }
                     Located::Full(reason) => {
@@ -327,6 +339,7 @@ impl Shell {
                     channel.send(ChannelMsg::Crash);
                 }
             }
+            Effect::CrashPresence { key } => crate::presence::crash(&key, self.presence_shards),
         }
         None
     }
