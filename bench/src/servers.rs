@@ -41,6 +41,15 @@ pub struct Server {
 
 /// Ports of this bench: fixed, out of everyone's way.
 const CHORUS_PORT: u16 = 47400;
+
+/// Chorus' port: `CHORUS_BENCH_PORT` when set (two runs side by side on one
+/// machine), else [`CHORUS_PORT`].
+fn chorus_port() -> u16 {
+    std::env::var("CHORUS_BENCH_PORT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CHORUS_PORT)
+}
 const NATS_PORT: u16 = 47410;
 const NATS_WS_PORT: u16 = 47411;
 const CENTRIFUGO_PORT: u16 = 47430;
@@ -205,14 +214,15 @@ fn start_chorus(paths: &Paths, extra_env: &[(String, String)]) -> Result<Server,
         "--guest".to_string(),
         guest.display().to_string(),
     ];
+    let port = chorus_port();
     let mut envs = vec![
-        ("CHORUS_PORT", CHORUS_PORT.to_string()),
+        ("CHORUS_PORT", port.to_string()),
         ("CHORUS_HOST", "127.0.0.1".to_string()),
         ("CHORUS_DATA_DIR", dir.join("data").display().to_string()),
     ];
     envs.extend(extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let mut child = spawn(&bin, &args, &envs, &log)?;
-    let pid = match wait_ready(&mut child, CHORUS_PORT, Duration::from_secs(60), &log) {
+    let pid = match wait_ready(&mut child, port, Duration::from_secs(60), &log) {
         Ok(pid) => pid,
         Err(e) => {
             let _ = child.kill();
@@ -222,7 +232,7 @@ fn start_chorus(paths: &Paths, extra_env: &[(String, String)]) -> Result<Server,
     };
     let version = output_of(&bin.display().to_string(), &["--version"]);
     Ok(Server {
-        addr: SocketAddr::from(([127, 0, 0, 1], CHORUS_PORT)),
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
         pid,
         version,
         child,

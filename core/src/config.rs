@@ -258,6 +258,10 @@ pub struct RuntimeConfig {
     pub process_memory_mib: u32,
     /// Native stack of one process (wasm frames and host calls), in KiB.
     pub process_stack_kib: u32,
+    /// What a freed process slot keeps resident for the next process in it
+    /// (of its linear memory, table and native stack), in KiB; the rest is
+    /// returned to the system when the process ends. 0 = everything.
+    pub freed_slot_resident_kib: u32,
     /// `vm.max_map_count` the node needs; raised at start when running as root.
     pub min_max_map_count: u64,
     /// Where compiled guests are cached, so a restart skips compilation:
@@ -377,6 +381,7 @@ impl Default for RuntimeConfig {
             max_processes: 110_000,
             process_memory_mib: 16,
             process_stack_kib: 128,
+            freed_slot_resident_kib: 0,
             min_max_map_count: 1_048_576,
             module_cache: String::new(),
         }
@@ -706,6 +711,9 @@ impl Config {
         if !(64..=8192).contains(&self.runtime.process_stack_kib) {
             return bad("runtime.process_stack_kib", "must be between 64 and 8192");
         }
+        if self.runtime.freed_slot_resident_kib > 1024 {
+            return bad("runtime.freed_slot_resident_kib", "must be at most 1024");
+        }
         Ok(())
     }
 }
@@ -830,6 +838,9 @@ mod tests {
     fn invalid_value_names_key() {
         let err = Config::from_toml("[store]\nbackend = \"mongo\"\n", "a.toml").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("store.backend"));
+        let err =
+            Config::from_toml("[runtime]\nfreed_slot_resident_kib = 1025\n", "a.toml").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("runtime.freed_slot_resident_kib"));
     }
 
     #[test]

@@ -120,23 +120,28 @@ impl HostApi {
     }
 
     /// Drops, every second, the answers parked for processes that are gone
-    /// and the module instances they held, and takes the dashboard's
-    /// sample. Call once, inside the runtime.
+    /// and the module instances they held, takes the dashboard's sample, and
+    /// trims the heap once the process count has halved
+    /// ([`crate::heap`]). Call once, inside the runtime.
     pub fn start_sweeper(self: &Arc<Self>) {
         let api = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            let mut trim = crate::heap::Trim::default();
+            use lunatic_process::env::Environment;
             loop {
                 tick.tick().await;
                 let Some(api) = api.upgrade() else { return };
                 api.metrics.sample(&api.host_values(0));
                 if let Some(modules) = &api.modules {
-                    use lunatic_process::env::Environment;
                     modules.sweep(|pid| api.env.get_process(pid).is_some());
                 }
                 let dropped = api.sweep_parked();
                 if dropped > 0 {
                     tracing::debug!(dropped, "answers parked for dead processes dropped");
+                }
+                if trim.after(api.env.process_count()) {
+                    crate::heap::trim();
                 }
             }
         });

@@ -18,6 +18,7 @@ mod cli;
 mod drain;
 mod engine;
 mod gateway;
+mod heap;
 mod hostapi;
 mod metrics;
 mod modules;

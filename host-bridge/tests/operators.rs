@@ -35,7 +35,14 @@ fn help_lists_every_subcommand_and_each_has_its_own() {
     let out = chorus(&["--help"], &[], dir.path());
     assert!(out.status.success());
     let help = text(&out.stdout);
-    let commands = ["run", "exec", "check-config", "gentoken", "version"];
+    let commands = [
+        "run",
+        "exec",
+        "check-config",
+        "gentoken",
+        "drain",
+        "version",
+    ];
     for c in commands {
         assert!(
             help.contains(&format!("\n  {c} ")),
@@ -50,6 +57,7 @@ fn help_lists_every_subcommand_and_each_has_its_own() {
         ("gentoken", "--sub"),
         ("gentoken", "--role"),
         ("gentoken", "--exp"),
+        ("drain", "--addr"),
         ("version", "Usage: chorus version"),
     ] {
         let out = chorus(&[c, "--help"], &[], dir.path());

@@ -77,8 +77,8 @@ async function history(node, topic) {
 
 test('SIGTERM drains: 1001 in batches, port handed over, every client rejoins the next node, nothing acked lost', async () => {
   const env = {
-    CHORUS_NODE_DRAIN_BATCH_SIZE: '4',
-    CHORUS_NODE_DRAIN_BATCH_INTERVAL_MS: '300',
+    CHORUS_NODE_DRAIN_BATCH_SIZE: '2',
+    CHORUS_NODE_DRAIN_BATCH_INTERVAL_MS: '400',
     CHORUS_NODE_SHUTDOWN_TIMEOUT_MS: '10000',
   };
   const first = await startNode(env);
@@ -127,7 +127,7 @@ test('SIGTERM drains: 1001 in batches, port handed over, every client rejoins th
 
   // The port is free while the first node still drains: the next node takes
   // it over with the same data.
-  assert.equal(first.exited(), null, 'the first node is still draining (batches 300 ms apart)');
+  assert.equal(first.exited(), null, 'the first node is still draining (6 batches 400 ms apart)');
   const second = await startNode({}, { port: first.port, dataDir: first.dataDir });
   nodes.push(second);
   const exit = await waitFor(() => first.exited(), 15000, 'the first node exits');
@@ -135,11 +135,11 @@ test('SIGTERM drains: 1001 in batches, port handed over, every client rejoins th
   assert.ok(Date.now() - termAt < 10000 + 2000, 'exit within node.shutdown_timeout_ms');
   assert.match(first.logs(), /every connection closed and its outlet written/);
 
-  // Every client was closed with 1001, in batches of 4 spaced 300 ms apart.
+  // Every client was closed with 1001, in 6 batches of 2 spaced 400 ms apart.
   assert.equal(closes.length, CLIENTS, JSON.stringify(closes));
   assert.ok(closes.every((c) => c.code === 1001), JSON.stringify(closes));
   const spread = Math.max(...closes.map((c) => c.at)) - Math.min(...closes.map((c) => c.at));
-  assert.ok(spread >= 2 * 300 - 100, `closes spread over the batches (${spread} ms)`);
+  assert.ok(spread >= 2 * 400, `closes spread over the batches (${spread} ms)`);
 
   // Every client reconnects and rejoins by itself, on the second node.
   await waitFor(() => clients.every((c) => c.client.isConnected() && c.ch.state === 'joined'), 20000, 'every client rejoined');
