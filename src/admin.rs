@@ -41,7 +41,7 @@ use serde_json::{json, Value};
 use supervisors::SupervisorRef;
 
 use crate::channel;
-use crate::msg::{Body, ChannelMsg, Publish};
+use crate::msg::{Body, ChannelMsg, Located, Publish};
 use crate::{host, presence, tree};
 
 /// Answers one request; the host has read its `body` (at most
@@ -341,11 +341,15 @@ fn publish(topic: &str, event: &str, payload: Body) -> Result<(), Response> {
         }
         return Ok(());
     }
-    let Some(ch) = channel::locate(&full, true) else {
-        return Err(Response::json(
-            503,
-            &json!({"error": "chat lane unavailable, retry"}),
-        ));
+    let ch = match channel::find(&full, true) {
+        Located::Found(ch) | Located::Started(ch) => ch,
+        Located::Full(reason) => return Err(Response::json(503, &json!({ "error": reason }))),
+        Located::Absent => {
+            return Err(Response::json(
+                503,
+                &json!({"error": "chat lane unavailable, retry"}),
+            ))
+        }
     };
     let outcome = supervisors::call(
         |reply| {

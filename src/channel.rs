@@ -9,8 +9,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use chorus_core::caps;
 use chorus_core::config::{Config, PresenceConfig, RoomsConfig};
 use chorus_core::data::{DataRequest, DataResponse};
+use chorus_core::dedupe::{self, Window};
 use chorus_core::frame::{self, BodyRef};
 use chorus_core::lanes::{self, Lane};
 use chorus_core::metrics::{Histogram, Metric};
@@ -24,7 +26,9 @@ use serde_json::{json, Value};
 use supervisors::{ChildRef, DynamicSupervisor, Inbox, Incoming};
 
 use crate::host;
-use crate::msg::{Body, ChannelMsg, ChannelRef, DirMsg, JoinReq, Publish, SessionMsg, SessionRef};
+use crate::msg::{
+    Body, ChannelMsg, ChannelRef, DirMsg, JoinReq, Located, Publish, SessionMsg, SessionRef,
+};
 
 mod peak;
 
@@ -36,6 +40,9 @@ pub const DIRECTORIES: u32 = 4;
 const VNODES: u32 = 64;
 /// How long a caller waits for a directory to answer.
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a full directory shard may drop channels that died from its
+/// map (each check is a host call per channel).
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// Most metas under one presence key (Supabase's limit).
 const MAX_METAS_PER_KEY: usize = 10;
 
@@ -52,6 +59,12 @@ pub struct ChannelArgs {
     /// `limits.presence_bytes`: presence keys and metas this channel holds.
     #[serde(default)]
     pub presence_bytes: u32,
+    /// `limits.dedupe_window_ms` and `limits.dedupe_bytes`: client message
+    /// ids a chat lane remembers.
+    #[serde(default)]
+    pub dedupe_window_ms: u64,
+    #[serde(default)]
+    pub dedupe_bytes: u32,
     pub sweep_ms: u64,
     pub presence_shards: u32,
     /// Peak mode settings.
@@ -77,8 +90,19 @@ fn ring() -> HashRing<String> {
 
 /// The channel of `topic`, if it runs or (with `spawn`) once started.
 pub fn locate(topic: &str, spawn: bool) -> Option<ChannelRef> {
+    find(topic, spawn).channel()
+}
+
+/// What `topic`'s directory answers: its running channel, one started for
+/// this call (only with `spawn`), none, or none because the node is full.
+pub fn find(topic: &str, spawn: bool) -> Located {
     let ring = ring();
-    let dir = ChildRef::<DirMsg>::lookup(ring.owner(topic)?)?;
+    let Some(dir) = ring
+        .owner(topic)
+        .and_then(|d| ChildRef::<DirMsg>::lookup(d))
+    else {
+        return Located::Absent;
+    };
     dir.call(
         |reply| DirMsg::Locate {
             topic: topic.to_string(),
@@ -87,7 +111,7 @@ pub fn locate(topic: &str, spawn: bool) -> Option<ChannelRef> {
         },
         LOCATE_TIMEOUT,
     )
-    .flatten()
+    .unwrap_or(Located::Absent)
 }
 
 /// A directory shard process.
@@ -95,6 +119,10 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
     let (name, config) = args;
     let mut channels: HashMap<String, ChannelRef> = HashMap::new();
     let sweep_ms = (config.limits.heartbeat_timeout_ms / 2).max(500);
+    // When channels that died were last dropped from `channels` (done only
+    // when the shard is at its share of limits.max_channels, at most once
+    // a second).
+    let mut pruned: Option<Instant> = None;
     loop {
         match inbox.receive() {
             Incoming::Shutdown => return,
@@ -103,9 +131,25 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                 spawn,
                 reply,
             }) => {
+                if spawn
+                    && !channels.contains_key(&topic)
+                    && caps::may_start(channels.len(), config.limits.max_channels, DIRECTORIES)
+                        .is_err()
+                    && pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY)
+                {
+                    channels.retain(|_, c| c.is_alive());
+                    pruned = Some(Instant::now());
+                }
                 let found = match channels.get(&topic) {
-                    Some(c) if c.is_alive() => Some(*c),
+                    Some(c) if c.is_alive() => Located::Found(*c),
                     _ if spawn => {
+                        let running = channels.len() - usize::from(channels.contains_key(&topic));
+                        if let Err(reason) =
+                            caps::may_start(running, config.limits.max_channels, DIRECTORIES)
+                        {
+                            reply.send(&Located::Full(reason));
+                            continue;
+                        }
                         let args = ChannelArgs {
                             topic: topic.clone(),
                             directory: name.clone(),
@@ -113,6 +157,8 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                             history: config.limits.channel_history,
                             history_bytes: config.limits.channel_history_bytes,
                             presence_bytes: config.limits.presence_bytes,
+                            dedupe_window_ms: config.limits.dedupe_window_ms,
+                            dedupe_bytes: config.limits.dedupe_bytes,
                             sweep_ms,
                             presence_shards: config.presence.shards,
                             rooms: config.rooms.clone(),
@@ -124,15 +170,15 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                         {
                             Some(Ok(child)) => {
                                 channels.insert(topic, child);
-                                Some(child)
+                                Located::Started(child)
                             }
                             _ => {
                                 host::log(host::Level::Error, "cannot start a channel process");
-                                None
+                                Located::Absent
                             }
                         }
                     }
-                    _ => None,
+                    _ => Located::Absent,
                 };
                 reply.send(&found);
             }
@@ -193,6 +239,8 @@ struct Channel {
     modules: crate::modules::Screen,
     /// How each subscriber sees presence (selective presence, large rooms).
     viewers: crate::viewers::Viewers,
+    /// The client message ids (`msg_id`) this chat lane stored lately.
+    dedupe: Window,
 }
 
 /// A message in a channel's in-memory recent history.
@@ -236,6 +284,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
         peak: peak::PeakState::new(&args.rooms, &args.topic),
         modules: args.modules.clone().screen(),
         viewers: crate::viewers::Viewers::new(&args.topic, &args.presence),
+        dedupe: Window::new(args.dedupe_window_ms, args.dedupe_bytes),
     };
     ch.refill();
     if let Some(dir) = ChildRef::<DirMsg>::lookup(&args.directory) {
@@ -413,6 +462,26 @@ impl Channel {
             .from
             .and_then(|from| self.subs.get(&from))
             .map(|s| s.presence_key.clone());
+        // A retry of a stored client message id is acknowledged again,
+        // neither stored nor delivered twice.
+        let msg_id = match (&p.payload, self.persist && user.is_some()) {
+            (Body::Json(text), true) => match dedupe::client_id(text) {
+                Ok(id) => id,
+                Err(reason) => {
+                    self.refuse(&p, &reason);
+                    return;
+                }
+            },
+            _ => None,
+        };
+        if let (Some(id), Some(user)) = (&msg_id, &user) {
+            if let Some(stored) = self.dedupe.seen(user, id, now_ms()) {
+                host::metric(Metric::Duplicates, 1);
+                p.answer(Ok(stored.to_owned()));
+                self.ack(&p, br#"{"duplicate":true}"#);
+                return;
+            }
+        }
         if let Err(reason) =
             self.modules
                 .screen(&self.topic, &p.event, user.as_deref(), &mut p.payload)
@@ -425,10 +494,15 @@ impl Channel {
             match self.store(&p) {
                 Ok(id) => {
                     p.answer(Ok(id.0.clone()));
+                    if let (Some(msg_id), Some(user)) = (&msg_id, &user) {
+                        self.dedupe.remember(user, msg_id, &id.0, now_ms());
+                    }
                     stored = Some(id);
                 }
                 Err(reason) => {
+                    host::metric(Metric::StoreFailed, 1);
                     self.refuse(&p, &reason);
+                    self.tell_unstored(&p, msg_id.as_deref(), &reason);
                     return;
                 }
             }
@@ -457,19 +531,7 @@ impl Channel {
                 started.elapsed().as_nanos() as u64,
             );
         }
-        if let (Some(from), Some((join_ref, msg_ref))) = (p.from, &p.ack) {
-            if let Some(sub) = self.subs.get(&from) {
-                let ok = frame::reply(
-                    sub.vsn(),
-                    Some(join_ref),
-                    msg_ref.as_deref(),
-                    &self.topic,
-                    "ok",
-                    b"{}",
-                );
-                send_control(sub.socket, &ok);
-            }
-        }
+        self.ack(&p, b"{}");
         let (id, inserted_at) = match stored {
             Some((id, at)) => (Some(id), at),
             None => (None, now_ms()),
@@ -542,6 +604,54 @@ impl Channel {
                 host::fanout(sockets, &bytes, route);
             }
         }
+    }
+
+    /// Acknowledges a publish with an ok reply carrying `response`, when its
+    /// publisher asked for it.
+    fn ack(&self, p: &Publish, response: &[u8]) {
+        if let (Some(from), Some((join_ref, msg_ref))) = (p.from, &p.ack) {
+            if let Some(sub) = self.subs.get(&from) {
+                let ok = frame::reply(
+                    sub.vsn(),
+                    Some(join_ref),
+                    msg_ref.as_deref(),
+                    &self.topic,
+                    "ok",
+                    response,
+                );
+                send_control(sub.socket, &ok);
+            }
+        }
+    }
+
+    /// A chat message the store refused, from a publisher that did not ask
+    /// for an acknowledgement: it still learns, by a `system` push naming
+    /// the topic, the event (and its `msg_id`) and the store's reason, so
+    /// nothing is lost silently. Nobody else hears of it.
+    fn tell_unstored(&self, p: &Publish, msg_id: Option<&str>, reason: &str) {
+        if p.ack.is_some() {
+            return;
+        }
+        let Some(sub) = p.from.and_then(|from| self.subs.get(&from)) else {
+            return;
+        };
+        let system = json!({
+            "extension": "broadcast",
+            "status": "error",
+            "message": format!("not stored, not delivered: {reason}"),
+            "channel": self.topic,
+            "event": p.event,
+            "msg_id": msg_id,
+        });
+        let push = frame::message(
+            sub.vsn(),
+            Some(&sub.join_ref),
+            None,
+            &self.topic,
+            "system",
+            system.to_string().as_bytes(),
+        );
+        send_control(sub.socket, &push);
     }
 
     /// Answers a refused publish with an error reply carrying `reason`, when

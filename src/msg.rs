@@ -129,7 +129,7 @@ pub enum DirMsg {
     Locate {
         topic: String,
         spawn: bool,
-        reply: ReplyTo<Option<ChannelRef>>,
+        reply: ReplyTo<Located>,
     },
     /// A channel has had no subscriber for its idle period.
     Idle { topic: String, pid: u64 },
@@ -138,6 +138,30 @@ pub enum DirMsg {
     /// one already serves the topic, which makes this one stop. So the
     /// directory always knows the live channel and no orphan stays behind.
     Live { topic: String, channel: ChannelRef },
+}
+
+/// A directory's answer to [`DirMsg::Locate`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Located {
+    /// The topic's running channel.
+    Found(ChannelRef),
+    /// A channel started for this request.
+    Started(ChannelRef),
+    /// None runs, and none was to be started (or it could not start).
+    Absent,
+    /// None runs and the node runs its most channels
+    /// (`limits.max_channels`): the reason for the client.
+    Full(String),
+}
+
+impl Located {
+    /// The channel, found or started.
+    pub fn channel(&self) -> Option<ChannelRef> {
+        match self {
+            Located::Found(c) | Located::Started(c) => Some(*c),
+            Located::Absent | Located::Full(_) => None,
+        }
+    }
 }
 
 /// Room messages to an audio-lane channel.

@@ -30,6 +30,7 @@ pub fn channel_share(config: &Config) -> Vec<(&'static str, u64, u64)> {
         ),
         ("limits.presence_bytes", 1, u64::from(l.presence_bytes)),
         ("limits.room_state_bytes", 1, u64::from(l.room_state_bytes)),
+        ("limits.dedupe_bytes", 1, u64::from(l.dedupe_bytes)),
         // A history answer (refill or replay) as received, and its decoded copy.
         (
             "limits.history_page_bytes",

@@ -97,6 +97,22 @@ pub struct LimitsConfig {
     pub heartbeat_timeout_ms: u64,
     /// Topics one socket may join at once.
     pub max_channels_per_socket: u32,
+    /// Channel processes one node runs at once; a join that would start one
+    /// more is refused (`too_many_channels`). Enforced per directory shard
+    /// (this divided by the shards, rounded up).
+    pub max_channels: u32,
+    /// Channels one socket may start per second (a token bucket with this
+    /// burst): a join of a topic nobody has open costs a token, a join of a
+    /// running channel none. Past it the join is refused
+    /// (`channel_creation_rate_limited`).
+    pub channel_creations_per_second: u32,
+    /// How long a chat lane remembers a client message id (`msg_id` in the
+    /// broadcast payload) to answer a retry without storing or delivering
+    /// it again.
+    pub dedupe_window_ms: u64,
+    /// Bytes of remembered message ids one chat lane holds (the oldest go
+    /// first past it).
+    pub dedupe_bytes: u32,
     /// Largest broadcast/presence payload accepted (`payload_size_exceeded`).
     pub max_payload_bytes: u32,
     /// Largest WebSocket message accepted; larger closes the socket (1009).
@@ -288,6 +304,10 @@ impl Default for LimitsConfig {
         Self {
             heartbeat_timeout_ms: 60_000,
             max_channels_per_socket: 100,
+            max_channels: 50_000,
+            channel_creations_per_second: 20,
+            dedupe_window_ms: 300_000,
+            dedupe_bytes: 256 * 1024,
             max_payload_bytes: 256 * 1024,
             max_frame_bytes: 5 * 1024 * 1024,
             max_http_head_bytes: 16 * 1024,
@@ -563,6 +583,15 @@ impl Config {
         }
         if self.limits.max_channels_per_socket == 0 {
             return bad("limits.max_channels_per_socket", "must be at least 1");
+        }
+        if self.limits.max_channels == 0 {
+            return bad("limits.max_channels", "must be at least 1");
+        }
+        if self.limits.channel_creations_per_second == 0 {
+            return bad("limits.channel_creations_per_second", "must be at least 1");
+        }
+        if self.limits.dedupe_bytes < 1024 {
+            return bad("limits.dedupe_bytes", "must be at least 1024");
         }
         if self.limits.max_payload_bytes == 0
             || self.limits.max_payload_bytes > self.limits.max_frame_bytes

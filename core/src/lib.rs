@@ -8,9 +8,11 @@
 
 pub mod admission;
 pub mod budget;
+pub mod caps;
 pub mod command;
 pub mod config;
 pub mod data;
+pub mod dedupe;
 pub mod drain;
 pub mod frame;
 pub mod http;

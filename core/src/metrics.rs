@@ -62,6 +62,9 @@ metrics! {
     ModuleTimeouts => "chorus_module_timeouts_total", Counter, "Module calls that timed out or found the module unavailable (fail_open applied)";
     ModuleCrashes => "chorus_module_crashes_total", Counter, "Module calls that trapped or ran out of fuel (the module's process is restarted)";
     ModuleErrors => "chorus_module_errors_total", Counter, "Module answers refused as garbage (the message is handled as if unanswered)";
+    ChannelsRefused => "chorus_channel_starts_refused_total", Counter, "Joins refused because they would start a channel past limits.max_channels or limits.channel_creations_per_second";
+    Duplicates => "chorus_duplicate_messages_total", Counter, "Chat messages retried with a msg_id the lane had stored (acknowledged again, not stored or delivered twice)";
+    StoreFailed => "chorus_store_failures_total", Counter, "Chat messages refused because the store failed (the sender gets an error reply or a system push)";
 }
 
 impl Metric {

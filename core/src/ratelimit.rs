@@ -36,18 +36,23 @@ impl TokenBucket {
 
     /// Takes one token at `now_ms` if there is one.
     pub fn try_take(&mut self, now_ms: u64) -> bool {
+        if self.ready(now_ms) {
+            self.level -= MILLI;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether a token is there at `now_ms` (refilling, taking none).
+    pub fn ready(&mut self, now_ms: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.last_ms);
         self.last_ms = self.last_ms.max(now_ms);
         self.level = self
             .level
             .saturating_add(elapsed.saturating_mul(self.per_second))
             .min(self.capacity);
-        if self.level >= MILLI {
-            self.level -= MILLI;
-            true
-        } else {
-            false
-        }
+        self.level >= MILLI
     }
 }
 

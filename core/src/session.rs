@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::caps;
 use crate::command::{self, Command, Limits, Push, Refusal};
 use crate::config::Config;
 use crate::frame::{self, Body, BodyRef};
@@ -30,6 +31,9 @@ use crate::room;
 pub struct SessionConfig {
     pub max_payload_bytes: u32,
     pub max_channels_per_socket: u32,
+    /// New channels this socket may start per second
+    /// (`limits.channel_creations_per_second`, burst the same).
+    pub channel_creations_per_second: u32,
     pub client_messages_per_second: u32,
     pub client_burst: u32,
     pub max_subscribed_keys: u32,
@@ -52,6 +56,7 @@ impl SessionConfig {
         SessionConfig {
             max_payload_bytes: c.limits.max_payload_bytes,
             max_channels_per_socket: c.limits.max_channels_per_socket,
+            channel_creations_per_second: c.limits.channel_creations_per_second,
             client_messages_per_second: c.limits.client_messages_per_second,
             client_burst: c.limits.client_burst,
             max_subscribed_keys: c.presence.max_subscribed_keys,
@@ -103,9 +108,16 @@ pub enum Effect {
     Write(Vec<u8>),
     /// Bump a metric by one.
     Count(Metric),
-    /// Join `topic`'s channel (finding or starting it). If it cannot be
-    /// found, call [`Session::join_failed`].
-    Join { topic: String, params: JoinParams },
+    /// Join `topic`'s channel: find it, or start it only when `may_start`
+    /// (this socket's channel-creation bucket has a token). Then call
+    /// [`Session::channel_started`] if a channel was started for it,
+    /// [`Session::join_refused`] if none runs and none may start, or
+    /// [`Session::join_failed`] if it cannot be found.
+    Join {
+        topic: String,
+        params: JoinParams,
+        may_start: bool,
+    },
     /// Tell `topic`'s channel this session left.
     Leave { topic: String },
     /// A user broadcast to `topic`'s channel.
@@ -208,6 +220,8 @@ pub struct Session {
     pid: u64,
     joined: HashMap<String, Joined>,
     flood: TokenBucket,
+    /// New channels this socket may start (`limits.channel_creations_per_second`).
+    creations: TokenBucket,
     policies: Policies,
 }
 
@@ -224,6 +238,11 @@ impl Session {
             flood: TokenBucket::new(
                 start.config.client_messages_per_second,
                 start.config.client_burst,
+                now.mono_ms,
+            ),
+            creations: TokenBucket::new(
+                start.config.channel_creations_per_second,
+                start.config.channel_creations_per_second,
                 now.mono_ms,
             ),
             config: start.config.clone(),
@@ -583,8 +602,32 @@ impl Session {
         out.push(Effect::Join {
             topic: topic.to_owned(),
             params: self.params(&joined, now),
+            may_start: self.creations.ready(now.mono_ms),
         });
         self.joined.insert(topic.to_owned(), joined);
+    }
+
+    /// A join started its topic's channel: it takes a creation token.
+    pub fn channel_started(&mut self, now: Now) {
+        self.creations.try_take(now.mono_ms);
+    }
+
+    /// No channel runs for a join's topic and none was started: the node
+    /// is full (`reason` from the directory), or (`None`) this socket may
+    /// start no channel now.
+    pub fn join_refused(&mut self, topic: &str, reason: Option<&str>, out: &mut Vec<Effect>) {
+        if let Some(j) = self.joined.remove(topic) {
+            let rate;
+            let reason = match reason {
+                Some(r) => r,
+                None => {
+                    rate = caps::creation_refusal(self.config.channel_creations_per_second);
+                    &rate
+                }
+            };
+            out.push(Effect::Count(Metric::ChannelsRefused));
+            self.error(Some(&j.join_ref), j.msg_ref.as_deref(), topic, reason, out);
+        }
     }
 
     fn params(&self, j: &Joined, now: Now) -> JoinParams {
@@ -630,6 +673,8 @@ impl Session {
             out.push(Effect::Join {
                 topic: topic.to_owned(),
                 params: self.params(j, now),
+                // The topic was open when the client joined it.
+                may_start: true,
             });
         }
     }
@@ -847,6 +892,7 @@ mod tests {
         SessionConfig {
             max_payload_bytes: 1000,
             max_channels_per_socket: 2,
+            channel_creations_per_second: 3,
             client_messages_per_second: 10,
             client_burst: 20,
             max_subscribed_keys: 3,
@@ -958,7 +1004,12 @@ mod tests {
                 json!({"broadcast": {"ack": true}, "presence": {"key": "u"}}),
             );
             match &out[..] {
-                [Effect::Join { topic, params }] => {
+                [Effect::Join {
+                    topic,
+                    params,
+                    may_start,
+                }] => {
+                    assert!(may_start);
                     assert_eq!(topic, "realtime:a");
                     assert_eq!(params.join_ref, "1");
                     assert_eq!(params.presence_key, "u");
@@ -1004,6 +1055,82 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("limits.max_channels_per_socket"));
+    }
+
+    fn may_start(out: &[Effect]) -> bool {
+        match out {
+            [Effect::Join { may_start, .. }] => *may_start,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn channel_starts_per_socket_are_rate_limited_with_the_key_named() {
+        let mut c = config();
+        c.max_channels_per_socket = 100;
+        c.client_burst = 100;
+        c.channel_creations_per_second = 3;
+        let mut s = session(Vsn::V2, c, None);
+        // Three joins start channels: the burst.
+        for i in 0..3 {
+            let out = joined(&mut s, &format!("new-{i}"), json!({}));
+            assert!(may_start(&out), "join {i}");
+            s.channel_started(NOW);
+        }
+        // The fourth may only find a running channel.
+        let out = joined(&mut s, "new-3", json!({}));
+        assert!(!may_start(&out));
+        // None runs: refused with the key named, and no longer joined.
+        let mut refused = Vec::new();
+        s.join_refused("new-3", None, &mut refused);
+        assert!(refused.contains(&Effect::Count(Metric::ChannelsRefused)));
+        let reason = refusal(&refused);
+        assert!(
+            reason.starts_with("channel_creation_rate_limited"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("(limits.channel_creations_per_second)"),
+            "{reason}"
+        );
+        let out = push(
+            &mut s,
+            Some("9"),
+            "9",
+            "new-3",
+            "broadcast",
+            json!({"type": "broadcast", "event": "e", "payload": {}}),
+        );
+        assert_eq!(refusal(&out), "unmatched topic");
+        // A join that found a running channel costs nothing.
+        let out = joined(&mut s, "open", json!({}));
+        assert!(!may_start(&out));
+        assert!(s.joined().any(|(t, _)| t == "open"));
+        // A token comes back after a third of a second at 3/s.
+        let later = Now {
+            mono_ms: NOW.mono_ms + 334,
+            ..NOW
+        };
+        let out = push_at(
+            &mut s,
+            later,
+            Some("7"),
+            "7",
+            "new-4",
+            "phx_join",
+            json!({}),
+        );
+        assert!(may_start(&out));
+    }
+
+    #[test]
+    fn a_full_node_refuses_the_join_with_the_directorys_reason() {
+        let mut s = session(Vsn::V2, config(), None);
+        joined(&mut s, "t", json!({}));
+        let mut out = Vec::new();
+        s.join_refused("t", Some(&caps::node_full(8)), &mut out);
+        assert!(refusal(&out).contains("limits.max_channels = 8"));
+        assert_eq!(s.joined().count(), 0);
     }
 
     #[test]

@@ -18,7 +18,9 @@ use supervisors::mail::{self, Mail};
 
 use crate::channel;
 use crate::host::{self, Inlet};
-use crate::msg::{ChannelMsg, ChannelRef, JoinReq, Publish, RoomMsg, SessionMsg, SessionRef};
+use crate::msg::{
+    ChannelMsg, ChannelRef, JoinReq, Located, Publish, RoomMsg, SessionMsg, SessionRef,
+};
 
 /// Tag of the host's "client messages are waiting" mail (`socket.rs`).
 const INLET_TAG: i64 = 64;
@@ -203,26 +205,44 @@ impl Shell {
                 }
             }
             Effect::Count(metric) => host::metric(metric, 1),
-            Effect::Join { topic, params } => match channel::locate(&topic, true) {
-                Some(channel) => {
-                    channel.send(ChannelMsg::Join(JoinReq {
-                        session: self.this,
-                        socket: self.socket,
-                        params,
-                    }));
-                    // A channel that dies tells this session at once
-                    // (`ProcessDied`), not at the client's next heartbeat:
-                    // the client gets `phx_error` and rejoins the restarted
-                    // channel within milliseconds.
-                    // SAFETY: scalar call on a process id.
-                    unsafe { lunatic::host::api::process::monitor(channel.pid()) };
-                    self.channels.insert(topic, channel);
+            Effect::Join {
+                topic,
+                params,
+                may_start,
+            } => {
+                let located = channel::find(&topic, may_start);
+                if let Located::Started(_) = located {
+                    self.session.channel_started(now(self.started));
                 }
-                None => {
-                    self.channels.remove(&topic);
-                    self.session.join_failed(&topic, more);
+                match located {
+                    Located::Found(channel) | Located::Started(channel) => {
+                        channel.send(ChannelMsg::Join(JoinReq {
+                            session: self.this,
+                            socket: self.socket,
+                            params,
+                        }));
+                        // A channel that dies tells this session at once
+                        // (`ProcessDied`), not at the client's next heartbeat:
+                        // the client gets `phx_error` and rejoins the restarted
+                        // channel within milliseconds.
+                        // SAFETY: scalar call on a process id.
+                        unsafe { lunatic::host::api::process::monitor(channel.pid()) };
+                        self.channels.insert(topic, channel);
+                    }
+                    Located::Full(reason) => {
+                        self.channels.remove(&topic);
+                        self.session.join_refused(&topic, Some(&reason), more);
+                    }
+                    Located::Absent if !may_start => {
+                        self.channels.remove(&topic);
+                        self.session.join_refused(&topic, None, more);
+                    }
+                    Located::Absent => {
+                        self.channels.remove(&topic);
+                        self.session.join_failed(&topic, more);
+                    }
                 }
-            },
+            }
             Effect::Leave { topic } => {
                 if let Some(channel) = self.channels.remove(&topic) {
                     channel.send(ChannelMsg::Leave { session: me });
