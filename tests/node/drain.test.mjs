@@ -15,6 +15,7 @@ import { promisify } from 'node:util';
 
 import {
   CHORUS_BIN,
+  allHistory,
   closeAll,
   realtime,
   realtimeTransport,
@@ -54,25 +55,6 @@ async function acceptedConnection(port) {
       return { status, body: JSON.parse(got.slice(got.indexOf('\r\n\r\n') + 4)) };
     },
   };
-}
-
-/** Every stored message of `topic` (pages of 1000, newest first). */
-async function history(node, topic) {
-  const all = [];
-  let before = '';
-  for (;;) {
-    const q = `limit=1000${before ? `&before=${before}` : ''}`;
-    const res = await fetch(`${node.http}/realtime/v1/api/channels/${encodeURIComponent(topic)}/messages?${q}`, {
-      headers: { apikey: 'anon' },
-      signal: AbortSignal.timeout(5000),
-    });
-    assert.equal(res.status, 200);
-    const page = await res.json();
-    const list = Array.isArray(page) ? page : page.messages;
-    all.push(...list);
-    if (list.length < 1000) return all;
-    before = list[list.length - 1].id;
-  }
 }
 
 test('SIGTERM drains: 1001 in batches, port handed over, every client rejoins the next node, nothing acked lost', async () => {
@@ -149,7 +131,7 @@ test('SIGTERM drains: 1001 in batches, port handed over, every client rejoins th
   await Promise.all(loops);
 
   for (const room of rooms) {
-    const stored = new Set((await history(second, room)).map((m) => `${m.payload.c}:${m.payload.n}`));
+    const stored = new Set((await allHistory(second, room)).map((m) => `${m.payload.c}:${m.payload.n}`));
     const lost = [...acked.get(room)].filter((k) => !stored.has(k));
     assert.deepEqual(lost, [], `acked messages missing from ${room}'s history`);
   }

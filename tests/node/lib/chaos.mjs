@@ -6,7 +6,7 @@
 // is back in its room. Used by tests/node/chaos.test.mjs (small, in
 // scripts/test.sh) and bench/chaos.mjs (1,000 clients, results file).
 
-import { closeAll, realtime, startNode, uid, waitFor } from './node.mjs';
+import { allHistory, closeAll, realtime, startNode, uid, waitFor } from './node.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -31,25 +31,6 @@ async function metric(node, name) {
   const res = await fetch(`${node.http}/metrics`, { signal: AbortSignal.timeout(5000) });
   const line = (await res.text()).split('\n').find((l) => l.startsWith(`${name} `));
   return line === undefined ? 0 : Number(line.split(' ')[1]);
-}
-
-/** Every stored message of `topic`, pages of 1000 (newest first). */
-async function history(node, topic) {
-  const all = [];
-  let before = '';
-  for (;;) {
-    const q = `limit=1000${before ? `&before=${before}` : ''}`;
-    const res = await fetch(`${node.http}/realtime/v1/api/channels/${encodeURIComponent(topic)}/messages?${q}`, {
-      headers: { apikey: 'anon' },
-      signal: AbortSignal.timeout(10000),
-    });
-    if (res.status !== 200) throw new Error(`history of ${topic}: ${res.status} ${await res.text()}`);
-    const page = await res.json();
-    const list = Array.isArray(page) ? page : page.messages;
-    all.push(...list);
-    if (list.length === 0) return all;
-    before = list[list.length - 1].id;
-  }
 }
 
 /**
@@ -244,7 +225,7 @@ export async function runChaos({
   const lostSample = [];
   for (const room of rooms) {
     const stored = new Set(
-      (await history(node, room.topic)).filter((m) => m.event === 'm').map((m) => `${m.payload.c}:${m.payload.n}`),
+      (await allHistory(node, room.topic)).filter((m) => m.event === 'm').map((m) => `${m.payload.c}:${m.payload.n}`),
     );
     for (const key of room.acked) {
       acked++;

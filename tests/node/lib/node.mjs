@@ -494,6 +494,29 @@ export async function metric(node, name) {
   return Number(line.split(' ')[1]);
 }
 
+/**
+ * Every stored message of `topic` over the history API, newest first, in
+ * pages of up to 1000 (a page may hold fewer when it is cut by bytes, so
+ * only an empty page ends the walk).
+ */
+export async function allHistory(node, topic) {
+  const all = [];
+  let before = '';
+  for (;;) {
+    const q = `limit=1000${before ? `&before=${before}` : ''}`;
+    const res = await fetch(`${node.http}/realtime/v1/api/channels/${encodeURIComponent(topic)}/messages?${q}`, {
+      headers: { apikey: 'anon' },
+      signal: AbortSignal.timeout(10000),
+    });
+    if (res.status !== 200) throw new Error(`history of ${topic}: ${res.status} ${await res.text()}`);
+    const page = await res.json();
+    const list = Array.isArray(page) ? page : page.messages;
+    if (list.length === 0) return all;
+    all.push(...list);
+    before = list[list.length - 1].id;
+  }
+}
+
 // ---------------------------------------------------------------- REST
 
 export async function restBroadcast(node, messages, headers = {}) {
