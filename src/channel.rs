@@ -1,12 +1,14 @@
 //! Channel servers: one process per active topic, owning its subscribers,
 //! its presence and its recent history, so every subscriber sees one total
-//! order. Channels are found through a consistent-hash ring of directory
-//! shards: the ring (in `core`) maps a topic to its directory, found in the
-//! lunatic registry; the directory spawns the channel under the `channels`
-//! dynamic supervisor the first time it is asked for it, and forgets it when
-//! the channel goes idle.
+//! order. Channels are found by placement (`core::placement`): a ring of
+//! nodes gives the topic's home node (without a cluster it has one member,
+//! this node) and a ring of the node's directory shards the shard, found in
+//! the node's lunatic registry; the directory spawns the channel under the
+//! `channels` dynamic supervisor the first time it is asked for it, and
+//! forgets it when the channel goes idle.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use chorus_core::caps;
@@ -17,13 +19,13 @@ use chorus_core::frame::{self, BodyRef};
 use chorus_core::lanes::{self, Lane};
 use chorus_core::metrics::{Histogram, Metric};
 use chorus_core::phoenix::{Frame, Outbound, Vsn};
+use chorus_core::placement::Placement;
 use chorus_core::presence::{Diff, Presence};
-use chorus_core::ring::HashRing;
 use chorus_core::ws;
 use lunatic::host as lhost;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use supervisors::{ChildRef, DynamicSupervisor, Inbox, Incoming};
+use supervisors::{mail, ChildRef, DynamicSupervisor, Inbox, Incoming};
 
 use crate::host;
 use crate::msg::{
@@ -34,10 +36,7 @@ mod peak;
 
 /// Registered name of the channels' dynamic supervisor.
 pub const CHANNELS: &str = "channels";
-/// Directory shards on one node; each owns the topics the ring gives it.
-pub const DIRECTORIES: u32 = 4;
-/// Virtual nodes per directory on the ring.
-const VNODES: u32 = 64;
+pub use chorus_core::placement::{directory_name, DIRECTORIES};
 /// How long a caller waits for a directory to answer.
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a full directory shard may drop channels that died from its
@@ -75,17 +74,12 @@ pub struct ChannelArgs {
     pub presence: PresenceConfig,
 }
 
-/// The name of directory shard `i` on this node.
-pub fn directory_name(i: u32) -> String {
-    format!("chorus-dir-{i}")
-}
-
-fn ring() -> HashRing<String> {
-    let mut ring = HashRing::new(VNODES);
-    for i in 0..DIRECTORIES {
-        ring.add(directory_name(i));
-    }
-    ring
+/// Where topics live, computed once per process. Without a cluster the
+/// node ring has one member, this node (its lunatic node id), so every
+/// topic's home is here and only the directory shard varies.
+fn placement() -> &'static Placement<String> {
+    static PLACEMENT: OnceLock<Placement<String>> = OnceLock::new();
+    PLACEMENT.get_or_init(|| Placement::new([mail::node_id().to_string()]))
 }
 
 /// The channel of `topic`, if it runs or (with `spawn`) once started.
@@ -96,10 +90,9 @@ pub fn locate(topic: &str, spawn: bool) -> Option<ChannelRef> {
 /// What `topic`'s directory answers: its running channel, one started for
 /// this call (only with `spawn`), none, or none because the node is full.
 pub fn find(topic: &str, spawn: bool) -> Located {
-    let ring = ring();
-    let Some(dir) = ring
-        .owner(topic)
-        .and_then(|d| ChildRef::<DirMsg>::lookup(d))
+    let Some(dir) = placement()
+        .home(topic)
+        .and_then(|home| ChildRef::<DirMsg>::lookup(&directory_name(home.directory)))
     else {
         return Located::Absent;
     };

@@ -25,6 +25,7 @@ pub mod modules;
 pub mod outq;
 pub mod peak;
 pub mod phoenix;
+pub mod placement;
 pub mod policy;
 pub mod presence;
 pub mod ratelimit;
