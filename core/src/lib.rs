@@ -29,6 +29,7 @@ pub mod placement;
 pub mod policy;
 pub mod presence;
 pub mod ratelimit;
+pub mod relay;
 pub mod ring;
 pub mod room;
 pub mod selective;
