@@ -272,16 +272,8 @@ impl Gateway {
         if !self.spawn(&socket, "chorus_session").await {
             return;
         }
-        // The rest of the connection's life is the read loop, in a task of
-        // its own holding only what it reads with. This task's future is as
-        // large as its largest state (head parsing, the HTTP path: ~9 KiB)
-        // and the parsed request lives as long as it does: awaited here,
-        // both stayed allocated for as long as every session lasted.
-        let sockets = self.sockets.clone();
-        tokio::spawn(async move {
-            socket::read_loop(sockets, socket, reader, early).await;
-            drop(ticket);
-        });
+        socket::read_loop(self.sockets.clone(), socket, reader, early).await;
+        drop(ticket);
     }
 
     async fn http(
