@@ -200,7 +200,7 @@ impl Gateway {
         let limits = &self.config.limits;
         let head = tokio::time::timeout(
             Duration::from_millis(limits.http_head_timeout_ms),
-            read_head(&mut stream, limits.max_http_head_bytes as usize),
+            Box::pin(read_head(&mut stream, limits.max_http_head_bytes as usize)),
         )
         .await;
         let (request, rest) = match head {
@@ -227,7 +227,7 @@ impl Gateway {
         if admission::WS_PATHS.contains(&request.path.as_str()) {
             self.upgrade(stream, request, rest, ticket).await;
         } else {
-            self.http(stream, request, rest, ticket).await;
+            Box::pin(self.http(stream, request, rest, ticket)).await;
         }
     }
 
@@ -269,9 +269,13 @@ impl Gateway {
             })
             .unwrap_or_default()
         });
-        if !self.spawn(&socket, "chorus_session").await {
+        if !Box::pin(self.spawn(&socket, "chorus_session")).await {
             return;
         }
+        // This task lives as long as the session; the futures boxed above
+        // (head, HTTP path, spawn) would otherwise size it for their largest
+        // state (~9 KiB a session), and the parsed request is not needed.
+        drop(request);
         socket::read_loop(self.sockets.clone(), socket, reader, early).await;
         drop(ticket);
     }
