@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod budget;
 pub mod caps;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod data;
