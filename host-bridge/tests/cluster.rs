@@ -86,7 +86,12 @@ fn start_control(ca: &std::path::Path) -> Control {
 }
 
 /// The environment of a node `name` in `region` joining `control`.
-fn node_env<'a>(control: &'a str, ca: &'a str, name: &'a str, region: &'a str) -> Vec<(&'a str, String)> {
+fn node_env<'a>(
+    control: &'a str,
+    ca: &'a str,
+    name: &'a str,
+    region: &'a str,
+) -> Vec<(&'a str, String)> {
     vec![
         ("CHORUS_CONTROL", control.to_string()),
         ("CHORUS_CLUSTER_CA_CERT", ca.to_string()),
@@ -174,7 +179,10 @@ fn cross_node_round_trip(control: &str, ca: &str) {
             let pid: u64 = w.next().and_then(|x| x.parse().ok()).unwrap_or(0);
             break (node, pid);
         }
-        assert!(Instant::now() < deadline, "ping server did not start:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "ping server did not start:\n{text}"
+        );
         thread::sleep(Duration::from_millis(50));
     };
     assert_ne!(node, 0, "the ping server is not in the cluster");
@@ -186,7 +194,10 @@ fn cross_node_round_trip(control: &str, ca: &str) {
     );
     let status = wait_exit(&mut sender, Duration::from_secs(40));
     let text = sender_out.text();
-    assert!(status.is_some_and(|s| s.success()), "ping sender failed:\n{text}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "ping sender failed:\n{text}"
+    );
     assert!(text.contains(&format!("pong from {node}")), "{text}");
     let status = wait_exit(&mut server, Duration::from_secs(10));
     assert!(
@@ -238,7 +249,11 @@ fn three_nodes_join_a_control_server_and_survive_bad_input() {
         .arg(ca_dir.path())
         .output()
         .expect("run chorus cluster-ca");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     // A CA is never overwritten.
     let again = Command::new(chorus_bin())
         .args(["cluster-ca", "--out"])
@@ -265,7 +280,10 @@ fn three_nodes_join_a_control_server_and_survive_bad_input() {
     }
     let listed = &views[0]["cluster"]["nodes"];
     for h in &views {
-        assert_eq!(&h["cluster"]["nodes"], listed, "nodes disagree on membership");
+        assert_eq!(
+            &h["cluster"]["nodes"], listed,
+            "nodes disagree on membership"
+        );
         let me = h["cluster"]["node_id"].as_u64().expect("node_id");
         let entry = listed
             .as_array()
@@ -320,7 +338,10 @@ fn three_nodes_join_a_control_server_and_survive_bad_input() {
     assert!(!status.success());
     assert!(logs.contains("cannot reach the control server"), "{logs}");
     assert!(logs.contains("cluster.join_timeout_ms"), "{logs}");
-    assert!(t0.elapsed() >= Duration::from_secs(3), "gave up before the timeout");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "gave up before the timeout"
+    );
 
     // A guest process sends to a process on another node and gets its answer.
     cross_node_round_trip(&control_addr, &ca);

@@ -20,7 +20,10 @@ fn main() {
     let (node, pid) = (host::node_id(), host::process_id());
     match args.get(1).map(String::as_str) {
         Some("serve") => {
-            println!("serving {node} {pid} nodes {:?}", lunatic::distributed::nodes());
+            println!(
+                "serving {node} {pid} nodes {:?}",
+                lunatic::distributed::nodes()
+            );
             let Mail::Data { bytes, .. } = mail::receive(&[], Some(Duration::from_secs(30))) else {
                 println!("no ping");
                 std::process::exit(1);
@@ -30,7 +33,12 @@ fn main() {
             let from_node = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
             let from_pid = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
             println!("got {text:?}");
-            mail::send_bytes(from_node, from_pid, 0, format!("pong from {node}").as_bytes());
+            mail::send_bytes(
+                from_node,
+                from_pid,
+                0,
+                format!("pong from {node}").as_bytes(),
+            );
             println!("served");
         }
         Some("send") => {
