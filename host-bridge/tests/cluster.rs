@@ -37,7 +37,6 @@ fn cql_nodes() -> String {
 /// The `chorus control` process, killed on drop.
 struct Control {
     child: Child,
-    stderr: Output,
     addr: String,
 }
 
@@ -78,11 +77,7 @@ fn start_control(ca: &std::path::Path) -> Control {
         );
         thread::sleep(Duration::from_millis(50));
     }
-    Control {
-        child,
-        stderr,
-        addr,
-    }
+    Control { child, addr }
 }
 
 /// The environment of a node `name` in `region` joining `control`.
