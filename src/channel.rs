@@ -1,12 +1,14 @@
 //! Channel servers: one process per active topic, owning its subscribers,
 //! its presence and its recent history, so every subscriber sees one total
-//! order. Channels are found through a consistent-hash ring of directory
-//! shards: the ring (in `core`) maps a topic to its directory, found in the
-//! lunatic registry; the directory spawns the channel under the `channels`
-//! dynamic supervisor the first time it is asked for it, and forgets it when
-//! the channel goes idle.
+//! order. Channels are found by placement (`core::placement`): a ring of
+//! nodes gives the topic's home node (without a cluster it has one member,
+//! this node) and a ring of the node's directory shards the shard, found in
+//! the node's lunatic registry; the directory spawns the channel under the
+//! `channels` dynamic supervisor the first time it is asked for it, and
+//! forgets it when the channel goes idle.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use chorus_core::caps;
@@ -17,27 +19,24 @@ use chorus_core::frame::{self, BodyRef};
 use chorus_core::lanes::{self, Lane};
 use chorus_core::metrics::{Histogram, Metric};
 use chorus_core::phoenix::{Frame, Outbound, Vsn};
+use chorus_core::placement::Placement;
 use chorus_core::presence::{Diff, Presence};
-use chorus_core::ring::HashRing;
 use chorus_core::ws;
 use lunatic::host as lhost;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use supervisors::{ChildRef, DynamicSupervisor, Inbox, Incoming};
+use supervisors::{mail, ChildRef, DynamicSupervisor, Inbox, Incoming};
 
 use crate::host;
 use crate::msg::{
-    Body, ChannelMsg, ChannelRef, DirMsg, JoinReq, Located, Publish, SessionMsg, SessionRef,
+    Body, ChannelMsg, ChannelRef, DirMsg, JoinReq, Located, Outlet, Publish, SessionMsg, SessionRef,
 };
 
 mod peak;
 
 /// Registered name of the channels' dynamic supervisor.
 pub const CHANNELS: &str = "channels";
-/// Directory shards on one node; each owns the topics the ring gives it.
-pub const DIRECTORIES: u32 = 4;
-/// Virtual nodes per directory on the ring.
-const VNODES: u32 = 64;
+pub use chorus_core::placement::{directory_name, DIRECTORIES};
 /// How long a caller waits for a directory to answer.
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a full directory shard may drop channels that died from its
@@ -75,17 +74,12 @@ pub struct ChannelArgs {
     pub presence: PresenceConfig,
 }
 
-/// The name of directory shard `i` on this node.
-pub fn directory_name(i: u32) -> String {
-    format!("chorus-dir-{i}")
-}
-
-fn ring() -> HashRing<String> {
-    let mut ring = HashRing::new(VNODES);
-    for i in 0..DIRECTORIES {
-        ring.add(directory_name(i));
-    }
-    ring
+/// Where topics live, computed once per process. Without a cluster the
+/// node ring has one member, this node (its lunatic node id), so every
+/// topic's home is here and only the directory shard varies.
+fn placement() -> &'static Placement<String> {
+    static PLACEMENT: OnceLock<Placement<String>> = OnceLock::new();
+    PLACEMENT.get_or_init(|| Placement::new([mail::node_id().to_string()]))
 }
 
 /// The channel of `topic`, if it runs or (with `spawn`) once started.
@@ -96,10 +90,9 @@ pub fn locate(topic: &str, spawn: bool) -> Option<ChannelRef> {
 /// What `topic`'s directory answers: its running channel, one started for
 /// this call (only with `spawn`), none, or none because the node is full.
 pub fn find(topic: &str, spawn: bool) -> Located {
-    let ring = ring();
-    let Some(dir) = ring
-        .owner(topic)
-        .and_then(|d| ChildRef::<DirMsg>::lookup(d))
+    let Some(dir) = placement()
+        .home(topic)
+        .and_then(|home| ChildRef::<DirMsg>::lookup(&directory_name(home.directory)))
     else {
         return Located::Absent;
     };
@@ -207,8 +200,8 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
 
 struct Subscriber {
     session: SessionRef,
-    /// The session's socket: where its frames are queued.
-    socket: u64,
+    /// The session's socket, on its node: where its frames are queued.
+    outlet: Outlet,
     /// The join's ref, carried by pushes to this subscriber (`system`).
     join_ref: String,
     v2: bool,
@@ -365,7 +358,7 @@ impl Channel {
                             &self.topic,
                             &reason,
                         );
-                        send_control(sub.socket, &err);
+                        send_control(sub.outlet, &err);
                     }
                 }
                 _ => {}
@@ -398,33 +391,33 @@ impl Channel {
             "ok",
             br#"{"postgres_changes":[]}"#,
         );
-        send_control(j.socket, &reply);
+        send_control(j.outlet, &reply);
         let member = chorus_core::selective::Member {
             key: p.presence_key.clone(),
             friends: p.friends,
             presence_enabled: p.presence_enabled,
         };
         let addr = crate::viewers::Addr {
-            outlet: j.socket,
+            outlet: j.outlet,
             v2: p.v2,
         };
         self.viewers
             .join(pid, addr, &p.join_ref, member, &self.presence, &self.topic);
         if let Some((since_ms, limit)) = p.replay {
-            self.replay(j.socket, vsn, since_ms, limit);
+            self.replay(j.outlet, vsn, since_ms, limit);
         }
         if let Some(retained) = self
             .room
             .as_ref()
             .and_then(|r| r.retained(&self.topic, vsn))
         {
-            send_control(j.socket, &retained);
+            send_control(j.outlet, &retained);
         }
         self.subs.insert(
             pid,
             Subscriber {
                 session: j.session,
-                socket: j.socket,
+                outlet: j.outlet,
                 join_ref: p.join_ref,
                 v2: p.v2,
                 broadcast_self: p.broadcast_self,
@@ -576,9 +569,11 @@ impl Channel {
     }
 
     /// Queues a frame on every subscriber `skip` does not name: the frame is
-    /// built once per serializer in use (`frame_for`), and one host call per
+    /// built once per serializer in use (`frame_for`); one host call per
     /// serializer queues the same bytes on the `route`'s lane of every
-    /// subscriber's socket (see host-bridge/src/socket.rs).
+    /// subscriber's socket on this node (see host-bridge/src/socket.rs), and
+    /// one message per other node with subscribers carries the bytes to
+    /// that node's relay (`crate::relay`).
     fn fan_out(
         &self,
         frame_for: impl Fn(Vsn) -> Option<Vec<u8>>,
@@ -591,19 +586,17 @@ impl Channel {
                 continue;
             }
             if sub.v2 {
-                to_v2.push(sub.socket);
+                to_v2.push(sub.outlet);
             } else {
-                to_v1.push(sub.socket);
+                to_v1.push(sub.outlet);
             }
         }
-        for (sockets, vsn) in [(&to_v1, Vsn::V1), (&to_v2, Vsn::V2)] {
-            if sockets.is_empty() {
-                continue;
-            }
-            if let Some(bytes) = frame_for(vsn) {
-                host::fanout(sockets, &bytes, route);
-            }
-        }
+        let frames: Vec<(Vec<u8>, Vec<Outlet>)> = [(to_v1, Vsn::V1), (to_v2, Vsn::V2)]
+            .into_iter()
+            .filter(|(outlets, _)| !outlets.is_empty())
+            .filter_map(|(outlets, vsn)| frame_for(vsn).map(|bytes| (bytes, outlets)))
+            .collect();
+        crate::relay::fanout(frames, route);
     }
 
     /// Acknowledges a publish with an ok reply carrying `response`, when its
@@ -619,7 +612,7 @@ impl Channel {
                     "ok",
                     response,
                 );
-                send_control(sub.socket, &ok);
+                send_control(sub.outlet, &ok);
             }
         }
     }
@@ -651,7 +644,7 @@ impl Channel {
             "system",
             system.to_string().as_bytes(),
         );
-        send_control(sub.socket, &push);
+        send_control(sub.outlet, &push);
     }
 
     /// Answers a refused publish with an error reply carrying `reason`, when
@@ -667,7 +660,7 @@ impl Channel {
                     &self.topic,
                     reason,
                 );
-                send_control(sub.socket, &err);
+                send_control(sub.outlet, &err);
             }
         }
     }
@@ -713,7 +706,7 @@ impl Channel {
     /// (the newest `limit` of them), oldest first, as broadcasts with
     /// `meta: {id, replayed: true}`. When storage cannot answer, the
     /// in-memory recent history is replayed instead.
-    fn replay(&self, socket: u64, vsn: Vsn, since_ms: u64, limit: u32) {
+    fn replay(&self, outlet: Outlet, vsn: Vsn, since_ms: u64, limit: u32) {
         let from_storage = if self.persist {
             match host::data(&chorus_core::data::replay_request(
                 &self.topic,
@@ -772,7 +765,7 @@ impl Channel {
                 Some(meta.as_bytes()),
             );
             if let Some(frame) = frame {
-                send_control(socket, &frame);
+                send_control(outlet, &frame);
             }
         }
     }
@@ -799,7 +792,7 @@ impl Channel {
         let Some(sub) = self.subs.get(&session) else {
             return;
         };
-        let (socket, vsn) = (sub.socket, sub.vsn());
+        let (outlet, vsn) = (sub.outlet, sub.vsn());
         let result = match meta {
             Some(meta) => {
                 let meta: Value = serde_json::from_str(&meta).unwrap_or(Value::Null);
@@ -823,7 +816,7 @@ impl Channel {
                 frame::error_reply(vsn, Some(&refs.0), refs.1.as_deref(), &self.topic, reason)
             }
         };
-        send_control(socket, &reply);
+        send_control(outlet, &reply);
         if let Ok(diff) = result {
             self.diff_out(diff);
         }
@@ -892,8 +885,8 @@ pub fn encode_ws(vsn: Vsn, msg: &Outbound) -> Option<Vec<u8>> {
 }
 
 /// Sends frame bytes to one socket on its control lane.
-fn send_control(socket: u64, bytes: &[u8]) {
-    host::outlet_send(socket, bytes, host::Route::CONTROL);
+fn send_control(outlet: Outlet, bytes: &[u8]) {
+    crate::relay::send(outlet, bytes, host::Route::CONTROL);
 }
 
 /// The outlet lane of a broadcast on `topic` and, on a reactions lane, the

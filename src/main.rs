@@ -11,6 +11,7 @@ mod host;
 mod modules;
 mod msg;
 mod presence;
+mod relay;
 mod room;
 mod tree;
 mod viewers;

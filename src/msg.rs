@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use supervisors::{mail, ChildRef, ReplyTo};
 
 pub use chorus_core::frame::Body;
+pub use chorus_core::relay::Outlet;
 pub use chorus_core::session::{JoinParams, Refs};
 
 /// A session process. Sessions are spawned by the host, one per WebSocket,
@@ -55,8 +56,10 @@ pub enum SessionMsg {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinReq {
     pub session: SessionRef,
-    /// The session's socket: where everything for this client is written.
-    pub socket: u64,
+    /// The session's socket on its node: where everything for this client
+    /// is written (through that node's relay when the channel runs
+    /// elsewhere).
+    pub outlet: Outlet,
     pub params: JoinParams,
 }
 

@@ -4,6 +4,8 @@
 //! chorus (one_for_one, 10 restarts / 10 s)
 //! ├── presence (one_for_one)      fixed shards chorus-presence-0..N
 //! ├── modules (one_for_one)       module-manager, then chorus-module-<name> per loaded module (permanent)
+//! ├── chorus-relay                queues on this node's sockets the frames channels on
+//! │                               other nodes send (permanent)
 //! └── channels (one_for_all)
 //!     ├── channels                dynamic: one process per active topic (transient,
 //!     │                           restart backoff 100 ms doubling to 5 s)
@@ -25,7 +27,7 @@ use supervisors::{
     SupervisorSpec,
 };
 
-use crate::{channel, host, modules, presence};
+use crate::{channel, host, modules, presence, relay};
 
 /// Registered name of the root supervisor.
 pub const ROOT: &str = "chorus";
@@ -87,6 +89,7 @@ fn spec(config: &Config) -> SupervisorSpec {
             ChildSpec::supervisor("modules", modules::supervisor(config))
                 .register(modules::SUPERVISOR),
         )
+        .child(ChildSpec::new("relay", relay::relay, ()).register(relay::RELAY))
         .child(ChildSpec::supervisor("channels", directories))
 }
 

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use crate::channel::encode_ws;
 use crate::host;
+use crate::msg::Outlet;
 
 /// The room host is read again (from the data service's cache) at most
 /// this often, and only while the room is, or is about to become, large.
@@ -26,7 +27,7 @@ const HOST_REFRESH: Duration = Duration::from_secs(1);
 /// Where a viewer's frames go: its outlet, and whether it speaks 2.0.0.
 #[derive(Debug, Clone, Copy)]
 pub struct Addr {
-    pub outlet: u64,
+    pub outlet: Outlet,
     pub v2: bool,
 }
 
@@ -214,8 +215,8 @@ fn deliver(topic: &str, join_ref: Option<&str>, push: Push<Addr>) {
             continue;
         }
         if let Some(bytes) = encode_ws(vsn, &msg) {
-            let outlets: Vec<u64> = addrs.iter().map(|a| a.outlet).collect();
-            queue(&outlets, &bytes);
+            let outlets: Vec<Outlet> = addrs.iter().map(|a| a.outlet).collect();
+            crate::relay::fanout(vec![(bytes.as_slice(), outlets)], host::Route::CONTROL);
         }
     }
 }
@@ -223,18 +224,6 @@ fn deliver(topic: &str, join_ref: Option<&str>, push: Push<Addr>) {
 fn send_one(addr: Addr, msg: &Outbound) {
     let vsn = if addr.v2 { Vsn::V2 } else { Vsn::V1 };
     if let Some(bytes) = encode_ws(vsn, msg) {
-        queue(&[addr.outlet], &bytes);
-    }
-}
-
-/// The one place presence frames are queued (the control lane).
-fn queue(outlets: &[u64], bytes: &[u8]) {
-    match outlets {
-        [one] => {
-            host::outlet_send(*one, bytes, host::Route::CONTROL);
-        }
-        _ => {
-            host::fanout(outlets, bytes, host::Route::CONTROL);
-        }
+        crate::relay::send(addr.outlet, &bytes, host::Route::CONTROL);
     }
 }

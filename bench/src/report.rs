@@ -1276,12 +1276,19 @@ One load against one system: `target/release/chorus-bench run --system centrifug
     md
 }
 
-fn other_harnesses(out: &Path) -> String {
-    let newest_store = fs::read_dir(out).ok().and_then(|dir| {
+/// The newest results file in `out` named `<prefix><time><suffix>` (the
+/// harnesses name their files by UTC time, so the greatest name is the newest).
+fn newest(out: &Path, prefix: &str, suffix: &str) -> Option<String> {
+    fs::read_dir(out).ok().and_then(|dir| {
         dir.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .filter(|n| n.starts_with("store-") && n.ends_with(".md"))
+            .filter(|n| n.starts_with(prefix) && n.ends_with(suffix))
             .max()
-    });
+    })
+}
+
+fn other_harnesses(out: &Path) -> String {
+    let newest_store = newest(out, "store-", ".md");
+    let newest_chaos = newest(out, "chaos-", ".md");
     let sources = [
         (
             "Runtime: Chorus against stock lunatic (platform bench)",
@@ -1292,6 +1299,11 @@ fn other_harnesses(out: &Path) -> String {
             "Data service (store bench)",
             newest_store,
             "cargo run --release -p chorus-host --example store_bench",
+        ),
+        (
+            "Recovery: chaos under load",
+            newest_chaos,
+            "node bench/chaos.mjs",
         ),
     ];
     let mut md = String::new();
@@ -1441,6 +1453,28 @@ mod tests {
         let md = table(&runs, "20261130T000000Z");
         assert!(
             md.contains("**From an older suite, 2026-11-29T15:04:05Z**: the latest suite (2026-11-30T00:00:00Z) did not run this load."),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn other_harnesses_copy_the_newest_summary_of_each() {
+        let dir = std::env::temp_dir().join(format!("chorus-report-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        for (name, text) in [
+            ("chaos-20261128T000000Z.md", "# Old chaos\nlost 9\n"),
+            ("chaos-20261129T000000Z.md", "# New chaos\nlost 0\n"),
+            ("chaos-20261130T000000Z.json", "{}"),
+        ] {
+            fs::write(dir.join(name), text).expect("write");
+        }
+        let md = other_harnesses(&dir);
+        let _ = fs::remove_dir_all(&dir);
+        assert!(md.contains("From `chaos-20261129T000000Z.md`:"), "{md}");
+        assert!(md.contains("### New chaos\nlost 0"), "{md}");
+        assert!(!md.contains("Old chaos"), "{md}");
+        assert!(
+            md.contains("## Data service (store bench)\n\nReproduce: `cargo run --release -p chorus-host --example store_bench`.\n\nNot run yet: no results file."),
             "{md}"
         );
     }

@@ -17,7 +17,9 @@ pub const MAX_REACTION_KEY_BYTES: usize = 32;
 
 /// Priority class of an outbound frame, highest first. The numbers are the
 /// host-call ABI (`chorus::outlet_send`, `chorus::fanout`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[repr(u32)]
 pub enum Lane {
     /// Replies, presence, `system`, errors, closes: never dropped.

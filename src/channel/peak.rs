@@ -92,7 +92,7 @@ fn concat<'a>(frames: impl IntoIterator<Item = &'a Frames>) -> Frames {
 /// Sends one subscriber the frame(s) of its serializer.
 fn send_frames(sub: &Subscriber, frames: Frames, route: host::Route<'_>) {
     if let Some(bytes) = if sub.v2 { frames.1 } else { frames.0 } {
-        host::outlet_send(sub.socket, &bytes, route);
+        crate::relay::send(sub.outlet, &bytes, route);
     }
 }
 
@@ -214,7 +214,7 @@ impl Channel {
                 peak::SYSTEM_EVENT,
                 payload.as_bytes(),
             );
-            send_control(sub.socket, &msg);
+            send_control(sub.outlet, &msg);
         }
     }
 

@@ -218,7 +218,7 @@ impl Shell {
                     Located::Found(channel) | Located::Started(channel) => {
                         channel.send(ChannelMsg::Join(JoinReq {
                             session: self.this,
-                            socket: self.socket,
+                            outlet: crate::relay::outlet(self.socket),
                             params,
                         }));
                         // A channel that dies tells this session at once

@@ -226,9 +226,21 @@ impl<M> ChildRef<M> {
         }
     }
 
+    /// The handle of process `pid` on `node`, for a process of a well-known
+    /// kind whose id was passed along (its mail must be `Envelope<M>`: a
+    /// supervised child reading `M`).
+    pub fn at(node: u64, pid: u64) -> Self {
+        Self::from_ids(node, pid)
+    }
+
     /// The lunatic process id.
     pub fn pid(&self) -> u64 {
         self.pid
+    }
+
+    /// The lunatic node id of the process.
+    pub fn node(&self) -> u64 {
+        self.node
     }
 
     /// Whether the process is still running (local processes only).
