@@ -16,7 +16,7 @@ use crate::payload;
 use crate::proto::System;
 use crate::rooms::RoomOutcome;
 use crate::scenario::{Params, Scenario};
-use crate::servers::{rss_kib, Paths, Server};
+use crate::servers::{pss_kib, rss_kib, Paths, Server};
 use crate::stats::{self, Latency};
 use crate::worker::{Done, Line, Progress, Wire, WorkerSpec};
 
@@ -53,6 +53,17 @@ pub struct RunResult {
     pub rss_connected_kib: u64,
     pub rss_peak_kib: u64,
     pub rss_per_session_kib: f64,
+    /// The same as proportional set size (`Pss` of `/proc/<pid>/smaps_rollup`):
+    /// a page mapped N times counts 1/N each time. Chorus maps its guest's
+    /// data image into every process slot, and VmRSS counts each mapping's
+    /// pages although the page cache holds them once; PSS does not. For a
+    /// server without shared mappings (NATS) the two agree.
+    #[serde(default)]
+    pub pss_baseline_kib: u64,
+    #[serde(default)]
+    pub pss_connected_kib: u64,
+    #[serde(default)]
+    pub pss_per_session_kib: f64,
     /// RSS `after_s` seconds after every session left, and that ÷ the RSS
     /// before the load ("memory comes back"; 0 when not measured).
     #[serde(default)]
@@ -159,6 +170,7 @@ pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
     r.version = server.version.clone();
     std::thread::sleep(Duration::from_millis(500));
     r.rss_baseline_kib = rss_kib(server.pid).unwrap_or(0);
+    r.pss_baseline_kib = pss_kib(server.pid).unwrap_or(0);
 
     let t0 = Instant::now();
     let series = Arc::new(Mutex::new(Vec::<(f64, u64)>::new()));
@@ -204,6 +216,8 @@ pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
     if r.sessions_joined > 0 && r.rss_connected_kib > 0 {
         r.rss_per_session_kib = r.rss_connected_kib.saturating_sub(r.rss_baseline_kib) as f64
             / r.sessions_joined as f64;
+        r.pss_per_session_kib = r.pss_connected_kib.saturating_sub(r.pss_baseline_kib) as f64
+            / r.sessions_joined as f64;
     }
     if r.failure.is_none() && !server.alive() {
         r.failure = Some(format!(
@@ -214,7 +228,7 @@ pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
     server.stop();
     match &r.failure {
         None => eprintln!(
-            "   done: {} sessions ({:.0}/s), {:.0} deliveries/s ({:.1}%), p50 {:.2} ms p99 {:.2} ms, {:.1} KiB/session, RSS after/before {:.2}x",
+            "   done: {} sessions ({:.0}/s), {:.0} deliveries/s ({:.1}%), p50 {:.2} ms p99 {:.2} ms, {:.1} KiB/session (PSS {:.1}), RSS after/before {:.2}x",
             r.sessions_joined,
             r.sessions_per_s,
             r.deliveries_per_s,
@@ -222,6 +236,7 @@ pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
             r.latency.p50_ms,
             r.latency.p99_ms,
             r.rss_per_session_kib,
+            r.pss_per_session_kib,
             r.rss_after_ratio
         ),
         Some(f) => eprintln!("   failed: {f}"),
@@ -296,6 +311,7 @@ fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
     r.sessions_per_s = r.sessions_joined as f64 / r.connect_s.max(1e-9);
     std::thread::sleep(Duration::from_millis(500));
     r.rss_connected_kib = rss_kib(server.pid).unwrap_or(0);
+    r.pss_connected_kib = pss_kib(server.pid).unwrap_or(0);
     if failed > 0 {
         r.failure = Some(format!(
             "{failed} of {} sessions failed to join: {}",
@@ -353,6 +369,7 @@ fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
     if p.scenario == Scenario::Idle {
         // "With the load": the sessions after holding, heartbeats and all.
         r.rss_connected_kib = rss_kib(server.pid).unwrap_or(0);
+        r.pss_connected_kib = pss_kib(server.pid).unwrap_or(0);
     }
     for w in procs.iter_mut() {
         w.say("stop");

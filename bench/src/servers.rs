@@ -551,6 +551,18 @@ pub fn pid_listening_on(port: u16) -> Option<u32> {
     None
 }
 
+/// Proportional set size of `pid` in KiB (`Pss` of `smaps_rollup`), `None`
+/// once it is gone. Slower than [`rss_kib`] (the kernel walks every
+/// mapping): read at the few points a run reports, not sampled.
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Resident set size of `pid` in KiB (VmRSS), `None` once it is gone.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -23,6 +23,7 @@ pub mod jwt;
 pub mod lanes;
 pub mod metrics;
 pub mod modules;
+pub mod online;
 pub mod outq;
 pub mod peak;
 pub mod phoenix;
