@@ -37,11 +37,6 @@ impl SessionRef {
         mail::send(self.node, self.pid, mail::UNTAGGED, msg);
     }
 
-    /// The node the session runs on (its socket's node).
-    pub fn node(&self) -> u64 {
-        self.node
-    }
-
     /// Whether the session may still run: it exists here, or its node is
     /// still one of `members` ([`mail::cluster_nodes`]).
     pub fn is_alive(&self, members: &[u64]) -> bool {
