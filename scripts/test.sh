@@ -30,12 +30,14 @@ cargo clippy --release --all-targets -- -D warnings
 
 log "building the guest test modules"
 build_guest -p supervisors --example scenarios
+build_guest -p supervisors --example cluster_ping   # the cross-node round trip of tests/cluster.rs
 build_guest -p platform-guest
 build_guest -p chorus-module-faulty   # the misbehaving module of the module tests
 
 export CHORUS_BIN="$ROOT/target/release/chorus"
 export CHORUS_GUEST="$ROOT/target/wasm32-wasip1/release/chorus-guest.wasm"
 export CHORUS_SUPERVISOR_SCENARIOS_WASM="$ROOT/target/wasm32-wasip1/release/examples/scenarios.wasm"
+export CHORUS_CLUSTER_PING_WASM="$ROOT/target/wasm32-wasip1/release/examples/cluster_ping.wasm"
 
 log "starting a real Apache Cassandra for the CQL store tests"
 scripts/cassandra.sh start

@@ -64,7 +64,10 @@ pub fn handle(request: &Request, body: &[u8], config: &Config) -> Response {
     match request.method.as_str() {
         "GET" if path == "/healthz" || path == "/readyz" => {
             let (status, state) = chorus_core::drain::health(host::draining());
-            Response::json(status, &json!({"status": state, "node": config.node.name}))
+            Response::json(
+                status,
+                &json!({"status": state, "node": config.node.name, "cluster": host::cluster_json()}),
+            )
         }
         "POST" if path == "/realtime/v1/api/drain" => {
             if let Err(r) = access.admin("POST /realtime/v1/api/drain") {

@@ -437,11 +437,15 @@ impl Channel {
 
     /// Drops subscribers whose session died without leaving (a crash):
     /// their presences leave within half a heartbeat timeout.
+    /// Drops subscribers whose session ended without leaving, or whose
+    /// node left the cluster (with their presence: a lost node's clients
+    /// leave everyone's presence within this sweep's period).
     fn sweep_dead(&mut self) {
+        let members = mail::cluster_nodes();
         let dead: Vec<u64> = self
             .subs
             .iter()
-            .filter(|(_, s)| !s.session.is_alive())
+            .filter(|(_, s)| !s.session.is_alive(&members))
             .map(|(pid, _)| *pid)
             .collect();
         for pid in dead {

@@ -17,6 +17,7 @@ mod ffi {
         pub fn config() -> u64;
         pub fn metrics_text(format: u32, restarts: u64) -> u64;
         pub fn stats_json(restarts: u64) -> u64;
+        pub fn cluster_json() -> u64;
         pub fn data(ptr: *const u8, len: u32) -> u64;
         pub fn take(ptr: *mut u8, len: u32) -> u32;
         pub fn listen_start() -> u32;
@@ -112,6 +113,15 @@ pub fn stats_json(restarts: u64) -> Vec<u8> {
     // SAFETY: scalar call; the answer is fetched by `take`.
     let len = unsafe { ffi::stats_json(restarts) };
     take(len)
+}
+
+/// This node's cluster membership (`host-bridge/src/cluster.rs`): node id,
+/// name, region, worker id and the known nodes; `{"enabled": false}` on a
+/// single node.
+pub fn cluster_json() -> serde_json::Value {
+    // SAFETY: scalar call; the answer is fetched by `take`.
+    let len = unsafe { ffi::cluster_json() };
+    serde_json::from_slice(&take(len)).unwrap_or(serde_json::Value::Null)
 }
 
 /// One request to the data service (blocks this process only).

@@ -37,10 +37,10 @@ impl SessionRef {
         mail::send(self.node, self.pid, mail::UNTAGGED, msg);
     }
 
-    /// Whether the session still runs (local processes only).
-    pub fn is_alive(&self) -> bool {
-        // SAFETY: scalar host call.
-        unsafe { lunatic::host::api::process::exists(self.pid) != 0 }
+    /// Whether the session may still run: it exists here, or its node is
+    /// still one of `members` ([`mail::cluster_nodes`]).
+    pub fn is_alive(&self, members: &[u64]) -> bool {
+        mail::maybe_alive(self.node, self.pid, members)
     }
 }
 
@@ -198,8 +198,9 @@ pub enum RoomMsg {
 /// Messages to a presence shard.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ShardMsg {
-    /// `key` gained (`+1`) or lost (`-1`) a presence somewhere.
-    Delta { key: String, delta: i32 },
+    /// `key` gained (`+1`) or lost (`-1`) a presence in a channel on
+    /// `node`.
+    Delta { node: u64, key: String, delta: i32 },
     /// Which of `keys` are online.
     Query {
         keys: Vec<String>,

@@ -1,18 +1,24 @@
 //! Presence shards: users hashed onto a fixed set of processes that know who
 //! is online anywhere on the node (Discord's presence servers, the "green
-//! dot"). Channels report presence joins and leaves; the admin API and
-//! sessions query a list of keys.
+//! dot"). Channels report presence joins and leaves, counted per reporting
+//! node (`core::online`) so that a node's loss takes its channels'
+//! presences with it at the next sweep; the admin API and sessions query a
+//! list of keys.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use chorus_core::online::Online;
 use chorus_core::ring::shard_of;
-use supervisors::{ChildRef, Inbox, Incoming};
+use supervisors::{mail, ChildRef, Inbox, Incoming};
 
 use crate::msg::ShardMsg;
 
 /// How long a `presence_online` query waits for each shard.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a shard drops what nodes that left the cluster reported
+/// (one host call for the membership; well within a heartbeat timeout).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Registered name of shard `i`.
 pub fn shard_name(i: u32) -> String {
@@ -28,6 +34,7 @@ fn shard_for(key: &str, shards: u32) -> Option<ChildRef<ShardMsg>> {
 pub fn report(key: &str, delta: i32, shards: u32) {
     if let Some(shard) = shard_for(key, shards) {
         shard.send(ShardMsg::Delta {
+            node: mail::node_id(),
             key: key.to_string(),
             delta,
         });
@@ -66,25 +73,36 @@ pub fn online(keys: &[String], shards: u32) -> Vec<String> {
 
 /// A presence shard process.
 pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
-    let mut counts: HashMap<String, u32> = HashMap::new();
+    let mut online = Online::new();
+    let here = mail::node_id();
+    let mut swept = Instant::now();
     loop {
-        match inbox.receive() {
+        // Only what other nodes reported can be lost with a node: alone,
+        // the shard just waits for mail.
+        let remote = online.reporters().any(|n| n != here);
+        if remote && swept.elapsed() >= SWEEP_EVERY {
+            swept = Instant::now();
+            let members = mail::cluster_nodes();
+            online.retain_nodes(|n| n == here || members.contains(&n));
+        }
+        let incoming = if remote {
+            match inbox.receive_timeout(SWEEP_EVERY) {
+                Some(incoming) => incoming,
+                None => continue,
+            }
+        } else {
+            inbox.receive()
+        };
+        match incoming {
             Incoming::Shutdown => return,
-            Incoming::Message(ShardMsg::Delta { key, delta }) => {
-                let n = counts.entry(key.clone()).or_insert(0);
-                *n = n.saturating_add_signed(delta);
-                if *n == 0 {
-                    counts.remove(&key);
-                }
+            Incoming::Message(ShardMsg::Delta { node, key, delta }) => {
+                online.delta(node, &key, delta);
             }
             Incoming::Message(ShardMsg::Crash) => {
                 panic!("fault injection: presence shard {index} crashes")
             }
             Incoming::Message(ShardMsg::Query { keys, reply }) => {
-                let found: Vec<String> = keys
-                    .into_iter()
-                    .filter(|k| counts.contains_key(k))
-                    .collect();
+                let found: Vec<String> = keys.into_iter().filter(|k| online.is_online(k)).collect();
                 reply.send(&found);
             }
         }

@@ -21,6 +21,7 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub modules: ModulesConfig,
     pub runtime: RuntimeConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// Where the node listens and keeps its files.
@@ -248,6 +249,42 @@ pub struct ModulesConfig {
     pub max_file_mib: u32,
 }
 
+/// Cluster membership (lunatic's distributed mode): `chorus control` runs
+/// the control server; a node with `control` set joins it. Empty `control`
+/// is a single node, as before.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The control server a node joins, `host:port` (or `http://host:port/`);
+    /// empty: no cluster (a single node).
+    pub control: String,
+    /// Where `chorus control` listens (HTTP, `host:port`).
+    pub control_bind: String,
+    /// This node's QUIC address for the other nodes (UDP `ip:port`, port 0 =
+    /// a free one); it is also the address the control server hands out, so
+    /// it must be a specific IP the other nodes can reach.
+    pub bind: String,
+    /// This node's region label (shown in membership, used for placement).
+    pub region: String,
+    /// PEM certificate of the cluster's CA. The control server signs node
+    /// certificates with it; a node that has it trusts only it.
+    pub ca_cert: String,
+    /// PEM private key of the CA (control server only).
+    pub ca_key: String,
+    /// Shared secret a node presents to join; the control server signs no
+    /// certificate without it.
+    pub join_secret: String,
+    /// UNAUTHENTICATED local cluster: lunatic's public test CA and no join
+    /// secret. Loopback addresses only; for development and tests.
+    pub insecure_local: bool,
+    /// How long a starting node keeps trying to reach the control server
+    /// before it exits with an error.
+    pub join_timeout_ms: u64,
+    /// The control server drops a node it has not heard from for this long
+    /// (nodes report every 2 s), freeing its name and worker id.
+    pub node_timeout_ms: u64,
+}
+
 /// The host's wasmtime settings (read by the native host only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -283,6 +320,23 @@ impl Default for NodeConfig {
             shutdown_timeout_ms: 30_000,
             drain_batch_size: 500,
             drain_batch_interval_ms: 100,
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            control: String::new(),
+            control_bind: "127.0.0.1:3030".into(),
+            bind: "127.0.0.1:0".into(),
+            region: "local".into(),
+            ca_cert: String::new(),
+            ca_key: String::new(),
+            join_secret: String::new(),
+            insecure_local: false,
+            join_timeout_ms: 30_000,
+            node_timeout_ms: 15_000,
         }
     }
 }
@@ -398,6 +452,8 @@ const ALIASES: &[(&str, &str)] = &[
     ("CHORUS_STORE", "store.backend"),
     ("CHORUS_SCYLLA_NODES", "store.scylla_nodes"),
     ("CHORUS_JWT_SECRET", "auth.jwt_secret"),
+    ("CHORUS_CONTROL", "cluster.control"),
+    ("CHORUS_REGION", "cluster.region"),
 ];
 
 /// Environment variables with the `CHORUS_` prefix that are not config keys
@@ -713,6 +769,15 @@ impl Config {
         }
         if self.runtime.freed_slot_resident_kib > 1024 {
             return bad("runtime.freed_slot_resident_kib", "must be at most 1024");
+        }
+        if self.cluster.join_timeout_ms == 0 {
+            return bad("cluster.join_timeout_ms", "must be at least 1");
+        }
+        if self.cluster.node_timeout_ms < 5_000 {
+            return bad(
+                "cluster.node_timeout_ms",
+                "must be at least 5000 (nodes report every 2 s)",
+            );
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod budget;
 pub mod caps;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod data;
@@ -22,6 +23,7 @@ pub mod jwt;
 pub mod lanes;
 pub mod metrics;
 pub mod modules;
+pub mod online;
 pub mod outq;
 pub mod peak;
 pub mod phoenix;

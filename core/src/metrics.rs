@@ -116,6 +116,7 @@ host_metrics! {
     AudioReplaced => "chorus_audio_frames_replaced_total", Counter, None, "Unwritten audio frames replaced by a newer one of their topic (slow sockets)";
     SlowConsumers => "chorus_slow_consumers_total", Counter, None, "Sockets closed with 1008 slow_consumer (a full control or chat lane, or a write stuck for 10 s)";
     Restarts => "chorus_restarts_total", Counter, None, "Processes restarted by a supervisor";
+    ClusterNodes => "chorus_cluster_nodes", Gauge, None, "Nodes this node knows in its cluster, itself included (1 outside a cluster)";
 }
 
 /// Upper bounds of latency buckets, in nanoseconds (50 µs … 10 s).

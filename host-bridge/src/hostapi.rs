@@ -13,6 +13,7 @@
 //! | `config` | `() -> u64` | the node config as JSON |
 //! | `metrics_text` | `(format: u32, restarts: u64) -> u64` | every metric as Prometheus text 0.0.4 (`format` 0) or OpenMetrics (1); `restarts` is the supervision tree's count |
 //! | `stats_json` | `(restarts: u64) -> u64` | the `/dashboard` JSON (see [`crate::metrics::Metrics::stats`]) |
+//! | `cluster_json` | `() -> u64` | this node's cluster membership as JSON (see [`crate::cluster::Cluster::json`]); `{"enabled": false}` outside a cluster |
 //! | `data` | `(ptr: u32, len: u32) -> u64` | a JSON [`chorus_core::data::DataRequest`], answered with a `DataResponse` |
 //! | `take` | `(ptr: u32, len: u32) -> u32` | copy the parked answer; 0 ok, 1 nothing parked / wrong length |
 //! | `listen_start` | `() -> u32` | the tree is up: start accepting connections (see [`crate::gateway`]); 0 ok, 1 already started or impossible |
@@ -67,6 +68,8 @@ pub struct HostApi {
     gateway: Option<Arc<Gateway>>,
     modules: Option<Arc<ModuleHost>>,
     assets: Assets,
+    /// This node's cluster, when it joined one (`set_cluster`).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl HostApi {
@@ -90,7 +93,20 @@ impl HostApi {
             gateway,
             modules,
             assets,
+            cluster: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The cluster this node joined (before the guest starts).
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    fn cluster_json(&self) -> serde_json::Value {
+        match self.cluster.get() {
+            Some(c) => c.json(),
+            None => crate::cluster::single_json(),
+        }
     }
 
     fn park(&self, process: u64, bytes: Vec<u8>) -> u64 {
@@ -177,7 +193,11 @@ impl HostApi {
             )
             .set(HostMetric::AudioReplaced, counter(&o.audio_replaced))
             .set(HostMetric::SlowConsumers, counter(&o.slow_consumers))
-            .set(HostMetric::Restarts, restarts);
+            .set(HostMetric::Restarts, restarts)
+            .set(
+                HostMetric::ClusterNodes,
+                self.cluster.get().map_or(1, |c| c.members().len() as u64),
+            );
         host
     }
 
@@ -288,6 +308,16 @@ impl HostApi {
                 api.release_dead_gauge_shares();
                 let stats = api.metrics.stats(&api.host_values(restarts));
                 api.park(caller.data().id(), stats.to_string().into_bytes())
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap(
+            "chorus",
+            "cluster_json",
+            move |caller: Caller<'_, State>| {
+                let json = api.cluster_json().to_string().into_bytes();
+                api.park(caller.data().id(), json)
             },
         )?;
 

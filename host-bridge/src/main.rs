@@ -15,6 +15,8 @@
 
 mod assets;
 mod cli;
+mod cluster;
+mod control;
 mod drain;
 mod engine;
 mod gateway;
@@ -58,6 +60,10 @@ enum Command {
     Gentoken(cli::GentokenArgs),
     /// Ask a running node to drain and exit (as SIGTERM does): POST /realtime/v1/api/drain, with a service_role token when auth is on
     Drain(cli::DrainArgs),
+    /// Run the cluster's control server (cluster.control_bind); nodes with cluster.control join it
+    Control(control::ControlArgs),
+    /// Make a CA for a cluster's node certificates: --out DIR gets ca.pem and ca-key.pem
+    ClusterCa(control::CaArgs),
     /// Print the version of chorus, the lunatic and wasmtime versions it embeds, and its guest
     Version,
 }
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
         Command::Gentoken(args) => return report(cli::gentoken(args)),
         Command::Drain(args) => return report(cli::drain(args)),
         Command::Version => return cli::version(),
+        Command::ClusterCa(args) => return report(control::make_ca(args)),
         command => command,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -93,6 +100,7 @@ fn main() -> ExitCode {
         match command {
             Command::Run(args) => node::run(args).await,
             Command::Exec(args) => node::exec(args).await,
+            Command::Control(args) => control::run(args).await,
             _ => Ok(ExitCode::SUCCESS),
         }
     });

@@ -116,8 +116,24 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     }
     sysctl::ensure_max_map_count(config.runtime.min_max_map_count);
 
+    // In a cluster (cluster.control set): refused here on SQLite, then joined
+    // before the store opens; the control server assigns the worker id.
+    let cluster = if config.cluster.control.is_empty() {
+        None
+    } else {
+        Some(crate::cluster::Cluster::join(&config).await?)
+    };
     // Validated at load: 0..=1023.
-    let worker_id = u16::try_from(config.node.worker_id)?;
+    let worker_id = match &cluster {
+        Some(c) => {
+            tracing::info!(
+                worker_id = c.worker_id,
+                "Snowflake worker id assigned by the control server (node.worker_id is not used in a cluster)"
+            );
+            c.worker_id
+        }
+        None => u16::try_from(config.node.worker_id)?,
+    };
     let data = match config.store.backend.as_str() {
         "sqlite" => DataService::with_config(
             Arc::new(crate::store::sqlite::Sqlite::open(Path::new(
@@ -162,6 +178,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             sockets,
             gateway: Some(gateway),
             modules: Some(modules),
+            cluster,
         },
         config_json,
         true,
@@ -199,6 +216,12 @@ pub async fn exec(args: ExecArgs) -> Result<ExitCode> {
     argv.extend(args.args);
     sysctl::ensure_max_map_count(config.runtime.min_max_map_count);
     let config_json = serde_json::to_vec(&config)?;
+    // A plain guest may join a cluster too (the cluster test's ping guest).
+    let cluster = if config.cluster.control.is_empty() {
+        None
+    } else {
+        Some(crate::cluster::Cluster::join(&config).await?)
+    };
     let host = Host {
         data: None,
         sockets: Sockets::new(
@@ -207,6 +230,7 @@ pub async fn exec(args: ExecArgs) -> Result<ExitCode> {
         ),
         gateway: None,
         modules: None,
+        cluster,
     };
     spawn_main(&config, wasm, argv, args.dir, host, config_json, false).await
 }
@@ -217,6 +241,8 @@ struct Host {
     sockets: Arc<Sockets>,
     gateway: Option<Arc<Gateway>>,
     modules: Option<Arc<ModuleHost>>,
+    /// The cluster this node joined (`cluster.control`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 fn socket_limits(config: &Config) -> SocketLimits {
@@ -261,6 +287,9 @@ async fn spawn_main(
         host.modules,
         assets,
     );
+    if let Some(cluster) = &host.cluster {
+        api.set_cluster(cluster.clone());
+    }
     api.start_sweeper();
     let cache = crate::engine::cache_dir(&config.runtime.module_cache);
     let module = Arc::new(engine.compile(wasm, api, cache.as_deref())?);
@@ -286,7 +315,13 @@ async fn spawn_main(
         module: module.clone(),
         config: Arc::new(pconfig),
         registry: Default::default(),
+        distributed: host.cluster.as_ref().map(|c| c.dist.clone()),
     };
+    // Messages from other nodes reach this node's processes (environment 1
+    // on every node, so a process id means the same on each).
+    if let Some(cluster) = &host.cluster {
+        cluster.serve(envs.clone(), engine.runtime.clone());
+    }
     if let Some(gateway) = &host.gateway {
         gateway.set_spawner(spawner.clone());
     }
@@ -312,6 +347,9 @@ async fn spawn_main(
     } else {
         Some(task.await)
     };
+    if let Some(cluster) = &host.cluster {
+        cluster.leave().await;
+    }
     match outcome {
         None => {
             let (sockets, store) = drain_with;

@@ -29,6 +29,9 @@ pub struct Spawner {
     pub module: Arc<WasmtimeCompiledModule<State>>,
     pub config: Arc<DefaultProcessConfig>,
     pub registry: Registry,
+    /// lunatic's distributed state when the node is in a cluster: every
+    /// process may then send to processes on the other nodes.
+    pub distributed: Option<lunatic_distributed::DistributedProcessState>,
 }
 
 /// A running process: its handle, and what its task returns when it ends
@@ -40,7 +43,7 @@ impl Spawner {
     pub fn state(&self) -> Result<State> {
         DefaultProcessState::new(
             self.env.clone(),
-            None,
+            self.distributed.clone(),
             self.runtime.clone(),
             self.module.clone(),
             self.config.clone(),

@@ -225,8 +225,12 @@ impl Shell {
                         // (`ProcessDied`), not at the client's next heartbeat:
                         // the client gets `phx_error` and rejoins the restarted
                         // channel within milliseconds.
-                        // SAFETY: scalar call on a process id.
-                        unsafe { lunatic::host::api::process::monitor(channel.pid()) };
+                        // lunatic monitors only local processes (a remote
+                        // channel's loss shows as its node leaving).
+                        if channel.node() == mail::node_id() {
+                            // SAFETY: scalar call on a process id.
+                            unsafe { lunatic::host::api::process::monitor(channel.pid()) };
+                        }
                         self.channels.insert(topic, channel);
                     }
                     Located::Full(reason) => {
@@ -322,10 +326,11 @@ impl Shell {
                 );
             }
             Effect::CheckChannels => {
+                let members = mail::cluster_nodes();
                 let dead: Vec<String> = self
                     .channels
                     .iter()
-                    .filter(|(_, c)| !c.is_alive())
+                    .filter(|(_, c)| !mail::maybe_alive(c.node(), c.pid(), &members))
                     .map(|(t, _)| t.clone())
                     .collect();
                 for topic in dead {

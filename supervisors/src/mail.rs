@@ -35,6 +35,25 @@ pub fn node_id() -> u64 {
     NODE.with(|n| *n)
 }
 
+/// The nodes a process on another node may live on: this node's cluster
+/// as lunatic's control server last told it (empty without a cluster).
+pub fn cluster_nodes() -> Vec<u64> {
+    lunatic::distributed::nodes()
+}
+
+/// Whether process `pid` on `node` may still run: a local process that
+/// exists, or any process of a node still in `members`
+/// ([`cluster_nodes`]). A remote process is not asked (that would cost a
+/// round trip): only its node's loss is seen.
+pub fn maybe_alive(node: u64, pid: u64, members: &[u64]) -> bool {
+    if node == node_id() {
+        // SAFETY: scalar host call.
+        unsafe { host::api::process::exists(pid) != 0 }
+    } else {
+        members.contains(&node)
+    }
+}
+
 /// Sends `bytes` as one data message under `tag` to process `pid` on `node`.
 /// Like every lunatic send it is dropped silently if the process is gone.
 pub fn send_bytes(node: u64, pid: u64, tag: i64, bytes: &[u8]) {

@@ -105,7 +105,7 @@ fn base_env() -> Vec<(String, String)> {
 pub struct Output(Arc<Mutex<String>>);
 
 impl Output {
-    fn drain(&self, pipe: impl Read + Send + 'static) {
+    pub fn drain(&self, pipe: impl Read + Send + 'static) {
         let out = self.0.clone();
         thread::spawn(move || {
             let mut pipe = pipe;

@@ -1,0 +1,80 @@
+use chorus_core::online::Online;
+
+#[test]
+fn a_key_is_online_while_any_node_reports_it() {
+    let mut o = Online::new();
+    o.delta(1, "ana", 1);
+    o.delta(2, "ana", 1);
+    o.delta(1, "ana", 1);
+    assert!(o.is_online("ana"));
+    o.delta(1, "ana", -2);
+    assert!(o.is_online("ana"), "node 2 still reports ana");
+    o.delta(2, "ana", -1);
+    assert!(!o.is_online("ana"));
+    assert!(o.is_empty());
+    assert_eq!(o.reporters().count(), 0);
+}
+
+#[test]
+fn a_leave_without_its_join_changes_nothing() {
+    let mut o = Online::new();
+    o.delta(1, "bo", -1);
+    assert!(!o.is_online("bo"));
+    assert!(o.is_empty());
+    o.delta(1, "bo", 1);
+    o.delta(2, "bo", -3);
+    assert!(o.is_online("bo"));
+    assert_eq!(o.reporters().collect::<Vec<_>>(), vec![1]);
+}
+
+#[test]
+fn a_lost_node_takes_its_presences_and_nothing_else() {
+    let mut o = Online::new();
+    for i in 0..1_000 {
+        let key = format!("user-{i}");
+        o.delta(1 + i % 3, &key, 1);
+        if i % 10 == 0 {
+            // Also present through a channel on node 1.
+            o.delta(1, &key, 1);
+        }
+    }
+    assert_eq!(o.reporters().collect::<Vec<_>>(), vec![1, 2, 3]);
+    let gone = o.retain_nodes(|n| n != 2);
+    // Node 2 reported users i with i % 3 == 1; those also on node 1
+    // (i % 10 == 0) stay.
+    let expected: Vec<String> = {
+        let mut v: Vec<String> = (0..1_000)
+            .filter(|i| i % 3 == 1 && i % 10 != 0)
+            .map(|i| format!("user-{i}"))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(gone, expected);
+    assert!(
+        o.is_online("user-10"),
+        "10 % 3 == 1 but node 1 reports it too"
+    );
+    assert!(!o.is_online("user-1"));
+    assert!(o.is_online("user-0"));
+    assert_eq!(o.len(), 1_000 - expected.len());
+    assert_eq!(o.reporters().collect::<Vec<_>>(), vec![1, 3]);
+    // Nothing more to drop: a second sweep is free and finds nothing.
+    assert!(o.retain_nodes(|n| n != 2).is_empty());
+}
+
+#[test]
+fn reporters_follow_joins_and_leaves() {
+    let mut o = Online::new();
+    o.delta(7, "a", 1);
+    o.delta(7, "b", 1);
+    o.delta(9, "a", 1);
+    assert_eq!(o.reporters().collect::<Vec<_>>(), vec![7, 9]);
+    o.delta(7, "a", -1);
+    assert_eq!(o.reporters().collect::<Vec<_>>(), vec![7, 9]);
+    o.delta(7, "b", -1);
+    assert_eq!(o.reporters().collect::<Vec<_>>(), vec![9]);
+    assert!(o.retain_nodes(|_| true).is_empty());
+    assert_eq!(o.retain_nodes(|_| false), vec!["a".to_string()]);
+    assert!(o.is_empty());
+}

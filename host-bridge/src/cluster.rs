@@ -1,0 +1,300 @@
+//! A node joining a cluster (`cluster.control` set): it registers with the
+//! control server (`chorus control`, control.rs) under its `node.name` and
+//! `cluster.region`, gets a certificate signed by the cluster's CA, a node
+//! id and a Snowflake worker id, and starts lunatic's QUIC node server. Every
+//! guest process then carries a `DistributedProcessState`, so lunatic's
+//! distributed guest API works: `node_id()`, `nodes()`, and sends to a
+//! process on another node (`lunatic::host::send(node, pid)`).
+//!
+//! Membership is polled from the control server every 2 s (which also tells
+//! the control server this node is alive); when the control server is gone
+//! the node keeps serving its clients with the last membership it knew, and
+//! says so in its log.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use chorus_core::cluster::{self, Join, Member};
+use chorus_core::config::Config;
+use lunatic_control::api::Registration;
+use lunatic_distributed::distributed::server::ServerCtx;
+use lunatic_distributed::{control, distributed, quic, DistributedProcessState};
+use lunatic_process::env::LunaticEnvironments;
+use lunatic_process::runtimes::wasmtime::WasmtimeRuntime;
+use lunatic_process::runtimes::Modules;
+use serde_json::json;
+
+use crate::control::{JoinAnswer, JoinRequest, Members};
+
+/// How often a node asks the control server for the members.
+const POLL: Duration = Duration::from_secs(2);
+
+/// This node's place in the cluster.
+pub struct Cluster {
+    pub node_id: u64,
+    pub worker_id: u16,
+    name: String,
+    region: String,
+    control_url: String,
+    bind: SocketAddr,
+    registration: Registration,
+    key_pem: String,
+    root_pem: String,
+    pub dist: DistributedProcessState,
+    members: RwLock<Vec<Member>>,
+    control_reachable: AtomicBool,
+}
+
+impl Cluster {
+    /// Joins the control server of `config` (retrying until
+    /// `cluster.join_timeout_ms`); refusals (duplicate name, wrong secret)
+    /// end the start at once with the control server's reason.
+    pub async fn join(config: &Config) -> Result<Arc<Cluster>> {
+        let k = &config.cluster;
+        cluster::check_node(config).map_err(|(key, reason)| anyhow!("{key} {reason}"))?;
+        if k.insecure_local {
+            tracing::warn!(
+                "INSECURE CLUSTER (cluster.insecure_local): joining {} with lunatic's public \
+                 test CA and no join secret; loopback only, never in production",
+                k.control
+            );
+        }
+        let bind = free_udp(k.bind.parse()?)?;
+        let uuid = uuid::Uuid::new_v4();
+        let uuid_text = uuid.hyphenated().to_string();
+        let node_cert = distributed::server::gen_node_cert(&uuid_text)?;
+        let control_url = cluster::control_url(&k.control);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let request = JoinRequest {
+            node_name: uuid,
+            csr_pem: node_cert.serialize_request_pem()?,
+            chorus: Join {
+                name: config.node.name.clone(),
+                region: k.region.clone(),
+            },
+        };
+        let answer = register(
+            &http,
+            &control_url,
+            &k.join_secret,
+            &request,
+            k.join_timeout_ms,
+        )
+        .await?;
+        let root_pem = if k.insecure_local {
+            lunatic_distributed::control::cert::TEST_ROOT_CERT.to_string()
+        } else if !k.ca_cert.is_empty() {
+            std::fs::read_to_string(&k.ca_cert)
+                .with_context(|| format!("reading cluster.ca_cert {:?}", k.ca_cert))?
+        } else {
+            answer.registration.root_cert.clone()
+        };
+        let key_pem = node_cert.serialize_private_key_pem();
+        let reg = answer.registration;
+        let attributes = HashMap::from([
+            ("name".to_string(), config.node.name.clone()),
+            ("region".to_string(), k.region.clone()),
+        ]);
+        let control_client = control::Client::new(http, reg.clone(), bind, attributes)
+            .await
+            .with_context(|| format!("reporting this node to the control server {control_url}"))?;
+        let node_id = control_client.node_id();
+        let cert = reg
+            .cert_pem_chain
+            .first()
+            .ok_or_else(|| anyhow!("the control server signed no certificate"))?;
+        let quic_client = quic::new_quic_client(&root_pem, cert, &key_pem)
+            .context("creating the QUIC client (mTLS) for the other nodes")?;
+        let node_client =
+            distributed::Client::new(node_id, control_client.clone(), quic_client).await?;
+        let dist = DistributedProcessState::new(node_id, control_client, node_client).await?;
+        tracing::info!(
+            node_id,
+            worker_id = answer.worker_id,
+            quic = %bind,
+            control = %control_url,
+            "joined the cluster"
+        );
+        let cluster = Arc::new(Cluster {
+            node_id,
+            worker_id: answer.worker_id,
+            name: config.node.name.clone(),
+            region: k.region.clone(),
+            control_url,
+            bind,
+            registration: reg,
+            key_pem,
+            root_pem,
+            dist,
+            members: RwLock::new(Vec::new()),
+            control_reachable: AtomicBool::new(true),
+        });
+        cluster.poll().await;
+        tokio::spawn(cluster.clone().poll_forever());
+        Ok(cluster)
+    }
+
+    /// Starts lunatic's QUIC node server: messages from other nodes reach
+    /// the processes of `envs`.
+    pub fn serve(&self, envs: Arc<LunaticEnvironments>, runtime: WasmtimeRuntime) {
+        let ctx = ServerCtx {
+            envs,
+            modules: Modules::<crate::spawn::State>::default(),
+            distributed: self.dist.clone(),
+            runtime,
+        };
+        let server = distributed::server::node_server(
+            ctx,
+            self.bind,
+            self.root_pem.clone(),
+            self.registration.cert_pem_chain.clone(),
+            self.key_pem.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!("the cluster's QUIC node server stopped: {e:#}");
+            }
+        });
+    }
+
+    /// Tells the control server this node leaves (a clean exit).
+    pub async fn leave(&self) {
+        if let Err(e) = self.dist.control.notify_node_stopped().await {
+            tracing::warn!("could not tell the control server this node leaves: {e:#}");
+        }
+    }
+
+    async fn poll(&self) {
+        let got = self
+            .dist
+            .control
+            .get::<Members>(&self.registration.urls.nodes, None)
+            .await;
+        match got {
+            Ok(list) => {
+                if !self.control_reachable.swap(true, Ordering::AcqRel) {
+                    tracing::info!(control = %self.control_url, "control server reachable again");
+                }
+                let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+                let before: Vec<u64> = members.iter().map(|m| m.id).collect();
+                let after: Vec<u64> = list.nodes.iter().map(|m| m.id).collect();
+                if before != after {
+                    tracing::info!(nodes = ?list.nodes.iter().map(|m| (m.id, m.node_name.as_str())).collect::<Vec<_>>(), "cluster membership");
+                }
+                *members = list.nodes;
+            }
+            Err(e) => {
+                if self.control_reachable.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(
+                        control = %self.control_url,
+                        "control server unreachable ({e:#}); this node keeps serving its \
+                         clients and the last known members"
+                    );
+                }
+            }
+        }
+    }
+
+    async fn poll_forever(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(POLL).await;
+            self.poll().await;
+        }
+    }
+
+    /// The known members (this node included).
+    pub fn members(&self) -> Vec<Member> {
+        self.members.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// The cluster part of `/healthz`.
+    pub fn json(&self) -> serde_json::Value {
+        json!({
+            "enabled": true,
+            "node_id": self.node_id,
+            "name": self.name,
+            "region": self.region,
+            "worker_id": self.worker_id,
+            "control": self.control_url,
+            "control_reachable": self.control_reachable.load(Ordering::Acquire),
+            "nodes": self.members().iter().map(|m| json!({
+                "id": m.id,
+                "name": m.node_name,
+                "region": m.region,
+                "address": m.address,
+                "worker_id": m.worker_id,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// `/healthz`'s cluster part for a node outside any cluster.
+pub fn single_json() -> serde_json::Value {
+    json!({ "enabled": false })
+}
+
+/// `ip:0` becomes `ip:<a free UDP port>`: the address is handed to the
+/// control server before the node server binds it.
+fn free_udp(addr: SocketAddr) -> Result<SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let socket = UdpSocket::bind(addr).with_context(|| format!("cluster.bind {addr}"))?;
+    Ok(socket.local_addr()?)
+}
+
+/// Registers, retrying while the control server cannot be reached; a
+/// refusal ends it at once.
+async fn register(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    request: &JoinRequest,
+    timeout_ms: u64,
+) -> Result<JoinAnswer> {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let mut post = http.post(url).json(request);
+        if !secret.is_empty() {
+            post = post.bearer_auth(secret);
+        }
+        let failure = match post.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                return resp
+                    .json::<JoinAnswer>()
+                    .await
+                    .with_context(|| format!("{url} answered something other than a registration: is cluster.control a chorus control server?"));
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                let reason = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or(body);
+                bail!("the control server {url} refused this node ({status}): {reason}");
+            }
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "cannot reach the control server at {url} (cluster.control) within \
+                 cluster.join_timeout_ms = {timeout_ms}: {failure}"
+            );
+        }
+        tracing::warn!(
+            attempt,
+            "cannot reach the control server at {url} ({failure}); retrying until \
+             cluster.join_timeout_ms = {timeout_ms}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
