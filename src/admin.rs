@@ -84,10 +84,7 @@ pub fn handle(request: &Request, body: &[u8], config: &Config) -> Response {
             )
         }
         "GET" if path == "/metrics" => metrics(request),
-        "GET" if path == "/dashboard" || path == "/dashboard/" => Response::new(200)
-            .with_header("Content-Type", "text/html; charset=utf-8")
-            .with_header("Cache-Control", "no-store")
-            .with_body(DASHBOARD_HTML.as_bytes().to_vec()),
+        "GET" if path == "/dashboard" || path == "/dashboard/" => dashboard_page(),
         "GET" if path == DASHBOARD_STATS => match access.admin("GET /dashboard/stats") {
             Ok(()) => Response::new(200)
                 .with_header("Content-Type", "application/json")
@@ -170,8 +167,18 @@ pub fn handle(request: &Request, body: &[u8], config: &Config) -> Response {
 }
 
 /// The operator dashboard: one self-contained page (no CDN) that polls
-/// [`DASHBOARD_STATS`] once a second.
-const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+/// [`DASHBOARD_STATS`] once a second. The host keeps it
+/// (`host-bridge/src/dashboard.html`, asset `/dashboard`): in the guest it
+/// would be in the data image every process slot maps.
+fn dashboard_page() -> Response {
+    match host::asset("/dashboard") {
+        Some((content_type, body)) => Response::new(200)
+            .with_header("Content-Type", &content_type)
+            .with_header("Cache-Control", "no-store")
+            .with_body(body),
+        None => Response::json(500, &json!({"error": "the host has no dashboard page"})),
+    }
+}
 
 /// The dashboard's JSON, guarded like the admin API.
 const DASHBOARD_STATS: &str = "/dashboard/stats";
@@ -179,7 +186,13 @@ const DASHBOARD_STATS: &str = "/dashboard/stats";
 /// A file of the demo room (`index.html` for the directory itself).
 fn demo_file(name: &str) -> Response {
     let name = if name.is_empty() { "index.html" } else { name };
-    match host::asset(name) {
+    // A demo file is a plain name; `/…` names the host's own pages.
+    let asset = if name.contains('/') {
+        None
+    } else {
+        host::asset(name)
+    };
+    match asset {
         Some((content_type, body)) => Response::new(200)
             .with_header("Content-Type", &content_type)
             .with_header("Cache-Control", "no-cache")

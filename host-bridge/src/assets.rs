@@ -3,6 +3,10 @@
 //! guest through `chorus::asset`. Bounded: at most [`MAX_FILES`] files of
 //! [`MAX_BYTES`] together; nothing outside the directory is reachable (names
 //! are looked up in the map, never joined to a path).
+//!
+//! Beside them, the node's own pages: names that start with `/` (which no
+//! file name has) are built into the host binary ([`BUILT_IN`]), so they are
+//! not in the guest's data image, which every process slot maps.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,6 +15,13 @@ use std::path::Path;
 const MAX_FILES: usize = 64;
 /// Bytes kept at most, all files together.
 const MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Pages compiled into the host: `(name, content type, bytes)`.
+const BUILT_IN: &[(&str, &str, &[u8])] = &[(
+    "/dashboard",
+    "text/html; charset=utf-8",
+    include_bytes!("dashboard.html"),
+)];
 
 /// Static files by name (`index.html`, `demo.js`, …).
 #[derive(Default)]
@@ -87,9 +98,20 @@ impl Assets {
         assets
     }
 
-    /// `content-type\n` then the bytes of file `name`, or nothing.
+    /// `content-type\n` then the bytes of file `name` (or of the built-in
+    /// page `name`, when it starts with `/`), or nothing.
     pub fn get(&self, name: &str) -> Vec<u8> {
-        match self.files.get(name) {
+        let found = if name.starts_with('/') {
+            BUILT_IN
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .map(|(_, ct, bytes)| (*ct, *bytes))
+        } else {
+            self.files
+                .get(name)
+                .map(|(ct, bytes)| (*ct, bytes.as_slice()))
+        };
+        match found {
             Some((ct, bytes)) => {
                 let mut out = Vec::with_capacity(ct.len() + 1 + bytes.len());
                 out.extend_from_slice(ct.as_bytes());
@@ -123,6 +145,24 @@ mod tests {
         assert!(Assets::load("/nonexistent/chorus")
             .get("index.html")
             .is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn built_in_pages_are_named_with_a_slash_and_never_read_from_the_directory() {
+        let dir = std::env::temp_dir().join(format!("chorus-assets-b-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("dashboard"), "not the page").expect("write");
+        let assets = Assets::load(dir.to_str().unwrap_or_default());
+        let page = assets.get("/dashboard");
+        assert!(page.starts_with(b"text/html; charset=utf-8\n<!doctype html>"));
+        assert_eq!(
+            assets.get("dashboard"),
+            b"application/octet-stream\nnot the page"
+        );
+        assert!(Assets::default().get("/dashboard").len() > 1000);
+        assert!(Assets::default().get("/nothing").is_empty());
+        assert!(Assets::default().get("/").is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

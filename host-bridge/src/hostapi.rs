@@ -25,7 +25,7 @@
 //! | `modules_generation` | `() -> u64` | changes whenever the loaded process modules change (see [`crate::modules`]) |
 //! | `modules_report` | `() -> u64` | the modules report as JSON (pipeline, ready modules, errors) |
 //! | `modules_reload` | `() -> u64` | reload `modules.dir`, answered with the report |
-//! | `asset` | `(name_ptr: u32, name_len: u32) -> u64` | a demo room file (see [`crate::assets`]): `content-type\n` + bytes, empty when there is none |
+//! | `asset` | `(name_ptr: u32, name_len: u32) -> u64` | a demo room file, or a page of the node's own when `name` starts with `/` (see [`crate::assets`]): `content-type\n` + bytes, empty when there is none |
 //! | `module_call` | `(name_ptr: u32, name_len: u32, ptr: u32, len: u32) -> u64` | one ABI message to module `name`'s instance of this process, answered with a status byte + bytes (`chorus_core::modules::CallResult`) |
 //!
 //! `lane` is a [`chorus_core::lanes::Lane`] number (0 control, 1 audio,

@@ -366,6 +366,8 @@ fn dashboard_serves_its_page_and_live_stats() {
         !html.contains("http://") && !html.contains("https://"),
         "no CDN"
     );
+    // The page is the host's asset `/dashboard`; no demo file name reaches it.
+    assert_eq!(node.http("GET", "/demo//dashboard", &[], b"").status, 404);
 
     let (status, s) = stats(&node, &[]);
     assert_eq!(status, 200, "{s}");
