@@ -216,7 +216,12 @@ struct Channel {
     /// Chat lanes of rooms are persisted through the data service.
     persist: bool,
     presence_shards: u32,
+    /// Subscribers by their channel-local id (what presence, viewers and
+    /// peak mode key by); `ids` maps each subscribing session, a (node,
+    /// pid) pair, to its id: pids alone repeat across a cluster's nodes.
     subs: HashMap<u64, Subscriber>,
+    ids: HashMap<SessionRef, u64>,
+    next_id: u64,
     presence: Presence,
     history: VecDeque<Kept>,
     history_len: usize,
@@ -268,6 +273,8 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
         presence_shards: args.presence_shards,
         topic: args.topic.clone(),
         subs: HashMap::new(),
+        ids: HashMap::new(),
+        next_id: 0,
         presence: Presence::with_budget(MAX_METAS_PER_KEY, args.presence_bytes as usize),
         history: VecDeque::new(),
         history_len: args.history as usize,
@@ -338,19 +345,27 @@ impl Channel {
     fn handle(&mut self, msg: ChannelMsg) {
         match msg {
             ChannelMsg::Join(j) => self.join(j),
-            ChannelMsg::Leave { session } => self.remove(session),
+            ChannelMsg::Leave { session } => {
+                if let Some(id) = self.id(session) {
+                    self.remove(id);
+                }
+            }
             ChannelMsg::Publish(p) => self.publish(p),
             ChannelMsg::Presence {
                 session,
                 meta,
                 refs,
-            } => self.presence(session, meta, refs),
+            } => {
+                if let Some(id) = self.id(session) {
+                    self.presence(id, meta, refs);
+                }
+            }
             ChannelMsg::Stop => {}
             ChannelMsg::Crash => panic!("fault injection: channel {} crashes", self.topic),
             ChannelMsg::Room(m) => match self.room.as_mut().map(|r| r.handle(m)) {
                 Some(crate::room::Action::Publish(p)) => self.publish(p),
                 Some(crate::room::Action::Error { from, refs, reason }) => {
-                    if let Some(sub) = self.subs.get(&from) {
+                    if let Some(sub) = self.id(from).and_then(|id| self.subs.get(&id)) {
                         let err = frame::error_reply(
                             sub.vsn(),
                             Some(&refs.0),
@@ -368,20 +383,35 @@ impl Channel {
                 add,
                 remove,
                 refs,
-            } => self
-                .viewers
-                .subscribe(session, &add, &remove, refs, &self.presence, &self.topic),
+            } => {
+                if let Some(id) = self.id(session) {
+                    self.viewers
+                        .subscribe(id, &add, &remove, refs, &self.presence, &self.topic);
+                }
+            }
         }
+    }
+
+    /// The channel-local id of a publish's session, if it is subscribed.
+    fn publisher(&self, p: &Publish) -> Option<u64> {
+        p.from.and_then(|s| self.id(s))
+    }
+
+    /// The channel-local id of a subscribing session.
+    fn id(&self, session: SessionRef) -> Option<u64> {
+        self.ids.get(&session).copied()
     }
 
     fn join(&mut self, j: JoinReq) {
         self.peak_before_join();
-        let pid = j.session.pid();
         let p = j.params;
         // A second join of the same session replaces the first.
-        if self.subs.contains_key(&pid) {
-            self.remove(pid);
+        if let Some(old) = self.id(j.session) {
+            self.remove(old);
         }
+        let pid = self.next_id;
+        self.next_id += 1;
+        self.ids.insert(j.session, pid);
         let vsn = if p.v2 { Vsn::V2 } else { Vsn::V1 };
         let reply = frame::reply(
             vsn,
@@ -428,7 +458,8 @@ impl Channel {
     }
 
     fn remove(&mut self, session: u64) {
-        if self.subs.remove(&session).is_some() {
+        if let Some(sub) = self.subs.remove(&session) {
+            self.ids.remove(&sub.session);
             self.viewers.leave(session);
             let diff = self.presence.untrack(session);
             self.diff_out(diff);
@@ -455,8 +486,10 @@ impl Channel {
 
     fn publish(&mut self, mut p: Publish) {
         let started = std::time::Instant::now();
-        let user = p
-            .from
+        // The publisher's id here (`None`: the admin API, or a session that
+        // is not, or no longer, subscribed).
+        let from = self.publisher(&p);
+        let user = from
             .and_then(|from| self.subs.get(&from))
             .map(|s| s.presence_key.clone());
         // A retry of a stored client message id is acknowledged again,
@@ -506,7 +539,7 @@ impl Channel {
         } else {
             p.answer(Ok(String::new()));
         }
-        if let Some(sub) = p.from.and_then(|from| self.subs.get(&from)) {
+        if let Some(sub) = from.and_then(|from| self.subs.get(&from)) {
             self.viewers.chatted(&sub.presence_key);
         }
         // In peak mode the broadcast is held and delivered with its period.
@@ -517,7 +550,6 @@ impl Channel {
                 topic: &self.topic,
                 key: &key,
             };
-            let from = p.from;
             self.fan_out(
                 |vsn| frame::broadcast(vsn, &self.topic, &p.event, p.payload.as_ref(), None),
                 route,
@@ -606,7 +638,7 @@ impl Channel {
     /// Acknowledges a publish with an ok reply carrying `response`, when its
     /// publisher asked for it.
     fn ack(&self, p: &Publish, response: &[u8]) {
-        if let (Some(from), Some((join_ref, msg_ref))) = (p.from, &p.ack) {
+        if let (Some(from), Some((join_ref, msg_ref))) = (self.publisher(p), &p.ack) {
             if let Some(sub) = self.subs.get(&from) {
                 let ok = frame::reply(
                     sub.vsn(),
@@ -629,7 +661,7 @@ impl Channel {
         if p.ack.is_some() {
             return;
         }
-        let Some(sub) = p.from.and_then(|from| self.subs.get(&from)) else {
+        let Some(sub) = self.publisher(p).and_then(|from| self.subs.get(&from)) else {
             return;
         };
         let system = json!({
@@ -655,7 +687,7 @@ impl Channel {
     /// its publisher asked for an acknowledgement.
     fn refuse(&self, p: &Publish, reason: &str) {
         p.answer(Err(reason.to_string()));
-        if let (Some(from), Some((join_ref, msg_ref))) = (p.from, &p.ack) {
+        if let (Some(from), Some((join_ref, msg_ref))) = (self.publisher(p), &p.ack) {
             if let Some(sub) = self.subs.get(&from) {
                 let err = frame::error_reply(
                     sub.vsn(),

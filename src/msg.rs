@@ -13,8 +13,10 @@ pub use chorus_core::relay::Outlet;
 pub use chorus_core::session::{JoinParams, Refs};
 
 /// A session process. Sessions are spawned by the host, one per WebSocket,
-/// and receive plain (envelope-less) mail: [`SessionMsg`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// and receive plain (envelope-less) mail: [`SessionMsg`]. A channel keys
+/// its subscribers by this (node, pid) pair: pids alone repeat across the
+/// nodes of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SessionRef {
     node: u64,
     pid: u64,
@@ -27,10 +29,6 @@ impl SessionRef {
             node: mail::node_id(),
             pid: lunatic::host::process_id(),
         }
-    }
-
-    pub fn pid(&self) -> u64 {
-        self.pid
     }
 
     pub fn send(&self, msg: &SessionMsg) {
@@ -68,7 +66,7 @@ pub struct JoinReq {
 pub struct Publish {
     /// The publishing session, excluded from delivery unless it joined with
     /// `self: true`; `None` for the admin API.
-    pub from: Option<u64>,
+    pub from: Option<SessionRef>,
     pub event: String,
     pub payload: Body,
     /// `(join_ref, ref)` to acknowledge, when the join asked for `ack`.
@@ -93,13 +91,13 @@ impl Publish {
 pub enum ChannelMsg {
     Join(JoinReq),
     Leave {
-        session: u64,
+        session: SessionRef,
     },
     Publish(Publish),
     /// Track (`meta: Some(JSON text)`) or untrack (`None`) the session's
     /// presence, answered with an ok reply carrying `refs`.
     Presence {
-        session: u64,
+        session: SessionRef,
         meta: Option<String>,
         refs: Refs,
     },
@@ -113,7 +111,7 @@ pub enum ChannelMsg {
     /// `presence_subscribe` (selective presence, see `crate::viewers`),
     /// answered by the channel, which knows the set.
     PresenceSubscribe {
-        session: u64,
+        session: SessionRef,
         add: Vec<String>,
         remove: Vec<String>,
         refs: Refs,
@@ -173,7 +171,7 @@ pub enum RoomMsg {
     /// A validated `playback` broadcast from session `from`, whose user id
     /// is `user`; `by_claim` when its token claims the room.
     Playback {
-        from: u64,
+        from: SessionRef,
         user: String,
         by_claim: bool,
         /// JSON text, checked by the session.

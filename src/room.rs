@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::channel;
 use crate::host;
-use crate::msg::{Body, ChannelMsg, Publish, RoomMsg};
+use crate::msg::{Body, ChannelMsg, Publish, RoomMsg, SessionRef};
 
 /// How long the admin API waits for the audio channel to apply a patch.
 const PATCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,7 +35,7 @@ pub enum Action {
     Publish(Publish),
     /// An error reply to session `from`.
     Error {
-        from: u64,
+        from: SessionRef,
         refs: (String, Option<String>),
         reason: String,
     },

@@ -218,6 +218,9 @@ pub struct Session {
     claims: Option<Claims>,
     /// This process' id, for generated presence keys.
     pid: u64,
+    /// Its cluster node id (0 outside a cluster), also in generated keys:
+    /// pids repeat across nodes.
+    node: u64,
     joined: HashMap<String, Joined>,
     flood: TokenBucket,
     /// New channels this socket may start (`limits.channel_creations_per_second`).
@@ -248,10 +251,19 @@ impl Session {
             config: start.config.clone(),
             claims,
             pid,
+            node: 0,
             joined: HashMap::new(),
             // Checked when the config was loaded.
             policies: Policies::compile(&start.config.policies).unwrap_or_default(),
         }
+    }
+
+    /// The session runs on cluster node `node` (a lunatic node id): keys it
+    /// generates name the node, so that two nodes' processes with the same
+    /// pid never share one.
+    pub fn on_node(mut self, node: u64) -> Session {
+        self.node = node;
+        self
     }
 
     pub fn vsn(&self) -> Vsn {
@@ -585,10 +597,12 @@ impl Session {
             return self.error(join_ref, msg_ref, topic, &reason, out);
         }
         let join_ref = join_ref.or(msg_ref).unwrap_or_default().to_owned();
-        let key = if authorized.key.is_empty() {
+        let key = if !authorized.key.is_empty() {
+            authorized.key
+        } else if self.node == 0 {
             format!("{:x}-{:x}", self.pid, now.unix_secs())
         } else {
-            authorized.key
+            format!("{:x}.{:x}-{:x}", self.node, self.pid, now.unix_secs())
         };
         let joined = Joined {
             join_ref,
@@ -1028,6 +1042,16 @@ mod tests {
             panic!()
         };
         assert_eq!(params.presence_key, format!("ab-{:x}", 1_700_000_000u64));
+    }
+
+    #[test]
+    fn a_generated_key_names_the_cluster_node() {
+        let mut s = session(Vsn::V2, config(), None).on_node(3);
+        let out = joined(&mut s, "realtime:a", json!({}));
+        let Effect::Join { params, .. } = &out[0] else {
+            panic!()
+        };
+        assert_eq!(params.presence_key, format!("3.ab-{:x}", 1_700_000_000u64));
     }
 
     #[test]

@@ -112,6 +112,7 @@ impl Channel {
     /// on a reactions lane) and `false` is returned; `true`: deliver it now.
     pub(super) fn peak_hold(&mut self, p: &Publish) -> bool {
         let now = self.peak.now_ms();
+        let from = self.publisher(p);
         self.peak.core.record(now);
         self.peak_tick_at(now);
         if !self.peak.core.is_on() {
@@ -121,7 +122,7 @@ impl Channel {
             Some(Lane::Audio) => return true,
             Some(Lane::Reactions) => {
                 let key = reaction_key(&p.event, p.payload.as_ref());
-                self.peak.core.count_reaction(now, p.from, key);
+                self.peak.core.count_reaction(now, from, key);
             }
             Some(Lane::Chat) | None => {
                 let json = match &p.payload {
@@ -130,7 +131,7 @@ impl Channel {
                 };
                 let frames = broadcast_frames(&self.topic, &p.event, p.payload.as_ref());
                 let held = Held {
-                    from: p.from,
+                    from,
                     event: p.event.clone(),
                     json,
                     frames,

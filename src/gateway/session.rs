@@ -38,7 +38,8 @@ pub fn run(socket: u64) {
     let started = Instant::now();
     let this = SessionRef::this();
     let mut shell = Shell {
-        session: Session::new(&start, this.pid(), now(started)),
+        session: Session::new(&start, lunatic::host::process_id(), now(started))
+            .on_node(mail::node_id()),
         socket,
         this,
         channels: HashMap::new(),
@@ -53,9 +54,7 @@ pub fn run(socket: u64) {
     };
     for topic in shell.session.leave_all() {
         if let Some(channel) = shell.channels.remove(&topic) {
-            channel.send(ChannelMsg::Leave {
-                session: this.pid(),
-            });
+            channel.send(ChannelMsg::Leave { session: this });
         }
     }
     let frame = (close.code != 0).then_some((close.code, close.reason.as_str()));
@@ -190,7 +189,7 @@ impl Shell {
     /// One effect; follow-up effects (answers fed back to the session) go
     /// to `more`.
     fn effect(&mut self, effect: Effect, more: &mut Vec<Effect>) -> Option<Close> {
-        let me = self.this.pid();
+        let me = self.this;
         match effect {
             Effect::Write(bytes) => {
                 match host::outlet_send(self.socket, &bytes, host::Route::CONTROL) {
