@@ -16,7 +16,7 @@ use crate::payload;
 use crate::proto::System;
 use crate::rooms::RoomOutcome;
 use crate::scenario::{Params, Scenario};
-use crate::servers::{pss_kib, rss_kib, Paths, Server};
+use crate::servers::{cpu_s, pss_kib, rss_kib, Paths, Server};
 use crate::stats::{self, Latency};
 use crate::worker::{Done, Line, Progress, Wire, WorkerSpec};
 
@@ -79,6 +79,21 @@ pub struct RunResult {
     pub bytes_per_session: f64,
     #[serde(default)]
     pub bytes_per_session_per_s: f64,
+    /// The server process's CPU time (user + system, all threads) while
+    /// the sessions connected and joined, and while they published (from
+    /// `go` to `stop`, the drain included), in seconds.
+    #[serde(default)]
+    pub server_cpu_connect_s: f64,
+    #[serde(default)]
+    pub server_cpu_publish_s: f64,
+    /// Server CPU per joined session (connect phase) and per delivered
+    /// message (publish phase), in microseconds: the cost of the work,
+    /// which CPU contention from other processes on the machine changes
+    /// far less than it changes rates (0 when not measured).
+    #[serde(default)]
+    pub cpu_us_per_session: f64,
+    #[serde(default)]
+    pub cpu_us_per_delivery: f64,
     /// (seconds since start, KiB)
     pub rss_series: Vec<(f64, u64)>,
     pub errors: BTreeMap<String, u64>,
@@ -228,7 +243,7 @@ pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
     server.stop();
     match &r.failure {
         None => eprintln!(
-            "   done: {} sessions ({:.0}/s), {:.0} deliveries/s ({:.1}%), p50 {:.2} ms p99 {:.2} ms, {:.1} KiB/session (PSS {:.1}), RSS after/before {:.2}x",
+            "   done: {} sessions ({:.0}/s), {:.0} deliveries/s ({:.1}%), p50 {:.2} ms p99 {:.2} ms, {:.1} KiB/session (PSS {:.1}), RSS after/before {:.2}x, server CPU {:.1} µs/session {:.2} µs/delivery",
             r.sessions_joined,
             r.sessions_per_s,
             r.deliveries_per_s,
@@ -237,7 +252,9 @@ pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
             r.latency.p99_ms,
             r.rss_per_session_kib,
             r.pss_per_session_kib,
-            r.rss_after_ratio
+            r.rss_after_ratio,
+            r.cpu_us_per_session,
+            r.cpu_us_per_delivery
         ),
         Some(f) => eprintln!("   failed: {f}"),
     }
@@ -250,6 +267,7 @@ fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
     let (tx, rx) = mpsc::channel::<(usize, Line)>();
     let mut procs = Vec::new();
     let connect_started = Instant::now();
+    let cpu_at_connect = cpu_s(server.pid);
     for (i, spec) in specs.iter().enumerate() {
         match LoaderProc::start("worker", spec, i, &tx) {
             Ok(w) => procs.push(w),
@@ -309,6 +327,12 @@ fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
     r.sessions_joined = r.sessions_joined.min(p.clients);
     r.join_latency = Latency::of(&join_hist);
     r.sessions_per_s = r.sessions_joined as f64 / r.connect_s.max(1e-9);
+    if let (Some(a), Some(b)) = (cpu_at_connect, cpu_s(server.pid)) {
+        r.server_cpu_connect_s = b - a;
+        if r.sessions_joined > 0 {
+            r.cpu_us_per_session = r.server_cpu_connect_s * 1e6 / r.sessions_joined as f64;
+        }
+    }
     std::thread::sleep(Duration::from_millis(500));
     r.rss_connected_kib = rss_kib(server.pid).unwrap_or(0);
     r.pss_connected_kib = pss_kib(server.pid).unwrap_or(0);
@@ -335,6 +359,7 @@ fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
     }
 
     // Publish phase.
+    let cpu_at_go = cpu_s(server.pid);
     let go_ns = payload::now_ns();
     for w in procs.iter_mut() {
         w.say("go");
@@ -371,10 +396,16 @@ fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
         r.rss_connected_kib = rss_kib(server.pid).unwrap_or(0);
         r.pss_connected_kib = pss_kib(server.pid).unwrap_or(0);
     }
+    if let (Some(a), Some(b)) = (cpu_at_go, cpu_s(server.pid)) {
+        r.server_cpu_publish_s = b - a;
+    }
     for w in procs.iter_mut() {
         w.say("stop");
     }
     collect(r, &rx, &mut procs, p, Some((go_ns, early_done)));
+    if r.delivered > 0 && r.server_cpu_publish_s > 0.0 {
+        r.cpu_us_per_delivery = r.server_cpu_publish_s * 1e6 / r.delivered as f64;
+    }
 }
 
 /// Waits for every loader's `done` line (bounded), then aggregates.

@@ -339,6 +339,9 @@ fn metrics(s: Scenario) -> Vec<Metric> {
             per_s,
             m("connect+join p50 (ms)", Lower, 2, |r| r.join_latency.p50_ms),
             m("connect+join p99 (ms)", Lower, 2, |r| r.join_latency.p99_ms),
+            m("server CPU per session joined (µs)", Lower, 1, |r| {
+                r.cpu_us_per_session
+            }),
         ],
         Scenario::Idle => vec![
             joined,
@@ -361,6 +364,9 @@ fn metrics(s: Scenario) -> Vec<Metric> {
             m("latency p99.9 (ms)", Lower, 2, |r| r.latency.p999_ms),
             m("latency max (ms)", Lower, 2, |r| r.latency.max_ms),
             m("published", Neither, 0, |r| r.published as f64),
+            m("server CPU per delivery (µs)", Lower, 2, |r| {
+                r.cpu_us_per_delivery
+            }),
             per_s,
             m(
                 "bytes from the server per session per second",
@@ -1234,7 +1240,7 @@ One load against one system: `target/release/chorus-bench run --system centrifug
 * **Clients**: Chorus is spoken to as `@supabase/realtime-js` does (Phoenix vsn 2.0.0: `phx_join` with `broadcast.self=false, ack=false`, publishes as kind-3 binary frames, broadcasts received as kind-4 frames, heartbeat every 25 s); NATS with its text protocol over its WebSocket listener (`CONNECT` with `echo:false`, `SUB`, `PUB`, `PING`/`PONG` to confirm, a `PING` every 60 s); Centrifugo with its client protocol v2 in JSON over `/connection/websocket`, as its JavaScript SDK speaks it (`connect`, `subscribe`, `publish` commands with ids, publications as `push` lines, several per WebSocket message; the server pings with `{{}}` every 25 s and the client answers `{{}}`). Every system is at its lowest durability: nothing persisted, no history.\n\
 * **Payload**: the same ~{pb}-byte JSON object for every system, carrying the publish time (ns since the Unix epoch, one clock, one machine) and the publisher's id. **Latency** is receive time minus publish time, per delivery, in HDR histograms (µs, 3 significant digits) merged across loaders. Receivers skip their own messages: Centrifugo has no \"no local\" option and sends a publisher its own publications (one extra delivery per message and room, which it pays for and the others do not; in many-rooms that is 10 deliveries per message instead of 9).\n\
 * **Deliveries/s** = messages received by all subscribers ÷ the publishing time (or the time until the last delivery, if later). *Delivered %* compares with published × subscribers (fan-out) or published × (members − 1) (rooms).\n\
-* **Memory**: the server process's VmRSS (`/proc/<pid>/status`), sampled every 250 ms; *per session* = (RSS after every session joined − RSS before the first) ÷ sessions; for *idle*, RSS after holding the sessions. The run files also give *per session* as PSS (`pss_per_session_kib`, `Pss` of `/proc/<pid>/smaps_rollup`): Chorus maps its guest's data image into every process slot, and VmRSS counts those pages once per slot although memory holds them once. **Memory comes back**: after every session left (the loader processes closed their sockets and exited), the bench waits `--after` seconds (5) and samples RSS again: *after ÷ before* is that ÷ the RSS before the load.\n\
+* **Memory**: the server process's VmRSS (`/proc/<pid>/status`), sampled every 250 ms; *per session* = (RSS after every session joined − RSS before the first) ÷ sessions; for *idle*, RSS after holding the sessions. The run files also give *per session* as PSS (`pss_per_session_kib`, `Pss` of `/proc/<pid>/smaps_rollup`): Chorus maps its guest's data image into every process slot, and VmRSS counts those pages once per slot although memory holds them once. **CPU**: the server process's user + system time (`utime` + `stime` of `/proc/<pid>/stat`, every thread) while the sessions connected and joined, ÷ sessions joined (*per session joined*), and from the publishers' start to their stop, ÷ messages delivered (*per delivery*): the cost of the work, which other load on the machine changes far less than it changes rates (a saturated server batches more, so compare runs at the same load). **Memory comes back**: after every session left (the loader processes closed their sockets and exited), the bench waits `--after` seconds (5) and samples RSS again: *after ÷ before* is that ÷ the RSS before the load.\n\
 * **Bytes on the wire**: every byte each client read from its socket after the upgrade (WebSocket frame headers included), summed over all sessions, ÷ sessions (÷ the publishing or holding time for the per-second figure); for *chat-presence* also the WebSocket message payloads split by what they carried (chat broadcasts, presence state and diffs, the rest). Compression is off everywhere (no `permessage-deflate`), so these are the bytes a later compression change is measured against.\n\
 * **Repeats and order**: every fan-out load runs 5 times per system (`--repeat`), interleaved — run 1 of every system, then run 2, … — with the starting system rotating from round to round, so none always gets the coldest or warmest machine; tables give the median of the runs and every run's p99. Every other load runs once per system. Each system is started fresh for each run by the bench and stopped after it. The suite prints `[k/n] load run i/m, system — elapsed, ETA` before each run.\n\
 * **Peers' settings** (for their best, not their defaults):\n\

@@ -563,6 +563,30 @@ pub fn pss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// CPU time `pid` has used (user + system, every thread), in seconds,
+/// `None` once it is gone: `utime` and `stime` of `/proc/<pid>/stat`, in
+/// clock ticks of `_SC_CLK_TCK`.
+pub fn cpu_s(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after it.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace();
+    // After the name: state is field 3, utime field 14, stime field 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a constant of the running system.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
 /// Resident set size of `pid` in KiB (VmRSS), `None` once it is gone.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -571,4 +595,29 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_of_a_process_grows_with_its_work() {
+        let me = std::process::id();
+        let before = cpu_s(me).expect("this process's /proc/<pid>/stat");
+        // Work until the kernel has counted 50 ms of CPU more (a clock tick
+        // is 10 ms), however busy the machine; a reader that never sees the
+        // time grow fails after 60 s.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        let mut after = before;
+        while after - before < 0.05 && started.elapsed() < Duration::from_secs(60) {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            after = cpu_s(me).expect("still running");
+        }
+        assert!(after - before >= 0.05, "{before} -> {after}");
+        assert!(cpu_s(u32::MAX).is_none(), "no such process");
+    }
 }
