@@ -359,7 +359,9 @@ fn publish(topic: &str, event: &str, payload: Body) -> Result<(), Response> {
     }
     let ch = match channel::find(&full, true) {
         Located::Found(ch) | Located::Started(ch) => ch,
-        Located::Full(reason) => return Err(Response::json(503, &json!({ "error": reason }))),
+        Located::Full(reason) | Located::Unreachable(reason) => {
+            return Err(Response::json(503, &json!({ "error": reason })))
+        }
         Located::Absent => {
             return Err(Response::json(
                 503,

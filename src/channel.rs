@@ -7,6 +7,7 @@
 //! `channels` dynamic supervisor the first time it is asked for it, and
 //! forgets it when the channel goes idle.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -29,7 +30,8 @@ use supervisors::{mail, ChildRef, DynamicSupervisor, Inbox, Incoming};
 
 use crate::host;
 use crate::msg::{
-    Body, ChannelMsg, ChannelRef, DirMsg, JoinReq, Located, Outlet, Publish, SessionMsg, SessionRef,
+    Body, ChannelMsg, ChannelRef, DirMsg, DoorMsg, JoinReq, Located, Outlet, Publish, SessionMsg,
+    SessionRef,
 };
 
 mod peak;
@@ -39,6 +41,8 @@ pub const CHANNELS: &str = "channels";
 pub use chorus_core::placement::{directory_name, DIRECTORIES};
 /// How long a caller waits for a directory to answer.
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a process keeps the cluster membership it read for placement.
+const MEMBERS_TTL: Duration = Duration::from_secs(1);
 /// How often a full directory shard may drop channels that died from its
 /// map (each check is a host call per channel).
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
@@ -74,12 +78,68 @@ pub struct ChannelArgs {
     pub presence: PresenceConfig,
 }
 
-/// Where topics live, computed once per process. Without a cluster the
-/// node ring has one member, this node (its lunatic node id), so every
-/// topic's home is here and only the directory shard varies.
-fn placement() -> &'static Placement<String> {
-    static PLACEMENT: OnceLock<Placement<String>> = OnceLock::new();
-    PLACEMENT.get_or_init(|| Placement::new([mail::node_id().to_string()]))
+/// A process' cluster placement: when its members were read, the members,
+/// and the placement over them.
+type Cached = (Instant, Vec<u64>, Placement<String>);
+
+/// Where topics live. Without a cluster the node ring has one member, this
+/// node (its lunatic node id 0), computed once per process: every topic's
+/// home is here and only the directory shard varies. In a cluster the ring's
+/// members are the cluster's nodes ([`members`]), read again at most every
+/// [`MEMBERS_TTL`].
+fn with_placement<R>(f: impl FnOnce(&Placement<String>) -> R) -> R {
+    static SINGLE: OnceLock<Placement<String>> = OnceLock::new();
+    thread_local! {
+        static CLUSTER: RefCell<Option<Cached>> = const { RefCell::new(None) };
+    }
+    if mail::node_id() == 0 {
+        return f(SINGLE.get_or_init(|| Placement::new(["0".to_string()])));
+    }
+    CLUSTER.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        let stale = cached
+            .as_ref()
+            .is_none_or(|(at, ..)| at.elapsed() >= MEMBERS_TTL);
+        if stale {
+            let nodes = members();
+            let keep = cached.take().filter(|(_, old, _)| *old == nodes);
+            *cached = Some(match keep {
+                Some((_, old, placement)) => (Instant::now(), old, placement),
+                None => {
+                    let placement = Placement::new(nodes.iter().map(u64::to_string));
+                    (Instant::now(), nodes, placement)
+                }
+            });
+        }
+        match cached.as_ref() {
+            Some((_, _, placement)) => f(placement),
+            None => f(&Placement::new([mail::node_id().to_string()])),
+        }
+    })
+}
+
+/// The cluster's nodes a topic may live on: those the control server lists
+/// (`host::cluster_json`) that lunatic's client also knows (a send to a
+/// node id lunatic does not list spins), and always this node; sorted.
+/// Every node computes the same ring from the same membership.
+fn members() -> Vec<u64> {
+    let here = mail::node_id();
+    let known = mail::cluster_nodes();
+    let listed = host::cluster_json();
+    let mut nodes: Vec<u64> = listed["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| n["id"].as_u64())
+                .filter(|id| known.contains(id))
+                .collect()
+        })
+        .unwrap_or_default();
+    nodes.push(here);
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes
 }
 
 /// The channel of `topic`, if it runs or (with `spawn`) once started.
@@ -89,11 +149,44 @@ pub fn locate(topic: &str, spawn: bool) -> Option<ChannelRef> {
 
 /// What `topic`'s directory answers: its running channel, one started for
 /// this call (only with `spawn`), none, or none because the node is full.
+/// The directory is on the topic's home node: here, through the registry;
+/// on another node of the cluster, through that node's door
+/// (`crate::door`), which hands the request to its directory shard; that
+/// shard answers this process directly. A home node that does not answer
+/// within [`LOCATE_TIMEOUT`] is [`Located::Unreachable`].
 pub fn find(topic: &str, spawn: bool) -> Located {
-    let Some(dir) = placement()
-        .home(topic)
-        .and_then(|home| ChildRef::<DirMsg>::lookup(&directory_name(home.directory)))
-    else {
+    let Some((node, directory)) = with_placement(|p| {
+        p.home(topic)
+            .and_then(|home| Some((home.node.parse::<u64>().ok()?, home.directory)))
+    }) else {
+        return Located::Absent;
+    };
+    if node != mail::node_id() {
+        host::metric(Metric::RemoteLocates, 1);
+        return supervisors::call(
+            |reply| {
+                mail::send(
+                    node,
+                    crate::door::DOOR_PID,
+                    mail::UNTAGGED,
+                    &DoorMsg::Locate {
+                        directory,
+                        topic: topic.to_string(),
+                        spawn,
+                        reply,
+                    },
+                )
+            },
+            LOCATE_TIMEOUT,
+        )
+        .unwrap_or_else(|| {
+            Located::Unreachable(format!(
+                "unavailable: the home node of this topic (cluster node {node}) did not answer within {} s, retry",
+                LOCATE_TIMEOUT.as_secs()
+            ))
+        });
+    }
+    let Some(dir) = ChildRef::<DirMsg>::lookup(&directory_name(directory)) else {
         return Located::Absent;
     };
     dir.call(

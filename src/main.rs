@@ -6,6 +6,7 @@
 
 mod admin;
 mod channel;
+mod door;
 mod gateway;
 mod host;
 mod modules;

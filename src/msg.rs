@@ -141,6 +141,21 @@ pub enum DirMsg {
     Live { topic: String, channel: ChannelRef },
 }
 
+/// What a node's door (its main process, `crate::door`) receives from
+/// other nodes of the cluster: lunatic's registry is per node, so a session
+/// on another node cannot look up this node's directories itself.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum DoorMsg {
+    /// A [`DirMsg::Locate`] for one of this node's directory shards; the
+    /// shard answers the asker directly.
+    Locate {
+        directory: u32,
+        topic: String,
+        spawn: bool,
+        reply: ReplyTo<Located>,
+    },
+}
+
 /// A directory's answer to [`DirMsg::Locate`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Located {
@@ -153,6 +168,9 @@ pub enum Located {
     /// None runs and the node runs its most channels
     /// (`limits.max_channels`): the reason for the client.
     Full(String),
+    /// The topic's home is another node of the cluster, which did not
+    /// answer in time: the reason for the client.
+    Unreachable(String),
 }
 
 impl Located {
@@ -160,7 +178,7 @@ impl Located {
     pub fn channel(&self) -> Option<ChannelRef> {
         match self {
             Located::Found(c) | Located::Started(c) => Some(*c),
-            Located::Absent | Located::Full(_) => None,
+            Located::Absent | Located::Full(_) | Located::Unreachable(_) => None,
         }
     }
 }

@@ -93,9 +93,10 @@ fn spec(config: &Config) -> SupervisorSpec {
         .child(ChildSpec::supervisor("channels", directories))
 }
 
-/// Starts the tree and parks the main process. If the root supervisor gives
-/// up (too many restarts), the link takes the main process down with it and
-/// the node exits with an error.
+/// Starts the tree, then the main process becomes the node's door
+/// (`crate::door`) for the other nodes of a cluster. If the root supervisor
+/// gives up (too many restarts), the link takes the main process down with
+/// it and the node exits with an error.
 pub fn start(config: Config) {
     match SupervisorRef::start_link(ROOT, spec(&config)) {
         Ok(_) => {
@@ -110,7 +111,5 @@ pub fn start(config: Config) {
             std::process::exit(1);
         }
     }
-    loop {
-        lunatic::sleep(Duration::from_secs(3600));
-    }
+    crate::door::serve();
 }

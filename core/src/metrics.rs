@@ -65,6 +65,7 @@ metrics! {
     ChannelsRefused => "chorus_channel_starts_refused_total", Counter, "Joins refused because they would start a channel past limits.max_channels or limits.channel_creations_per_second";
     Duplicates => "chorus_duplicate_messages_total", Counter, "Chat messages retried with a msg_id the lane had stored (acknowledged again, not stored or delivered twice)";
     StoreFailed => "chorus_store_failures_total", Counter, "Chat messages refused because the store failed (the sender gets an error reply or a system push)";
+    RemoteLocates => "chorus_remote_locates_total", Counter, "Channel look-ups sent to the topic's home on another cluster node (joins, REST publishes)";
 }
 
 impl Metric {

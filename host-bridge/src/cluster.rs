@@ -12,6 +12,7 @@
 //! says so in its log.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -47,6 +48,9 @@ pub struct Cluster {
     pub dist: DistributedProcessState,
     members: RwLock<Vec<Member>>,
     control_reachable: AtomicBool,
+    /// `cluster.node_timeout_ms`: how long a message to another node waits
+    /// for that node's acknowledgement before it is given up.
+    send_timeout: Duration,
 }
 
 impl Cluster {
@@ -134,6 +138,7 @@ impl Cluster {
             dist,
             members: RwLock::new(Vec::new()),
             control_reachable: AtomicBool::new(true),
+            send_timeout: Duration::from_millis(k.node_timeout_ms),
         });
         cluster.poll().await;
         tokio::spawn(cluster.clone().poll_forever());
@@ -206,6 +211,46 @@ impl Cluster {
             tokio::time::sleep(POLL).await;
             self.poll().await;
         }
+    }
+
+    /// Whether `node` may be sent to: a member as the control server last
+    /// listed it AND a node lunatic's client knows (a send to a node id
+    /// lunatic does not list spins refreshing its list).
+    pub fn is_member(&self, node: u64) -> bool {
+        self.members
+            .read()
+            .map(|m| m.iter().any(|m| m.id == node))
+            .unwrap_or(false)
+            && self.dist.control.node_info(node).is_some()
+    }
+
+    /// Sends a data message to process `pid` of environment `env` on
+    /// `node` WITHOUT waiting for the other node: lunatic's own send awaits
+    /// its acknowledgement (a round trip that blocks the sending process,
+    /// forever when the node died but is still listed). The request is
+    /// queued here, in call order (messages to one node keep their order:
+    /// one QUIC stream per node, handled in order there), and its
+    /// acknowledgement awaited by a task that gives up after
+    /// `cluster.node_timeout_ms`. `false` when `node` is not a member.
+    pub fn send(&self, node: u64, env: u64, pid: u64, tag: Option<i64>, data: Vec<u8>) -> bool {
+        if !self.is_member(node) {
+            return false;
+        }
+        let client = self.dist.node_client.clone();
+        let mut ack =
+            Box::pin(async move { client.message_process(node, env, pid, tag, data).await });
+        // The first poll hands the request to lunatic's per-node queue (a
+        // synchronous channel send), so the order of calls is kept.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if ack.as_mut().poll(&mut cx).is_pending() {
+            let timeout = self.send_timeout;
+            tokio::spawn(async move {
+                if tokio::time::timeout(timeout, ack).await.is_err() {
+                    tracing::debug!(node, "a message to another node was not acknowledged");
+                }
+            });
+        }
+        true
     }
 
     /// The known members (this node included).

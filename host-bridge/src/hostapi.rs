@@ -13,6 +13,7 @@
 //! | `config` | `() -> u64` | the node config as JSON |
 //! | `metrics_text` | `(format: u32, restarts: u64) -> u64` | every metric as Prometheus text 0.0.4 (`format` 0) or OpenMetrics (1); `restarts` is the supervision tree's count |
 //! | `stats_json` | `(restarts: u64) -> u64` | the `/dashboard` JSON (see [`crate::metrics::Metrics::stats`]) |
+//! | `send_remote` | `(node: u64, pid: u64) -> u32` | send the message being built (lunatic's `message::create_data`/`write_data`) to process `pid` on cluster node `node` without waiting for that node (see [`crate::cluster::Cluster::send`]); 0 queued, 2 `node` is not a member (or no cluster), 3 no data message was built |
 //! | `cluster_json` | `() -> u64` | this node's cluster membership as JSON (see [`crate::cluster::Cluster::json`]); `{"enabled": false}` outside a cluster |
 //! | `data` | `(ptr: u32, len: u32) -> u64` | a JSON [`chorus_core::data::DataRequest`], answered with a `DataResponse` |
 //! | `take` | `(ptr: u32, len: u32) -> u32` | copy the parked answer; 0 ok, 1 nothing parked / wrong length |
@@ -318,6 +319,26 @@ impl HostApi {
             move |caller: Caller<'_, State>| {
                 let json = api.cluster_json().to_string().into_bytes();
                 api.park(caller.data().id(), json)
+            },
+        )?;
+
+        let api = self.clone();
+        linker.func_wrap(
+            "chorus",
+            "send_remote",
+            move |mut caller: Caller<'_, State>, node: u64, pid: u64| -> u32 {
+                use lunatic_distributed::DistributedCtx;
+                use lunatic_process::message::{DataMessage, Message};
+                use lunatic_process_api::ProcessCtx;
+                let message = caller.data_mut().message_scratch_area().take();
+                let Some(Message::Data(DataMessage { tag, buffer, .. })) = message else {
+                    return 3;
+                };
+                let env = caller.data().environment_id();
+                match api.cluster.get() {
+                    Some(c) if c.send(node, env, pid, tag, buffer) => 0,
+                    _ => 2,
+                }
             },
         )?;
 

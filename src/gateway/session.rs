@@ -232,7 +232,7 @@ impl Shell {
                         }
                         self.channels.insert(topic, channel);
                     }
-                    Located::Full(reason) => {
+                    Located::Full(reason) | Located::Unreachable(reason) => {
                         self.channels.remove(&topic);
                         self.session.join_refused(&topic, Some(&reason), more);
                     }

@@ -66,8 +66,30 @@ pub fn send_bytes(node: u64, pid: u64, tag: i64, bytes: &[u8]) {
         // SAFETY: sends the message created above.
         unsafe { host::api::message::send(pid) };
     } else {
-        host::send(node, pid);
+        send_remote(node, pid);
     }
+}
+
+/// Sends the message built in the scratch area to another node.
+#[cfg(not(feature = "chorus-host"))]
+fn send_remote(node: u64, pid: u64) {
+    host::send(node, pid);
+}
+
+/// Sends the message built in the scratch area to another node through the
+/// `chorus` host, which queues it without waiting for that node and drops
+/// it when `node` is not a member of the cluster (lunatic's own send would
+/// block the sender for a round trip, forever for a dead node still listed,
+/// and spin for a node id it does not list).
+#[cfg(feature = "chorus-host")]
+fn send_remote(node: u64, pid: u64) {
+    #[link(wasm_import_module = "chorus")]
+    extern "C" {
+        #[link_name = "send_remote"]
+        fn chorus_send_remote(node: u64, pid: u64) -> u32;
+    }
+    // SAFETY: scalar host call; it takes the message built above.
+    let _ = unsafe { chorus_send_remote(node, pid) };
 }
 
 /// Encodes `message` with bincode and sends it (see [`send_bytes`]).
