@@ -207,7 +207,12 @@ impl Gateway {
             Ok(Ok(Some(r))) => r,
             Ok(Ok(None)) => return,
             Ok(Err(response)) => {
-                let _ = write_timeout(&mut stream, &response.to_bytes()).await;
+                if write_timeout(&mut stream, &response.to_bytes())
+                    .await
+                    .is_ok()
+                {
+                    linger(&mut stream).await;
+                }
                 return;
             }
             Err(_) => {
@@ -440,6 +445,31 @@ async fn write_timeout(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
+}
+
+/// Closes a connection whose request was refused while the client may still
+/// be sending it (an oversized head): our side of the stream ends first, then
+/// what the client still sends is read and dropped — at most
+/// `LINGER_BYTES`, for at most `LINGER` — so that the kernel does not answer
+/// the unread bytes with a reset that can destroy the refusal before the
+/// client reads it.
+async fn linger(stream: &mut TcpStream) {
+    const LINGER: Duration = Duration::from_secs(1);
+    const LINGER_BYTES: usize = 256 * 1024;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut drained = 0;
+    let mut chunk = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while drained < LINGER_BYTES {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// Reads until a whole request head is buffered: the request and the bytes
