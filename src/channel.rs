@@ -332,6 +332,9 @@ struct Channel {
     viewers: crate::viewers::Viewers,
     /// The client message ids (`msg_id`) this chat lane stored lately.
     dedupe: Window,
+    /// The clock as read at the top of the receive loop, for the message
+    /// being handled (one read per message, see [`channel`]).
+    now: Instant,
 }
 
 /// A message in a channel's in-memory recent history.
@@ -378,6 +381,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
         modules: args.modules.clone().screen(),
         viewers: crate::viewers::Viewers::new(&args.topic, &args.presence),
         dedupe: Window::new(args.dedupe_window_ms, args.dedupe_bytes),
+        now: Instant::now(),
     };
     ch.refill();
     if let Some(dir) = ChildRef::<DirMsg>::lookup(&args.directory) {
@@ -395,29 +399,20 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
     // drop its crashed subscribers (and their presences).
     let mut last_sweep = Instant::now();
     loop {
-        let wait = sweep.saturating_sub(last_sweep.elapsed());
-        let wait = ch.peak.wait().map_or(wait, |w| w.min(wait));
-        match inbox.receive_timeout(wait.min(ch.viewers.wait())) {
-            Some(Incoming::Shutdown) => break,
-            Some(Incoming::Message(ChannelMsg::Stop)) => {
-                if ch.subs.is_empty() {
-                    ch.drain_for_restart(&inbox);
-                    break;
-                }
-                asked_to_stop = false;
-            }
-            Some(Incoming::Message(msg)) => ch.handle(msg),
-            None => {}
-        }
+        // The clock is read once per message (a WASI call): the timers due
+        // after the last message run here, with this reading, and it is the
+        // start of the wait and of the next message's handling.
+        let now = Instant::now();
+        ch.now = now;
         ch.peak_tick();
         ch.viewers.tick(&ch.topic);
-        if last_sweep.elapsed() >= sweep {
+        if now.saturating_duration_since(last_sweep) >= sweep {
             ch.sweep_dead();
-            last_sweep = Instant::now();
+            last_sweep = now;
         }
         if ch.subs.is_empty() {
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= idle && !asked_to_stop {
+            let since = *idle_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= idle && !asked_to_stop {
                 if let Some(dir) = ChildRef::<DirMsg>::lookup(&args.directory) {
                     dir.send(DirMsg::Idle {
                         topic: args.topic.clone(),
@@ -428,6 +423,20 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
             }
         } else {
             idle_since = None;
+        }
+        let wait = sweep.saturating_sub(now.saturating_duration_since(last_sweep));
+        let wait = ch.peak.wait(now).map_or(wait, |w| w.min(wait));
+        match inbox.receive_until(now + wait.min(ch.viewers.wait()), now) {
+            Some(Incoming::Shutdown) => break,
+            Some(Incoming::Message(ChannelMsg::Stop)) => {
+                if ch.subs.is_empty() {
+                    ch.drain_for_restart(&inbox);
+                    break;
+                }
+                asked_to_stop = false;
+            }
+            Some(Incoming::Message(msg)) => ch.handle(msg),
+            None => {}
         }
     }
     ch.peak_end();
@@ -578,7 +587,7 @@ impl Channel {
     }
 
     fn publish(&mut self, mut p: Publish) {
-        let started = std::time::Instant::now();
+        let started = self.now;
         // The publisher's id here (`None`: the admin API, or a session that
         // is not, or no longer, subscribed).
         let from = self.publisher(&p);

@@ -9,21 +9,16 @@
 /// validate the text (the parser that runs after it does).
 pub fn depth_exceeds(text: &[u8], max: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in text {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut i = 0;
+    while let Some(&b) = text.get(i) {
+        i += 1;
         match b {
-            b'"' => in_string = true,
+            // A string is skipped to its closing quote a word at a time
+            // (`memchr`), not byte by byte: chat payloads are mostly text.
+            b'"' => match string_end(text, i) {
+                Some(end) => i = end,
+                None => return false,
+            },
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -35,6 +30,19 @@ pub fn depth_exceeds(text: &[u8], max: usize) -> bool {
         }
     }
     false
+}
+
+/// Where the string whose content starts at `from` ends (just past its
+/// closing quote); `None` when it does not end.
+fn string_end(text: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let at = from + memchr::memchr2(b'"', b'\\', text.get(from..)?)?;
+        if text[at] == b'"' {
+            return Some(at + 1);
+        }
+        // An escape: the next byte, whatever it is, is part of the string.
+        from = at + 2;
+    }
 }
 
 #[cfg(test)]
@@ -53,5 +61,49 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(depth_exceeds(deep.as_bytes(), 32));
         assert!(!depth_exceeds(deep.as_bytes(), 10_000));
+        assert!(!depth_exceeds(br#"["\\"]"#, 1), "an escaped backslash ends");
+        assert!(depth_exceeds(br#"["\\",[[]]]"#, 2));
+        assert!(!depth_exceeds(br#"[[["unterminated"#, 3));
+        assert!(!depth_exceeds(br#""\"#, 0), "an escape at the very end");
+    }
+
+    /// The byte-at-a-time scan this one replaced, as the reference.
+    fn reference(text: &[u8], max: usize) -> bool {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for &b in text {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        false
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn agrees_with_the_byte_scan(
+            text in proptest::collection::vec(
+                proptest::sample::select(b"[]{}\"\\a,:1 ".to_vec()), 0..64),
+            max in 0usize..6,
+        ) {
+            proptest::prop_assert_eq!(depth_exceeds(&text, max), reference(&text, max));
+        }
     }
 }

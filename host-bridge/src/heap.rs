@@ -7,25 +7,41 @@
 //! stays in the node's RSS until new sessions reuse it. `malloc_trim(0)`
 //! releases every free page of every arena (`madvise`), at the cost of a
 //! walk over the arenas, so it runs only after the population has fallen
-//! well below its peak ([`Trim::after`]), from the host's once-a-second
-//! sweeper.
+//! well below its peak or has stopped falling after a large enough drop
+//! ([`Trim::after`]), from the host's once-a-second sweeper.
 
-/// When to trim: once the live count (processes) has fallen to half of the
-/// highest seen since the last trim, by at least [`Trim::MIN_DROP`].
+/// When to trim, given the live count (processes) once a second:
+/// * while it falls, once it is half of the highest seen since the last trim,
+///   by at least [`Trim::MIN_DROP`] (a large exodus is trimmed as it goes);
+/// * when it stops falling, once it is three quarters of that highest or
+///   less, by at least [`Trim::MIN_SETTLED_DROP`] — so what the last
+///   sessions of an exodus freed is returned too (without this, the blocks
+///   of the last ~1,000 processes to end stayed in the node's RSS).
+///
+/// A population that churns by less than a quarter is never trimmed: the
+/// walk holds each arena's lock, and churn reuses the freed blocks anyway.
 #[derive(Debug, Default)]
 pub struct Trim {
     high: usize,
+    prev: usize,
 }
 
 impl Trim {
-    /// Fewer ended processes are not worth a walk over the arenas.
+    /// Fewer ended processes are not worth a walk over the arenas while the
+    /// population is still falling.
     pub const MIN_DROP: usize = 1000;
+    /// The least drop trimmed once the population has stopped falling.
+    pub const MIN_SETTLED_DROP: usize = 250;
 
     /// Records the live count; true when the heap should be trimmed now.
     pub fn after(&mut self, live: usize) -> bool {
         self.high = self.high.max(live);
+        let falling = live < self.prev;
+        self.prev = live;
         let dropped = self.high - live;
-        if dropped >= Self::MIN_DROP && live <= self.high / 2 {
+        let halved = dropped >= Self::MIN_DROP && live <= self.high / 2;
+        let settled = !falling && dropped >= Self::MIN_SETTLED_DROP && live <= self.high / 4 * 3;
+        if halved || settled {
             self.high = live;
             return true;
         }
@@ -53,9 +69,36 @@ mod tests {
         assert!(!t.after(5000));
         assert!(!t.after(2600), "not yet half");
         assert!(t.after(2500), "half of the peak, 2,500 gone");
-        assert!(!t.after(2500), "once, not every second");
+        assert!(!t.after(2400), "once, not every second");
         assert!(!t.after(1300));
         assert!(t.after(1250), "the new high of 2,500 halved: 1,250 gone");
+    }
+
+    #[test]
+    fn trims_what_the_last_of_an_exodus_freed_once_it_settles() {
+        let mut t = Trim::default();
+        assert!(!t.after(5000));
+        assert!(t.after(2500), "halved while falling");
+        assert!(!t.after(1900), "still falling, not half");
+        assert!(!t.after(1300), "falling, not half");
+        assert!(
+            t.after(1300),
+            "stopped at 1,300: 1,200 gone since the last trim"
+        );
+        assert!(!t.after(1300), "once");
+        assert!(!t.after(1299), "one more gone is not worth a walk");
+        assert!(!t.after(1299));
+    }
+
+    #[test]
+    fn churn_is_not_trimmed() {
+        let mut t = Trim::default();
+        assert!(!t.after(19_000));
+        for _ in 0..10 {
+            assert!(!t.after(18_000), "a thousand left");
+            assert!(!t.after(18_000), "settled, but less than a quarter gone");
+            assert!(!t.after(19_000), "and came back");
+        }
     }
 
     #[test]

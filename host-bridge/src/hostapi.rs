@@ -34,6 +34,7 @@
 //! (the unit of replacement and of counting), the key on the reactions lane
 //! (what the reaction counts as).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -433,14 +434,12 @@ impl HostApi {
                   key_ptr: u32,
                   key_len: u32|
                   -> Result<u32> {
-                let bytes = read_guest(&mut caller, ptr, len)?;
-                let (lane, topic, key) = read_route(
-                    &mut caller,
-                    lane,
-                    (topic_ptr, topic_len),
-                    (key_ptr, key_len),
-                )?;
-                Ok(api.sockets.send(id, lane, &topic, &key, &bytes) as u32)
+                let mem = memory(&mut caller)?;
+                let data = mem.data(&caller);
+                let bytes = guest_slice(data, ptr, len)?;
+                let (lane, topic, key) =
+                    read_route(data, lane, (topic_ptr, topic_len), (key_ptr, key_len))?;
+                Ok(api.sockets.send(id, lane, &topic, &key, bytes) as u32)
             },
         )?;
 
@@ -477,19 +476,18 @@ impl HostApi {
                   key_ptr: u32,
                   key_len: u32|
                   -> Result<u32> {
-                let raw = read_guest(&mut caller, ids, n.saturating_mul(8))?;
-                let ids: Vec<u64> = raw
+                // One lookup of the guest's memory for the whole call, and
+                // no copies: ids, frame and route are read in place.
+                let mem = memory(&mut caller)?;
+                let data = mem.data(&caller);
+                let ids: Vec<u64> = guest_slice(data, ids, n.saturating_mul(8))?
                     .chunks_exact(8)
                     .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                     .collect();
-                let bytes = read_guest(&mut caller, ptr, len)?;
-                let (lane, topic, key) = read_route(
-                    &mut caller,
-                    lane,
-                    (topic_ptr, topic_len),
-                    (key_ptr, key_len),
-                )?;
-                Ok(api.sockets.fanout(&ids, lane, &topic, &key, &bytes))
+                let bytes = guest_slice(data, ptr, len)?;
+                let (lane, topic, key) =
+                    read_route(data, lane, (topic_ptr, topic_len), (key_ptr, key_len))?;
+                Ok(api.sockets.fanout(&ids, lane, &topic, &key, bytes))
             },
         )?;
 
@@ -599,19 +597,26 @@ impl HostApi {
 
 /// The lane, topic and reaction key of an outlet call (an unknown lane
 /// number is chat: queued, never dropped).
-fn read_route(
-    caller: &mut Caller<'_, State>,
+fn read_route<'a>(
+    data: &'a [u8],
     lane: u32,
     (topic_ptr, topic_len): (u32, u32),
     (key_ptr, key_len): (u32, u32),
-) -> Result<(Lane, String, String)> {
-    let topic = read_guest(caller, topic_ptr, topic_len)?;
-    let key = read_guest(caller, key_ptr, key_len)?;
+) -> Result<(Lane, Cow<'a, str>, Cow<'a, str>)> {
     Ok((
         Lane::from_u32(lane).unwrap_or(Lane::Chat),
-        String::from_utf8_lossy(&topic).into_owned(),
-        String::from_utf8_lossy(&key).into_owned(),
+        String::from_utf8_lossy(guest_slice(data, topic_ptr, topic_len)?),
+        String::from_utf8_lossy(guest_slice(data, key_ptr, key_len)?),
     ))
+}
+
+/// `len` bytes at `ptr` of the guest's memory `data`, in place.
+fn guest_slice(data: &[u8], ptr: u32, len: u32) -> Result<&[u8]> {
+    let start = ptr as usize;
+    start
+        .checked_add(len as usize)
+        .and_then(|end| data.get(start..end))
+        .ok_or_else(|| anyhow!("guest pointer out of bounds"))
 }
 
 fn memory(caller: &mut Caller<'_, State>) -> Result<wasmtime::Memory> {

@@ -64,14 +64,15 @@ impl PeakState {
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// `now` on the core's millisecond clock.
+    fn ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// How long the channel may wait for a message before
+    /// How long the channel may wait for a message (from `now`) before
     /// [`Channel::peak_tick`] is due; `None` when nothing is pending.
-    pub(super) fn wait(&self) -> Option<Duration> {
-        let now = self.now_ms();
+    pub(super) fn wait(&self, now: Instant) -> Option<Duration> {
+        let now = self.ms(now);
         self.core
             .next_wake(now)
             .map(|due| Duration::from_millis(due.saturating_sub(now)))
@@ -111,7 +112,7 @@ impl Channel {
     /// Measures a publish. In peak mode the broadcast is held (or counted,
     /// on a reactions lane) and `false` is returned; `true`: deliver it now.
     pub(super) fn peak_hold(&mut self, p: &Publish) -> bool {
-        let now = self.peak.now_ms();
+        let now = self.peak.ms(self.now);
         let from = self.publisher(p);
         self.peak.core.record(now);
         self.peak_tick_at(now);
@@ -146,7 +147,7 @@ impl Channel {
     /// now otherwise.
     pub(super) fn diff_out(&mut self, diff: Diff) {
         if self.peak.core.is_on() {
-            let now = self.peak.now_ms();
+            let now = self.peak.ms(self.now);
             self.peak.core.hold_diff(now, diff);
         } else {
             self.fan_out_diff(diff);
@@ -163,7 +164,7 @@ impl Channel {
     /// Announces transitions and delivers what is due; the channel loop
     /// calls it after every message and when its wait ends.
     pub(super) fn peak_tick(&mut self) {
-        let now = self.peak.now_ms();
+        let now = self.peak.ms(self.now);
         self.peak_tick_at(now);
     }
 

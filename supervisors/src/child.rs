@@ -88,10 +88,37 @@ where
         self.next(Some(timeout))
     }
 
+    /// Waits until `deadline` at most for the next message; `now` is the
+    /// caller's reading of the clock, taken just before (a loop that reads
+    /// it anyway saves one read per message).
+    pub fn receive_until(
+        &self,
+        deadline: std::time::Instant,
+        now: std::time::Instant,
+    ) -> Option<Incoming<M>> {
+        self.next_since(Some(deadline), Some(now))
+    }
+
     fn next(&self, timeout: Option<Duration>) -> Option<Incoming<M>> {
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        match timeout {
+            Some(t) => {
+                let now = std::time::Instant::now();
+                self.next_since(Some(now + t), Some(now))
+            }
+            None => self.next_since(None, None),
+        }
+    }
+
+    fn next_since(
+        &self,
+        deadline: Option<std::time::Instant>,
+        mut now: Option<std::time::Instant>,
+    ) -> Option<Incoming<M>> {
         loop {
-            let mail = self.alarm.borrow_mut().receive(&[], deadline);
+            let mail = self
+                .alarm
+                .borrow_mut()
+                .receive_since(&[], deadline, now.take());
             match mail {
                 Mail::Data {
                     tag: mail::UNTAGGED,

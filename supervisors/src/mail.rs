@@ -180,15 +180,33 @@ impl Alarm {
     /// only once `deadline` has passed. This alarm's own wake-ups are never
     /// returned.
     pub fn receive(&mut self, tags: &[i64], deadline: Option<std::time::Instant>) -> Mail {
+        self.receive_since(tags, deadline, None)
+    }
+
+    /// [`Alarm::receive`] with the caller's own reading of the clock
+    /// (`now`, taken just before), which saves this wait one: reading the
+    /// clock is a WASI call, not free in a loop that runs per message. The
+    /// clock is read only when there is a deadline.
+    pub fn receive_since(
+        &mut self,
+        tags: &[i64],
+        deadline: Option<std::time::Instant>,
+        mut now: Option<std::time::Instant>,
+    ) -> Mail {
         loop {
-            let now = std::time::Instant::now();
-            if deadline.is_some_and(|d| d <= now) {
-                return match receive_now(tags) {
-                    Some(mail) => mail,
-                    None => Mail::TimedOut,
-                };
-            }
-            let wake = deadline.map(|d| self.arm(d, now));
+            let wake = match deadline {
+                Some(deadline) => {
+                    let now = now.take().unwrap_or_else(std::time::Instant::now);
+                    if deadline <= now {
+                        return match receive_now(tags) {
+                            Some(mail) => mail,
+                            None => Mail::TimedOut,
+                        };
+                    }
+                    Some(self.arm(deadline, now))
+                }
+                None => None,
+            };
             let waiting: Vec<i64> = match (tags.is_empty(), wake) {
                 (false, Some(wake)) => tags.iter().copied().chain([wake]).collect(),
                 _ => tags.to_vec(),
