@@ -41,6 +41,9 @@ pub const CHANNELS: &str = "channels";
 pub use chorus_core::placement::{directory_name, DIRECTORIES};
 /// How long a caller waits for a directory to answer.
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a look-up waiting for another node checks that the node is
+/// still a member.
+const MEMBERS_RECHECK: Duration = Duration::from_millis(250);
 /// How long a process keeps the cluster membership it read for placement.
 const MEMBERS_TTL: Duration = Duration::from_secs(1);
 /// How often a full directory shard may drop channels that died from its
@@ -89,9 +92,6 @@ type Cached = (Instant, Vec<u64>, Placement<String>);
 /// [`MEMBERS_TTL`].
 fn with_placement<R>(f: impl FnOnce(&Placement<String>) -> R) -> R {
     static SINGLE: OnceLock<Placement<String>> = OnceLock::new();
-    thread_local! {
-        static CLUSTER: RefCell<Option<Cached>> = const { RefCell::new(None) };
-    }
     if mail::node_id() == 0 {
         return f(SINGLE.get_or_init(|| Placement::new(["0".to_string()])));
     }
@@ -101,20 +101,49 @@ fn with_placement<R>(f: impl FnOnce(&Placement<String>) -> R) -> R {
             .as_ref()
             .is_none_or(|(at, ..)| at.elapsed() >= MEMBERS_TTL);
         if stale {
-            let nodes = members();
-            let keep = cached.take().filter(|(_, old, _)| *old == nodes);
-            *cached = Some(match keep {
-                Some((_, old, placement)) => (Instant::now(), old, placement),
-                None => {
-                    let placement = Placement::new(nodes.iter().map(u64::to_string));
-                    (Instant::now(), nodes, placement)
-                }
-            });
+            refresh(&mut cached);
         }
         match cached.as_ref() {
             Some((_, _, placement)) => f(placement),
             None => f(&Placement::new([mail::node_id().to_string()])),
         }
+    })
+}
+
+thread_local! {
+    /// This process' cached cluster placement ([`with_placement`]).
+    static CLUSTER: RefCell<Option<Cached>> = const { RefCell::new(None) };
+}
+
+/// Reads the membership again into `cached`, keeping the ring when the
+/// members did not change.
+fn refresh(cached: &mut Option<Cached>) {
+    let nodes = members();
+    let keep = cached.take().filter(|(_, old, _)| *old == nodes);
+    *cached = Some(match keep {
+        Some((_, old, placement)) => (Instant::now(), old, placement),
+        None => {
+            let placement = Placement::new(nodes.iter().map(u64::to_string));
+            (Instant::now(), nodes, placement)
+        }
+    });
+}
+
+/// The cluster's members as of now (not cached): a node that left is gone
+/// from this process' placement at once, so a client told that its
+/// channel's node left rejoins at the topic's new home. Off-cluster: this
+/// node alone.
+pub fn members_now() -> Vec<u64> {
+    if mail::node_id() == 0 {
+        return vec![0];
+    }
+    CLUSTER.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        refresh(&mut cached);
+        cached
+            .as_ref()
+            .map(|(_, nodes, _)| nodes.clone())
+            .unwrap_or_else(|| vec![mail::node_id()])
     })
 }
 
@@ -163,7 +192,10 @@ pub fn find(topic: &str, spawn: bool) -> Located {
     };
     if node != mail::node_id() {
         host::metric(Metric::RemoteLocates, 1);
-        return supervisors::call(
+        // A home node that leaves the cluster while we wait (killed, its
+        // loss now seen) will not answer: ask the topic's new home instead.
+        let mut left = false;
+        let answer = supervisors::call_while(
             |reply| {
                 mail::send(
                     node,
@@ -178,13 +210,21 @@ pub fn find(topic: &str, spawn: bool) -> Located {
                 )
             },
             LOCATE_TIMEOUT,
-        )
-        .unwrap_or_else(|| {
-            Located::Unreachable(format!(
+            MEMBERS_RECHECK,
+            || {
+                left = !members_now().contains(&node);
+                !left
+            },
+        );
+        return match answer {
+            Some(located) => located,
+            // The ring has one node fewer each time: this ends.
+            None if left => find(topic, spawn),
+            None => Located::Unreachable(format!(
                 "unavailable: the home node of this topic (cluster node {node}) did not answer within {} s, retry",
                 LOCATE_TIMEOUT.as_secs()
-            ))
-        });
+            )),
+        };
     }
     let Some(dir) = ChildRef::<DirMsg>::lookup(&directory_name(directory)) else {
         return Located::Absent;
