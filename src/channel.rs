@@ -249,8 +249,25 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
     // when the shard is at its share of limits.max_channels, at most once
     // a second).
     let mut pruned: Option<Instant> = None;
+    let cluster = mail::node_id() != 0;
+    let mut moves = Moves {
+        known: if cluster { members_now() } else { Vec::new() },
+        joined: Vec::new(),
+        checked: Instant::now(),
+    };
     loop {
-        match inbox.receive() {
+        let incoming = if cluster {
+            if moves.checked.elapsed() >= HANDOVER_EVERY {
+                moves.check(&name, &mut channels);
+            }
+            match inbox.receive_timeout(HANDOVER_EVERY) {
+                Some(incoming) => incoming,
+                None => continue,
+            }
+        } else {
+            inbox.receive()
+        };
+        match incoming {
             Incoming::Shutdown => return,
             Incoming::Message(DirMsg::Locate {
                 topic,
@@ -327,6 +344,70 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                     channels.insert(topic, channel);
                 }
             },
+        }
+    }
+}
+
+/// How often a directory in a cluster looks for channels to hand over.
+const HANDOVER_EVERY: Duration = Duration::from_secs(1);
+/// How long after a node joined its topics are still handed to it: other
+/// nodes see a new member up to a poll plus lunatic's 5 s refresh later, and
+/// may start a moved topic's channel here meanwhile.
+const HANDOVER_WINDOW: Duration = Duration::from_secs(10);
+
+/// A directory's view of membership changes (cluster only): the members it
+/// knew and the nodes that joined lately.
+struct Moves {
+    known: Vec<u64>,
+    joined: Vec<(u64, Instant)>,
+    checked: Instant,
+}
+
+impl Moves {
+    /// Hands over the channels whose topic's home is now a node that joined
+    /// within [`HANDOVER_WINDOW`] (only those: when a node leaves, the topics
+    /// of the others keep their home, and its own come here by failover).
+    fn check(&mut self, directory: &str, channels: &mut HashMap<String, ChannelRef>) {
+        self.checked = Instant::now();
+        let now = members_now();
+        for node in &now {
+            if !self.known.contains(node) {
+                self.joined.push((*node, Instant::now()));
+            }
+        }
+        self.known = now;
+        let known = &self.known;
+        self.joined
+            .retain(|(node, at)| at.elapsed() < HANDOVER_WINDOW && known.contains(node));
+        if self.joined.is_empty() || channels.is_empty() {
+            return;
+        }
+        let joined: Vec<u64> = self.joined.iter().map(|(node, _)| *node).collect();
+        let moving: Vec<String> = with_placement(|p| {
+            channels
+                .keys()
+                .filter(|topic| {
+                    p.home(topic)
+                        .and_then(|home| home.node.parse::<u64>().ok())
+                        .is_some_and(|node| joined.contains(&node))
+                })
+                .cloned()
+                .collect()
+        });
+        for topic in &moving {
+            if let Some(channel) = channels.remove(topic) {
+                channel.send(ChannelMsg::HandOver);
+            }
+        }
+        if !moving.is_empty() {
+            host::log(
+                host::Level::Info,
+                &format!(
+                    "handover: {} of {} channels of {directory} moved to nodes that joined ({joined:?})",
+                    moving.len(),
+                    moving.len() + channels.len()
+                ),
+            );
         }
     }
 }
@@ -446,6 +527,11 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
                 }
                 asked_to_stop = false;
             }
+            Some(Incoming::Message(ChannelMsg::HandOver)) => {
+                ch.hand_over(inbox.this());
+                ch.drain_for_restart(&inbox);
+                break;
+            }
             Some(Incoming::Message(msg)) => ch.handle(msg),
             None => {}
         }
@@ -493,7 +579,7 @@ impl Channel {
                     self.presence(id, meta, refs);
                 }
             }
-            ChannelMsg::Stop => {}
+            ChannelMsg::Stop | ChannelMsg::HandOver => {}
             ChannelMsg::Crash => panic!("fault injection: channel {} crashes", self.topic),
             ChannelMsg::Room(m) => match self.room.as_mut().map(|r| r.handle(m)) {
                 Some(crate::room::Action::Publish(p)) => self.publish(p),
@@ -1003,6 +1089,23 @@ impl Channel {
         }
         // Each viewer gets the part it sees, one encoding per distinct frame.
         self.viewers.fan_out(&diff, &self.presence, &self.topic);
+    }
+
+    /// The topic moved to another node: every subscriber is told (its
+    /// client gets `phx_error` and rejoins there) and leaves, its presence
+    /// leaving the green dot (no diff is sent: everyone is leaving).
+    fn hand_over(&mut self, me: ChannelRef) {
+        for (id, sub) in std::mem::take(&mut self.subs) {
+            sub.session.send(&SessionMsg::Moved {
+                topic: self.topic.clone(),
+                channel: me,
+            });
+            let diff = self.presence.untrack(id);
+            for (key, metas) in &diff.leaves {
+                crate::presence::report(key, -(metas.len() as i32), self.presence_shards);
+            }
+        }
+        self.ids.clear();
     }
 
     /// Joins that raced with the stop are sent back to be retried against

@@ -115,6 +115,16 @@ impl Shell {
                             return close;
                         }
                     }
+                    Ok(SessionMsg::Moved { topic, channel }) => {
+                        if self.channels.get(&topic) == Some(&channel) {
+                            self.channels.remove(&topic);
+                            let mut effects = Vec::new();
+                            self.session.channel_died(&topic, &mut effects);
+                            if let Some(close) = self.apply(effects) {
+                                return close;
+                            }
+                        }
+                    }
                     Err(e) => host::log(
                         host::Level::Warn,
                         &format!("session: an undecodable message was dropped: {e}"),

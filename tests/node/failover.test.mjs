@@ -8,7 +8,9 @@
 // node sees the home leave the membership) and rejoin at the topic's new
 // home; the dead node's clients reconnect through HAProxy to the survivors.
 // No acked message is missing at any client (replay fills the gap) and
-// presence lists every client again. Also: a home node that is alive but
+// presence lists every client again. Then the killed node starts again and
+// joins: the channels of the topics whose home moved to it are handed over
+// (their clients get phx_error and rejoin there). Also: a home node that is alive but
 // does not answer (SIGSTOP, with the control server stopped so that it stays
 // a member) makes a join fail after 5 s with `unavailable`.
 //
@@ -61,9 +63,65 @@ test('kill -9 of a topic home node: every client receives again, no acked messag
   assert.ok(r.joins.every((j) => j >= 2), `joins per client ${r.joins}`);
 });
 
+test('a node joins (the killed one, restarted): the channels whose home moved to it are handed over', async () => {
+  const alive = cluster.nodes.map((n, i) => [n, i]).filter(([n]) => !n.exited());
+  assert.equal(alive.length, 2);
+  const dead = cluster.nodes.findIndex((n) => n.exited());
+  // 24 topics, each with a client on both survivors (a topic moves to the
+  // new node with probability 1/3: none moves with probability 6e-5).
+  const topics = Array.from({ length: 24 }, () => `room:${uid('ho')}:chat`);
+  const pairs = [];
+  for (const topic of topics) {
+    const pair = [];
+    for (const [n] of alive) {
+      const c = realtime(n, '2.0.0');
+      const ch = c.channel(topic, { config: { broadcast: { self: false, ack: true } } });
+      ch.got = [];
+      ch.joins = 0;
+      ch.errors = 0;
+      ch.on('broadcast', { event: '*' }, (m) => ch.got.push(m.payload));
+      ch.subscribe((status) => {
+        if (status === 'SUBSCRIBED') ch.joins += 1;
+        else ch.errors += 1;
+      });
+      pair.push(ch);
+    }
+    pairs.push(pair);
+  }
+  await waitFor(() => pairs.every((p) => p.every((ch) => ch.joins === 1)), 20000, 'every client joined');
+
+  // The killed node starts again (same name and port) and joins.
+  await cluster.restart(dead);
+  const fresh = cluster.nodes[dead];
+  // The topics whose home is now the new node: their clients got phx_error
+  // and rejoined there; the others kept their channel.
+  await waitFor(
+    async () => {
+      const moved = pairs.filter((p) => p.some((ch) => ch.errors > 0));
+      if (moved.length === 0) return false;
+      if (!pairs.every((p) => p.every((ch) => ch.joins >= 1 + Math.min(1, ch.errors)))) return false;
+      return (await metric(fresh, 'chorus_channels')) === moved.length;
+    },
+    30000,
+    'moved topics rejoined at the new node',
+  );
+  const moved = pairs.filter((p) => p.some((ch) => ch.errors > 0));
+  console.log(`handover: ${moved.length} of 24 topics moved to the node that joined`);
+  // Only a share of the topics moved (consistent hashing; the new node runs
+  // exactly the moved ones), and every topic has one channel in the cluster
+  // again: both clients of each topic get each other's messages.
+  assert.ok(moved.length < 24, `moved ${moved.length}`);
+  assert.equal(await metric(fresh, 'chorus_channels'), moved.length);
+  for (const [a, b] of pairs) {
+    assert.equal(await a.send({ type: 'broadcast', event: 'm', payload: { t: a.topic } }), 'ok');
+    await waitFor(() => b.got.length === 1, 5000, `the pair of ${a.topic} shares one channel`);
+  }
+  for (const p of pairs) for (const ch of p) ch.teardown();
+});
+
 test('a home node that does not answer (SIGSTOP): the join is refused with unavailable within 5 s', async () => {
   const alive = cluster.nodes.filter((n) => !n.exited());
-  assert.equal(alive.length, 2);
+  assert.equal(alive.length, 3);
   const [stopped, asker] = alive;
   // A topic whose home is `stopped`: start channels from `stopped`'s own
   // clients until one lands there (half of the topics do).

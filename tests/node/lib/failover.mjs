@@ -83,6 +83,9 @@ export async function failoverOnce(cluster, lb, { perNode = 2, fast = false, log
   const since = Date.now() - 1000;
   const clients = [];
   const sessionsBefore = await Promise.all(nodes.map((n) => metric(n, 'chorus_sessions_open')));
+  // Channels of earlier topics may still run (until channel_idle_ms): the
+  // home is the node whose count grows when this topic's clients join.
+  const channelsBefore = await Promise.all(nodes.map((n) => metric(n, 'chorus_channels')));
   for (let j = 0; j < perNode; j++) {
     for (let i = 0; i < nodes.length; i++) {
       const vsn = (i + j) % 2 ? '1.0.0' : '2.0.0';
@@ -103,8 +106,11 @@ export async function failoverOnce(cluster, lb, { perNode = 2, fast = false, log
     const sessions = await Promise.all(nodes.map((n) => metric(n, 'chorus_sessions_open')));
     result.sessionsPerNode = sessions.map((s, i) => s - sessionsBefore[i]);
     const channels = await Promise.all(nodes.map((n) => metric(n, 'chorus_channels')));
-    result.channelsPerNode = channels;
-    const home = channels.findIndex((c) => c > 0);
+    result.channelsPerNode = channels.map((c, i) => c - channelsBefore[i]);
+    const home = result.channelsPerNode.findIndex((c) => c === 1);
+    if (home < 0 || result.channelsPerNode.filter((c) => c !== 0).length !== 1) {
+      throw new Error(`not one new channel in the cluster: ${channelsBefore} -> ${channels}`);
+    }
     result.home = home;
     log(`topic ${topic}: home node ${home + 1}, sessions per node ${result.sessionsPerNode}`);
 
@@ -184,7 +190,8 @@ export async function failoverOnce(cluster, lb, { perNode = 2, fast = false, log
     result.presenceOk = clients.every((c) => keysOf(c) === allAfter);
     result.presence = clients.map((c) => keysOf(c));
     const channelsAfter = await Promise.all(survivors.map((n) => metric(n, 'chorus_channels')));
-    result.channelsAfter = channelsAfter;
+    const before = channelsBefore.filter((_, i) => i !== home);
+    result.channelsAfter = channelsAfter.map((c, i) => c - before[i]);
     result.joins = clients.map((c) => c.joins);
     result.events = Object.fromEntries(clients.map((c) => [c.key, c.events.join(' ')]));
     result.sessionsAfter = await Promise.all(survivors.map((n) => metric(n, 'chorus_sessions_open')));
