@@ -461,6 +461,9 @@ impl HostApi {
                 let code = u16::try_from(code).ok().filter(|c| *c != 0);
                 api.sockets
                     .close(id, code, &String::from_utf8_lossy(&reason));
+                // A process done with its socket is likely to end: what it
+                // queued goes out now, not at the backstop sweep.
+                api.sockets.flush_wakes(caller.data().id());
                 Ok(())
             },
         )?;

@@ -10,7 +10,8 @@
 //!   once and flushes the batch before it blocks, or before a zero-timeout
 //!   receive answers "none");
 //! * it awaits one of our own async host calls (`data`, `module_call`,
-//!   which call [`Deferred::flush`] first).
+//!   which call [`Deferred::flush`] first), or closes a socket
+//!   (`outlet_close`: a process done with its socket is likely to end).
 //!
 //! So a channel that drains a backlog of 20 broadcasts for the same 10
 //! sockets wakes each writer once, and each writer writes the 20 frames
@@ -154,7 +155,8 @@ impl<T> Pending<T> {
         (wakes, !self.batches.is_empty())
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.batches.is_empty()
     }
 }
