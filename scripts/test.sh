@@ -12,6 +12,7 @@ source "$(dirname "$0")/lib.sh"
 
 build_all
 apt_install sqlite3
+apt_install haproxy      # the load balancer of the cluster failover test
 ensure_chromium          # the demo room's browser test
 if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
   apt_install openjdk-17-jdk-headless maven

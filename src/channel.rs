@@ -41,6 +41,9 @@ pub const CHANNELS: &str = "channels";
 pub use chorus_core::placement::{directory_name, DIRECTORIES};
 /// How long a caller waits for a directory to answer.
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a look-up waiting for another node checks that the node is
+/// still a member.
+const MEMBERS_RECHECK: Duration = Duration::from_millis(250);
 /// How long a process keeps the cluster membership it read for placement.
 const MEMBERS_TTL: Duration = Duration::from_secs(1);
 /// How often a full directory shard may drop channels that died from its
@@ -89,9 +92,6 @@ type Cached = (Instant, Vec<u64>, Placement<String>);
 /// [`MEMBERS_TTL`].
 fn with_placement<R>(f: impl FnOnce(&Placement<String>) -> R) -> R {
     static SINGLE: OnceLock<Placement<String>> = OnceLock::new();
-    thread_local! {
-        static CLUSTER: RefCell<Option<Cached>> = const { RefCell::new(None) };
-    }
     if mail::node_id() == 0 {
         return f(SINGLE.get_or_init(|| Placement::new(["0".to_string()])));
     }
@@ -101,20 +101,49 @@ fn with_placement<R>(f: impl FnOnce(&Placement<String>) -> R) -> R {
             .as_ref()
             .is_none_or(|(at, ..)| at.elapsed() >= MEMBERS_TTL);
         if stale {
-            let nodes = members();
-            let keep = cached.take().filter(|(_, old, _)| *old == nodes);
-            *cached = Some(match keep {
-                Some((_, old, placement)) => (Instant::now(), old, placement),
-                None => {
-                    let placement = Placement::new(nodes.iter().map(u64::to_string));
-                    (Instant::now(), nodes, placement)
-                }
-            });
+            refresh(&mut cached);
         }
         match cached.as_ref() {
             Some((_, _, placement)) => f(placement),
             None => f(&Placement::new([mail::node_id().to_string()])),
         }
+    })
+}
+
+thread_local! {
+    /// This process' cached cluster placement ([`with_placement`]).
+    static CLUSTER: RefCell<Option<Cached>> = const { RefCell::new(None) };
+}
+
+/// Reads the membership again into `cached`, keeping the ring when the
+/// members did not change.
+fn refresh(cached: &mut Option<Cached>) {
+    let nodes = members();
+    let keep = cached.take().filter(|(_, old, _)| *old == nodes);
+    *cached = Some(match keep {
+        Some((_, old, placement)) => (Instant::now(), old, placement),
+        None => {
+            let placement = Placement::new(nodes.iter().map(u64::to_string));
+            (Instant::now(), nodes, placement)
+        }
+    });
+}
+
+/// The cluster's members as of now (not cached): a node that left is gone
+/// from this process' placement at once, so a client told that its
+/// channel's node left rejoins at the topic's new home. Off-cluster: this
+/// node alone.
+pub fn members_now() -> Vec<u64> {
+    if mail::node_id() == 0 {
+        return vec![0];
+    }
+    CLUSTER.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        refresh(&mut cached);
+        cached
+            .as_ref()
+            .map(|(_, nodes, _)| nodes.clone())
+            .unwrap_or_else(|| vec![mail::node_id()])
     })
 }
 
@@ -163,7 +192,10 @@ pub fn find(topic: &str, spawn: bool) -> Located {
     };
     if node != mail::node_id() {
         host::metric(Metric::RemoteLocates, 1);
-        return supervisors::call(
+        // A home node that leaves the cluster while we wait (killed, its
+        // loss now seen) will not answer: ask the topic's new home instead.
+        let mut left = false;
+        let answer = supervisors::call_while(
             |reply| {
                 mail::send(
                     node,
@@ -178,13 +210,21 @@ pub fn find(topic: &str, spawn: bool) -> Located {
                 )
             },
             LOCATE_TIMEOUT,
-        )
-        .unwrap_or_else(|| {
-            Located::Unreachable(format!(
+            MEMBERS_RECHECK,
+            || {
+                left = !members_now().contains(&node);
+                !left
+            },
+        );
+        return match answer {
+            Some(located) => located,
+            // The ring has one node fewer each time: this ends.
+            None if left => find(topic, spawn),
+            None => Located::Unreachable(format!(
                 "unavailable: the home node of this topic (cluster node {node}) did not answer within {} s, retry",
                 LOCATE_TIMEOUT.as_secs()
-            ))
-        });
+            )),
+        };
     }
     let Some(dir) = ChildRef::<DirMsg>::lookup(&directory_name(directory)) else {
         return Located::Absent;
@@ -209,8 +249,25 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
     // when the shard is at its share of limits.max_channels, at most once
     // a second).
     let mut pruned: Option<Instant> = None;
+    let cluster = mail::node_id() != 0;
+    let mut moves = Moves {
+        known: if cluster { members_now() } else { Vec::new() },
+        joined: Vec::new(),
+        checked: Instant::now(),
+    };
     loop {
-        match inbox.receive() {
+        let incoming = if cluster {
+            if moves.checked.elapsed() >= HANDOVER_EVERY {
+                moves.check(&name, &mut channels);
+            }
+            match inbox.receive_timeout(HANDOVER_EVERY) {
+                Some(incoming) => incoming,
+                None => continue,
+            }
+        } else {
+            inbox.receive()
+        };
+        match incoming {
             Incoming::Shutdown => return,
             Incoming::Message(DirMsg::Locate {
                 topic,
@@ -287,6 +344,70 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                     channels.insert(topic, channel);
                 }
             },
+        }
+    }
+}
+
+/// How often a directory in a cluster looks for channels to hand over.
+const HANDOVER_EVERY: Duration = Duration::from_secs(1);
+/// How long after a node joined its topics are still handed to it: other
+/// nodes see a new member up to a poll plus lunatic's 5 s refresh later, and
+/// may start a moved topic's channel here meanwhile.
+const HANDOVER_WINDOW: Duration = Duration::from_secs(10);
+
+/// A directory's view of membership changes (cluster only): the members it
+/// knew and the nodes that joined lately.
+struct Moves {
+    known: Vec<u64>,
+    joined: Vec<(u64, Instant)>,
+    checked: Instant,
+}
+
+impl Moves {
+    /// Hands over the channels whose topic's home is now a node that joined
+    /// within [`HANDOVER_WINDOW`] (only those: when a node leaves, the topics
+    /// of the others keep their home, and its own come here by failover).
+    fn check(&mut self, directory: &str, channels: &mut HashMap<String, ChannelRef>) {
+        self.checked = Instant::now();
+        let now = members_now();
+        for node in &now {
+            if !self.known.contains(node) {
+                self.joined.push((*node, Instant::now()));
+            }
+        }
+        self.known = now;
+        let known = &self.known;
+        self.joined
+            .retain(|(node, at)| at.elapsed() < HANDOVER_WINDOW && known.contains(node));
+        if self.joined.is_empty() || channels.is_empty() {
+            return;
+        }
+        let joined: Vec<u64> = self.joined.iter().map(|(node, _)| *node).collect();
+        let moving: Vec<String> = with_placement(|p| {
+            channels
+                .keys()
+                .filter(|topic| {
+                    p.home(topic)
+                        .and_then(|home| home.node.parse::<u64>().ok())
+                        .is_some_and(|node| joined.contains(&node))
+                })
+                .cloned()
+                .collect()
+        });
+        for topic in &moving {
+            if let Some(channel) = channels.remove(topic) {
+                channel.send(ChannelMsg::HandOver);
+            }
+        }
+        if !moving.is_empty() {
+            host::log(
+                host::Level::Info,
+                &format!(
+                    "handover: {} of {} channels of {directory} moved to nodes that joined ({joined:?})",
+                    moving.len(),
+                    moving.len() + channels.len()
+                ),
+            );
         }
     }
 }
@@ -406,6 +527,11 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
                 }
                 asked_to_stop = false;
             }
+            Some(Incoming::Message(ChannelMsg::HandOver)) => {
+                ch.hand_over(inbox.this());
+                ch.drain_for_restart(&inbox);
+                break;
+            }
             Some(Incoming::Message(msg)) => ch.handle(msg),
             None => {}
         }
@@ -453,7 +579,7 @@ impl Channel {
                     self.presence(id, meta, refs);
                 }
             }
-            ChannelMsg::Stop => {}
+            ChannelMsg::Stop | ChannelMsg::HandOver => {}
             ChannelMsg::Crash => panic!("fault injection: channel {} crashes", self.topic),
             ChannelMsg::Room(m) => match self.room.as_mut().map(|r| r.handle(m)) {
                 Some(crate::room::Action::Publish(p)) => self.publish(p),
@@ -963,6 +1089,23 @@ impl Channel {
         }
         // Each viewer gets the part it sees, one encoding per distinct frame.
         self.viewers.fan_out(&diff, &self.presence, &self.topic);
+    }
+
+    /// The topic moved to another node: every subscriber is told (its
+    /// client gets `phx_error` and rejoins there) and leaves, its presence
+    /// leaving the green dot (no diff is sent: everyone is leaving).
+    fn hand_over(&mut self, me: ChannelRef) {
+        for (id, sub) in std::mem::take(&mut self.subs) {
+            sub.session.send(&SessionMsg::Moved {
+                topic: self.topic.clone(),
+                channel: me,
+            });
+            let diff = self.presence.untrack(id);
+            for (key, metas) in &diff.leaves {
+                crate::presence::report(key, -(metas.len() as i32), self.presence_shards);
+            }
+        }
+        self.ids.clear();
     }
 
     /// Joins that raced with the stop are sent back to be retried against

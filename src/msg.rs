@@ -48,6 +48,10 @@ impl SessionRef {
 pub enum SessionMsg {
     /// A join raced with its channel stopping: join again.
     Rejoin { topic: String },
+    /// The topic's home moved to a node that joined the cluster: its
+    /// channel `channel` stopped; the client gets `phx_error` and rejoins
+    /// at the new home.
+    Moved { topic: String, channel: ChannelRef },
 }
 
 /// A subscriber's join, as its channel needs it.
@@ -103,6 +107,9 @@ pub enum ChannelMsg {
     },
     /// From the directory: the idle channel may stop now.
     Stop,
+    /// From the directory: the topic's home is now a node that joined the
+    /// cluster; tell every subscriber ([`SessionMsg::Moved`]) and stop.
+    HandOver,
     /// Test-only fault switch (`node.fault_injection`): the channel panics,
     /// as a bug would make it.
     Crash,

@@ -281,7 +281,7 @@ pub struct ClusterConfig {
     /// before it exits with an error.
     pub join_timeout_ms: u64,
     /// The control server drops a node it has not heard from for this long
-    /// (nodes report every 2 s), freeing its name and worker id.
+    /// (nodes report every second), freeing its name and worker id.
     pub node_timeout_ms: u64,
 }
 
@@ -773,10 +773,10 @@ impl Config {
         if self.cluster.join_timeout_ms == 0 {
             return bad("cluster.join_timeout_ms", "must be at least 1");
         }
-        if self.cluster.node_timeout_ms < 5_000 {
+        if self.cluster.node_timeout_ms < 3_000 {
             return bad(
                 "cluster.node_timeout_ms",
-                "must be at least 5000 (nodes report every 2 s)",
+                "must be at least 3000 (nodes report every second)",
             );
         }
         Ok(())

@@ -6,7 +6,7 @@
 //! distributed guest API works: `node_id()`, `nodes()`, and sends to a
 //! process on another node (`lunatic::host::send(node, pid)`).
 //!
-//! Membership is polled from the control server every 2 s (which also tells
+//! Membership is polled from the control server every second (which also tells
 //! the control server this node is alive); when the control server is gone
 //! the node keeps serving its clients with the last membership it knew, and
 //! says so in its log.
@@ -32,7 +32,7 @@ use serde_json::json;
 use crate::control::{JoinAnswer, JoinRequest, Members};
 
 /// How often a node asks the control server for the members.
-const POLL: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_secs(1);
 
 /// This node's place in the cluster.
 pub struct Cluster {

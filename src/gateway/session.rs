@@ -43,6 +43,7 @@ pub fn run(socket: u64) {
         socket,
         this,
         channels: HashMap::new(),
+        watched: Vec::new(),
         started,
         presence_shards: start.config.presence_shards,
     };
@@ -74,6 +75,9 @@ struct Shell {
     this: SessionRef,
     /// The channel process of every joined topic.
     channels: HashMap<String, ChannelRef>,
+    /// The other nodes whose watch (`door::watch`) this session monitors,
+    /// and that watch's pid.
+    watched: Vec<(u64, u64)>,
     started: Instant,
     presence_shards: u32,
 }
@@ -111,13 +115,26 @@ impl Shell {
                             return close;
                         }
                     }
+                    Ok(SessionMsg::Moved { topic, channel }) => {
+                        if self.channels.get(&topic) == Some(&channel) {
+                            self.channels.remove(&topic);
+                            let mut effects = Vec::new();
+                            self.session.channel_died(&topic, &mut effects);
+                            if let Some(close) = self.apply(effects) {
+                                return close;
+                            }
+                        }
+                    }
                     Err(e) => host::log(
                         host::Level::Warn,
                         &format!("session: an undecodable message was dropped: {e}"),
                     ),
                 },
                 // A monitored channel died: its topics get `phx_error`.
-                Mail::ProcessDied { .. } => {
+                Mail::ProcessDied { pid } => {
+                    // A watch that ended: its node left (a later join there
+                    // watches its next incarnation).
+                    self.watched.retain(|(_, w)| *w != pid);
                     if let Some(close) = self.apply(vec![Effect::CheckChannels]) {
                         return close;
                     }
@@ -224,11 +241,18 @@ impl Shell {
                         // (`ProcessDied`), not at the client's next heartbeat:
                         // the client gets `phx_error` and rejoins the restarted
                         // channel within milliseconds.
-                        // lunatic monitors only local processes (a remote
-                        // channel's loss shows as its node leaving).
+                        // lunatic monitors only local processes: a remote
+                        // channel's loss shows as its node leaving, which
+                        // this node's watch of that node reports by ending.
                         if channel.node() == mail::node_id() {
                             // SAFETY: scalar call on a process id.
                             unsafe { lunatic::host::api::process::monitor(channel.pid()) };
+                        } else if self.watched.iter().all(|(n, _)| *n != channel.node()) {
+                            if let Some(watch) = crate::door::watch(channel.node()) {
+                                self.watched.push((channel.node(), watch));
+                                // SAFETY: scalar call on a process id.
+                                unsafe { lunatic::host::api::process::monitor(watch) };
+                            }
                         }
                         self.channels.insert(topic, channel);
                     }
@@ -325,7 +349,14 @@ impl Shell {
                 );
             }
             Effect::CheckChannels => {
-                let members = mail::cluster_nodes();
+                // Remote channels count alive while their node is a member
+                // now (a session told by a watch must see the same).
+                let here = mail::node_id();
+                let members = if self.channels.values().any(|c| c.node() != here) {
+                    channel::members_now()
+                } else {
+                    Vec::new()
+                };
                 let dead: Vec<String> = self
                     .channels
                     .iter()

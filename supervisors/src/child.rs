@@ -383,6 +383,36 @@ where
     }
 }
 
+/// Like [`call`], but stops waiting early once `worth_waiting` (asked every
+/// `every` while no answer came) says the answer can no longer come, e.g.
+/// because the callee's node left the cluster.
+pub fn call_while<R>(
+    send_request: impl FnOnce(ReplyTo<R>),
+    timeout: Duration,
+    every: Duration,
+    mut worth_waiting: impl FnMut() -> bool,
+) -> Option<R>
+where
+    R: DeserializeOwned,
+{
+    let tag = Tag::new().id();
+    send_request(ReplyTo {
+        node: mail::node_id(),
+        pid: host::process_id(),
+        tag,
+        answer: PhantomData,
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match mail::receive(&[tag], Some(left.min(every))) {
+            Mail::Data { bytes, .. } => return mail::decode(&bytes).ok(),
+            Mail::TimedOut if left > every && worth_waiting() => {}
+            _ => return None,
+        }
+    }
+}
+
 /// Asks a process to stop, whatever its message type (see [`Envelope`]).
 pub(crate) fn request_shutdown(node: u64, pid: u64) {
     // SAFETY: every supervised process reads `Envelope<_>`, and the

@@ -60,7 +60,7 @@ pub mod mail;
 mod spec;
 mod supervisor;
 
-pub use child::{call, ChildRef, Inbox, Incoming, ReplyTo};
+pub use child::{call, call_while, ChildRef, Inbox, Incoming, ReplyTo};
 pub use handle::{
     ChildInfo, Counts, DynamicSupervisor, Error, SupervisorRef, DEFAULT_CALL_TIMEOUT,
 };
