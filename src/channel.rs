@@ -397,6 +397,7 @@ impl Moves {
         for topic in &moving {
             if let Some(channel) = channels.remove(topic) {
                 channel.send(ChannelMsg::HandOver);
+                host::metric(Metric::HandedOver, 1);
             }
         }
         if !moving.is_empty() {
