@@ -350,6 +350,8 @@ impl HostApi {
             move |mut caller: Caller<'_, State>, ptr: u32, len: u32| {
                 let api = api.clone();
                 Box::new(async move {
+                    // About to wait: frames queued so far go out now.
+                    api.sockets.flush_wakes(caller.data().id());
                     let bytes = read_guest(&mut caller, ptr, len)?;
                     let response = match serde_json::from_slice::<DataRequest>(&bytes) {
                         Err(e) => DataResponse::Error {
@@ -439,7 +441,8 @@ impl HostApi {
                 let bytes = guest_slice(data, ptr, len)?;
                 let (lane, topic, key) =
                     read_route(data, lane, (topic_ptr, topic_len), (key_ptr, key_len))?;
-                Ok(api.sockets.send(id, lane, &topic, &key, bytes) as u32)
+                let by = Some(caller.data().id());
+                Ok(api.sockets.send(by, id, lane, &topic, &key, bytes) as u32)
             },
         )?;
 
@@ -457,6 +460,9 @@ impl HostApi {
                 let code = u16::try_from(code).ok().filter(|c| *c != 0);
                 api.sockets
                     .close(id, code, &String::from_utf8_lossy(&reason));
+                // A process done with its socket is likely to end: what it
+                // queued goes out now, not at the backstop sweep.
+                api.sockets.flush_wakes(caller.data().id());
                 Ok(())
             },
         )?;
@@ -487,11 +493,15 @@ impl HostApi {
                 let bytes = guest_slice(data, ptr, len)?;
                 let (lane, topic, key) =
                     read_route(data, lane, (topic_ptr, topic_len), (key_ptr, key_len))?;
-                Ok(api.sockets.fanout(&ids, lane, &topic, &key, bytes))
+                let by = Some(caller.data().id());
+                Ok(api.sockets.fanout(by, &ids, lane, &topic, &key, bytes))
             },
         )?;
 
         self.register_modules(linker)?;
+        // lunatic's receive, shadowed: it wakes the socket writers this
+        // process's sends left waiting before the process blocks.
+        crate::wakes::register_receive(linker, self.sockets.deferred().clone())?;
 
         let api = self.clone();
         linker.func_wrap(
@@ -581,6 +591,7 @@ impl HostApi {
                     let name = String::from_utf8_lossy(&name).into_owned();
                     let message = read_guest(&mut caller, ptr, len)?;
                     let pid = caller.data().id();
+                    api.sockets.flush_wakes(pid);
                     let result = match &api.modules {
                         Some(m) => m.call(pid, &name, &message).await,
                         None => chorus_core::modules::CallResult::Unavailable(

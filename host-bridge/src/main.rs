@@ -29,6 +29,7 @@ mod procstat;
 mod socket;
 mod spawn;
 mod sysctl;
+mod wakes;
 
 use chorus_host::store;
 

@@ -16,7 +16,10 @@
 //!   sockets) — goes through the socket's lane queue ([`OutQ`], which makes
 //!   every decision: priorities, audio replacement, reaction counts, slow
 //!   consumers), drained by a writer task that coalesces queued frames into
-//!   few `write` calls.
+//!   few `write` calls. A guest process's pushes wake idle writers only when
+//!   the process is about to wait (its batch of wakes, [`crate::wakes`]), so
+//!   a channel draining a backlog wakes each writer once and each writer
+//!   writes the backlog's frames in one call.
 //!
 //! Each socket has its own lock: a fan-out to 5,000 sockets takes 5,000
 //! short uncontended locks instead of holding one node-wide lock across all
@@ -39,6 +42,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
+use crate::wakes::{Deferred, Limits, Wake};
 
 /// Tag of the message that tells a session its socket has client messages
 /// waiting (lunatic leaves tags 64..=128 to applications).
@@ -130,6 +134,12 @@ pub struct Socket {
     read_wake: Notify,
 }
 
+impl Wake for Arc<Socket> {
+    fn wake(&self) {
+        self.write_wake.notify_one();
+    }
+}
+
 impl Socket {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave `State` inconsistent
@@ -182,6 +192,8 @@ pub struct Sockets {
     pub inlet_paused: AtomicU64,
     /// Where message sizes and queue depths are recorded.
     metrics: Arc<Metrics>,
+    /// Writer wakes held until the pushing process waits.
+    wakes: Arc<Deferred<Arc<Socket>>>,
 }
 
 impl Sockets {
@@ -198,7 +210,13 @@ impl Sockets {
             slow_consumers: AtomicU64::new(0),
             inlet_paused: AtomicU64::new(0),
             metrics,
+            wakes: Deferred::new(Limits::default()),
         })
+    }
+
+    /// The writer wakes guest processes hold (see [`crate::wakes`]).
+    pub fn deferred(&self) -> &Arc<Deferred<Arc<Socket>>> {
+        &self.wakes
     }
 
     pub fn limits(&self) -> &SocketLimits {
@@ -303,8 +321,17 @@ impl Sockets {
     }
 
     /// Queues one frame on `lane` (`topic` and `key` matter on the audio and
-    /// reactions lanes).
-    pub fn send(&self, id: u64, lane: Lane, topic: &str, key: &str, bytes: &[u8]) -> Sent {
+    /// reactions lanes). `by`: the guest process that sends, whose next wait
+    /// wakes the writer; `None` (the host) wakes it at once.
+    pub fn send(
+        &self,
+        by: Option<u64>,
+        id: u64,
+        lane: Lane,
+        topic: &str,
+        key: &str,
+        bytes: &[u8],
+    ) -> Sent {
         let Some(socket) = self.get(id) else {
             return Sent::Gone;
         };
@@ -315,12 +342,22 @@ impl Sockets {
         let route = route(lane, topic.as_ref(), key);
         let mut after = After::default();
         let sent = self.push(&socket, route, &frame, &mut after);
-        self.finish(after);
+        let took = usize::from(sent == Sent::Ok);
+        self.finish(after, by, took, took * bytes.len());
         sent
     }
 
-    /// Queues one frame on many sockets; returns how many took it.
-    pub fn fanout(&self, ids: &[u64], lane: Lane, topic: &str, key: &str, bytes: &[u8]) -> u32 {
+    /// Queues one frame on many sockets; returns how many took it. `by` as
+    /// for [`Sockets::send`].
+    pub fn fanout(
+        &self,
+        by: Option<u64>,
+        ids: &[u64],
+        lane: Lane,
+        topic: &str,
+        key: &str,
+        bytes: &[u8],
+    ) -> u32 {
         // Once per fan-out, not per socket: the size of what was sent.
         self.metrics
             .observe(Histogram::MessageSizeOut, bytes.len() as u64);
@@ -335,9 +372,9 @@ impl Sockets {
         let took = sockets
             .iter()
             .filter(|s| self.push(s, route, &frame, &mut after) == Sent::Ok)
-            .count() as u32;
-        self.finish(after);
-        took
+            .count();
+        self.finish(after, by, took, took.saturating_mul(bytes.len()));
+        took as u32
     }
 
     fn push(
@@ -376,7 +413,10 @@ impl Sockets {
         sent
     }
 
-    fn finish(&self, after: After) {
+    /// Counts what the pushes did and wakes their idle writers: at once
+    /// for the host, at process `by`'s next wait for a guest process (it
+    /// queued `frames` frames of `bytes` bytes).
+    fn finish(&self, after: After, by: Option<u64>, frames: usize, bytes: usize) {
         if after.counted > 0 {
             self.reactions_aggregated
                 .fetch_add(after.counted, Ordering::Relaxed);
@@ -388,9 +428,15 @@ impl Sockets {
         if after.slow > 0 {
             self.slow_consumers.fetch_add(after.slow, Ordering::Relaxed);
         }
-        for socket in after.wake {
-            socket.write_wake.notify_one();
+        match by {
+            Some(pid) => self.wakes.defer(pid, after.wake, frames, bytes),
+            None => after.wake.iter().for_each(Wake::wake),
         }
+    }
+
+    /// Process `pid` is about to wait: wakes the writers it holds.
+    pub fn flush_wakes(&self, pid: u64) {
+        self.wakes.flush(pid);
     }
 
     /// Closes socket `id` after the frames already queued are written; with
@@ -513,7 +559,7 @@ pub async fn read_loop(
                 Ok(Some(WsEvent::Ping(p))) => {
                     let mut pong = Vec::new();
                     ws::encode_pong(&mut pong, &p);
-                    sockets.send(socket.id, Lane::Control, "", "", &pong);
+                    sockets.send(None, socket.id, Lane::Control, "", "", &pong);
                 }
                 Ok(Some(WsEvent::Pong)) => {}
                 Ok(Some(WsEvent::Close(_))) => {

@@ -1,0 +1,447 @@
+//! Socket-writer wake-ups, coalesced per guest process.
+//!
+//! A frame a guest process queues on a socket (`outlet_send`, `fanout`)
+//! does not wake the socket's writer task at once. The wake joins the
+//! process's pending [`Batch`] and is issued when the process is about to
+//! wait:
+//!
+//! * its `lunatic::message::receive` finds no message ready (we shadow
+//!   lunatic's receive with [`register_receive`], which polls the mailbox
+//!   once and flushes the batch before it blocks, or before a zero-timeout
+//!   receive answers "none");
+//! * it awaits one of our own async host calls (`data`, `module_call`,
+//!   which call [`Deferred::flush`] first), or closes a socket
+//!   (`outlet_close`: a process done with its socket is likely to end).
+//!
+//! So a channel that drains a backlog of 20 broadcasts for the same 10
+//! sockets wakes each writer once, and each writer writes the 20 frames
+//! with one `write` call; a single fan-out still wakes its writers as soon
+//! as the channel goes back to its mailbox.
+//!
+//! Bounds, so latency never grows with a backlog: a batch is flushed at once
+//! when the frames queued since it opened reach [`BATCH_FRAMES`] or their
+//! bytes reach [`BATCH_BYTES`] (one fan-out to thousands of sockets is
+//! flushed by its own call, exactly as without batching), and a backstop
+//! task flushes every batch that outlived one [`BACKSTOP`] sweep (a process
+//! preempted in the middle of a backlog, or one that died with a batch
+//! open: its wakes are issued, never lost). A wake is only ever delayed:
+//! one for a socket closed meanwhile wakes a writer that finds its queue
+//! closed, as it would have at once.
+//!
+//! The decisions (when a batch opens, when it must flush, which batches a
+//! sweep takes) are the pure [`Pending`], tested here; [`Deferred`] is the
+//! shared, locked shell around it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use lunatic_process::message::Message;
+use lunatic_process::state::ProcessState;
+use lunatic_process_api::ProcessCtx;
+use tokio::sync::Notify;
+use wasmtime::{Caller, Linker};
+
+use crate::spawn::State;
+
+/// A batch holding this many queued frames is flushed at once.
+pub const BATCH_FRAMES: usize = 1024;
+/// A batch whose queued frames hold this many bytes is flushed at once.
+pub const BATCH_BYTES: usize = 256 * 1024;
+/// Period of the backstop sweep: a batch is flushed at the latest by the
+/// second sweep after it opened.
+pub const BACKSTOP: Duration = Duration::from_millis(2);
+
+/// Shards of the pending map (by process id), so processes on different
+/// threads rarely take the same lock.
+const SHARDS: usize = 16;
+
+/// When a batch must be flushed without waiting for its process.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            frames: BATCH_FRAMES,
+            bytes: BATCH_BYTES,
+        }
+    }
+}
+
+/// One process's wakes not yet issued.
+#[derive(Debug)]
+pub struct Batch<T> {
+    wakes: Vec<T>,
+    frames: usize,
+    bytes: usize,
+    /// The sweep epoch in which the batch opened.
+    epoch: u64,
+}
+
+/// The pending batches of some processes (sans-IO: the caller issues the
+/// wakes it is handed).
+#[derive(Debug)]
+pub struct Pending<T> {
+    limits: Limits,
+    batches: HashMap<u64, Batch<T>>,
+    epoch: u64,
+}
+
+impl<T> Pending<T> {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            batches: HashMap::new(),
+            epoch: 0,
+        }
+    }
+
+    /// Process `pid` queued `frames` frames of `bytes` bytes in all, which
+    /// left `wakes` to issue (writers that were idle). Returns the wakes to
+    /// issue now (the batch reached a bound), else keeps them; the flag tells
+    /// whether a batch opened (the backstop must be armed).
+    pub fn add(&mut self, pid: u64, wakes: Vec<T>, frames: usize, bytes: usize) -> (Vec<T>, bool) {
+        let opened = !self.batches.contains_key(&pid);
+        if opened && wakes.is_empty() {
+            // Every writer concerned is awake already, or woken by
+            // another process's batch: nothing to hold.
+            return (wakes, false);
+        }
+        let epoch = self.epoch;
+        let batch = self.batches.entry(pid).or_insert_with(|| Batch {
+            wakes: Vec::new(),
+            frames: 0,
+            bytes: 0,
+            epoch,
+        });
+        batch.wakes.extend(wakes);
+        batch.frames = batch.frames.saturating_add(frames);
+        batch.bytes = batch.bytes.saturating_add(bytes);
+        if batch.frames >= self.limits.frames || batch.bytes >= self.limits.bytes {
+            return (self.take(pid), false);
+        }
+        (Vec::new(), opened)
+    }
+
+    /// Process `pid` is about to wait: every wake it holds.
+    pub fn take(&mut self, pid: u64) -> Vec<T> {
+        self.batches.remove(&pid).map_or_else(Vec::new, |b| b.wakes)
+    }
+
+    /// A backstop sweep: the wakes of every batch opened before the
+    /// previous sweep. The flag tells whether batches remain (the next
+    /// sweep must come).
+    pub fn sweep(&mut self) -> (Vec<T>, bool) {
+        let epoch = self.epoch;
+        let mut wakes = Vec::new();
+        self.batches.retain(|_, b| {
+            if b.epoch < epoch {
+                wakes.append(&mut b.wakes);
+                false
+            } else {
+                true
+            }
+        });
+        self.epoch += 1;
+        if self.batches.is_empty() && self.batches.capacity() > 64 {
+            self.batches = HashMap::new();
+        }
+        (wakes, !self.batches.is_empty())
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+}
+
+/// Something a deferred wake wakes (a socket's writer task).
+pub trait Wake {
+    fn wake(&self);
+}
+
+/// The node's pending wakes, shared by every process.
+pub struct Deferred<T> {
+    shards: Vec<Mutex<Pending<T>>>,
+    /// Notified when a batch opens: the backstop sweeps soon after.
+    armed: Arc<Notify>,
+    /// Whether the backstop task runs (false outside a tokio runtime:
+    /// wakes are then issued at once).
+    backstop: OnceLock<bool>,
+}
+
+impl<T: Wake + Send + 'static> Deferred<T> {
+    pub fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Pending::new(limits)))
+                .collect(),
+            armed: Arc::new(Notify::new()),
+            backstop: OnceLock::new(),
+        })
+    }
+
+    fn shard(&self, pid: u64) -> std::sync::MutexGuard<'_, Pending<T>> {
+        // A panic while holding the lock leaves at worst wakes that the
+        // backstop or the process still issues; keep serving.
+        self.shards[pid as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Defers `wakes` to process `pid`'s next wait (see [`Pending::add`]);
+    /// issues them at once when a bound is reached or no backstop can run.
+    pub fn defer(self: &Arc<Self>, pid: u64, wakes: Vec<T>, frames: usize, bytes: usize) {
+        if !self.backstop_running() {
+            wakes.iter().for_each(Wake::wake);
+            return;
+        }
+        let (now, opened) = self.shard(pid).add(pid, wakes, frames, bytes);
+        if opened {
+            self.armed.notify_one();
+        }
+        now.iter().for_each(Wake::wake);
+    }
+
+    /// Process `pid` is about to wait: issues the wakes it holds.
+    pub fn flush(&self, pid: u64) {
+        let wakes = self.shard(pid).take(pid);
+        wakes.iter().for_each(Wake::wake);
+    }
+
+    fn backstop_running(self: &Arc<Self>) -> bool {
+        *self
+            .backstop
+            .get_or_init(|| match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(backstop(Arc::downgrade(self), self.armed.clone()));
+                    true
+                }
+                Err(_) => false,
+            })
+    }
+
+    /// One backstop sweep over every shard; true when batches remain.
+    fn sweep(&self) -> bool {
+        let mut more = false;
+        for shard in &self.shards {
+            let (wakes, left) = shard.lock().unwrap_or_else(|p| p.into_inner()).sweep();
+            more |= left;
+            wakes.iter().for_each(Wake::wake);
+        }
+        more
+    }
+}
+
+/// Sweeps [`BACKSTOP`] after a batch opened, and again while batches
+/// remain; ends with its [`Deferred`].
+async fn backstop<T: Wake + Send + 'static>(deferred: Weak<Deferred<T>>, armed: Arc<Notify>) {
+    loop {
+        armed.notified().await;
+        tokio::time::sleep(BACKSTOP).await;
+        let Some(deferred) = deferred.upgrade() else {
+            return;
+        };
+        if deferred.sweep() {
+            armed.notify_one();
+        }
+    }
+}
+
+/// Code `lunatic::message::receive` answers when its timeout passed.
+const RECEIVE_TIMED_OUT: u32 = 9027;
+
+/// Shadows lunatic's `lunatic::message::receive` (same signature and
+/// answers: 0 data, 1 link died, 2 process died, 9027 timed out; the
+/// message is left in the scratch area) with one that issues the process's
+/// deferred wakes when no message is ready, before it blocks.
+pub fn register_receive<T: Wake + Send + Sync + 'static>(
+    linker: &mut Linker<State>,
+    deferred: Arc<Deferred<T>>,
+) -> Result<()> {
+    linker.allow_shadowing(true);
+    linker.func_wrap3_async(
+        "lunatic::message",
+        "receive",
+        move |mut caller: Caller<'_, State>, tags_ptr: u32, tags_len: u32, timeout_ms: u64| {
+            let deferred = deferred.clone();
+            Box::new(async move {
+                let tags = read_tags(&mut caller, tags_ptr, tags_len)?;
+                let pid = caller.data().id();
+                let mailbox = caller.data_mut().mailbox().clone();
+                let pop = mailbox.pop(tags.as_deref());
+                tokio::pin!(pop);
+                let ready = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(match pop.as_mut().poll(cx) {
+                        std::task::Poll::Ready(m) => Some(m),
+                        std::task::Poll::Pending => None,
+                    })
+                })
+                .await;
+                let message = match ready {
+                    Some(m) => Some(m),
+                    None => {
+                        deferred.flush(pid);
+                        match timeout_ms {
+                            u64::MAX => Some(pop.await),
+                            ms => tokio::time::timeout(Duration::from_millis(ms), pop)
+                                .await
+                                .ok(),
+                        }
+                    }
+                };
+                let Some(message) = message else {
+                    return Ok(RECEIVE_TIMED_OUT);
+                };
+                let kind = match &message {
+                    Message::Data(_) => 0,
+                    Message::LinkDied(_) => 1,
+                    Message::ProcessDied(_) => 2,
+                };
+                *caller.data_mut().message_scratch_area() = Some(message);
+                Ok(kind)
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The `tags_len` little-endian `i64` tags at `tags_ptr`; `None` (any
+/// message) when there are none.
+fn read_tags(caller: &mut Caller<'_, State>, ptr: u32, len: u32) -> Result<Option<Vec<i64>>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let memory = caller
+        .get_export("memory")
+        .and_then(|e| e.into_memory())
+        .ok_or_else(|| anyhow!("guest exports no memory"))?;
+    let bytes = (len as usize)
+        .checked_mul(8)
+        .ok_or_else(|| anyhow!("lunatic::message::receive: too many tags"))?;
+    let mut raw = vec![0u8; bytes];
+    memory
+        .read(&*caller, ptr as usize, &mut raw)
+        .map_err(|_| anyhow!("lunatic::message::receive: tags out of bounds"))?;
+    Ok(Some(
+        raw.chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Pending<u64> {
+        Pending::new(Limits {
+            frames: 10,
+            bytes: 1000,
+        })
+    }
+
+    #[test]
+    fn wakes_wait_for_the_process_and_are_issued_once() {
+        let mut p = small();
+        assert_eq!(p.add(1, vec![7, 8], 2, 20), (vec![], true), "opens");
+        // The same writers are not woken again (their writer is no longer
+        // idle): later frames only count.
+        assert_eq!(p.add(1, vec![], 2, 20), (vec![], false));
+        assert_eq!(p.add(1, vec![9], 1, 10), (vec![], false));
+        assert_eq!(p.take(1), vec![7, 8, 9]);
+        assert_eq!(p.take(1), Vec::<u64>::new(), "issued once");
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn nothing_to_hold_opens_no_batch() {
+        let mut p = small();
+        assert_eq!(p.add(1, vec![], 5, 50), (vec![], false));
+        assert!(p.is_empty());
+        assert_eq!(p.sweep(), (vec![], false));
+    }
+
+    #[test]
+    fn processes_have_batches_of_their_own() {
+        let mut p = small();
+        p.add(1, vec![1], 1, 1);
+        p.add(2, vec![2], 1, 1);
+        assert_eq!(p.take(2), vec![2]);
+        assert_eq!(p.take(1), vec![1]);
+    }
+
+    #[test]
+    fn a_bound_flushes_at_once() {
+        let mut p = small();
+        p.add(1, vec![1], 4, 40);
+        p.add(1, vec![2], 5, 50);
+        // The tenth frame reaches the frame bound.
+        assert_eq!(p.add(1, vec![3], 1, 10), (vec![1, 2, 3], false));
+        assert!(p.is_empty());
+        // One large fan-out is flushed by its own call.
+        assert_eq!(p.add(1, vec![4, 5], 500, 20), (vec![4, 5], false));
+        // The byte bound.
+        p.add(1, vec![6], 1, 600);
+        assert_eq!(p.add(1, vec![], 1, 400), (vec![6], false));
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn the_backstop_flushes_batches_that_outlive_a_sweep() {
+        let mut p = small();
+        p.add(1, vec![1], 1, 1);
+        // Opened in this epoch: kept by the first sweep.
+        assert_eq!(p.sweep(), (vec![], true));
+        p.add(2, vec![2], 1, 1);
+        // The second sweep takes the old batch, keeps the new one.
+        assert_eq!(p.sweep(), (vec![1], true));
+        assert_eq!(p.sweep(), (vec![2], false));
+        assert!(p.is_empty());
+        // A dead process's batch is flushed the same way.
+        p.add(3, vec![3], 1, 1);
+        p.sweep();
+        assert_eq!(p.sweep(), (vec![3], false));
+    }
+
+    struct Counter(Arc<std::sync::atomic::AtomicUsize>);
+    impl Wake for Counter {
+        fn wake(&self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn outside_a_runtime_wakes_are_issued_at_once() {
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let d = Deferred::new(Limits::default());
+        d.defer(1, vec![Counter(n.clone()), Counter(n.clone())], 2, 2);
+        assert_eq!(n.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn the_backstop_issues_wakes_a_process_never_flushed() {
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let d = Deferred::new(Limits::default());
+        d.defer(1, vec![Counter(n.clone())], 1, 1);
+        d.defer(2, vec![Counter(n.clone())], 1, 1);
+        assert_eq!(n.load(std::sync::atomic::Ordering::Relaxed), 0, "held");
+        d.flush(2);
+        assert_eq!(n.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // Process 1 never waits (it died): the backstop wakes its writer.
+        for _ in 0..100 {
+            if n.load(std::sync::atomic::Ordering::Relaxed) == 2 {
+                break;
+            }
+            tokio::time::sleep(BACKSTOP).await;
+        }
+        assert_eq!(n.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+}
