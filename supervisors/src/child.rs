@@ -397,6 +397,16 @@ pub fn call<R>(send_request: impl FnOnce(ReplyTo<R>), timeout: Duration) -> Opti
 where
     R: DeserializeOwned,
 {
+    let tag = ask(send_request);
+    match mail::receive(&[tag], Some(timeout)) {
+        Mail::Data { bytes, .. } => mail::decode(&bytes).ok(),
+        _ => None,
+    }
+}
+
+/// Sends a request with `send_request`, giving it a [`ReplyTo`] this very
+/// process, under a fresh tag; returns the tag the answer will carry.
+fn ask<R>(send_request: impl FnOnce(ReplyTo<R>)) -> i64 {
     let tag = Tag::new().id();
     send_request(ReplyTo {
         node: mail::node_id(),
@@ -404,10 +414,7 @@ where
         tag,
         answer: PhantomData,
     });
-    match mail::receive(&[tag], Some(timeout)) {
-        Mail::Data { bytes, .. } => mail::decode(&bytes).ok(),
-        _ => None,
-    }
+    tag
 }
 
 /// Like [`call`], but stops waiting early once `worth_waiting` (asked every
@@ -422,13 +429,7 @@ pub fn call_while<R>(
 where
     R: DeserializeOwned,
 {
-    let tag = Tag::new().id();
-    send_request(ReplyTo {
-        node: mail::node_id(),
-        pid: host::process_id(),
-        tag,
-        answer: PhantomData,
-    });
+    let tag = ask(send_request);
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());

@@ -15,12 +15,12 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import net from 'node:net';
 
 import {
   CHORUS_BIN,
   allHistory,
   closeAll,
+  freePort,
   metric,
   phoenix,
   phoenixJoin,
@@ -32,17 +32,6 @@ import {
 } from './lib/node.mjs';
 
 const CQL = process.env.CHORUS_SCYLLA_NODES;
-
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 let control;
 let controlLog = '';

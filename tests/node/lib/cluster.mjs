@@ -9,22 +9,10 @@
 
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
-import { CHORUS_BIN, startNode, waitFor } from './node.mjs';
-
-export async function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
+import { CHORUS_BIN, freePort, startNode, waitFor } from './node.mjs';
 
 /**
  * Starts a control server and `count` nodes named `<prefix>-1..count`,

@@ -75,7 +75,8 @@ export const uid = (prefix = 't') => `${prefix}-${process.pid}-${Math.random().t
 
 // ---------------------------------------------------------------- the node
 
-async function freePort() {
+/** A TCP port on 127.0.0.1 that nothing listens on right now. */
+export async function freePort() {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
