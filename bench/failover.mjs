@@ -8,9 +8,15 @@
 // After each run the killed node starts again (same name and port) and the
 // next run uses a new topic.
 //
+// With `--drain` the home node is drained (SIGTERM) instead of killed (issue
+// 14 item 7): the time from the drain until every client receives again,
+// how many clients saw an error (a channel error or a closed socket), when
+// the other nodes' membership dropped the node, and its exit status.
+//
 //   scripts/cassandra.sh start
 //   CHORUS_SCYLLA_NODES=127.0.0.1:9042 node bench/failover.mjs [--runs 5] [--per-node 3]
-//                       [--node-timeout-ms 3000] [--out bench/results/failover-<date>]
+//                       [--node-timeout-ms 3000] [--drain]
+//                       [--out bench/results/failover-<date> | cluster-drain-<date> with --drain]
 //
 // Needs the built node (build_all), haproxy (apt-get install haproxy) and
 // tests/node's npm packages. Writes <out>/failover-<time>.json (every run's
@@ -34,9 +40,11 @@ const opt = (name, dflt) => {
 const runs = Number(opt('runs', 5));
 const perNode = Number(opt('per-node', 3));
 const nodeTimeoutMs = Number(opt('node-timeout-ms', 3000));
+const drain = args.includes('--drain');
+const name = drain ? 'cluster-drain' : 'failover';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const started = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
-const out = opt('out', path.join(here, 'results', `failover-${started.slice(0, 8)}`));
+const out = opt('out', path.join(here, 'results', `${name}-${started.slice(0, 8)}`));
 
 const quantile = (xs, q) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -51,7 +59,14 @@ const record = {
   started,
   commit,
   machine: { cpus: os.cpus().length, loadavg_at_start: os.loadavg().map((x) => x.toFixed(2)).join(' ') },
-  options: { runs, per_node: perNode, node_timeout_ms: nodeTimeoutMs, nodes: 3, reconnect: 'realtime-js defaults' },
+  options: {
+    runs,
+    per_node: perNode,
+    node_timeout_ms: nodeTimeoutMs,
+    nodes: 3,
+    reconnect: 'realtime-js defaults',
+    mode: drain ? 'drain (SIGTERM)' : 'kill -9',
+  },
   runs: [],
 };
 
@@ -60,7 +75,7 @@ const lb = await startHaproxy(cluster.nodes);
 let failed = false;
 try {
   for (let run = 0; run < runs; run++) {
-    const r = await failoverOnce(cluster, lb, { perNode, log: (m) => console.log(`run ${run + 1}: ${m}`) });
+    const r = await failoverOnce(cluster, lb, { perNode, drain, log: (m) => console.log(`run ${run + 1}: ${m}`) });
     const lost = r.missing.reduce((a, m) => a + m.length, 0);
     record.runs.push({
       home: r.home + 1,
@@ -73,9 +88,13 @@ try {
       dead_node_clients_ms: r.victimMs,
       p50_ms: r.p50Ms,
       max_ms: r.maxMs,
+      clients_with_error: r.clientsWithError,
+      members_dropped_ms: r.membersDroppedMs,
+      exit: r.victimExit,
       load: os.loadavg()[0].toFixed(2),
     });
     if (lost > 0 || !r.presenceOk) failed = true;
+    if (drain && r.victimExit?.code !== 0) failed = true;
     await cluster.restart(r.home);
   }
 } finally {
@@ -90,9 +109,11 @@ record.summary = {
   per_client_ms: { p50: quantile(all, 0.5), p99: quantile(all, 0.99), max: Math.max(...all) },
   acked_missing: record.runs.reduce((a, r) => a + r.acked_missing, 0),
   presence_rebuilt: record.runs.every((r) => r.presence_rebuilt),
+  clients_with_error: record.runs.map((r) => r.clients_with_error),
+  members_dropped_ms: record.runs.map((r) => r.members_dropped_ms),
 };
 mkdirSync(out, { recursive: true });
-const file = path.join(out, `failover-${started}.json`);
+const file = path.join(out, `${name}-${started}.json`);
 writeFileSync(file, `${JSON.stringify(record, null, 2)}\n`);
 console.log(JSON.stringify(record.summary));
 console.log(`wrote ${file}`);

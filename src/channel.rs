@@ -26,12 +26,12 @@ use chorus_core::ws;
 use lunatic::host as lhost;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use supervisors::{mail, ChildRef, DynamicSupervisor, Inbox, Incoming};
+use supervisors::{mail, ChildRef, DynamicSupervisor, Inbox, Incoming, ReplyTo};
 
 use crate::host;
 use crate::msg::{
     Body, ChannelMsg, ChannelRef, DirMsg, DoorMsg, JoinReq, Located, Outlet, Publish, SessionMsg,
-    SessionRef,
+    SessionRef, MAX_LOCATE_HOPS,
 };
 
 mod peak;
@@ -149,7 +149,8 @@ pub fn members_now() -> Vec<u64> {
 
 /// The cluster's nodes a topic may live on: those the control server lists
 /// (`host::cluster_json`) that lunatic's client also knows (a send to a
-/// node id lunatic does not list spins), and always this node; sorted.
+/// node id lunatic does not list spins), and this node unless it is
+/// draining; sorted.
 /// Every node computes the same ring from the same membership.
 fn members() -> Vec<u64> {
     let here = mail::node_id();
@@ -165,7 +166,13 @@ fn members() -> Vec<u64> {
                 .collect()
         })
         .unwrap_or_default();
-    nodes.push(here);
+    // A draining node has left the cluster (host-bridge/src/drain.rs): its
+    // topics' homes are the other nodes, for its own processes too.
+    if host::draining() {
+        nodes.retain(|n| *n != here);
+    } else {
+        nodes.push(here);
+    }
     nodes.sort_unstable();
     nodes.dedup();
     nodes
@@ -241,26 +248,39 @@ pub fn find(topic: &str, spawn: bool) -> Located {
 }
 
 /// A directory shard process.
+///
+/// In a cluster it also moves topics away: every [`HANDOVER_EVERY`] it hands
+/// over the channels whose topic's home is a node that joined lately, and
+/// once the node drains (`host::draining`, seen within [`DRAIN_CHECK_EVERY`])
+/// all of them. A look-up for a topic whose home, as this shard sees the
+/// cluster, is such a node is passed on to that node's door
+/// ([`DoorMsg::Forwarded`]) instead of being served here: a node that sees a
+/// new member (or the drain) later than this one asks the old home, and the
+/// topic must not start there again only to be handed over once more.
 pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
     let (name, config) = args;
-    let mut channels: HashMap<String, ChannelRef> = HashMap::new();
-    let sweep_ms = (config.limits.heartbeat_timeout_ms / 2).max(500);
-    // When channels that died were last dropped from `channels` (done only
-    // when the shard is at its share of limits.max_channels, at most once
-    // a second).
-    let mut pruned: Option<Instant> = None;
+    let mut shard = Shard {
+        sweep_ms: (config.limits.heartbeat_timeout_ms / 2).max(500),
+        name,
+        config,
+        channels: HashMap::new(),
+        pruned: None,
+    };
     let cluster = mail::node_id() != 0;
     let mut moves = Moves {
         known: if cluster { members_now() } else { Vec::new() },
         joined: Vec::new(),
         checked: Instant::now(),
+        draining: false,
     };
     loop {
         let incoming = if cluster {
-            if moves.checked.elapsed() >= HANDOVER_EVERY {
-                moves.check(&name, &mut channels);
+            if moves.draining || host::draining() {
+                moves.drain(&shard.name, &mut shard.channels);
+            } else if moves.checked.elapsed() >= HANDOVER_EVERY {
+                moves.check(&shard.name, &mut shard.channels);
             }
-            match inbox.receive_timeout(HANDOVER_EVERY) {
+            match inbox.receive_timeout(DRAIN_CHECK_EVERY) {
                 Some(incoming) => incoming,
                 None => continue,
             }
@@ -273,97 +293,208 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                 topic,
                 spawn,
                 reply,
-            }) => {
-                if spawn
-                    && !channels.contains_key(&topic)
-                    && caps::may_start(channels.len(), config.limits.max_channels, DIRECTORIES)
-                        .is_err()
-                    && pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY)
-                {
-                    channels.retain(|_, c| c.is_alive());
-                    pruned = Some(Instant::now());
-                }
-                let found = match channels.get(&topic) {
-                    Some(c) if c.is_alive() => Located::Found(*c),
-                    _ if spawn => {
-                        let running = channels.len() - usize::from(channels.contains_key(&topic));
-                        if let Err(reason) =
-                            caps::may_start(running, config.limits.max_channels, DIRECTORIES)
-                        {
-                            reply.send(&Located::Full(reason));
-                            continue;
-                        }
-                        let args = ChannelArgs {
-                            topic: topic.clone(),
-                            directory: name.clone(),
-                            idle_ms: config.limits.channel_idle_ms,
-                            history: config.limits.channel_history,
-                            history_bytes: config.limits.channel_history_bytes,
-                            presence_bytes: config.limits.presence_bytes,
-                            dedupe_window_ms: config.limits.dedupe_window_ms,
-                            dedupe_bytes: config.limits.dedupe_bytes,
-                            sweep_ms,
-                            presence_shards: config.presence.shards,
-                            rooms: config.rooms.clone(),
-                            modules: crate::modules::Hooks::for_topic(&config, &topic),
-                            presence: config.presence.clone(),
-                        };
-                        match DynamicSupervisor::<ChannelArgs, ChannelMsg>::lookup(CHANNELS)
-                            .map(|sup| sup.start_child(args))
-                        {
-                            Some(Ok(child)) => {
-                                channels.insert(topic, child);
-                                Located::Started(child)
-                            }
-                            _ => {
-                                host::log(host::Level::Error, "cannot start a channel process");
-                                Located::Absent
-                            }
-                        }
-                    }
-                    _ => Located::Absent,
-                };
-                reply.send(&found);
-            }
+            }) => shard.locate(&moves, topic, spawn, reply, 0),
+            Incoming::Message(DirMsg::Forwarded {
+                topic,
+                spawn,
+                reply,
+                hops,
+            }) => shard.locate(&moves, topic, spawn, reply, hops),
             Incoming::Message(DirMsg::Idle { topic, pid }) => {
-                if let Some(c) = channels.get(&topic) {
+                if let Some(c) = shard.channels.get(&topic) {
                     if c.pid() == pid {
                         c.send(ChannelMsg::Stop);
-                        channels.remove(&topic);
+                        shard.channels.remove(&topic);
                     }
                 }
             }
-            Incoming::Message(DirMsg::Live { topic, channel }) => match channels.get(&topic) {
-                Some(c) if *c == channel => {}
-                Some(c) if c.is_alive() => {
-                    // A restarted incarnation came up after a fresh channel
-                    // took over the topic: it has no subscriber and goes.
-                    channel.send(ChannelMsg::Stop);
+            Incoming::Message(DirMsg::Live { topic, channel }) => {
+                match shard.channels.get(&topic) {
+                    Some(c) if *c == channel => {}
+                    Some(c) if c.is_alive() => {
+                        // A restarted incarnation came up after a fresh
+                        // channel took over the topic: it has no subscriber
+                        // and goes.
+                        channel.send(ChannelMsg::Stop);
+                    }
+                    _ => {
+                        shard.channels.insert(topic, channel);
+                    }
                 }
-                _ => {
-                    channels.insert(topic, channel);
+            }
+        }
+    }
+}
+
+/// A directory shard's channels and settings.
+struct Shard {
+    name: String,
+    config: Config,
+    sweep_ms: u64,
+    channels: HashMap<String, ChannelRef>,
+    /// When channels that died were last dropped from `channels` (done only
+    /// when the shard is at its share of limits.max_channels, at most once
+    /// a second).
+    pruned: Option<Instant>,
+}
+
+impl Shard {
+    /// Answers a look-up (passed on `hops` times already): passes it on to
+    /// the topic's home when that is another node ([`Moves::pass_to`]),
+    /// else serves it here.
+    fn locate(
+        &mut self,
+        moves: &Moves,
+        topic: String,
+        spawn: bool,
+        reply: ReplyTo<Located>,
+        hops: u8,
+    ) {
+        if let Some((node, directory)) = moves.pass_to(&topic) {
+            if hops < MAX_LOCATE_HOPS {
+                host::metric(Metric::LocatesForwarded, 1);
+                mail::send(
+                    node,
+                    crate::door::DOOR_PID,
+                    mail::UNTAGGED,
+                    &DoorMsg::Forwarded {
+                        directory,
+                        topic,
+                        spawn,
+                        reply,
+                        hops: hops + 1,
+                    },
+                );
+                return;
+            }
+            if moves.draining {
+                reply.send(&Located::Unreachable(
+                    "unavailable: this topic's node is draining and its new home is not settled yet, retry"
+                        .to_string(),
+                ));
+                return;
+            }
+        }
+        let found = self.serve(topic, spawn);
+        reply.send(&found);
+    }
+
+    /// The topic's channel here: running, started now (with `spawn`), none,
+    /// or none because this shard is full.
+    fn serve(&mut self, topic: String, spawn: bool) -> Located {
+        let limits = &self.config.limits;
+        if spawn
+            && !self.channels.contains_key(&topic)
+            && caps::may_start(self.channels.len(), limits.max_channels, DIRECTORIES).is_err()
+            && self.pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY)
+        {
+            self.channels.retain(|_, c| c.is_alive());
+            self.pruned = Some(Instant::now());
+        }
+        match self.channels.get(&topic) {
+            Some(c) if c.is_alive() => Located::Found(*c),
+            _ if spawn => {
+                let running = self.channels.len() - usize::from(self.channels.contains_key(&topic));
+                if let Err(reason) = caps::may_start(running, limits.max_channels, DIRECTORIES) {
+                    return Located::Full(reason);
                 }
-            },
+                let config = &self.config;
+                let args = ChannelArgs {
+                    topic: topic.clone(),
+                    directory: self.name.clone(),
+                    idle_ms: config.limits.channel_idle_ms,
+                    history: config.limits.channel_history,
+                    history_bytes: config.limits.channel_history_bytes,
+                    presence_bytes: config.limits.presence_bytes,
+                    dedupe_window_ms: config.limits.dedupe_window_ms,
+                    dedupe_bytes: config.limits.dedupe_bytes,
+                    sweep_ms: self.sweep_ms,
+                    presence_shards: config.presence.shards,
+                    rooms: config.rooms.clone(),
+                    modules: crate::modules::Hooks::for_topic(config, &topic),
+                    presence: config.presence.clone(),
+                };
+                match DynamicSupervisor::<ChannelArgs, ChannelMsg>::lookup(CHANNELS)
+                    .map(|sup| sup.start_child(args))
+                {
+                    Some(Ok(child)) => {
+                        self.channels.insert(topic, child);
+                        Located::Started(child)
+                    }
+                    _ => {
+                        host::log(host::Level::Error, "cannot start a channel process");
+                        Located::Absent
+                    }
+                }
+            }
+            _ => Located::Absent,
         }
     }
 }
 
 /// How often a directory in a cluster looks for channels to hand over.
 const HANDOVER_EVERY: Duration = Duration::from_secs(1);
+/// How often a directory in a cluster asks the host whether the node is
+/// draining (a scalar host call).
+const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// How long after a node joined its topics are still handed to it: other
 /// nodes see a new member up to a poll plus lunatic's 5 s refresh later, and
 /// may start a moved topic's channel here meanwhile.
 const HANDOVER_WINDOW: Duration = Duration::from_secs(10);
 
 /// A directory's view of membership changes (cluster only): the members it
-/// knew and the nodes that joined lately.
+/// knew, the nodes that joined lately, and whether this node drains.
 struct Moves {
     known: Vec<u64>,
     joined: Vec<(u64, Instant)>,
     checked: Instant,
+    draining: bool,
 }
 
 impl Moves {
+    /// This node drains: every channel is handed over (the topics' homes are
+    /// the other nodes now), and any channel that starts again meanwhile
+    /// (a supervisor's restart) at the next wake.
+    fn drain(&mut self, directory: &str, channels: &mut HashMap<String, ChannelRef>) {
+        if !self.draining {
+            self.draining = true;
+            // This process' placement without this node, from now on.
+            self.known = members_now();
+        }
+        if channels.is_empty() {
+            return;
+        }
+        let count = channels.len();
+        for (_, channel) in channels.drain() {
+            channel.send(ChannelMsg::HandOver);
+            host::metric(Metric::HandedOver, 1);
+        }
+        host::log(
+            host::Level::Info,
+            &format!(
+                "draining: handed over the {count} channels of {directory} to the other nodes ({:?})",
+                self.known
+            ),
+        );
+    }
+
+    /// Where a look-up for `topic` is passed on to, if anywhere: the
+    /// topic's home (node, directory shard) when it is another node and
+    /// this node drains or that node joined lately.
+    fn pass_to(&self, topic: &str) -> Option<(u64, u32)> {
+        if !self.draining && self.joined.is_empty() {
+            return None;
+        }
+        let here = mail::node_id();
+        with_placement(|p| {
+            p.home(topic)
+                .and_then(|home| Some((home.node.parse::<u64>().ok()?, home.directory)))
+        })
+        .filter(|(node, _)| {
+            *node != here && (self.draining || self.joined.iter().any(|(n, _)| n == node))
+        })
+    }
+
     /// Hands over the channels whose topic's home is now a node that joined
     /// within [`HANDOVER_WINDOW`] (only those: when a node leaves, the topics
     /// of the others keep their home, and its own come here by failover).

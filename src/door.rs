@@ -28,7 +28,7 @@ use supervisors::mail::{self, Mail};
 use supervisors::ChildRef;
 
 use crate::host;
-use crate::msg::{DirMsg, DoorMsg};
+use crate::msg::{DirMsg, DoorMsg, ShardMsg};
 
 /// The pid of every node's main process, hence of its door.
 pub const DOOR_PID: u64 = 1;
@@ -113,22 +113,56 @@ pub fn serve() -> ! {
                 topic,
                 spawn,
                 reply,
-            }) => match ChildRef::<DirMsg>::lookup(&directory_name(directory)) {
-                Some(dir) => dir.send(DirMsg::Locate {
+            }) => to_directory(
+                directory,
+                DirMsg::Locate {
                     topic,
                     spawn,
                     reply,
-                }),
-                // Restarting: the asker times out and its client retries.
-                None => host::log(
-                    host::Level::Warn,
-                    &format!("door: directory {directory} is not running"),
-                ),
-            },
+                },
+            ),
+            Ok(DoorMsg::Forwarded {
+                directory,
+                topic,
+                spawn,
+                reply,
+                hops,
+            }) => to_directory(
+                directory,
+                DirMsg::Forwarded {
+                    topic,
+                    spawn,
+                    reply,
+                    hops,
+                },
+            ),
+            Ok(DoorMsg::Presence { shard, msg }) => {
+                match ChildRef::<ShardMsg>::lookup(&crate::presence::shard_name(shard)) {
+                    Some(s) => s.send(msg),
+                    // Restarting: it gets a copy again once it looks at
+                    // the membership (see `crate::presence`).
+                    None => host::log(
+                        host::Level::Warn,
+                        &format!("door: presence shard {shard} is not running"),
+                    ),
+                }
+            }
             Err(e) => host::log(
                 host::Level::Warn,
                 &format!("door: an undecodable message was dropped: {e}"),
             ),
         }
+    }
+}
+
+/// Hands a request to this node's directory shard `directory`.
+fn to_directory(directory: u32, msg: DirMsg) {
+    match ChildRef::<DirMsg>::lookup(&directory_name(directory)) {
+        Some(dir) => dir.send(msg),
+        // Restarting: the asker times out and its client retries.
+        None => host::log(
+            host::Level::Warn,
+            &format!("door: directory {directory} is not running"),
+        ),
     }
 }

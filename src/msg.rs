@@ -108,7 +108,8 @@ pub enum ChannelMsg {
     /// From the directory: the idle channel may stop now.
     Stop,
     /// From the directory: the topic's home is now a node that joined the
-    /// cluster; tell every subscriber ([`SessionMsg::Moved`]) and stop.
+    /// cluster, or this node is draining; tell every subscriber
+    /// ([`SessionMsg::Moved`]) and stop.
     HandOver,
     /// Test-only fault switch (`node.fault_injection`): the channel panics,
     /// as a bug would make it.
@@ -141,6 +142,17 @@ pub enum DirMsg {
     },
     /// A channel has had no subscriber for its idle period.
     Idle { topic: String, pid: u64 },
+    /// A [`DirMsg::Locate`] another node's directory passed on because the
+    /// topic's home, as that node sees the cluster, is here (it is draining,
+    /// or the topic moved to a node that joined). `hops` counts the passes:
+    /// a directory passes a request on at most [`MAX_LOCATE_HOPS`] times
+    /// in all, so nodes that disagree for a moment cannot bounce it.
+    Forwarded {
+        topic: String,
+        spawn: bool,
+        reply: ReplyTo<Located>,
+        hops: u8,
+    },
     /// A channel process started (first start or a supervisor's restart):
     /// the directory adopts it as the topic's channel unless another live
     /// one already serves the topic, which makes this one stop. So the
@@ -161,7 +173,22 @@ pub enum DoorMsg {
         spawn: bool,
         reply: ReplyTo<Located>,
     },
+    /// For this node's presence shard `shard`, from the same shard on
+    /// another node (the green dot across the cluster, `crate::presence`).
+    Presence { shard: u32, msg: ShardMsg },
+    /// A [`DirMsg::Forwarded`] for one of this node's directory shards.
+    Forwarded {
+        directory: u32,
+        topic: String,
+        spawn: bool,
+        reply: ReplyTo<Located>,
+        hops: u8,
+    },
 }
+
+/// How many times a channel look-up may be passed from one node's directory
+/// to another's ([`DirMsg::Forwarded`]).
+pub const MAX_LOCATE_HOPS: u8 = 2;
 
 /// A directory's answer to [`DirMsg::Locate`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -232,6 +259,17 @@ pub enum ShardMsg {
     /// Test-only fault switch (`node.fault_injection`): the shard panics,
     /// to see its supervisor restart it.
     Crash,
+    /// In a cluster, from the same shard on node `node`: everything that
+    /// node's channels report (sent in parts when this node joins or is
+    /// first seen): with `replace` it replaces what `node` reported, else
+    /// it adds to it. With `answer` (a shard that just started) the
+    /// receiver sends its own copy back.
+    Copy {
+        node: u64,
+        counts: Vec<(String, u32)>,
+        replace: bool,
+        answer: bool,
+    },
 }
 
 /// Messages to a process module.

@@ -1,23 +1,31 @@
 //! Presence shards: users hashed onto a fixed set of processes that know who
-//! is online anywhere on the node (Discord's presence servers, the "green
-//! dot"). Channels report presence joins and leaves, counted per reporting
-//! node (`core::online`) so that a node's loss takes its channels'
-//! presences with it at the next sweep; the admin API and sessions query a
-//! list of keys.
+//! is online anywhere in the cluster (Discord's presence servers, the
+//! "green dot"). Channels report presence joins and leaves to their node's
+//! shard, counted per reporting node (`core::online`); the admin API and
+//! sessions ask their own node's shards.
+//!
+//! In a cluster each shard also sends what its own node's channels report
+//! to the same shard on every other node (through that node's door,
+//! `DoorMsg::Presence`), and a full copy to a node it sees join
+//! (`ShardMsg::Copy`, in parts), so every node's shards answer for the
+//! whole cluster. Every second a shard looks at the membership
+//! (`core::online::Peers`): what a node that left reported is dropped at
+//! once.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chorus_core::online::Online;
+use chorus_core::online::{Online, Peers};
 use chorus_core::ring::shard_of;
 use supervisors::{mail, ChildRef, Inbox, Incoming};
 
-use crate::msg::ShardMsg;
+use crate::msg::{DoorMsg, ShardMsg};
 
 /// How long a `presence_online` query waits for each shard.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often a shard drops what nodes that left the cluster reported
-/// (one host call for the membership; well within a heartbeat timeout).
+/// How often a shard in a cluster looks at the membership: drops what nodes
+/// that left reported, sends copies to nodes that joined (one host call for
+/// the membership; well within a heartbeat timeout).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Registered name of shard `i`.
@@ -49,7 +57,8 @@ pub fn crash(key: &str, shards: u32) {
     }
 }
 
-/// The subset of `keys` online anywhere on the node.
+/// The subset of `keys` online anywhere (on this node's shards, which in a
+/// cluster hold every node's reports).
 pub fn online(keys: &[String], shards: u32) -> Vec<String> {
     let mut by_shard: HashMap<u32, Vec<String>> = HashMap::new();
     for k in keys {
@@ -71,21 +80,27 @@ pub fn online(keys: &[String], shards: u32) -> Vec<String> {
     online
 }
 
+/// Most keys in one [`ShardMsg::Copy`] part.
+const COPY_PART: usize = 1_000;
+
 /// A presence shard process.
 pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
     let mut online = Online::new();
     let here = mail::node_id();
-    let mut swept = Instant::now();
+    let cluster = here != 0;
+    let mut peers = Peers::new(here);
+    let mut started = true;
+    let mut looked: Option<Instant> = None;
     loop {
-        // Only what other nodes reported can be lost with a node: alone,
-        // the shard just waits for mail.
-        let remote = online.reporters().any(|n| n != here);
-        if remote && swept.elapsed() >= SWEEP_EVERY {
-            swept = Instant::now();
-            let members = mail::cluster_nodes();
-            online.retain_nodes(|n| n == here || members.contains(&n));
+        if cluster && looked.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            looked = Some(Instant::now());
+            let joined = peers.look(&crate::channel::members_now(), &mut online);
+            if !joined.is_empty() {
+                send_copy(index, &online, &joined, started);
+            }
+            started = false;
         }
-        let incoming = if remote {
+        let incoming = if cluster {
             match inbox.receive_timeout(SWEEP_EVERY) {
                 Some(incoming) => incoming,
                 None => continue,
@@ -97,6 +112,30 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
             Incoming::Shutdown => return,
             Incoming::Message(ShardMsg::Delta { node, key, delta }) => {
                 online.delta(node, &key, delta);
+                // This node's channels' reports go to every other node.
+                if node == here {
+                    for peer in peers.members() {
+                        let msg = ShardMsg::Delta {
+                            node,
+                            key: key.clone(),
+                            delta,
+                        };
+                        to_peer(*peer, index, msg);
+                    }
+                }
+            }
+            Incoming::Message(ShardMsg::Copy {
+                node,
+                counts,
+                replace,
+                answer,
+            }) => {
+                if node != here {
+                    online.set_node(node, &counts, replace);
+                    if answer {
+                        send_copy(index, &online, &[node], false);
+                    }
+                }
             }
             Incoming::Message(ShardMsg::Crash) => {
                 panic!("fault injection: presence shard {index} crashes")
@@ -107,4 +146,49 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
             }
         }
     }
+}
+
+/// Sends what this node's channels report to shard `index` on each of
+/// `nodes`, in parts of [`COPY_PART`] keys (one empty part when there is
+/// nothing: it still replaces what the receiver held).
+fn send_copy(index: u32, online: &Online, nodes: &[u64], answer: bool) {
+    let here = mail::node_id();
+    let mine = online.reported_by(here);
+    for node in nodes {
+        let mut parts = mine.chunks(COPY_PART).peekable();
+        if parts.peek().is_none() {
+            to_peer(
+                *node,
+                index,
+                ShardMsg::Copy {
+                    node: here,
+                    counts: Vec::new(),
+                    replace: true,
+                    answer,
+                },
+            );
+        }
+        for (i, part) in parts.enumerate() {
+            to_peer(
+                *node,
+                index,
+                ShardMsg::Copy {
+                    node: here,
+                    counts: part.to_vec(),
+                    replace: i == 0,
+                    answer: answer && i == 0,
+                },
+            );
+        }
+    }
+}
+
+/// Sends `msg` to shard `index` on cluster node `node`, through its door.
+fn to_peer(node: u64, index: u32, msg: ShardMsg) {
+    mail::send(
+        node,
+        crate::door::DOOR_PID,
+        mail::UNTAGGED,
+        &DoorMsg::Presence { shard: index, msg },
+    );
 }

@@ -66,7 +66,8 @@ metrics! {
     Duplicates => "chorus_duplicate_messages_total", Counter, "Chat messages retried with a msg_id the lane had stored (acknowledged again, not stored or delivered twice)";
     StoreFailed => "chorus_store_failures_total", Counter, "Chat messages refused because the store failed (the sender gets an error reply or a system push)";
     RemoteLocates => "chorus_remote_locates_total", Counter, "Channel look-ups sent to the topic's home on another cluster node (joins, REST publishes)";
-    HandedOver => "chorus_channels_handed_over_total", Counter, "Channels handed over because their topic's home moved to a node that joined the cluster (their subscribers rejoin there)";
+    HandedOver => "chorus_channels_handed_over_total", Counter, "Channels handed over because their topic's home moved to a node that joined the cluster, or because this node drains (their subscribers rejoin there)";
+    LocatesForwarded => "chorus_locates_forwarded_total", Counter, "Channel look-ups a directory passed on to the topic's home on another node (this node drains, or the topic moved to a node that joined and the asker had not seen it yet)";
 }
 
 impl Metric {

@@ -90,6 +90,33 @@ impl Online {
         gone
     }
 
+    /// What `node` reports: its keys and their counts, by key.
+    pub fn reported_by(&self, node: u64) -> Vec<(String, u32)> {
+        if !self.keys_by_node.contains_key(&node) {
+            return Vec::new();
+        }
+        let mut out: Vec<(String, u32)> = self
+            .counts
+            .iter()
+            .filter_map(|(key, per_node)| per_node.get(&node).map(|c| (key.clone(), *c)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// `node`'s full report (a copy another node's shard sends when it
+    /// first sees this one): with `replace`, what `node` reported before is
+    /// dropped first; without, `counts` adds to it (the next part of a copy
+    /// sent in parts).
+    pub fn set_node(&mut self, node: u64, counts: &[(String, u32)], replace: bool) {
+        if replace {
+            self.retain_nodes(|n| n != node);
+        }
+        for (key, count) in counts {
+            self.delta(node, key, i32::try_from(*count).unwrap_or(i32::MAX));
+        }
+    }
+
     /// The nodes that report anything, ascending.
     pub fn reporters(&self) -> impl Iterator<Item = u64> + '_ {
         self.keys_by_node.keys().copied()
@@ -103,5 +130,86 @@ impl Online {
     /// Whether no key is online.
     pub fn is_empty(&self) -> bool {
         self.counts.is_empty()
+    }
+}
+
+/// Looks at the membership a presence shard keeps, in a cluster: every
+/// shard holds what every node's channels report (each node's shard sends
+/// its own node's reports to the same shard on every other node), so a
+/// query is answered by the asker's own node.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    here: u64,
+    /// The other members at the last look.
+    members: Vec<u64>,
+    /// Reporters that are not members, and for how many looks in a row.
+    absent: BTreeMap<u64, u32>,
+}
+
+/// How many looks in a row a reporter that was never a member here is kept
+/// (a node that just joined reports before this node lists it).
+pub const ABSENT_LOOKS: u32 = 3;
+
+impl Peers {
+    /// No other member known yet.
+    pub fn new(here: u64) -> Self {
+        Self {
+            here,
+            members: Vec::new(),
+            absent: BTreeMap::new(),
+        }
+    }
+
+    /// The other members at the last look: where this node's reports go.
+    pub fn members(&self) -> &[u64] {
+        &self.members
+    }
+
+    /// A look at the cluster's `members` now: drops from `online` what a
+    /// node that left reported (at once when it had been a member, after
+    /// [`ABSENT_LOOKS`] looks otherwise) and returns the nodes that joined
+    /// since the last look (they get a copy of this node's reports).
+    pub fn look(&mut self, members: &[u64], online: &mut Online) -> Vec<u64> {
+        let now: Vec<u64> = members
+            .iter()
+            .copied()
+            .filter(|n| *n != self.here)
+            .collect();
+        let joined: Vec<u64> = now
+            .iter()
+            .copied()
+            .filter(|n| !self.members.contains(n))
+            .collect();
+        let left: Vec<u64> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|n| !now.contains(n))
+            .collect();
+        let here = self.here;
+        let mut drop = Vec::new();
+        let reporters: Vec<u64> = online.reporters().collect();
+        self.absent.retain(|n, _| reporters.contains(n));
+        for n in reporters {
+            if n == here || now.contains(&n) {
+                self.absent.remove(&n);
+            } else if left.contains(&n) {
+                drop.push(n);
+            } else {
+                let looks = self.absent.entry(n).or_insert(0);
+                *looks += 1;
+                if *looks >= ABSENT_LOOKS {
+                    drop.push(n);
+                }
+            }
+        }
+        if !drop.is_empty() {
+            online.retain_nodes(|n| !drop.contains(&n));
+            for n in &drop {
+                self.absent.remove(n);
+            }
+        }
+        self.members = now;
+        joined
     }
 }

@@ -78,3 +78,65 @@ fn reporters_follow_joins_and_leaves() {
     assert_eq!(o.retain_nodes(|_| false), vec!["a".to_string()]);
     assert!(o.is_empty());
 }
+
+#[test]
+fn a_copy_replaces_what_a_node_reported() {
+    let mut o = Online::new();
+    o.delta(1, "ana", 2);
+    o.delta(2, "ana", 1);
+    o.delta(2, "bo", 1);
+    assert_eq!(
+        o.reported_by(2),
+        vec![("ana".to_string(), 1), ("bo".to_string(), 1)]
+    );
+    assert_eq!(o.reported_by(3), vec![]);
+    // Node 2's copy, in two parts: the first replaces, the second adds.
+    o.set_node(2, &[("cy".to_string(), 2)], true);
+    o.set_node(2, &[("di".to_string(), 1)], false);
+    assert!(o.is_online("ana"), "node 1 still reports ana");
+    assert!(!o.is_online("bo"));
+    assert_eq!(
+        o.reported_by(2),
+        vec![("cy".to_string(), 2), ("di".to_string(), 1)]
+    );
+    assert_eq!(o.reported_by(1), vec![("ana".to_string(), 2)]);
+    o.delta(2, "cy", -2);
+    assert!(!o.is_online("cy"));
+}
+
+#[test]
+fn peers_send_copies_to_joiners_and_drop_nodes_that_left() {
+    use chorus_core::online::{Peers, ABSENT_LOOKS};
+    let mut o = Online::new();
+    let mut p = Peers::new(1);
+    assert_eq!(p.look(&[1, 2, 3], &mut o), vec![2, 3]);
+    assert_eq!(p.members(), &[2, 3]);
+    assert_eq!(p.look(&[1, 2, 3], &mut o), Vec::<u64>::new());
+    o.delta(1, "ana", 1);
+    o.delta(2, "bo", 1);
+    o.delta(3, "cy", 1);
+    // Node 4 reports before this node lists it: kept for a few looks.
+    o.delta(4, "di", 1);
+    // Node 3 leaves: its reports go at once; node 4 is not a member yet.
+    assert_eq!(p.look(&[1, 2], &mut o), Vec::<u64>::new());
+    assert!(!o.is_online("cy"));
+    assert!(o.is_online("di"));
+    // Node 4 shows up: kept, and it gets a copy.
+    assert_eq!(p.look(&[1, 2, 4], &mut o), vec![4]);
+    for _ in 0..ABSENT_LOOKS + 1 {
+        p.look(&[1, 2, 4], &mut o);
+    }
+    assert!(o.is_online("di"));
+    // Node 5 reports and never becomes a member: dropped after ABSENT_LOOKS.
+    o.delta(5, "ed", 1);
+    for i in 1..ABSENT_LOOKS {
+        p.look(&[1, 2, 4], &mut o);
+        assert!(o.is_online("ed"), "look {i}");
+    }
+    p.look(&[1, 2, 4], &mut o);
+    assert!(!o.is_online("ed"));
+    // This node's own reports stay whatever the membership.
+    p.look(&[], &mut o);
+    assert!(o.is_online("ana"));
+    assert!(!o.is_online("bo"));
+}

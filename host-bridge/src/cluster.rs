@@ -48,6 +48,9 @@ pub struct Cluster {
     pub dist: DistributedProcessState,
     members: RwLock<Vec<Member>>,
     control_reachable: AtomicBool,
+    /// The node told the control server it leaves (a drain): it polls no
+    /// more and lists itself no more.
+    left: AtomicBool,
     /// `cluster.node_timeout_ms`: how long a message to another node waits
     /// for that node's acknowledgement before it is given up.
     send_timeout: Duration,
@@ -138,6 +141,7 @@ impl Cluster {
             dist,
             members: RwLock::new(Vec::new()),
             control_reachable: AtomicBool::new(true),
+            left: AtomicBool::new(false),
             send_timeout: Duration::from_millis(k.node_timeout_ms),
         });
         cluster.poll().await;
@@ -168,11 +172,23 @@ impl Cluster {
         });
     }
 
-    /// Tells the control server this node leaves (a clean exit).
+    /// Tells the control server this node leaves (a clean exit, or the
+    /// start of a drain): the control server drops it at once, so the other
+    /// nodes' placement rings lose it at their next poll instead of after
+    /// `cluster.node_timeout_ms`. This node then stops polling (the control
+    /// server no longer knows it), keeps the other members it knew (its
+    /// channels' subscribers there are still told where to rejoin) and no
+    /// longer lists itself.
     pub async fn leave(&self) {
-        if let Err(e) = self.dist.control.notify_node_stopped().await {
-            tracing::warn!("could not tell the control server this node leaves: {e:#}");
+        if self.left.swap(true, Ordering::AcqRel) {
+            return;
         }
+        match self.dist.control.notify_node_stopped().await {
+            Ok(()) => tracing::info!("left the cluster: the control server dropped this node"),
+            Err(e) => tracing::warn!("could not tell the control server this node leaves: {e:#}"),
+        }
+        let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+        members.retain(|m| m.id != self.node_id);
     }
 
     async fn poll(&self) {
@@ -181,18 +197,37 @@ impl Cluster {
             .control
             .get::<Members>(&self.registration.urls.nodes, None)
             .await;
+        if self.left.load(Ordering::Acquire) {
+            return;
+        }
         match got {
             Ok(list) => {
                 if !self.control_reachable.swap(true, Ordering::AcqRel) {
                     tracing::info!(control = %self.control_url, "control server reachable again");
                 }
-                let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
-                let before: Vec<u64> = members.iter().map(|m| m.id).collect();
                 let after: Vec<u64> = list.nodes.iter().map(|m| m.id).collect();
-                if before != after {
-                    tracing::info!(nodes = ?list.nodes.iter().map(|m| (m.id, m.node_name.as_str())).collect::<Vec<_>>(), "cluster membership");
+                let changed = {
+                    let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+                    let before: Vec<u64> = members.iter().map(|m| m.id).collect();
+                    if before != after {
+                        tracing::info!(nodes = ?list.nodes.iter().map(|m| (m.id, m.node_name.as_str())).collect::<Vec<_>>(), "cluster membership");
+                    }
+                    *members = list.nodes;
+                    before != after
+                };
+                // lunatic's client re-reads the members only every 5 s, and
+                // a node it does not list can be neither placed nor sent to:
+                // without this, nodes would see a new member up to 5 s apart
+                // and disagree meanwhile on the homes of its topics.
+                let mut known = self.dist.control.node_ids();
+                known.sort_unstable();
+                let mut listed = after;
+                listed.sort_unstable();
+                if changed || known != listed {
+                    if let Err(e) = self.dist.control.refresh_nodes().await {
+                        tracing::debug!("refreshing lunatic's node list: {e:#}");
+                    }
                 }
-                *members = list.nodes;
             }
             Err(e) => {
                 if self.control_reachable.swap(false, Ordering::AcqRel) {
@@ -207,7 +242,7 @@ impl Cluster {
     }
 
     async fn poll_forever(self: Arc<Self>) {
-        loop {
+        while !self.left.load(Ordering::Acquire) {
             tokio::time::sleep(POLL).await;
             self.poll().await;
         }
@@ -268,6 +303,7 @@ impl Cluster {
             "worker_id": self.worker_id,
             "control": self.control_url,
             "control_reachable": self.control_reachable.load(Ordering::Acquire),
+            "left": self.left.load(Ordering::Acquire),
             "nodes": self.members().iter().map(|m| json!({
                 "id": m.id,
                 "name": m.node_name,

@@ -13,8 +13,20 @@ use chorus_core::drain::{Drain, DrainConfig, Step, CLOSE_CODE, CLOSE_REASON};
 use crate::socket::Sockets;
 use crate::store::DataService;
 
-/// Runs the drain to its end (flushed or timed out).
-pub async fn run(sockets: &Sockets, store: Option<&DataService>, config: DrainConfig) {
+/// How long a cluster node's drain lasts at least: its directory shards
+/// see the drain within 250 ms (`src/channel.rs`) and hand their channels
+/// over, whose subscribers on other nodes must be told (`Moved`, a message
+/// to another node) before this process exits.
+pub const CLUSTER_HANDOVER_MS: u64 = 1_000;
+
+/// Runs the drain to its end (flushed or timed out), lasting at least
+/// `hold_ms` ([`CLUSTER_HANDOVER_MS`] in a cluster).
+pub async fn run(
+    sockets: &Sockets,
+    store: Option<&DataService>,
+    config: DrainConfig,
+    hold_ms: u64,
+) {
     let started = Instant::now();
     let mut drain = Drain::new(config, 0);
     let elapsed = || started.elapsed().as_millis() as u64;
@@ -35,8 +47,12 @@ pub async fn run(sockets: &Sockets, store: Option<&DataService>, config: DrainCo
             }
             Step::Wait(ms) => tokio::time::sleep(Duration::from_millis(ms.max(1))).await,
             // HTTP exchanges still answering (the drain call's own 202
-            // among them) finish before the exit, within the deadline.
-            Step::Flushed if sockets.count() > 0 && elapsed() < drain.deadline_ms() => {
+            // among them) finish before the exit, and a cluster node's
+            // channels are handed over, within the deadline.
+            Step::Flushed
+                if (sockets.count() > 0 || elapsed() < hold_ms)
+                    && elapsed() < drain.deadline_ms() =>
+            {
                 tokio::time::sleep(Duration::from_millis(chorus_core::drain::POLL_MS)).await;
             }
             Step::Flushed => {

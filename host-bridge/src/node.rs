@@ -357,6 +357,11 @@ async fn spawn_main(
                 &sockets,
                 store.as_ref(),
                 chorus_core::drain::DrainConfig::from_config(config),
+                if host.cluster.is_some() {
+                    crate::drain::CLUSTER_HANDOVER_MS
+                } else {
+                    0
+                },
             );
             tokio::select! {
                 () = drain => {}

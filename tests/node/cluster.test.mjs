@@ -7,7 +7,8 @@
 // clients of the others, channel presence lists every client, the stored
 // history (REST, from every node) and a replay on join agree, and when a
 // node that is not the topic's home is killed (SIGKILL) the survivors'
-// clients keep receiving and its client leaves presence.
+// clients keep receiving and its client leaves presence. The green dot
+// (`/realtime/v1/api/presence/online`) answers the same on every node.
 //
 // Needs CHORUS_SCYLLA_NODES (scripts/test.sh starts Apache Cassandra and
 // sets it): a cluster refuses SQLite.
@@ -108,6 +109,13 @@ async function member(node, vsn, topic, key) {
 
 const keys = (ch) => Object.keys(ch.presenceState()).sort();
 
+/** Which of `ks` node `n` says are online anywhere (the admin API). */
+async function online(n, ks) {
+  const res = await fetch(`${n.http}/realtime/v1/api/presence/online?keys=${ks.join(',')}`);
+  assert.equal(res.status, 200);
+  return (await res.json()).online.sort();
+}
+
 test('clients on three nodes share one room: broadcast, presence, history and replay agree; a killed node', async () => {
   const room = `room:${uid('c')}:chat`;
   const t0 = Date.now();
@@ -131,6 +139,15 @@ test('clients on three nodes share one room: broadcast, presence, history and re
   }
   for (const ch of [a, b, c]) {
     await waitFor(() => keys(ch).join() === 'ana,ben,cy', 10000, `presence on ${ch.topic}: ${keys(ch)}`);
+  }
+  // The green dot: every node answers for the whole cluster (the channel
+  // reporting these presences runs on one node only).
+  for (const n of nodes) {
+    await waitFor(
+      async () => (await online(n, ['ana', 'ben', 'cy', 'nobody'])).join() === 'ana,ben,cy',
+      5000,
+      `node ${n.port} sees ana, ben and cy online`,
+    );
   }
 
   // Broadcasts from each node reach the clients of the two others, in order.
@@ -196,6 +213,15 @@ test('clients on three nodes share one room: broadcast, presence, history and re
   }
   for (const { ch } of survivors) {
     await waitFor(() => !keys(ch).includes(deadKey), 30000, `${deadKey} leaves presence (${keys(ch)})`);
+  }
+  // ...and the green dot, on both survivors.
+  const stay = ['ana', 'ben', 'cy'].filter((k) => k !== deadKey).join();
+  for (const i of aliveIdx) {
+    await waitFor(
+      async () => (await online(nodes[i], ['ana', 'ben', 'cy'])).join() === stay,
+      5000,
+      `node ${i + 1} sees ${stay} online`,
+    );
   }
   // And the survivors still exchange after the membership changed.
   for (const { ch } of survivors) ch.got.length = 0;

@@ -1,9 +1,10 @@
-// Failover of a topic's home node, as the test (tests/node/failover.test.mjs)
-// and the bench (bench/failover.mjs) run it: realtime-js clients on every
-// node of a cluster, all through HAProxy, in one chat-lane topic; acked
-// messages; kill -9 of the node that runs the topic's channel; then every
+// Failover of a topic's home node, as the tests (tests/node/failover.test.mjs,
+// tests/node/cluster-drain.test.mjs) and the bench (bench/failover.mjs) run
+// it: realtime-js clients on every node of a cluster, all through HAProxy, in
+// one chat-lane topic; acked messages; kill -9 (or, with `drain`, SIGTERM:
+// a graceful drain) of the node that runs the topic's channel; then every
 // client must receive again (the survivors' clients after `phx_error` and a
-// rejoin at the topic's new home, the dead node's clients after
+// rejoin at the topic's new home, the lost node's clients after
 // reconnecting through HAProxy), with every acked message (live or replayed
 // with `broadcast.replay`) and presence rebuilt.
 
@@ -75,9 +76,14 @@ const keysOf = (c) => Object.keys(c.ch.presenceState()).sort().join();
 
 /**
  * Runs the scenario once on `cluster` behind `lb`; returns what happened
- * (times in ms from the kill). `perNode` clients on each node.
+ * (times in ms from the kill). `perNode` clients on each node. With `drain`
+ * the home node gets SIGTERM instead of SIGKILL (a graceful drain), and the
+ * result also has the drained node's exit, when every other node's
+ * `chorus_cluster_nodes` dropped it (`membersDroppedMs`) and how many
+ * clients saw an error (`clientsWithError`: a channel error or a closed
+ * socket).
  */
-export async function failoverOnce(cluster, lb, { perNode = 2, fast = false, log = () => {} } = {}) {
+export async function failoverOnce(cluster, lb, { perNode = 2, fast = false, drain = false, log = () => {} } = {}) {
   const { nodes } = cluster;
   const topic = `room:${uid('fo')}:chat`;
   const since = Date.now() - 1000;
@@ -136,8 +142,21 @@ export async function failoverOnce(cluster, lb, { perNode = 2, fast = false, log
     const killAt = Date.now();
     for (const c of clients) c.killAt = killAt;
     const victim = nodes[home];
-    victim.child.kill('SIGKILL');
+    victim.child.kill(drain ? 'SIGTERM' : 'SIGKILL');
     result.killAt = killAt;
+    result.mode = drain ? 'drain' : 'kill';
+    // When every other node's membership (chorus_cluster_nodes) no longer
+    // counts the lost node.
+    const others = nodes.filter((_, i) => i !== home);
+    const membersBefore = nodes.length;
+    const dropped = waitFor(
+      async () => {
+        const counts = await Promise.all(others.map((n) => metric(n, 'chorus_cluster_nodes').catch(() => null)));
+        return counts.every((c) => c === membersBefore - 1) && Date.now() - killAt;
+      },
+      60000,
+      'the other nodes drop the lost node from their membership',
+    ).catch(() => null);
 
     // A ticker: REST broadcasts to the surviving nodes every 100 ms, each
     // stamped with its send time; a client "receives again" at the first
@@ -193,6 +212,15 @@ export async function failoverOnce(cluster, lb, { perNode = 2, fast = false, log
     const before = channelsBefore.filter((_, i) => i !== home);
     result.channelsAfter = channelsAfter.map((c, i) => c - before[i]);
     result.joins = clients.map((c) => c.joins);
+    result.membersDroppedMs = await dropped;
+    result.clientsWithError = clients.filter((c) => c.errors > 0 || c.events.some((e) => e.startsWith('socket-closed'))).length;
+    result.victimExit = await Promise.race([
+      new Promise((resolve) => {
+        if (victim.exited()) resolve(victim.exited());
+        else victim.child.once('exit', (code, signal) => resolve({ code, signal }));
+      }),
+      new Promise((resolve) => setTimeout(() => resolve(null), 35000)),
+    ]);
     result.events = Object.fromEntries(clients.map((c) => [c.key, c.events.join(' ')]));
     result.sessionsAfter = await Promise.all(survivors.map((n) => metric(n, 'chorus_sessions_open')));
     return result;
