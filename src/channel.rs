@@ -26,12 +26,12 @@ use chorus_core::ws;
 use lunatic::host as lhost;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use supervisors::{mail, ChildRef, DynamicSupervisor, Inbox, Incoming, ReplyTo};
+use supervisors::{mail, ChildRef, DynamicSupervisor, Inbox, Incoming};
 
 use crate::host;
 use crate::msg::{
-    Body, ChannelMsg, ChannelRef, DirMsg, DoorMsg, JoinReq, Located, Outlet, Publish, SessionMsg,
-    SessionRef, MAX_LOCATE_HOPS,
+    process_ref, reply_to, Answer, Body, ChannelMsg, ChannelRef, DirMsg, DoorMsg, JoinReq, Located,
+    Mailer, Outlet, Publish, PublishOutcome, ReplyTo, SessionMsg, SessionRef, ToSession,
 };
 
 mod peak;
@@ -212,7 +212,7 @@ pub fn find(topic: &str, spawn: bool) -> Located {
                         directory,
                         topic: topic.to_string(),
                         spawn,
-                        reply,
+                        reply: reply_to(reply),
                     },
                 )
             },
@@ -240,7 +240,7 @@ pub fn find(topic: &str, spawn: bool) -> Located {
         |reply| DirMsg::Locate {
             topic: topic.to_string(),
             spawn,
-            reply,
+            reply: reply_to(reply),
         },
         LOCATE_TIMEOUT,
     )
@@ -351,7 +351,7 @@ impl Shard {
         hops: u8,
     ) {
         if let Some((node, directory)) = moves.pass_to(&topic) {
-            if hops < MAX_LOCATE_HOPS {
+            if hops < chorus_core::msg::MAX_LOCATE_HOPS {
                 host::metric(Metric::LocatesForwarded, 1);
                 mail::send(
                     node,
@@ -418,6 +418,7 @@ impl Shard {
                     .map(|sup| sup.start_child(args))
                 {
                     Some(Ok(child)) => {
+                        let child = process_ref(child);
                         self.channels.insert(topic, child);
                         Located::Started(child)
                     }
@@ -640,7 +641,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
     if let Some(dir) = ChildRef::<DirMsg>::lookup(&args.directory) {
         dir.send(DirMsg::Live {
             topic: args.topic.clone(),
-            channel: inbox.this(),
+            channel: process_ref(inbox.this()),
         });
     }
     let idle = Duration::from_millis(args.idle_ms);
@@ -689,7 +690,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
                 asked_to_stop = false;
             }
             Some(Incoming::Message(ChannelMsg::HandOver)) => {
-                ch.hand_over(inbox.this());
+                ch.hand_over(process_ref(inbox.this()));
                 ch.drain_for_restart(&inbox);
                 break;
             }
