@@ -125,6 +125,9 @@ pub struct Ready {
     pub failed: u64,
     pub errors: BTreeMap<String, u64>,
     pub join_hist: String,
+    /// Multi-node runs: clients joined through each node, by its index.
+    #[serde(default)]
+    pub joined_per_server: Vec<u64>,
 }
 
 /// What a loader counts of its clients' lives, shared by its client tasks
@@ -185,6 +188,7 @@ impl Tally {
             failed: self.failed,
             errors: self.errors.clone(),
             join_hist: stats::encode_histogram(&self.join_us),
+            joined_per_server: Vec::new(),
         }
     }
 }
