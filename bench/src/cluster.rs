@@ -462,10 +462,15 @@ pub fn render(results: &[(String, ClusterResult)]) -> String {
             let dash = || "—".to_string();
             let _ = writeln!(
                 md,
-                "| `{file}` | {} | {} of {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} → {} | {} |",
+                "| `{file}` | {} | {} of {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} → {} | {} |",
                 c.nodes,
                 fmt_num(r.sessions_joined as f64, 0),
                 fmt_num(r.sessions_requested as f64, 0),
+                if r.rejoins > 0 {
+                    format!(" ({} joins retried)", fmt_num(r.rejoins as f64, 0))
+                } else {
+                    String::new()
+                },
                 fmt_num(r.sessions_per_s, 0),
                 if publishes { format!("{:.2} %", r.delivered_pct) } else { dash() },
                 if publishes { fmt_num(r.deliveries_per_s, 0) } else { dash() },

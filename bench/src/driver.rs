@@ -106,6 +106,10 @@ pub struct RunResult {
     /// latency (0 and empty on one server).
     #[serde(default)]
     pub cross_node_delivered: u64,
+    /// Joins the server refused saying to retry, sent again as realtime-js
+    /// does (1, 2, 5, 10 s later).
+    #[serde(default)]
+    pub rejoins: u64,
     #[serde(default)]
     pub cross_node_latency: Latency,
     #[serde(default)]
@@ -420,6 +424,7 @@ fn drive(r: &mut RunResult, target: &Target, p: &Params) {
     let mut failed = 0;
     for rd in ready.iter().flatten() {
         r.sessions_joined += rd.joined;
+        r.rejoins += rd.rejoins;
         for (f, n) in r.per_server.iter_mut().zip(&rd.joined_per_server) {
             f.sessions_joined += n;
         }

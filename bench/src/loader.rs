@@ -128,6 +128,9 @@ pub struct Ready {
     /// Multi-node runs: clients joined through each node, by its index.
     #[serde(default)]
     pub joined_per_server: Vec<u64>,
+    /// Joins sent again after a refusal that said to retry.
+    #[serde(default)]
+    pub rejoins: u64,
 }
 
 /// What a loader counts of its clients' lives, shared by its client tasks
@@ -189,6 +192,7 @@ impl Tally {
             errors: self.errors.clone(),
             join_hist: stats::encode_histogram(&self.join_us),
             joined_per_server: Vec::new(),
+            rejoins: 0,
         }
     }
 }

@@ -99,6 +99,8 @@ struct Shared {
     cross_us: Histogram<u64>,
     same_us: Histogram<u64>,
     joined_per_server: Vec<u64>,
+    /// Joins sent again after a refusal that said to retry.
+    rejoins: u64,
     wire: Wire,
 }
 
@@ -169,6 +171,7 @@ async fn run(spec: WorkerSpec) {
         cross_us: stats::new_histogram(),
         same_us: stats::new_histogram(),
         joined_per_server: vec![0; spec.servers.len()],
+        rejoins: 0,
         wire: Wire::default(),
     }));
     let (phase_tx, phase_rx) = watch::channel(Phase::Joining);
@@ -194,6 +197,7 @@ async fn run(spec: WorkerSpec) {
         let s = shared.borrow();
         let mut ready = s.tally.ready();
         ready.joined_per_server = s.joined_per_server.clone();
+        ready.rejoins = s.rejoins;
         emit(&Line::Ready(ready));
     }
 
@@ -257,8 +261,14 @@ async fn run(spec: WorkerSpec) {
     }));
 }
 
-/// Connects, says hello, joins, and waits for the confirmations.
-async fn open(id: u64, spec: &WorkerSpec, adapter: &mut Adapter) -> Result<WsConn, String> {
+/// Connects, says hello, joins, and waits for the confirmations; a join
+/// refused with "retry" is sent again (its reasons go to `retries`).
+async fn open(
+    id: u64,
+    spec: &WorkerSpec,
+    adapter: &mut Adapter,
+    retries: &mut Vec<String>,
+) -> Result<WsConn, String> {
     let mut conn = WsConn::connect(
         spec.server_of(id),
         spec.source,
@@ -301,6 +311,16 @@ async fn open(id: u64, spec: &WorkerSpec, adapter: &mut Adapter) -> Result<WsCon
                     return Ok(conn);
                 }
                 Event::Reply(out) => conn.queue(out.opcode, &out.data),
+                Event::Error(why)
+                    if why.contains("retry") && retries.len() < REJOIN_AFTER_S.len() =>
+                {
+                    // As realtime-js: rejoin after 1, 2, 5, 10 s.
+                    sleep(Duration::from_secs(REJOIN_AFTER_S[retries.len()])).await;
+                    retries.push(why);
+                    if let Some(out) = adapter.rejoin(&room) {
+                        conn.queue(out.opcode, &out.data);
+                    }
+                }
                 Event::Error(why) => return Err(why),
                 Event::Connected | Event::Message(_) | Event::Presence => {}
             }
@@ -308,6 +328,10 @@ async fn open(id: u64, spec: &WorkerSpec, adapter: &mut Adapter) -> Result<WsCon
         conn.flush().await.map_err(|e| format!("send: {e}"))?;
     }
 }
+
+/// realtime-js' rejoin delays (seconds) after a join the server refused
+/// with a reason that says to retry.
+const REJOIN_AFTER_S: [u64; 4] = [1, 2, 5, 10];
 
 /// Decodes one WebSocket message and counts its bytes by what it carried.
 fn feed(adapter: &mut Adapter, data: Data, events: &mut Vec<Event>, wire: &mut Wire) {
@@ -343,12 +367,18 @@ async fn client(
 ) {
     let mut adapter = Adapter::new(spec.system, id, spec.presence_every_ms > 0);
     let started = Instant::now();
+    let mut retries = Vec::new();
     let opened = loader::open_within(
         &permits,
         spec.connect_timeout_ms,
-        open(id, &spec, &mut adapter),
+        open(id, &spec, &mut adapter, &mut retries),
     )
     .await;
+    for why in retries {
+        let mut s = shared.borrow_mut();
+        s.tally.error(format!("rejoined after: {why}"));
+        s.rejoins += 1;
+    }
     let mut conn = match opened {
         Ok(conn) => {
             let mut s = shared.borrow_mut();
