@@ -404,7 +404,12 @@ fn main() -> ExitCode {
         }
         Cmd::Suite(a) => suite(a),
         Cmd::Cluster(a) => cluster_cmd(a),
-        Cmd::Report(a) => match report::write_all(&a.root, &a.out, true) {
+        Cmd::Report(a) => match report::write_all(&a.root, &a.out, true).and_then(|()| {
+            // The newest cluster results' summary, by the same renderer.
+            cluster::newest_dir(&a.out).map_or(Ok(()), |d| {
+                cluster::write_summary(&d).map(|p| eprintln!("wrote {}", p.display()))
+            })
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("report: {e}");
