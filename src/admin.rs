@@ -41,7 +41,7 @@ use serde_json::{json, Value};
 use supervisors::SupervisorRef;
 
 use crate::channel;
-use crate::msg::{Body, ChannelMsg, Located, Publish};
+use crate::msg::{reply_to, Body, ChannelMsg, Located, Mailer, Publish};
 use crate::{host, presence, tree};
 
 /// Answers one request; the host has read its `body` (at most
@@ -376,7 +376,7 @@ fn publish(topic: &str, event: &str, payload: Body) -> Result<(), Response> {
                 event: event.to_string(),
                 payload,
                 ack: None,
-                reply: Some(reply),
+                reply: Some(reply_to(reply)),
             }))
         },
         STORE_TIMEOUT,

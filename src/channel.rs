@@ -30,8 +30,8 @@ use supervisors::{mail, ChildRef, DynamicSupervisor, Inbox, Incoming};
 
 use crate::host;
 use crate::msg::{
-    Body, ChannelMsg, ChannelRef, DirMsg, DoorMsg, JoinReq, Located, Outlet, Publish, SessionMsg,
-    SessionRef,
+    process_ref, reply_to, Answer, Body, ChannelMsg, ChannelRef, DirMsg, DoorMsg, JoinReq, Located,
+    Mailer, Outlet, Publish, PublishOutcome, SessionMsg, SessionRef, ToSession,
 };
 
 mod peak;
@@ -205,7 +205,7 @@ pub fn find(topic: &str, spawn: bool) -> Located {
                         directory,
                         topic: topic.to_string(),
                         spawn,
-                        reply,
+                        reply: reply_to(reply),
                     },
                 )
             },
@@ -233,7 +233,7 @@ pub fn find(topic: &str, spawn: bool) -> Located {
         |reply| DirMsg::Locate {
             topic: topic.to_string(),
             spawn,
-            reply,
+            reply: reply_to(reply),
         },
         LOCATE_TIMEOUT,
     )
@@ -312,6 +312,7 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                             .map(|sup| sup.start_child(args))
                         {
                             Some(Ok(child)) => {
+                                let child = process_ref(child);
                                 channels.insert(topic, child);
                                 Located::Started(child)
                             }
@@ -509,7 +510,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
     if let Some(dir) = ChildRef::<DirMsg>::lookup(&args.directory) {
         dir.send(DirMsg::Live {
             topic: args.topic.clone(),
-            channel: inbox.this(),
+            channel: process_ref(inbox.this()),
         });
     }
     let idle = Duration::from_millis(args.idle_ms);
@@ -558,7 +559,7 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
                 asked_to_stop = false;
             }
             Some(Incoming::Message(ChannelMsg::HandOver)) => {
-                ch.hand_over(inbox.this());
+                ch.hand_over(process_ref(inbox.this()));
                 ch.drain_for_restart(&inbox);
                 break;
             }

@@ -12,7 +12,7 @@ use chorus_core::online::Online;
 use chorus_core::ring::shard_of;
 use supervisors::{mail, ChildRef, Inbox, Incoming};
 
-use crate::msg::ShardMsg;
+use crate::msg::{reply_to, Answer, ShardMsg};
 
 /// How long a `presence_online` query waits for each shard.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -63,7 +63,13 @@ pub fn online(keys: &[String], shards: u32) -> Vec<String> {
         let Some(shard) = ChildRef::<ShardMsg>::lookup(&shard_name(i)) else {
             continue;
         };
-        if let Some(found) = shard.call(|reply| ShardMsg::Query { keys, reply }, QUERY_TIMEOUT) {
+        if let Some(found) = shard.call(
+            |reply| ShardMsg::Query {
+                keys,
+                reply: reply_to(reply),
+            },
+            QUERY_TIMEOUT,
+        ) {
             online.extend(found);
         }
     }

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::channel;
 use crate::host;
-use crate::msg::{Body, ChannelMsg, Publish, RoomMsg, SessionRef};
+use crate::msg::{Answer, Body, ChannelMsg, Mailer, Publish, RoomMsg, SessionRef};
 
 /// How long the admin API waits for the audio channel to apply a patch.
 const PATCH_TIMEOUT: Duration = Duration::from_secs(5);

@@ -23,6 +23,7 @@ pub mod jwt;
 pub mod lanes;
 pub mod metrics;
 pub mod modules;
+pub mod msg;
 pub mod online;
 pub mod outq;
 pub mod peak;

@@ -19,7 +19,7 @@ use supervisors::mail::{self, Mail};
 use crate::channel;
 use crate::host::{self, Inlet};
 use crate::msg::{
-    ChannelMsg, ChannelRef, JoinReq, Located, Publish, RoomMsg, SessionMsg, SessionRef,
+    ChannelMsg, ChannelRef, JoinReq, Located, Mailer, Publish, RoomMsg, SessionMsg, SessionRef,
 };
 
 /// Tag of the host's "client messages are waiting" mail (`socket.rs`).
@@ -36,7 +36,7 @@ pub fn run(socket: u64) {
     host::metric(Metric::SessionsActive, 1);
     host::metric(Metric::SessionsTotal, 1);
     let started = Instant::now();
-    let this = SessionRef::this();
+    let this = crate::msg::this_session();
     let mut shell = Shell {
         session: Session::new(&start, lunatic::host::process_id(), now(started))
             .on_node(mail::node_id()),

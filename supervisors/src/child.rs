@@ -381,6 +381,15 @@ impl<R> std::fmt::Debug for ReplyTo<R> {
     }
 }
 
+impl<R> ReplyTo<R> {
+    /// Where the answer goes: the asking process' node, its pid, and the
+    /// tag it waits on (to carry the address in a message type of another
+    /// crate with the same encoding).
+    pub fn parts(&self) -> (u64, u64, i64) {
+        (self.node, self.pid, self.tag)
+    }
+}
+
 impl<R: Serialize> ReplyTo<R> {
     /// Answers the request. If the asker has stopped waiting, the answer is
     /// dropped by its receive loop.

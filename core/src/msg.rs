@@ -1,0 +1,360 @@
+//! The messages a session exchanges with channels, directory shards, doors
+//! and presence shards, as plain serde types: the guest's processes and the
+//! host's native session processes encode them with bincode, so the bytes
+//! cannot drift between the two sides.
+//!
+//! Process handles are (node, pid) pairs. [`ProcessRef`] encodes exactly as
+//! the guest's `supervisors::ChildRef<M>` and [`ReplyTo`] as its
+//! `supervisors::ReplyTo<R>` (checked by `host-bridge/tests/msg_encoding.rs`);
+//! sending stays with whoever runs the process (the guest's `crate::msg`
+//! helpers, the host's session).
+
+use std::marker::PhantomData;
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::Body;
+use crate::relay::Outlet;
+use crate::session::{JoinParams, Refs};
+
+/// A supervised process reading `M` (as `supervisors::ChildRef<M>`: the
+/// same two numbers, the same encoding).
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct ProcessRef<M> {
+    node: u64,
+    pid: u64,
+    #[serde(skip)]
+    message: PhantomData<fn(M)>,
+}
+
+impl<M> ProcessRef<M> {
+    /// The handle of process `pid` on `node`.
+    pub fn at(node: u64, pid: u64) -> Self {
+        ProcessRef {
+            node,
+            pid,
+            message: PhantomData,
+        }
+    }
+
+    /// The lunatic node id of the process.
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
+    /// The lunatic process id.
+    pub fn pid(&self) -> u64 {
+        self.pid
+    }
+}
+
+impl<M> Clone for ProcessRef<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for ProcessRef<M> {}
+
+impl<M> PartialEq for ProcessRef<M> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.node, self.pid) == (other.node, other.pid)
+    }
+}
+
+impl<M> Eq for ProcessRef<M> {}
+
+impl<M> std::fmt::Debug for ProcessRef<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessRef")
+            .field("node", &self.node)
+            .field("pid", &self.pid)
+            .finish()
+    }
+}
+
+/// Where the answer of a request goes: the asking process and the tag it
+/// waits on (as `supervisors::ReplyTo<R>`: the same encoding). The answer is
+/// `R`, bincode-encoded, sent as a data message under `tag`.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct ReplyTo<R> {
+    node: u64,
+    pid: u64,
+    tag: i64,
+    #[serde(skip)]
+    answer: PhantomData<fn(R)>,
+}
+
+impl<R> ReplyTo<R> {
+    /// Answers go to process `pid` on `node`, tagged `tag`.
+    pub fn at(node: u64, pid: u64, tag: i64) -> Self {
+        ReplyTo {
+            node,
+            pid,
+            tag,
+            answer: PhantomData,
+        }
+    }
+
+    /// The asking process' node.
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
+    /// The asking process.
+    pub fn pid(&self) -> u64 {
+        self.pid
+    }
+
+    /// The tag the asker waits on.
+    pub fn tag(&self) -> i64 {
+        self.tag
+    }
+}
+
+// Not derived: that would ask `R: Clone`. A copy answers the same asker
+// under the same tag; the asker takes the first answer and drops the rest.
+impl<R> Clone for ReplyTo<R> {
+    fn clone(&self) -> Self {
+        ReplyTo::at(self.node, self.pid, self.tag)
+    }
+}
+
+impl<R> std::fmt::Debug for ReplyTo<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyTo")
+            .field("node", &self.node)
+            .field("pid", &self.pid)
+            .field("tag", &self.tag)
+            .finish()
+    }
+}
+
+/// A session process, one per WebSocket. It receives plain (envelope-less)
+/// mail: [`SessionMsg`]. A channel keys its subscribers by this (node, pid)
+/// pair: pids alone repeat across the nodes of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionRef {
+    node: u64,
+    pid: u64,
+}
+
+impl SessionRef {
+    /// Session `pid` on `node`.
+    pub fn at(node: u64, pid: u64) -> SessionRef {
+        SessionRef { node, pid }
+    }
+
+    /// The session's node.
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
+    /// The session's process id on its node.
+    pub fn pid(&self) -> u64 {
+        self.pid
+    }
+}
+
+/// What a session receives from other processes (client messages come from
+/// the host's inlet).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum SessionMsg {
+    /// A join raced with its channel stopping: join again.
+    Rejoin { topic: String },
+    /// The topic's home moved to a node that joined the cluster: its
+    /// channel `channel` stopped; the client gets `phx_error` and rejoins
+    /// at the new home.
+    Moved { topic: String, channel: ChannelRef },
+}
+
+/// A subscriber's join, as its channel needs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinReq {
+    pub session: SessionRef,
+    /// The session's socket on its node: where everything for this client
+    /// is written (through that node's relay when the channel runs
+    /// elsewhere).
+    pub outlet: Outlet,
+    pub params: JoinParams,
+}
+
+/// A broadcast entering a channel, from a session or the admin API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Publish {
+    /// The publishing session, excluded from delivery unless it joined with
+    /// `self: true`; `None` for the admin API.
+    pub from: Option<SessionRef>,
+    pub event: String,
+    pub payload: Body,
+    /// `(join_ref, ref)` to acknowledge, when the join asked for `ack`.
+    pub ack: Option<Refs>,
+    /// An admin request waiting for the outcome of a chat-lane publish: the
+    /// stored id, or the refusal's reason, so a REST post is answered after
+    /// the write.
+    pub reply: Option<ReplyTo<Result<String, String>>>,
+}
+
+/// Everything a channel process receives.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ChannelMsg {
+    Join(JoinReq),
+    Leave {
+        session: SessionRef,
+    },
+    Publish(Publish),
+    /// Track (`meta: Some(JSON text)`) or untrack (`None`) the session's
+    /// presence, answered with an ok reply carrying `refs`.
+    Presence {
+        session: SessionRef,
+        meta: Option<String>,
+        refs: Refs,
+    },
+    /// From the directory: the idle channel may stop now.
+    Stop,
+    /// From the directory: the topic's home is now a node that joined the
+    /// cluster; tell every subscriber ([`SessionMsg::Moved`]) and stop.
+    HandOver,
+    /// Test-only fault switch (`node.fault_injection`): the channel panics,
+    /// as a bug would make it.
+    Crash,
+    /// Audio sync on a room's audio lane.
+    Room(RoomMsg),
+    /// `presence_subscribe` (selective presence), answered by the channel,
+    /// which knows the set.
+    PresenceSubscribe {
+        session: SessionRef,
+        add: Vec<String>,
+        remove: Vec<String>,
+        refs: Refs,
+    },
+}
+
+/// A channel process, as the directory hands it out.
+pub type ChannelRef = ProcessRef<ChannelMsg>;
+
+/// Messages to a directory shard.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum DirMsg {
+    /// Find (spawning if needed) the channel of `topic`. With `spawn: false`
+    /// a missing channel is answered with [`Located::Absent`] (the admin API
+    /// does not start channels nobody listens to).
+    Locate {
+        topic: String,
+        spawn: bool,
+        reply: ReplyTo<Located>,
+    },
+    /// A channel has had no subscriber for its idle period.
+    Idle { topic: String, pid: u64 },
+    /// A channel process started (first start or a supervisor's restart):
+    /// the directory adopts it as the topic's channel unless another live
+    /// one already serves the topic, which makes this one stop. So the
+    /// directory always knows the live channel and no orphan stays behind.
+    Live { topic: String, channel: ChannelRef },
+}
+
+/// What a node's door (its main process, pid 1) receives from other nodes
+/// of the cluster: lunatic's registry is per node, so a session on another
+/// node cannot look up this node's directories itself.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum DoorMsg {
+    /// A [`DirMsg::Locate`] for one of this node's directory shards; the
+    /// shard answers the asker directly.
+    Locate {
+        directory: u32,
+        topic: String,
+        spawn: bool,
+        reply: ReplyTo<Located>,
+    },
+}
+
+/// A directory's answer to [`DirMsg::Locate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Located {
+    /// The topic's running channel.
+    Found(ChannelRef),
+    /// A channel started for this request.
+    Started(ChannelRef),
+    /// None runs, and none was to be started (or it could not start).
+    Absent,
+    /// None runs and the node runs its most channels
+    /// (`limits.max_channels`): the reason for the client.
+    Full(String),
+    /// The topic's home is another node of the cluster, which did not
+    /// answer in time: the reason for the client.
+    Unreachable(String),
+}
+
+impl Located {
+    /// The channel, found or started.
+    pub fn channel(&self) -> Option<ChannelRef> {
+        match self {
+            Located::Found(c) | Located::Started(c) => Some(*c),
+            Located::Absent | Located::Full(_) | Located::Unreachable(_) => None,
+        }
+    }
+}
+
+/// Room messages to an audio-lane channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RoomMsg {
+    /// A validated `playback` broadcast from session `from`, whose user id
+    /// is `user`; `by_claim` when its token claims the room.
+    Playback {
+        from: SessionRef,
+        user: String,
+        by_claim: bool,
+        /// JSON text, checked by the session.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+        refs: Refs,
+        ack: bool,
+    },
+    /// A checked admin patch of the room state (JSON text), merged and (with
+    /// `persist`) written back; the new state (JSON text) or an error is the
+    /// answer.
+    Patch {
+        patch: String,
+        persist: bool,
+        reply: Option<ReplyTo<Result<String, String>>>,
+        /// `limits.room_state_bytes`: a patch that would take the state
+        /// (JSON text) past it is refused and changes nothing.
+        max_bytes: Option<u32>,
+    },
+}
+
+/// Messages to a presence shard.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ShardMsg {
+    /// `key` gained (`+1`) or lost (`-1`) a presence in a channel on
+    /// `node`.
+    Delta { node: u64, key: String, delta: i32 },
+    /// Which of `keys` are online.
+    Query {
+        keys: Vec<String>,
+        reply: ReplyTo<Vec<String>>,
+    },
+    /// Test-only fault switch (`node.fault_injection`): the shard panics,
+    /// to see its supervisor restart it.
+    Crash,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_compare_by_node_and_pid() {
+        let a: ChannelRef = ProcessRef::at(1, 7);
+        assert_eq!(a, ProcessRef::at(1, 7));
+        assert_ne!(a, ProcessRef::at(2, 7));
+        assert_eq!((a.node(), a.pid()), (1, 7));
+        let r: ReplyTo<Located> = ReplyTo::at(3, 4, -5);
+        let c = r.clone();
+        assert_eq!((c.node(), c.pid(), c.tag()), (3, 4, -5));
+        assert_eq!(Located::Found(a).channel(), Some(a));
+        assert_eq!(Located::Full("x".into()).channel(), None);
+    }
+}
