@@ -13,6 +13,8 @@
 #                               asserted; exit 0 when every system that ran
 #                               went through). Never builds Centrifugo: it
 #                               joins only when its binary is already there.
+#                               With CHORUS_SCYLLA_NODES set it also runs a
+#                               3-node cluster smoke (chorus-bench cluster).
 #
 # Any other argument goes to `chorus-bench suite` (see `--help`), e.g.
 # `--systems chorus,nats,centrifugo,rabbitmq` (RabbitMQ Web-MQTT is out of
@@ -91,6 +93,18 @@ if [ -n "$CENTRIFUGO" ]; then export CHORUS_BENCH_CENTRIFUGO="$CENTRIFUGO"; fi
 build_all
 log "building the load generator (chorus-bench)"
 cargo build --release -p chorus-bench
+
+# The tiny run also checks the cluster harness (chorus-bench cluster: a
+# control server and 3 nodes, 300 sessions, ~30 s) where a CQL store is up
+# (scripts/test.sh starts one and sets CHORUS_SCYLLA_NODES). The full cluster
+# runs take the machine for ten minutes: BENCHMARKS.md's cluster section
+# gives their commands.
+if [ $tiny = 1 ] && [ -n "${CHORUS_SCYLLA_NODES:-}" ]; then
+  log "cluster harness, tiny: 3 nodes, 30 rooms x 10 members"
+  "$ROOT/target/release/chorus-bench" cluster --root "$ROOT" --nodes 3 --scenario many-rooms \
+    --rooms 30 --members 10 --room-rate 2 --duration 3 --after 0 --keyspace chorus_cluster_tiny \
+    --dir "$(mktemp -d)"
+fi
 
 log "running the benchmark suite"
 exec "$ROOT/target/release/chorus-bench" suite --root "$ROOT" --out "$ROOT/bench/results" "$@"

@@ -3,6 +3,7 @@
 //! sample the server's RSS, and aggregate what the workers report.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -100,6 +101,68 @@ pub struct RunResult {
     /// The room scenarios' own figures (`rooms.rs`).
     #[serde(default)]
     pub room: Option<RoomOutcome>,
+    /// Several nodes (the cluster scenarios): deliveries whose receiver is
+    /// connected to another node than the message's publisher, and their
+    /// latency (0 and empty on one server).
+    #[serde(default)]
+    pub cross_node_delivered: u64,
+    /// Joins the server refused saying to retry, sent again as realtime-js
+    /// does (1, 2, 5, 10 s later).
+    #[serde(default)]
+    pub rejoins: u64,
+    #[serde(default)]
+    pub cross_node_latency: Latency,
+    #[serde(default)]
+    pub same_node_latency: Latency,
+    /// Several nodes: each one's figures (the totals above are their sums).
+    #[serde(default)]
+    pub per_server: Vec<ServerFigures>,
+}
+
+/// One server process of a multi-node run.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ServerFigures {
+    pub addr: String,
+    pub pid: u32,
+    /// Sessions the loaders joined through this node.
+    pub sessions_joined: u64,
+    /// The node's own `chorus_sockets` gauge once every session joined.
+    pub sockets_reported: Option<u64>,
+    pub rss_baseline_kib: u64,
+    pub rss_connected_kib: u64,
+    pub pss_baseline_kib: u64,
+    pub pss_connected_kib: u64,
+    pub cpu_connect_s: f64,
+    pub cpu_publish_s: f64,
+}
+
+/// The server processes a run loads: one, or the nodes of a cluster (the
+/// loaders place client `id` on `addrs[id % len]`, round robin as a load
+/// balancer would). Memory and CPU are summed over `pids`.
+pub struct Target {
+    pub addrs: Vec<SocketAddr>,
+    pub pids: Vec<u32>,
+}
+
+impl Target {
+    fn sum(&self, f: fn(u32) -> Option<u64>) -> Option<u64> {
+        self.pids.iter().map(|p| f(*p)).sum()
+    }
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.sum(rss_kib)
+    }
+    pub fn pss_kib(&self) -> Option<u64> {
+        self.sum(pss_kib)
+    }
+    pub fn cpu_s(&self) -> Option<f64> {
+        self.pids.iter().map(|p| cpu_s(*p)).sum()
+    }
+    fn cpus(&self) -> Vec<f64> {
+        self.pids.iter().map(|p| cpu_s(*p).unwrap_or(0.0)).collect()
+    }
+    fn multi(&self) -> bool {
+        self.addrs.len() > 1
+    }
 }
 
 impl RunResult {
@@ -108,12 +171,17 @@ impl RunResult {
     }
 }
 
-fn worker_specs(system: System, server: std::net::SocketAddr, p: &Params) -> Vec<WorkerSpec> {
+fn worker_specs(system: System, addrs: &[SocketAddr], p: &Params) -> Vec<WorkerSpec> {
     let per = p.clients_per_worker.max(1);
     let mut specs = Vec::new();
     let base = WorkerSpec {
         system,
-        server,
+        server: addrs[0],
+        servers: if addrs.len() > 1 {
+            addrs.to_vec()
+        } else {
+            Vec::new()
+        },
         source: None,
         first_id: 0,
         count: 0,
@@ -183,57 +251,11 @@ pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
         }
     };
     r.version = server.version.clone();
-    std::thread::sleep(Duration::from_millis(500));
-    r.rss_baseline_kib = rss_kib(server.pid).unwrap_or(0);
-    r.pss_baseline_kib = pss_kib(server.pid).unwrap_or(0);
-
-    let t0 = Instant::now();
-    let series = Arc::new(Mutex::new(Vec::<(f64, u64)>::new()));
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let series = series.clone();
-        let sampling = sampling.clone();
-        let pid = server.pid;
-        std::thread::spawn(move || {
-            while sampling.load(Ordering::Relaxed) {
-                if let Some(kib) = rss_kib(pid) {
-                    if let Ok(mut s) = series.lock() {
-                        s.push((t0.elapsed().as_secs_f64(), kib));
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        })
+    let target = Target {
+        addrs: vec![server.addr],
+        pids: vec![server.pid],
     };
-
-    drive(&mut r, &mut server, params);
-
-    // Memory comes back: every loader is gone (their sockets closed);
-    // give the server `after_s` to let go of the sessions.
-    if r.sessions_joined > 0 && params.after_s > 0.0 {
-        eprintln!(
-            "   every session left; waiting {:.1}s for the server to free them",
-            params.after_s
-        );
-        std::thread::sleep(Duration::from_secs_f64(params.after_s));
-        r.rss_after_kib = rss_kib(server.pid).unwrap_or(0);
-        if r.rss_baseline_kib > 0 {
-            r.rss_after_ratio = r.rss_after_kib as f64 / r.rss_baseline_kib as f64;
-        }
-    }
-
-    sampling.store(false, Ordering::Relaxed);
-    let _ = sampler.join();
-    if let Ok(s) = series.lock() {
-        r.rss_series = s.clone();
-    }
-    r.rss_peak_kib = r.rss_series.iter().map(|(_, k)| *k).max().unwrap_or(0);
-    if r.sessions_joined > 0 && r.rss_connected_kib > 0 {
-        r.rss_per_session_kib = r.rss_connected_kib.saturating_sub(r.rss_baseline_kib) as f64
-            / r.sessions_joined as f64;
-        r.pss_per_session_kib = r.pss_connected_kib.saturating_sub(r.pss_baseline_kib) as f64
-            / r.sessions_joined as f64;
-    }
+    measure(&mut r, &target, params);
     if r.failure.is_none() && !server.alive() {
         r.failure = Some(format!(
             "server exited during the run: {}",
@@ -261,13 +283,98 @@ pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
     r
 }
 
-fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
-    let specs = worker_specs(r.system.unwrap_or(System::Nats), server.addr, p);
+/// The measured part of a run on servers that are up: baseline memory,
+/// the RSS series, the loaders (`drive`), memory after every session left,
+/// and the per-session figures.
+pub fn measure(r: &mut RunResult, target: &Target, params: &Params) {
+    std::thread::sleep(Duration::from_millis(500));
+    r.rss_baseline_kib = target.rss_kib().unwrap_or(0);
+    r.pss_baseline_kib = target.pss_kib().unwrap_or(0);
+    if target.multi() {
+        r.per_server = target
+            .addrs
+            .iter()
+            .zip(&target.pids)
+            .map(|(a, pid)| ServerFigures {
+                addr: a.to_string(),
+                pid: *pid,
+                rss_baseline_kib: rss_kib(*pid).unwrap_or(0),
+                pss_baseline_kib: pss_kib(*pid).unwrap_or(0),
+                ..ServerFigures::default()
+            })
+            .collect();
+    }
+
+    let t0 = Instant::now();
+    let series = Arc::new(Mutex::new(Vec::<(f64, u64)>::new()));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let series = series.clone();
+        let sampling = sampling.clone();
+        let pids = target.pids.clone();
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                let kib: Option<u64> = pids.iter().map(|p| rss_kib(*p)).sum();
+                if let Some(kib) = kib {
+                    if let Ok(mut s) = series.lock() {
+                        s.push((t0.elapsed().as_secs_f64(), kib));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+
+    drive(r, target, params);
+
+    // Memory comes back: every loader is gone (their sockets closed);
+    // give the server `after_s` to let go of the sessions.
+    if r.sessions_joined > 0 && params.after_s > 0.0 {
+        eprintln!(
+            "   every session left; waiting {:.1}s for the server to free them",
+            params.after_s
+        );
+        std::thread::sleep(Duration::from_secs_f64(params.after_s));
+        r.rss_after_kib = target.rss_kib().unwrap_or(0);
+        if r.rss_baseline_kib > 0 {
+            r.rss_after_ratio = r.rss_after_kib as f64 / r.rss_baseline_kib as f64;
+        }
+    }
+
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.join();
+    if let Ok(s) = series.lock() {
+        r.rss_series = s.clone();
+    }
+    r.rss_peak_kib = r.rss_series.iter().map(|(_, k)| *k).max().unwrap_or(0);
+    if r.sessions_joined > 0 && r.rss_connected_kib > 0 {
+        r.rss_per_session_kib = r.rss_connected_kib.saturating_sub(r.rss_baseline_kib) as f64
+            / r.sessions_joined as f64;
+        r.pss_per_session_kib = r.pss_connected_kib.saturating_sub(r.pss_baseline_kib) as f64
+            / r.sessions_joined as f64;
+    }
+}
+
+/// Memory of each node (multi-node runs) with the load on; the node's own
+/// socket count from its `/metrics`.
+fn sample_connected(r: &mut RunResult, target: &Target) {
+    r.rss_connected_kib = target.rss_kib().unwrap_or(0);
+    r.pss_connected_kib = target.pss_kib().unwrap_or(0);
+    for (f, addr) in r.per_server.iter_mut().zip(&target.addrs) {
+        f.rss_connected_kib = rss_kib(f.pid).unwrap_or(0);
+        f.pss_connected_kib = pss_kib(f.pid).unwrap_or(0);
+        f.sockets_reported = crate::cluster::metric(*addr, "chorus_sockets");
+    }
+}
+
+fn drive(r: &mut RunResult, target: &Target, p: &Params) {
+    let specs = worker_specs(r.system.unwrap_or(System::Nats), &target.addrs, p);
     r.workers = specs.len();
     let (tx, rx) = mpsc::channel::<(usize, Line)>();
     let mut procs = Vec::new();
     let connect_started = Instant::now();
-    let cpu_at_connect = cpu_s(server.pid);
+    let cpu_at_connect = target.cpu_s();
+    let cpus_at_connect = target.cpus();
     for (i, spec) in specs.iter().enumerate() {
         match LoaderProc::start("worker", spec, i, &tx) {
             Ok(w) => procs.push(w),
@@ -308,7 +415,7 @@ fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
                 "   joining: {:.0}s, {done}/{} loaders ready, server RSS {} MiB",
                 connect_started.elapsed().as_secs_f64(),
                 procs.len(),
-                rss_kib(server.pid).unwrap_or(0) / 1024
+                target.rss_kib().unwrap_or(0) / 1024
             );
         }
     }
@@ -317,6 +424,10 @@ fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
     let mut failed = 0;
     for rd in ready.iter().flatten() {
         r.sessions_joined += rd.joined;
+        r.rejoins += rd.rejoins;
+        for (f, n) in r.per_server.iter_mut().zip(&rd.joined_per_server) {
+            f.sessions_joined += n;
+        }
         failed += rd.failed;
         merge_errors(&mut r.errors, &rd.errors);
         if let Ok(h) = stats::decode_histogram(&rd.join_hist) {
@@ -327,15 +438,21 @@ fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
     r.sessions_joined = r.sessions_joined.min(p.clients);
     r.join_latency = Latency::of(&join_hist);
     r.sessions_per_s = r.sessions_joined as f64 / r.connect_s.max(1e-9);
-    if let (Some(a), Some(b)) = (cpu_at_connect, cpu_s(server.pid)) {
+    for (f, (a, b)) in r
+        .per_server
+        .iter_mut()
+        .zip(cpus_at_connect.iter().zip(target.cpus()))
+    {
+        f.cpu_connect_s = b - a;
+    }
+    if let (Some(a), Some(b)) = (cpu_at_connect, target.cpu_s()) {
         r.server_cpu_connect_s = b - a;
         if r.sessions_joined > 0 {
             r.cpu_us_per_session = r.server_cpu_connect_s * 1e6 / r.sessions_joined as f64;
         }
     }
     std::thread::sleep(Duration::from_millis(500));
-    r.rss_connected_kib = rss_kib(server.pid).unwrap_or(0);
-    r.pss_connected_kib = pss_kib(server.pid).unwrap_or(0);
+    sample_connected(r, target);
     if failed > 0 {
         r.failure = Some(format!(
             "{failed} of {} sessions failed to join: {}",
@@ -359,7 +476,8 @@ fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
     }
 
     // Publish phase.
-    let cpu_at_go = cpu_s(server.pid);
+    let cpu_at_go = target.cpu_s();
+    let cpus_at_go = target.cpus();
     let go_ns = payload::now_ns();
     for w in procs.iter_mut() {
         w.say("go");
@@ -387,16 +505,22 @@ fn drive(r: &mut RunResult, server: &mut Server, p: &Params) {
                 "   {:>5.1}s  sent {sent}  delivered {recv}  {:.0}/s  alive {alive}  server RSS {} MiB",
                 go.elapsed().as_secs_f64(),
                 rate,
-                rss_kib(server.pid).unwrap_or(0) / 1024
+                target.rss_kib().unwrap_or(0) / 1024
             );
         }
     }
     if p.scenario == Scenario::Idle {
         // "With the load": the sessions after holding, heartbeats and all.
-        r.rss_connected_kib = rss_kib(server.pid).unwrap_or(0);
-        r.pss_connected_kib = pss_kib(server.pid).unwrap_or(0);
+        sample_connected(r, target);
     }
-    if let (Some(a), Some(b)) = (cpu_at_go, cpu_s(server.pid)) {
+    for (f, (a, b)) in r
+        .per_server
+        .iter_mut()
+        .zip(cpus_at_go.iter().zip(target.cpus()))
+    {
+        f.cpu_publish_s = b - a;
+    }
+    if let (Some(a), Some(b)) = (cpu_at_go, target.cpu_s()) {
         r.server_cpu_publish_s = b - a;
     }
     for w in procs.iter_mut() {
@@ -434,6 +558,8 @@ fn collect(
         r.failure = Some("a loader process did not report its results".into());
     }
     let mut lat: Histogram<u64> = stats::new_histogram();
+    let mut cross: Histogram<u64> = stats::new_histogram();
+    let mut same: Histogram<u64> = stats::new_histogram();
     let mut last_recv = 0;
     for d in done.iter().flatten() {
         r.published += d.sent;
@@ -444,8 +570,18 @@ fn collect(
         if let Ok(h) = stats::decode_histogram(&d.latency_hist) {
             let _ = lat.add(&h);
         }
+        r.cross_node_delivered += d.cross_node;
+        for (into, from) in [(&mut cross, &d.cross_hist), (&mut same, &d.same_hist)] {
+            if let Ok(h) = stats::decode_histogram(from) {
+                let _ = into.add(&h);
+            }
+        }
     }
     r.latency = Latency::of(&lat);
+    if r.cross_node_delivered > 0 {
+        r.cross_node_latency = Latency::of(&cross);
+        r.same_node_latency = Latency::of(&same);
+    }
     for d in done.iter().flatten() {
         r.wire.add(&d.wire);
     }

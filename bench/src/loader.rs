@@ -125,6 +125,12 @@ pub struct Ready {
     pub failed: u64,
     pub errors: BTreeMap<String, u64>,
     pub join_hist: String,
+    /// Multi-node runs: clients joined through each node, by its index.
+    #[serde(default)]
+    pub joined_per_server: Vec<u64>,
+    /// Joins sent again after a refusal that said to retry.
+    #[serde(default)]
+    pub rejoins: u64,
 }
 
 /// What a loader counts of its clients' lives, shared by its client tasks
@@ -185,6 +191,8 @@ impl Tally {
             failed: self.failed,
             errors: self.errors.clone(),
             join_hist: stats::encode_histogram(&self.join_us),
+            joined_per_server: Vec::new(),
+            rejoins: 0,
         }
     }
 }

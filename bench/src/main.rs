@@ -5,8 +5,11 @@
 //!   then `report`.
 //! * `report`: the Markdown table, PNG plots and BENCHMARKS.md from the
 //!   latest suite's result files.
+//! * `cluster`: a control server and N nodes on this machine (CQL store),
+//!   one load across them (`cluster.rs`).
 //! * `worker`: a loader process (started by `run`, not by hand).
 
+mod cluster;
 mod driver;
 mod loader;
 mod payload;
@@ -45,6 +48,9 @@ enum Cmd {
     Run(RunArgs),
     /// Every scenario against every system, then the report.
     Suite(SuiteArgs),
+    /// One load across a cluster of N nodes on this machine (needs the CQL
+    /// store: `scripts/cassandra.sh start`).
+    Cluster(ClusterArgs),
     /// Rewrite the table, plots and BENCHMARKS.md from results files.
     Report(ReportArgs),
     /// A loader process (internal).
@@ -242,6 +248,60 @@ struct SuiteArgs {
 }
 
 #[derive(Args)]
+struct ClusterArgs {
+    /// Nodes, comma-separated for several cluster sizes (run in turn, the
+    /// order rotating between repeats), e.g. `3,1`.
+    #[arg(long, value_delimiter = ',', default_value = "6")]
+    nodes: Vec<usize>,
+    /// many-rooms, fan-out, connect-storm or idle.
+    #[arg(long, default_value = "many-rooms")]
+    scenario: Scenario,
+    /// many-rooms: rooms, members per room and messages per second per
+    /// room (each member publishes `room_rate / members`).
+    #[arg(long, default_value_t = 10_000)]
+    rooms: u64,
+    #[arg(long, default_value_t = 10)]
+    members: u64,
+    #[arg(long, default_value_t = 1.0)]
+    room_rate: f64,
+    /// fan-out: subscribers of the one room and the publisher's msg/s;
+    /// connect-storm, idle: sessions.
+    #[arg(long, default_value_t = 5_000)]
+    subscribers: u64,
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Publishing (idle: holding) time, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// Runs of each cluster size.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+    /// Seconds every loader has to connect and join all its clients.
+    #[arg(long, default_value_t = 300.0)]
+    connect_timeout: f64,
+    /// Seconds after every session left before the last RSS sample.
+    #[arg(long, default_value_t = 5.0)]
+    after: f64,
+    /// The CQL store (`host:port`); default `$CHORUS_SCYLLA_NODES`, else
+    /// 127.0.0.1:9042.
+    #[arg(long)]
+    cql: Option<String>,
+    #[arg(long, default_value = "chorus_cluster_bench")]
+    keyspace: String,
+    /// The control server's port; node k listens on base + k.
+    #[arg(long, default_value_t = 47500)]
+    base_port: u16,
+    /// cluster.node_timeout_ms of the control server and the nodes.
+    #[arg(long, default_value_t = 15_000)]
+    node_timeout_ms: u64,
+    /// Results directory (default bench/results/cluster-scale-<UTC date>).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
 struct ReportArgs {
     #[arg(long, default_value = ".")]
     root: PathBuf,
@@ -343,13 +403,97 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Suite(a) => suite(a),
-        Cmd::Report(a) => match report::write_all(&a.root, &a.out, true) {
+        Cmd::Cluster(a) => cluster_cmd(a),
+        Cmd::Report(a) => match report::write_all(&a.root, &a.out, true).and_then(|()| {
+            // The newest cluster results' summary, by the same renderer.
+            cluster::newest_dir(&a.out).map_or(Ok(()), |d| {
+                cluster::write_summary(&d).map(|p| eprintln!("wrote {}", p.display()))
+            })
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("report: {e}");
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn cluster_cmd(a: ClusterArgs) -> ExitCode {
+    if !cluster::supported(a.scenario) {
+        eprintln!(
+            "cluster: {} is not a cluster scenario (many-rooms, fan-out, connect-storm, idle)",
+            a.scenario
+        );
+        return ExitCode::from(2);
+    }
+    if a.nodes.iter().any(|n| *n == 0 || *n > 50) || a.nodes.is_empty() {
+        eprintln!("cluster: --nodes wants 1 to 50 nodes per run");
+        return ExitCode::from(2);
+    }
+    if a.members == 0 || a.room_rate <= 0.0 {
+        eprintln!("cluster: --members and --room-rate must be above 0");
+        return ExitCode::from(2);
+    }
+    let p = match a.scenario {
+        Scenario::ManyRooms => Params::many_rooms(
+            a.rooms,
+            a.members,
+            a.room_rate / a.members as f64,
+            a.duration,
+        ),
+        Scenario::FanOut => Params::fan_out(a.subscribers, a.rate, a.duration),
+        Scenario::Idle => Params::idle(a.subscribers, a.duration),
+        _ => Params::connect_storm(a.subscribers),
+    };
+    let mut p = apply(&a.common, p);
+    p.after_s = a.after;
+    p.connect_timeout_s = a.connect_timeout;
+    let setup = cluster::Setup {
+        cql: a
+            .cql
+            .clone()
+            .or_else(|| std::env::var("CHORUS_SCYLLA_NODES").ok())
+            .unwrap_or_else(|| "127.0.0.1:9042".into()),
+        keyspace: a.keyspace.clone(),
+        base_port: a.base_port,
+        node_timeout_ms: a.node_timeout_ms,
+    };
+    let dir = a.dir.clone().unwrap_or_else(|| {
+        let day: String = report::suite_id_now().chars().take(8).collect();
+        a.common.out.join(format!("cluster-scale-{day}"))
+    });
+    let paths = Paths {
+        root: a.common.root.clone(),
+    };
+    let mut failed = false;
+    for rep in 0..a.repeat.max(1) {
+        let mut order = a.nodes.clone();
+        let len = order.len();
+        order.rotate_left(rep as usize % len);
+        for n in order {
+            let c = cluster::run(&paths, &p, n, &setup);
+            failed |= !c.run.ok();
+            match cluster::save(&dir, &c) {
+                Ok(path) => eprintln!("result: {}", path.display()),
+                Err(e) => {
+                    eprintln!("could not save the result: {e}");
+                    failed = true;
+                }
+            }
+        }
+    }
+    match cluster::write_summary(&dir) {
+        Ok(path) => eprintln!("wrote {}", path.display()),
+        Err(e) => {
+            eprintln!("{e}");
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -1186,6 +1186,7 @@ pub fn write_all(root: &Path, out: &Path, benchmarks_md: bool) -> Result<(), Str
         let tg = targets(&runs, &index.id);
         let mut md = benchmarks_md_text(&index, &tg, &tables, &pngs, &plot_errors, rel_out);
         md.push_str(&other_harnesses(out));
+        md.push_str(&crate::cluster::benchmarks_section(out, root));
         let path = root.join("BENCHMARKS.md");
         fs::write(&path, md).map_err(|e| format!("write {}: {e}", path.display()))?;
         eprintln!("wrote {}", path.display());

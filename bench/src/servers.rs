@@ -59,7 +59,12 @@ const RABBIT_WS_PORT: u16 = 47422;
 const RABBIT_DIST_PORT: u16 = 47423;
 
 fn temp_dir(system: System) -> Result<PathBuf, String> {
-    let dir = std::env::temp_dir().join(format!("chorus-bench-{}-{}", system, std::process::id()));
+    named_temp_dir(&system.to_string())
+}
+
+/// A fresh directory `chorus-bench-<name>-<our pid>` under the temp dir.
+pub fn named_temp_dir(name: &str) -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("chorus-bench-{}-{}", name, std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     Ok(dir)
@@ -84,7 +89,7 @@ fn output_of(cmd: &str, args: &[&str]) -> String {
 /// Runs `program` under `sh -c 'ulimit -n <hard>; exec …'` in its own process
 /// group, so the server gets every file descriptor it may have and stopping
 /// it reaches its children.
-fn spawn(
+pub fn spawn(
     program: &Path,
     args: &[String],
     envs: &[(&str, String)],
@@ -109,7 +114,7 @@ fn spawn(
         .map_err(|e| format!("start {}: {e}", program.display()))
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub fn tail(path: &Path, lines: usize) -> String {
     let mut s = String::new();
     if let Ok(mut f) = fs::File::open(path) {
         let _ = f.read_to_string(&mut s);
@@ -132,6 +137,17 @@ impl Server {
     /// A Chorus node with `CHORUS_*` overrides (the room scenarios).
     pub fn start_chorus_with(paths: &Paths, env: &[(String, String)]) -> Result<Server, String> {
         start_chorus(paths, env)
+    }
+
+    /// A Chorus node named `name` on `port` (one of a cluster), its own
+    /// data directory, with `CHORUS_*` overrides.
+    pub fn start_chorus_node(
+        paths: &Paths,
+        name: &str,
+        port: u16,
+        env: &[(String, String)],
+    ) -> Result<Server, String> {
+        start_chorus_on(paths, System::Chorus.to_string() + "-" + name, port, env)
     }
 
     pub fn log_tail(&self) -> String {
@@ -198,6 +214,15 @@ fn wait_ready(child: &mut Child, port: u16, within: Duration, log: &Path) -> Res
 }
 
 fn start_chorus(paths: &Paths, extra_env: &[(String, String)]) -> Result<Server, String> {
+    start_chorus_on(paths, System::Chorus.to_string(), chorus_port(), extra_env)
+}
+
+fn start_chorus_on(
+    paths: &Paths,
+    dir_name: String,
+    port: u16,
+    extra_env: &[(String, String)],
+) -> Result<Server, String> {
     let bin = paths.chorus_bin();
     let guest = paths.chorus_guest();
     for p in [&bin, &guest] {
@@ -205,7 +230,7 @@ fn start_chorus(paths: &Paths, extra_env: &[(String, String)]) -> Result<Server,
             return Err(format!("{} is missing (build it first)", p.display()));
         }
     }
-    let dir = temp_dir(System::Chorus)?;
+    let dir = named_temp_dir(&dir_name)?;
     let log = dir.join("server.log");
     let args = vec![
         "run".to_string(),
@@ -214,7 +239,6 @@ fn start_chorus(paths: &Paths, extra_env: &[(String, String)]) -> Result<Server,
         "--guest".to_string(),
         guest.display().to_string(),
     ];
-    let port = chorus_port();
     let mut envs = vec![
         ("CHORUS_PORT", port.to_string()),
         ("CHORUS_HOST", "127.0.0.1".to_string()),

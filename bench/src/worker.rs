@@ -28,6 +28,10 @@ use crate::ws::{Data, WsConn};
 pub struct WorkerSpec {
     pub system: System,
     pub server: SocketAddr,
+    /// Several nodes: client `id` connects to `servers[id % len]` (round
+    /// robin, as a load balancer would place them) instead of `server`.
+    #[serde(default)]
+    pub servers: Vec<SocketAddr>,
     /// Local address to connect from (127.0.0.x), `None` for the default.
     pub source: Option<IpAddr>,
     /// Global id of this worker's first client; ids are unique per run.
@@ -51,6 +55,21 @@ pub struct WorkerSpec {
 }
 
 impl WorkerSpec {
+    /// The node client `id` connects to, by index (0 on one server).
+    fn node_of(&self, id: u64) -> usize {
+        match self.servers.len() {
+            0 | 1 => 0,
+            n => (id % n as u64) as usize,
+        }
+    }
+
+    fn server_of(&self, id: u64) -> SocketAddr {
+        self.servers
+            .get(self.node_of(id))
+            .copied()
+            .unwrap_or(self.server)
+    }
+
     fn room(&self, id: u64) -> String {
         match self.members_per_room {
             0 => "r0".to_string(),
@@ -74,6 +93,14 @@ struct Shared {
     first_recv_ns: u64,
     last_recv_ns: u64,
     latency_us: Histogram<u64>,
+    /// Multi-node runs: deliveries whose publisher is on another node than
+    /// the receiver, with their latency, and the others' latency.
+    cross_node: u64,
+    cross_us: Histogram<u64>,
+    same_us: Histogram<u64>,
+    joined_per_server: Vec<u64>,
+    /// Joins sent again after a refusal that said to retry.
+    rejoins: u64,
     wire: Wire,
 }
 
@@ -111,6 +138,12 @@ pub struct Done {
     pub latency_hist: String,
     #[serde(default)]
     pub wire: Wire,
+    #[serde(default)]
+    pub cross_node: u64,
+    #[serde(default)]
+    pub cross_hist: String,
+    #[serde(default)]
+    pub same_hist: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,6 +167,11 @@ async fn run(spec: WorkerSpec) {
         first_recv_ns: 0,
         last_recv_ns: 0,
         latency_us: stats::new_histogram(),
+        cross_node: 0,
+        cross_us: stats::new_histogram(),
+        same_us: stats::new_histogram(),
+        joined_per_server: vec![0; spec.servers.len()],
+        rejoins: 0,
         wire: Wire::default(),
     }));
     let (phase_tx, phase_rx) = watch::channel(Phase::Joining);
@@ -155,7 +193,13 @@ async fn run(spec: WorkerSpec) {
     drop(settled_tx);
     // Every client reports once: joined or failed.
     loader::all_settled(&mut settled_rx, spec.count).await;
-    emit(&Line::Ready(shared.borrow().tally.ready()));
+    {
+        let s = shared.borrow();
+        let mut ready = s.tally.ready();
+        ready.joined_per_server = s.joined_per_server.clone();
+        ready.rejoins = s.rejoins;
+        emit(&Line::Ready(ready));
+    }
 
     // Wait for `go`, then for `stop`; stdin EOF or the deadline also stop.
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -203,13 +247,30 @@ async fn run(spec: WorkerSpec) {
         errors: s.tally.errors.clone(),
         latency_hist: stats::encode_histogram(&s.latency_us),
         wire: s.wire,
+        cross_node: s.cross_node,
+        cross_hist: if spec.servers.len() > 1 {
+            stats::encode_histogram(&s.cross_us)
+        } else {
+            String::new()
+        },
+        same_hist: if spec.servers.len() > 1 {
+            stats::encode_histogram(&s.same_us)
+        } else {
+            String::new()
+        },
     }));
 }
 
-/// Connects, says hello, joins, and waits for the confirmations.
-async fn open(id: u64, spec: &WorkerSpec, adapter: &mut Adapter) -> Result<WsConn, String> {
+/// Connects, says hello, joins, and waits for the confirmations; a join
+/// refused with "retry" is sent again (its reasons go to `retries`).
+async fn open(
+    id: u64,
+    spec: &WorkerSpec,
+    adapter: &mut Adapter,
+    retries: &mut Vec<String>,
+) -> Result<WsConn, String> {
     let mut conn = WsConn::connect(
-        spec.server,
+        spec.server_of(id),
         spec.source,
         spec.system.ws_path(),
         spec.system.subprotocol(),
@@ -250,6 +311,16 @@ async fn open(id: u64, spec: &WorkerSpec, adapter: &mut Adapter) -> Result<WsCon
                     return Ok(conn);
                 }
                 Event::Reply(out) => conn.queue(out.opcode, &out.data),
+                Event::Error(why)
+                    if why.contains("retry") && retries.len() < REJOIN_AFTER_S.len() =>
+                {
+                    // As realtime-js: rejoin after 1, 2, 5, 10 s.
+                    sleep(Duration::from_secs(REJOIN_AFTER_S[retries.len()])).await;
+                    retries.push(why);
+                    if let Some(out) = adapter.rejoin(&room) {
+                        conn.queue(out.opcode, &out.data);
+                    }
+                }
                 Event::Error(why) => return Err(why),
                 Event::Connected | Event::Message(_) | Event::Presence => {}
             }
@@ -257,6 +328,10 @@ async fn open(id: u64, spec: &WorkerSpec, adapter: &mut Adapter) -> Result<WsCon
         conn.flush().await.map_err(|e| format!("send: {e}"))?;
     }
 }
+
+/// realtime-js' rejoin delays (seconds) after a join the server refused
+/// with a reason that says to retry.
+const REJOIN_AFTER_S: [u64; 4] = [1, 2, 5, 10];
 
 /// Decodes one WebSocket message and counts its bytes by what it carried.
 fn feed(adapter: &mut Adapter, data: Data, events: &mut Vec<Event>, wire: &mut Wire) {
@@ -292,15 +367,26 @@ async fn client(
 ) {
     let mut adapter = Adapter::new(spec.system, id, spec.presence_every_ms > 0);
     let started = Instant::now();
+    let mut retries = Vec::new();
     let opened = loader::open_within(
         &permits,
         spec.connect_timeout_ms,
-        open(id, &spec, &mut adapter),
+        open(id, &spec, &mut adapter, &mut retries),
     )
     .await;
+    for why in retries {
+        let mut s = shared.borrow_mut();
+        s.tally.error(format!("rejoined after: {why}"));
+        s.rejoins += 1;
+    }
     let mut conn = match opened {
         Ok(conn) => {
-            shared.borrow_mut().tally.opened(started);
+            let mut s = shared.borrow_mut();
+            s.tally.opened(started);
+            if let Some(n) = s.joined_per_server.get_mut(spec.node_of(id)) {
+                *n += 1;
+            }
+            drop(s);
             let _ = settled.send(());
             conn
         }
@@ -389,6 +475,14 @@ async fn client(
                             s.last_recv_ns = now;
                             let us = now.saturating_sub(stamp.sent_ns) / 1000;
                             let _ = s.latency_us.record(us.max(1));
+                            if spec.servers.len() > 1 {
+                                if spec.node_of(stamp.client) != spec.node_of(id) {
+                                    s.cross_node += 1;
+                                    let _ = s.cross_us.record(us.max(1));
+                                } else {
+                                    let _ = s.same_us.record(us.max(1));
+                                }
+                            }
                         }
                         Event::Message(_) | Event::Presence | Event::Connected | Event::Subscribed => {}
                         Event::Reply(out) => conn.queue(out.opcode, &out.data),

@@ -174,6 +174,16 @@ impl Adapter {
         }
     }
 
+    /// The join again after the server refused it saying to retry (Chorus:
+    /// a cluster's home node that did not answer in time), as realtime-js
+    /// rejoins; `None` for protocols without such a refusal.
+    pub fn rejoin(&mut self, room: &str) -> Option<Out> {
+        match self {
+            Adapter::Phoenix(c) => Some(c.rejoin(room)),
+            _ => None,
+        }
+    }
+
     pub fn publish(&mut self, room: &str, payload: &[u8]) -> Out {
         match self {
             Adapter::Phoenix(c) => c.publish(room, payload),

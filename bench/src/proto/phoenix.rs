@@ -55,6 +55,13 @@ impl Client {
         r.to_string()
     }
 
+    /// The `phx_join` again, under the same join ref, after a refused one:
+    /// the refused join ended that ref, nothing else was sent under it.
+    pub fn rejoin(&mut self, room: &str) -> Out {
+        self.next_ref = 1;
+        self.join(room)
+    }
+
     /// `phx_join` with the config realtime-js sends for a broadcast-only
     /// channel (or, with a presence key, a channel with presence).
     pub fn join(&mut self, room: &str) -> Out {
