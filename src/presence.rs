@@ -156,10 +156,16 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
 
 /// Sends what this node's channels report to shard `index` on each of
 /// `nodes`, in parts of [`COPY_PART`] keys (one empty part when there is
-/// nothing: it still replaces what the receiver held).
+/// nothing but an answer is asked for: it still replaces what the receiver
+/// held). Nothing at all when there is nothing to tell: a member that is not
+/// a Chorus node (a plain guest run with `chorus exec` in the cluster) must
+/// not get mail at its main process unasked.
 fn send_copy(index: u32, online: &Online, nodes: &[u64], answer: bool) {
     let here = mail::node_id();
     let mine = online.reported_by(here);
+    if mine.is_empty() && !answer {
+        return;
+    }
     for node in nodes {
         let mut parts = mine.chunks(COPY_PART).peekable();
         if parts.peek().is_none() {
