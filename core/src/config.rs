@@ -283,6 +283,15 @@ pub struct ClusterConfig {
     /// The control server drops a node it has not heard from for this long
     /// (nodes report every second), freeing its name and worker id.
     pub node_timeout_ms: u64,
+    /// Messages to another node gather into batches of at most this many
+    /// bytes while earlier batches await acknowledgement
+    /// (`crate::nodelink`).
+    pub batch_bytes: u32,
+    /// Batches to one node sent and not yet acknowledged at once.
+    pub batches_in_flight: u32,
+    /// Bytes of messages to one node that may wait for a batch slot; a
+    /// message past it is dropped, with a logged reason.
+    pub send_queue_bytes: u64,
 }
 
 /// The host's wasmtime settings (read by the native host only).
@@ -337,6 +346,9 @@ impl Default for ClusterConfig {
             insecure_local: false,
             join_timeout_ms: 30_000,
             node_timeout_ms: 15_000,
+            batch_bytes: 64 * 1024,
+            batches_in_flight: 4,
+            send_queue_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -777,6 +789,18 @@ impl Config {
             return bad(
                 "cluster.node_timeout_ms",
                 "must be at least 3000 (nodes report every second)",
+            );
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.cluster.batch_bytes) {
+            return bad("cluster.batch_bytes", "must be between 1024 and 16777216");
+        }
+        if !(1..=1024).contains(&self.cluster.batches_in_flight) {
+            return bad("cluster.batches_in_flight", "must be between 1 and 1024");
+        }
+        if self.cluster.send_queue_bytes < u64::from(self.cluster.batch_bytes) {
+            return bad(
+                "cluster.send_queue_bytes",
+                "must be at least cluster.batch_bytes",
             );
         }
         Ok(())

@@ -24,6 +24,7 @@ pub mod lanes;
 pub mod metrics;
 pub mod modules;
 pub mod msg;
+pub mod nodelink;
 pub mod online;
 pub mod outq;
 pub mod peak;

@@ -14,19 +14,23 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use chorus_core::cluster::{self, Join, Member};
 use chorus_core::config::Config;
+use chorus_core::nodelink::{self, Limits, Outbox, Pushed};
 use lunatic_control::api::Registration;
 use lunatic_distributed::distributed::server::ServerCtx;
 use lunatic_distributed::{control, distributed, quic, DistributedProcessState};
-use lunatic_process::env::LunaticEnvironments;
+use lunatic_process::env::{Environment, LunaticEnvironment, LunaticEnvironments};
+use lunatic_process::message::{DataMessage, Message};
 use lunatic_process::runtimes::wasmtime::WasmtimeRuntime;
 use lunatic_process::runtimes::Modules;
+use lunatic_process::{Process, Signal};
 use serde_json::json;
 
 use crate::control::{JoinAnswer, JoinRequest, Members};
@@ -51,9 +55,8 @@ pub struct Cluster {
     /// The node told the control server it leaves (a drain): it polls no
     /// more and lists itself no more.
     left: AtomicBool,
-    /// `cluster.node_timeout_ms`: how long a message to another node waits
-    /// for that node's acknowledgement before it is given up.
-    send_timeout: Duration,
+    /// The outboxes to the other nodes.
+    links: Arc<Links>,
 }
 
 impl Cluster {
@@ -138,11 +141,20 @@ impl Cluster {
             registration: reg,
             key_pem,
             root_pem,
-            dist,
             members: RwLock::new(Vec::new()),
             control_reachable: AtomicBool::new(true),
             left: AtomicBool::new(false),
-            send_timeout: Duration::from_millis(k.node_timeout_ms),
+            links: Arc::new(Links {
+                client: dist.node_client.clone(),
+                timeout: Duration::from_millis(k.node_timeout_ms),
+                limits: Limits {
+                    batch_bytes: k.batch_bytes as usize,
+                    in_flight: k.batches_in_flight as usize,
+                    queue_bytes: usize::try_from(k.send_queue_bytes).unwrap_or(usize::MAX),
+                },
+                outboxes: Mutex::new(HashMap::new()),
+            }),
+            dist,
         });
         cluster.poll().await;
         tokio::spawn(cluster.clone().poll_forever());
@@ -150,8 +162,19 @@ impl Cluster {
     }
 
     /// Starts lunatic's QUIC node server: messages from other nodes reach
-    /// the processes of `envs`.
-    pub fn serve(&self, envs: Arc<LunaticEnvironments>, runtime: WasmtimeRuntime) {
+    /// the processes of `envs`, batches through the mailbag of `env`.
+    pub fn serve(
+        &self,
+        envs: Arc<LunaticEnvironments>,
+        env: &Arc<LunaticEnvironment>,
+        runtime: WasmtimeRuntime,
+    ) {
+        env.add_process(
+            MAILBAG_PID,
+            Arc::new(Mailbag {
+                env: Arc::downgrade(env),
+            }),
+        );
         let ctx = ServerCtx {
             envs,
             modules: Modules::<crate::spawn::State>::default(),
@@ -215,6 +238,9 @@ impl Cluster {
                     *members = list.nodes;
                     before != after
                 };
+                if changed {
+                    self.links.keep_only(&after);
+                }
                 // lunatic's client re-reads the members only every 5 s, and
                 // a node it does not list can be neither placed nor sent to:
                 // without this, nodes would see a new member up to 5 s apart
@@ -262,29 +288,18 @@ impl Cluster {
     /// Sends a data message to process `pid` of environment `env` on
     /// `node` WITHOUT waiting for the other node: lunatic's own send awaits
     /// its acknowledgement (a round trip that blocks the sending process,
-    /// forever when the node died but is still listed). The request is
-    /// queued here, in call order (messages to one node keep their order:
-    /// one QUIC stream per node, handled in order there), and its
-    /// acknowledgement awaited by a task that gives up after
-    /// `cluster.node_timeout_ms`. `false` when `node` is not a member.
+    /// forever when the node died but is still listed). The message joins
+    /// `node`'s outbox ([`chorus_core::nodelink`]): it leaves at once when
+    /// fewer than `cluster.batches_in_flight` batches await their
+    /// acknowledgement, else in the next batch; messages to one node keep
+    /// their order (batches leave in order on lunatic's one QUIC stream per
+    /// node and are unpacked in order there). `false` when `node` is not a
+    /// member.
     pub fn send(&self, node: u64, env: u64, pid: u64, tag: Option<i64>, data: Vec<u8>) -> bool {
         if !self.is_member(node) {
             return false;
         }
-        let client = self.dist.node_client.clone();
-        let mut ack =
-            Box::pin(async move { client.message_process(node, env, pid, tag, data).await });
-        // The first poll hands the request to lunatic's per-node queue (a
-        // synchronous channel send), so the order of calls is kept.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if ack.as_mut().poll(&mut cx).is_pending() {
-            let timeout = self.send_timeout;
-            tokio::spawn(async move {
-                if tokio::time::timeout(timeout, ack).await.is_err() {
-                    tracing::debug!(node, "a message to another node was not acknowledged");
-                }
-            });
-        }
+        self.links.send(node, env, pid, tag, &data);
         true
     }
 
@@ -312,6 +327,149 @@ impl Cluster {
                 "worker_id": m.worker_id,
             })).collect::<Vec<_>>(),
         })
+    }
+}
+
+/// How long a batch holds its slot without an acknowledgement.
+const SLOT_PATIENCE: Duration = Duration::from_secs(1);
+
+/// The process id of every node's mailbag: lunatic's process ids count up
+/// from 1, so this one is never a guest's.
+pub const MAILBAG_PID: u64 = u64::MAX;
+
+/// The messages of this node bound for the others, by (node, environment).
+struct Links {
+    client: distributed::Client,
+    /// `cluster.node_timeout_ms`: how long a batch waits for the other
+    /// node's acknowledgement before its slot is given back.
+    timeout: Duration,
+    limits: Limits,
+    outboxes: Mutex<HashMap<(u64, u64), Outbox>>,
+}
+
+impl Links {
+    fn send(self: &Arc<Self>, node: u64, env: u64, pid: u64, tag: Option<i64>, data: &[u8]) {
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
+        let outbox = outboxes
+            .entry((node, env))
+            .or_insert_with(|| Outbox::new(self.limits));
+        match outbox.push(pid, tag, data) {
+            Pushed::Queued { dropped: 0 } => {}
+            Pushed::Queued { dropped } => tracing::warn!(
+                node,
+                dropped,
+                "messages to another node flow again after {dropped} were dropped \
+                 (cluster.send_queue_bytes)"
+            ),
+            Pushed::Dropped { first: true } => tracing::warn!(
+                node,
+                queued = outbox.queued(),
+                "messages to another node are dropped: {} bytes already wait for its \
+                 acknowledgements (cluster.send_queue_bytes)",
+                outbox.queued()
+            ),
+            Pushed::Dropped { first: false } => {}
+        }
+        self.pump(outbox, node, env);
+    }
+
+    /// Sends the batches `outbox` has slots for. Called with the outboxes
+    /// locked: the first poll of lunatic's send queues the request on its
+    /// per-node channel, so batches enter it in the order they left.
+    fn pump(self: &Arc<Self>, outbox: &mut Outbox, node: u64, env: u64) {
+        while let Some(batch) = outbox.next() {
+            let client = self.client.clone();
+            let mut ack: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
+                client
+                    .message_process(node, env, MAILBAG_PID, None, batch)
+                    .await
+            });
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if ack.as_mut().poll(&mut cx).is_ready() {
+                // lunatic's client is gone (the node is stopping).
+                outbox.done();
+                continue;
+            }
+            let links = self.clone();
+            tokio::spawn(async move {
+                // The slot is given back after `SLOT_PATIENCE` even without
+                // an acknowledgement (slots only pace the batches; lunatic
+                // drops an acknowledgement that beats its bookkeeping), and
+                // the acknowledgement is awaited on until the node timeout.
+                let patience = SLOT_PATIENCE.min(links.timeout);
+                let first = tokio::time::timeout(patience, &mut ack).await;
+                links.free(node, env);
+                let got = match first {
+                    Ok(got) => Ok(got),
+                    Err(_) => tokio::time::timeout(links.timeout - patience, ack).await,
+                };
+                match got {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(node, "a batch to another node was refused: {e:?}")
+                    }
+                    Err(_) => {
+                        tracing::debug!(node, "a batch to another node was not acknowledged")
+                    }
+                }
+            });
+        }
+    }
+
+    /// A batch's slot is free: the next batch may leave.
+    fn free(self: &Arc<Self>, node: u64, env: u64) {
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(outbox) = outboxes.get_mut(&(node, env)) {
+            outbox.done();
+            self.pump(outbox, node, env);
+        }
+    }
+
+    /// Forgets the outboxes to nodes that are no longer members (what they
+    /// held is dropped, as lunatic drops what it sends to a lost node).
+    fn keep_only(&self, members: &[u64]) {
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
+        outboxes.retain(|(node, _), _| members.contains(node));
+    }
+}
+
+/// The process [`MAILBAG_PID`] of a node: it unpacks each batch another
+/// node sent and hands its messages to their processes, in order.
+struct Mailbag {
+    env: Weak<LunaticEnvironment>,
+}
+
+impl Process for Mailbag {
+    fn id(&self) -> u64 {
+        MAILBAG_PID
+    }
+
+    fn send(&self, signal: Signal) {
+        let Signal::Message(Message::Data(DataMessage { buffer, .. })) = signal else {
+            return;
+        };
+        let Some(env) = self.env.upgrade() else {
+            return;
+        };
+        for entry in nodelink::entries(&buffer) {
+            match entry {
+                Ok(e) => {
+                    // Like lunatic's own send: a message to a process that
+                    // is gone is dropped.
+                    if let Some(p) = env.get_process(e.pid) {
+                        p.send(Signal::Message(Message::Data(DataMessage::new_from_vec(
+                            e.tag,
+                            e.data.to_vec(),
+                        ))));
+                    }
+                }
+                Err(t) => tracing::warn!(
+                    at = t.at,
+                    len = buffer.len(),
+                    "a batch from another node ends in a malformed entry: the rest is dropped"
+                ),
+            }
+        }
     }
 }
 

@@ -320,7 +320,7 @@ async fn spawn_main(
     // Messages from other nodes reach this node's processes (environment 1
     // on every node, so a process id means the same on each).
     if let Some(cluster) = &host.cluster {
-        cluster.serve(envs.clone(), engine.runtime.clone());
+        cluster.serve(envs.clone(), &env, engine.runtime.clone());
     }
     if let Some(gateway) = &host.gateway {
         gateway.set_spawner(spawner.clone());
