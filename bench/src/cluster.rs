@@ -55,9 +55,64 @@ pub struct ClusterResult {
     pub control_rss_kib: u64,
     pub control_cpu_s: f64,
     pub node_timeout_ms: u64,
+    /// The machine's UDP counters (`/proc/net/snmp`) over the run, start of
+    /// the cluster to its stop: the nodes talk QUIC over UDP, so receive
+    /// buffer overflows show here (other programs' UDP counts too).
+    #[serde(default)]
+    pub udp: Udp,
     /// The run, its memory and CPU summed over the nodes (`per_server`
     /// holds each node's).
     pub run: RunResult,
+}
+
+/// Differences of the `Udp:` line of `/proc/net/snmp` over a run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct Udp {
+    pub in_datagrams: u64,
+    pub in_errors: u64,
+    pub rcvbuf_errors: u64,
+    pub sndbuf_errors: u64,
+}
+
+impl Udp {
+    /// The counters now (zeros where they cannot be read).
+    pub fn now() -> Udp {
+        fs::read_to_string("/proc/net/snmp")
+            .map(|t| Udp::parse(&t))
+            .unwrap_or_default()
+    }
+
+    /// The `Udp:` counters of a `/proc/net/snmp` text.
+    pub fn parse(snmp: &str) -> Udp {
+        let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+            return Udp::default();
+        };
+        let get = |name: &str| {
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Udp {
+            in_datagrams: get("InDatagrams"),
+            in_errors: get("InErrors"),
+            rcvbuf_errors: get("RcvbufErrors"),
+            sndbuf_errors: get("SndbufErrors"),
+        }
+    }
+
+    /// `self - before`, counter by counter.
+    pub fn since(self, before: Udp) -> Udp {
+        Udp {
+            in_datagrams: self.in_datagrams.saturating_sub(before.in_datagrams),
+            in_errors: self.in_errors.saturating_sub(before.in_errors),
+            rcvbuf_errors: self.rcvbuf_errors.saturating_sub(before.rcvbuf_errors),
+            sndbuf_errors: self.sndbuf_errors.saturating_sub(before.sndbuf_errors),
+        }
+    }
 }
 
 impl ClusterResult {
@@ -310,6 +365,7 @@ pub fn run(paths: &Paths, params: &Params, n: usize, setup: &Setup) -> ClusterRe
         params.scenario,
         params.describe()
     );
+    let udp = Udp::now();
     let mut cluster = match Cluster::start(paths, n, setup) {
         Ok(cl) => cl,
         Err(e) => {
@@ -342,6 +398,7 @@ pub fn run(paths: &Paths, params: &Params, n: usize, setup: &Setup) -> ClusterRe
         ));
     }
     cluster.stop();
+    c.udp = Udp::now().since(udp);
     c.load_at_end = report::loadavg();
     let r = &c.run;
     match &r.failure {
@@ -360,6 +417,10 @@ pub fn run(paths: &Paths, params: &Params, n: usize, setup: &Setup) -> ClusterRe
         ),
         Some(f) => eprintln!("   failed: {f}"),
     }
+    eprintln!(
+        "   UDP over the run: {} datagrams in, {} receive errors ({} receive-buffer overflows), {} send-buffer errors",
+        c.udp.in_datagrams, c.udp.in_errors, c.udp.rcvbuf_errors, c.udp.sndbuf_errors
+    );
     c
 }
 
@@ -598,6 +659,37 @@ mod tests {
             Some("hello world")
         );
         assert_eq!(dechunk("zz\r\nhello"), None);
+    }
+
+    #[test]
+    fn udp_counters_parse_and_subtract() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors\nUdp: 100 2 7 90 5 1 0\nUdpLite: InDatagrams NoPorts InErrors\nUdpLite: 9 9 9\n";
+        let after = Udp::parse(snmp);
+        assert_eq!(
+            after,
+            Udp {
+                in_datagrams: 100,
+                in_errors: 7,
+                rcvbuf_errors: 5,
+                sndbuf_errors: 1
+            }
+        );
+        let before = Udp {
+            in_datagrams: 40,
+            in_errors: 2,
+            rcvbuf_errors: 5,
+            sndbuf_errors: 0,
+        };
+        assert_eq!(
+            after.since(before),
+            Udp {
+                in_datagrams: 60,
+                in_errors: 5,
+                rcvbuf_errors: 0,
+                sndbuf_errors: 1
+            }
+        );
+        assert_eq!(Udp::parse("nothing"), Udp::default());
     }
 
     #[test]

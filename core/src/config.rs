@@ -292,6 +292,10 @@ pub struct ClusterConfig {
     /// Bytes of messages to one node that may wait for a batch slot; a
     /// message past it is dropped, with a logged reason.
     pub send_queue_bytes: u64,
+    /// Receive buffer asked for the UDP socket of this node's QUIC server
+    /// (what the other nodes send it); the kernel caps it at
+    /// `net.core.rmem_max`.
+    pub recv_buffer_bytes: u32,
 }
 
 /// The host's wasmtime settings (read by the native host only).
@@ -349,6 +353,7 @@ impl Default for ClusterConfig {
             batch_bytes: 64 * 1024,
             batches_in_flight: 4,
             send_queue_bytes: 64 * 1024 * 1024,
+            recv_buffer_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -796,6 +801,12 @@ impl Config {
         }
         if !(1..=1024).contains(&self.cluster.batches_in_flight) {
             return bad("cluster.batches_in_flight", "must be between 1 and 1024");
+        }
+        if !(64 * 1024..=1024 * 1024 * 1024).contains(&self.cluster.recv_buffer_bytes) {
+            return bad(
+                "cluster.recv_buffer_bytes",
+                "must be between 65536 and 1073741824",
+            );
         }
         if self.cluster.send_queue_bytes < u64::from(self.cluster.batch_bytes) {
             return bad(

@@ -57,6 +57,8 @@ pub struct Cluster {
     left: AtomicBool,
     /// The outboxes to the other nodes.
     links: Arc<Links>,
+    /// `cluster.recv_buffer_bytes`.
+    recv_buffer: usize,
 }
 
 impl Cluster {
@@ -155,6 +157,7 @@ impl Cluster {
                 outboxes: Mutex::new(HashMap::new()),
             }),
             dist,
+            recv_buffer: k.recv_buffer_bytes as usize,
         });
         cluster.poll().await;
         tokio::spawn(cluster.clone().poll_forever());
@@ -181,15 +184,22 @@ impl Cluster {
             distributed: self.dist.clone(),
             runtime,
         };
-        let server = distributed::server::node_server(
-            ctx,
+        let endpoint = match server_endpoint(
             self.bind,
-            self.root_pem.clone(),
-            self.registration.cert_pem_chain.clone(),
-            self.key_pem.clone(),
-        );
+            &self.root_pem,
+            &self.registration.cert_pem_chain,
+            &self.key_pem,
+            self.recv_buffer,
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!("the cluster's QUIC node server did not start: {e:#}");
+                return;
+            }
+        };
         tokio::spawn(async move {
-            if let Err(e) = server.await {
+            let mut endpoint = endpoint;
+            if let Err(e) = quic::handle_node_server(&mut endpoint, ctx).await {
                 tracing::error!("the cluster's QUIC node server stopped: {e:#}");
             }
         });
@@ -486,6 +496,81 @@ fn free_udp(addr: SocketAddr) -> Result<SocketAddr> {
     }
     let socket = UdpSocket::bind(addr).with_context(|| format!("cluster.bind {addr}"))?;
     Ok(socket.local_addr()?)
+}
+
+/// The QUIC endpoint of this node's server: mutual TLS (a peer must show a
+/// certificate of the cluster's CA, `root_pem`), bidirectional streams
+/// only, as lunatic's node client speaks, on a UDP socket whose receive
+/// buffer is `recv_buffer` bytes. With the system's default buffer (208 KiB)
+/// a node busy for a few milliseconds let the datagrams of the other nodes
+/// overflow it, and QUIC's loss recovery then held every message to the
+/// node back for seconds (bench/results/xnode-20261130).
+fn server_endpoint(
+    bind: SocketAddr,
+    root_pem: &str,
+    chain_pem: &[String],
+    key_pem: &str,
+    recv_buffer: usize,
+) -> Result<quinn::Endpoint> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in pem_certs(root_pem)? {
+        roots.add(&der)?;
+    }
+    let mut chain = Vec::new();
+    for pem in chain_pem {
+        chain.extend(pem_certs(pem)?);
+    }
+    let key = rustls_pemfile::pkcs8_private_keys(&mut key_pem.as_bytes())?
+        .into_iter()
+        .next()
+        .map(rustls::PrivateKey)
+        .ok_or_else(|| anyhow!("the node's key is not a PKCS#8 PEM key"))?;
+    let tls = rustls::ServerConfig::builder()
+        .with_safe_defaults()
+        .with_client_cert_verifier(rustls::server::AllowAnyAuthenticatedClient::new(roots))
+        .with_single_cert(chain, key)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(tls));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_uni_streams(0u8.into());
+    config.transport_config(Arc::new(transport));
+
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_recv_buffer_size(recv_buffer)?;
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&bind.into())
+        .with_context(|| format!("cluster.bind {bind}"))?;
+    let got = socket.recv_buffer_size()?;
+    if got < recv_buffer {
+        tracing::warn!(
+            asked = recv_buffer,
+            got,
+            "the kernel capped the QUIC server's UDP receive buffer (net.core.rmem_max): \
+             raise net.core.rmem_max to cluster.recv_buffer_bytes (deploy/60-chorus.conf), \
+             or datagrams from the other nodes may be dropped while this node is busy"
+        );
+    } else {
+        tracing::debug!(got, "QUIC server UDP receive buffer");
+    }
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket.into(),
+        quinn::TokioRuntime,
+    )?)
+}
+
+/// The DER certificates of a PEM text.
+fn pem_certs(pem: &str) -> Result<Vec<rustls::Certificate>> {
+    let certs = rustls_pemfile::certs(&mut pem.as_bytes())?;
+    if certs.is_empty() {
+        bail!("no certificate in a PEM text of the cluster");
+    }
+    Ok(certs.into_iter().map(rustls::Certificate).collect())
 }
 
 /// Registers, retrying while the control server cannot be reached; a
