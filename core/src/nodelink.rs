@@ -178,7 +178,7 @@ impl Outbox {
 
     /// The next batch to send when a slot is free (counted as in flight
     /// until [`Outbox::done`]).
-    pub fn next(&mut self) -> Option<Vec<u8>> {
+    pub fn take(&mut self) -> Option<Vec<u8>> {
         if self.in_flight >= self.limits.in_flight {
             return None;
         }
@@ -275,20 +275,20 @@ mod tests {
     #[test]
     fn a_free_slot_takes_a_message_alone_and_a_busy_link_gathers() {
         let mut o = Outbox::new(LIMITS);
-        assert_eq!(o.next(), None);
+        assert_eq!(o.take(), None);
         o.push(1, None, b"a");
-        let first = o.next().expect("a slot is free");
+        let first = o.take().expect("a slot is free");
         assert_eq!(all(&first), vec![(1, None, b"a".to_vec())]);
         o.push(2, None, b"b");
-        assert!(o.next().is_some());
+        assert!(o.take().is_some());
         assert_eq!(o.in_flight(), 2);
         // Both slots busy: these gather.
         for pid in 3..6 {
             assert_eq!(o.push(pid, None, b"c"), Pushed::Queued { dropped: 0 });
         }
-        assert_eq!(o.next(), None);
+        assert_eq!(o.take(), None);
         o.done();
-        let gathered = o.next().expect("a slot was freed");
+        let gathered = o.take().expect("a slot was freed");
         assert_eq!(
             all(&gathered).iter().map(|e| e.0).collect::<Vec<_>>(),
             vec![3, 4, 5]
@@ -304,7 +304,7 @@ mod tests {
             ..LIMITS
         });
         o.push(0, None, b"");
-        let _busy = o.next();
+        let _busy = o.take();
         // Each entry is 13 + 10 bytes: two fit in 64, the third opens a batch.
         for pid in 1..=5 {
             o.push(pid, None, &[0; 10]);
@@ -316,7 +316,7 @@ mod tests {
         let mut sizes = Vec::new();
         loop {
             o.done();
-            let Some(b) = o.next() else { break };
+            let Some(b) = o.take() else { break };
             assert!(b.len() <= LIMITS.batch_bytes || all(&b).len() == 1);
             sizes.push(all(&b).len());
             order.extend(all(&b).into_iter().map(|e| e.0));
@@ -332,7 +332,7 @@ mod tests {
             ..LIMITS
         });
         o.push(0, None, b"");
-        let _busy = o.next();
+        let _busy = o.take();
         // 5 entries of 40 bytes fill the 200.
         for pid in 1..=5 {
             assert_eq!(o.push(pid, None, &[0; 27]), Pushed::Queued { dropped: 0 });
@@ -341,7 +341,7 @@ mod tests {
         assert_eq!(o.push(6, None, b""), Pushed::Dropped { first: true });
         assert_eq!(o.push(7, None, b""), Pushed::Dropped { first: false });
         o.done();
-        assert!(o.next().is_some());
+        assert!(o.take().is_some());
         assert_eq!(o.push(8, None, b""), Pushed::Queued { dropped: 2 });
         assert_eq!(o.push(9, None, b""), Pushed::Queued { dropped: 0 });
         // A message larger than the whole queue still goes when it is empty.

@@ -387,7 +387,7 @@ impl Links {
     /// locked: the first poll of lunatic's send queues the request on its
     /// per-node channel, so batches enter it in the order they left.
     fn pump(self: &Arc<Self>, outbox: &mut Outbox, node: u64, env: u64) {
-        while let Some(batch) = outbox.next() {
+        while let Some(batch) = outbox.take() {
             let client = self.client.clone();
             let mut ack: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
                 client
