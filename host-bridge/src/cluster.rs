@@ -350,8 +350,8 @@ pub const MAILBAG_PID: u64 = u64::MAX;
 /// The messages of this node bound for the others, by (node, environment).
 struct Links {
     client: distributed::Client,
-    /// `cluster.node_timeout_ms`: how long a batch waits for the other
-    /// node's acknowledgement before its slot is given back.
+    /// `cluster.node_timeout_ms`: how long a batch's acknowledgement is
+    /// awaited (its slot is given back after [`SLOT_PATIENCE`] at most).
     timeout: Duration,
     limits: Limits,
     outboxes: Mutex<HashMap<(u64, u64), Outbox>>,
