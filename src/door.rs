@@ -13,11 +13,7 @@
 //! re-read the membership while they have a channel there:
 //! `host-bridge/src/session.rs`.)
 
-use std::time::Duration;
-
 use chorus_core::placement::directory_name;
-use lunatic::serializer::Bincode;
-use lunatic::{Mailbox, Process};
 use supervisors::mail::{self, Mail};
 use supervisors::ChildRef;
 

@@ -112,6 +112,7 @@ impl Gateway {
             self.sockets.clone(),
             cluster,
             Arc::downgrade(self),
+            self.crashes.clone(),
         );
         let _ = self.sessions.set(sessions);
         let _ = self.spawner.set(spawner);
@@ -353,29 +354,14 @@ impl Gateway {
         drop(ticket);
     }
 
-    /// Starts the native session process that owns `socket`, and a task
-    /// that closes the socket with 1011 when it crashes (counted). False
-    /// when the node is not ready for sessions (the socket is closed).
+    /// Starts the native session process that owns `socket`. False when
+    /// the node is not ready for sessions (the socket is closed).
     fn start_session(&self, socket: &Arc<socket::Socket>, start: Start) -> bool {
         let Some(sessions) = self.sessions.get() else {
             self.sockets.close(socket.id, Some(1011), "node starting");
             return false;
         };
-        let done = sessions.start(socket, start);
-        let sockets = self.sockets.clone();
-        let id = socket.id;
-        let crashes = self.crashes.clone();
-        tokio::spawn(async move {
-            let outcome = done.await;
-            if !matches!(outcome, Ok(Ok(()))) {
-                crashes.fetch_add(1, Ordering::Relaxed);
-                match outcome {
-                    Ok(Err(e)) => tracing::warn!(socket = id, "{e:#}; its socket is closed"),
-                    _ => tracing::warn!(socket = id, "a session panicked; its socket is closed"),
-                }
-                sockets.close(id, Some(1011), "internal error");
-            }
-        });
+        sessions.start(socket, start);
         true
     }
 

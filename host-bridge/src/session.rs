@@ -21,16 +21,15 @@
 //! session has one.
 //!
 //! A session that ends closes its socket (with the close code it chose); a
-//! crash (a panic here, or the fault-injection `crash` command) closes it
-//! with 1011 and is counted in `chorus_session_crashes_total` by the
-//! gateway.
+//! crash (a panic here, a `Kill` signal, or the fault-injection `crash`
+//! command) closes it with 1011 and is counted in
+//! `chorus_session_crashes_total`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, Result};
 use chorus_core::lanes::Lane;
 use chorus_core::metrics::Metric;
 use chorus_core::msg::{
@@ -48,7 +47,6 @@ use lunatic_process::{Process, Signal};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::task::JoinHandle;
 
 use crate::cluster::Cluster;
 use crate::gateway::Gateway;
@@ -83,6 +81,8 @@ pub struct Sessions {
     placement: Mutex<Option<(Vec<u64>, Arc<Placement<String>>)>>,
     /// Request tags, unique on this node (answers are matched per session).
     tags: AtomicI64,
+    /// Sessions that crashed (the gateway's count, for `/metrics`).
+    crashes: Arc<AtomicU64>,
 }
 
 impl Sessions {
@@ -92,6 +92,7 @@ impl Sessions {
         sockets: Arc<Sockets>,
         cluster: Option<Arc<Cluster>>,
         gateway: Weak<Gateway>,
+        crashes: Arc<AtomicU64>,
     ) -> Arc<Self> {
         Arc::new(Sessions {
             metrics: sockets.metrics().clone(),
@@ -103,12 +104,12 @@ impl Sessions {
             placement: Mutex::new(None),
             // Above the tags the host's own wakes use.
             tags: AtomicI64::new(1 << 32),
+            crashes,
         })
     }
 
-    /// Starts the session process of `socket`. The task's result is `Err`
-    /// when the session crashed.
-    pub fn start(self: &Arc<Self>, socket: &Arc<Socket>, start: Start) -> JoinHandle<Result<()>> {
+    /// Starts the session process of `socket`.
+    pub fn start(self: &Arc<Self>, socket: &Arc<Socket>, start: Start) {
         let id = self.env.get_next_process_id();
         let (tx, rx) = unbounded_channel();
         let handle: Arc<dyn Process> = Arc::new(Handle { id, tx });
@@ -117,6 +118,12 @@ impl Sessions {
         self.sockets.set_owner(socket, handle.clone());
         let sessions = self.clone();
         tokio::spawn(async move {
+            // Dropped last: a crash (even a panic) closes the socket.
+            let mut crash = CrashGuard {
+                sessions: sessions.clone(),
+                socket: start.socket,
+                why: Some("the session panicked"),
+            };
             let mut registered = Registered {
                 env: sessions.env.clone(),
                 id,
@@ -124,8 +131,8 @@ impl Sessions {
             };
             let mut shell = Shell::new(sessions, id, handle, rx, &start);
             let ended = shell.run(&mut registered).await;
-            shell.finish(ended)
-        })
+            crash.why = shell.finish(ended);
+        });
     }
 
     /// This node's lunatic node id (0 outside a cluster).
@@ -267,6 +274,27 @@ impl Drop for Registered {
         for monitor in self.monitors.drain(..) {
             monitor.send(Signal::ProcessDied(self.id));
         }
+    }
+}
+
+/// Closes a crashed session's socket with 1011 and counts it, when the
+/// session ended with a crash or panicked (`why` still set).
+struct CrashGuard {
+    sessions: Arc<Sessions>,
+    socket: u64,
+    why: Option<&'static str>,
+}
+
+impl Drop for CrashGuard {
+    fn drop(&mut self) {
+        let Some(why) = self.why else {
+            return;
+        };
+        self.sessions.crashes.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(socket = self.socket, "{why}: its socket is closed");
+        self.sessions
+            .sockets
+            .close(self.socket, Some(1011), "internal error");
     }
 }
 
@@ -453,7 +481,7 @@ impl Shell {
             Signal::StopMonitoring { process_id } => {
                 registered.monitors.retain(|p| p.id() != process_id);
             }
-            Signal::Kill => return Err(Ended::Crash("killed")),
+            Signal::Kill => return Err(Ended::Crash("the session was killed")),
             // Late answers of calls this session stopped waiting for, and
             // links (nothing links to a session).
             Signal::Message(_)
@@ -673,7 +701,11 @@ impl Shell {
                     self.session.channel_died(&topic, more);
                 }
             }
-            Effect::Crash => return Some(Ended::Crash("crash requested by the client")),
+            Effect::Crash => {
+                return Some(Ended::Crash(
+                    "the session crashed as its client asked (node.fault_injection)",
+                ))
+            }
             Effect::CrashChannel { topic } => self.to_channel(&topic, &ChannelMsg::Crash),
             Effect::CrashPresence { key } => {
                 let shard = shard_of(&key, self.presence_shards as usize);
@@ -845,8 +877,9 @@ impl Shell {
         online
     }
 
-    /// Leaves every channel and closes the socket; the task's result.
-    fn finish(mut self, ended: Ended) -> Result<()> {
+    /// Leaves every channel and closes the socket; what crashed it, if it
+    /// crashed (the socket is then closed by [`CrashGuard`]).
+    fn finish(mut self, ended: Ended) -> Option<&'static str> {
         let me = self.this;
         for topic in self.session.leave_all() {
             if let Some(channel) = self.channels.remove(&topic) {
@@ -860,9 +893,9 @@ impl Shell {
             Ended::Close(code, reason) => {
                 let code = (code != 0).then_some(code);
                 self.sessions.sockets.close(self.socket, code, &reason);
-                Ok(())
+                None
             }
-            Ended::Crash(why) => Err(anyhow!("the session crashed: {why}")),
+            Ended::Crash(why) => Some(why),
         }
     }
 }
