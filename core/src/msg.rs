@@ -426,7 +426,10 @@ mod tests {
         let ours = envelope(&msg).unwrap();
         assert_eq!(ours, bincode::serialize(&Envelope::Msg(&msg)).unwrap());
         assert_eq!(&ours[..4], &[0, 0, 0, 0]);
-        assert_eq!(bincode::serialize(&Envelope::Shutdown).unwrap(), vec![1, 0, 0, 0]);
+        assert_eq!(
+            bincode::serialize(&Envelope::Shutdown).unwrap(),
+            vec![1, 0, 0, 0]
+        );
         let back: ChannelMsg = bincode::deserialize(&ours[4..]).unwrap();
         assert!(matches!(back, ChannelMsg::Leave { session } if session == SessionRef::at(2, 9)));
     }

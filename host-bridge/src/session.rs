@@ -68,6 +68,9 @@ const DIR_KEY: &str = "supervisors/chorus_core::msg::DirMsg/";
 const SHARD_KEY: &str = "supervisors/chorus_core::msg::ShardMsg/";
 const RELAY_SUFFIX: &str = "/chorus-relay";
 
+/// A placement and the members it was built for.
+type Ring = (Vec<u64>, Arc<Placement<String>>);
+
 /// Everything sessions share: the node's environment and registry (where
 /// the guest's processes are), its sockets, metrics and cluster.
 pub struct Sessions {
@@ -78,7 +81,7 @@ pub struct Sessions {
     cluster: Option<Arc<Cluster>>,
     gateway: Weak<Gateway>,
     /// The placement ring over the members it was built for.
-    placement: Mutex<Option<(Vec<u64>, Arc<Placement<String>>)>>,
+    placement: Mutex<Option<Ring>>,
     /// Request tags, unique on this node (answers are matched per session).
     tags: AtomicI64,
     /// Sessions that crashed (the gateway's count, for `/metrics`).
@@ -461,8 +464,7 @@ impl Shell {
             Signal::Message(Message::Data(data)) if data.tag.is_none() => {
                 match bincode::deserialize::<SessionMsg>(&data.buffer) {
                     Ok(SessionMsg::Rejoin { topic }) => {
-                        self.session
-                            .rejoin(&topic, now(self.started), &mut effects);
+                        self.session.rejoin(&topic, now(self.started), &mut effects);
                     }
                     Ok(SessionMsg::Moved { topic, channel }) => {
                         if self.channels.get(&topic) == Some(&channel) {
@@ -560,10 +562,10 @@ impl Shell {
         let me = self.this;
         match effect {
             Effect::Write(bytes) => {
-                let sent = self
-                    .sessions
-                    .sockets
-                    .send(None, self.socket, Lane::Control, "", "", &bytes);
+                let sent =
+                    self.sessions
+                        .sockets
+                        .send(None, self.socket, Lane::Control, "", "", &bytes);
                 // The host closes a slow consumer's socket itself.
                 if !matches!(sent, Sent::Ok) {
                     return Some(Ended::Close(0, String::new()));
@@ -883,8 +885,11 @@ impl Shell {
         let me = self.this;
         for topic in self.session.leave_all() {
             if let Some(channel) = self.channels.remove(&topic) {
-                self.sessions
-                    .send_child(channel.node(), channel.pid(), &ChannelMsg::Leave { session: me });
+                self.sessions.send_child(
+                    channel.node(),
+                    channel.pid(),
+                    &ChannelMsg::Leave { session: me },
+                );
                 self.stop_monitoring(&channel);
             }
         }
