@@ -703,11 +703,9 @@ impl Shell {
                     self.session.channel_died(&topic, more);
                 }
             }
-            Effect::Crash => {
-                return Some(Ended::Crash(
-                    "the session crashed as its client asked (node.fault_injection)",
-                ))
-            }
+            Effect::Crash => return Some(Ended::Crash(
+                "fault injection: the session crashed as its client asked (node.fault_injection)",
+            )),
             Effect::CrashChannel { topic } => self.to_channel(&topic, &ChannelMsg::Crash),
             Effect::CrashPresence { key } => {
                 let shard = shard_of(&key, self.presence_shards as usize);
