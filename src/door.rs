@@ -8,85 +8,19 @@
 //! topic's home is node B sends [`DoorMsg::Locate`] to (B, [`DOOR_PID`]);
 //! the door hands it to B's directory shard, which answers the session
 //! directly (the request carries the session's (node, pid) reply address).
-//! The door never blocks: one local send per request.
-//!
-//! A node's loss is seen through a local stand-in: lunatic monitors only
-//! processes of the same node, so for each other node that hosts a channel
-//! one of this node's sessions joined, a small process here (a *watch*,
-//! [`watch`]) checks every [`WATCH_EVERY`] that the node is still a cluster
-//! member (`channel::members_now`) and ends when it is not. Sessions
-//! monitor the watch: its end makes them check their channels, and every
-//! topic whose channel lived on the lost node gets `phx_error`, which
-//! realtime-js answers by rejoining, at the topic's new home.
-
-use std::time::Duration;
+//! The door never blocks: one local send per request. (A node's loss is
+//! seen by the sessions themselves, native processes of the host that
+//! re-read the membership while they have a channel there:
+//! `host-bridge/src/session.rs`.)
 
 use chorus_core::placement::directory_name;
-use lunatic::serializer::Bincode;
-use lunatic::{Mailbox, Process};
 use supervisors::mail::{self, Mail};
 use supervisors::ChildRef;
 
 use crate::host;
 use crate::msg::{DirMsg, DoorMsg, ShardMsg};
 
-/// The pid of every node's main process, hence of its door.
-pub const DOOR_PID: u64 = 1;
-
-/// How often a watch checks that its node is still a member.
-const WATCH_EVERY: Duration = Duration::from_millis(250);
-
-/// The local process that ends when cluster node `node` leaves the
-/// membership, started on first use (registered as `chorus-watch-<node>`);
-/// `None` for this node or a node that is not a member now.
-pub fn watch(node: u64) -> Option<u64> {
-    if node == mail::node_id() {
-        return None;
-    }
-    let key = watch_name(node);
-    let (mut at, mut pid) = (0, 0);
-    // SAFETY: plain host call with a valid buffer and out-pointers.
-    let found =
-        unsafe { lunatic::host::api::registry::get(key.as_ptr(), key.len(), &mut at, &mut pid) };
-    if found == 0 && mail::maybe_alive(at, pid, &[]) {
-        return Some(pid);
-    }
-    if !crate::channel::members_now().contains(&node) {
-        return None;
-    }
-    // Two sessions may start one at once: both watches end with the node,
-    // the registry names the last.
-    let pid = Process::<(), Bincode>::spawn(node, watcher).id();
-    // SAFETY: plain host call with a valid buffer.
-    unsafe { lunatic::host::api::registry::put(key.as_ptr(), key.len(), mail::node_id(), pid) };
-    Some(pid)
-}
-
-fn watch_name(node: u64) -> String {
-    format!("chorus-watch-{node}")
-}
-
-/// A watch's life: until `node` is no longer a member.
-fn watcher(node: u64, _: Mailbox<(), Bincode>) {
-    while crate::channel::members_now().contains(&node) {
-        // Nothing is ever sent to a watch: this is a sleep.
-        let _ = mail::receive(&[], Some(WATCH_EVERY));
-    }
-    host::log(
-        host::Level::Warn,
-        &format!("cluster node {node} left: sessions of its channels are told to rejoin"),
-    );
-    let key = watch_name(node);
-    let (mut at, mut pid) = (0, 0);
-    // SAFETY: plain host calls with valid buffers and out-pointers.
-    unsafe {
-        if lunatic::host::api::registry::get(key.as_ptr(), key.len(), &mut at, &mut pid) == 0
-            && pid == lunatic::host::process_id()
-        {
-            lunatic::host::api::registry::remove(key.as_ptr(), key.len());
-        }
-    }
-}
+pub use chorus_core::msg::DOOR_PID;
 
 /// Serves the door forever (the main process, after the tree started).
 pub fn serve() -> ! {

@@ -23,7 +23,6 @@ mod ffi {
         pub fn listen_start() -> u32;
         pub fn node_drain(start: u32) -> u32;
         pub fn socket_start(socket: u64) -> u64;
-        pub fn inlet_next(socket: u64, ptr: *mut u8, cap: u32) -> u64;
         pub fn outlet_send(
             outlet: u64,
             ptr: *const u8,
@@ -167,59 +166,6 @@ pub fn socket_start(socket: u64) -> Option<Vec<u8>> {
     // SAFETY: scalar call; the answer is fetched by `take`.
     let len = unsafe { ffi::socket_start(socket) };
     (len > 0).then(|| take(len))
-}
-
-/// One client message the host read from a socket.
-#[derive(Debug)]
-pub enum Inlet {
-    Text(Vec<u8>),
-    Binary(Vec<u8>),
-    /// The client closed, broke the protocol or went silent; `code` is the
-    /// close code to answer with (0: the connection is gone).
-    Closed {
-        code: u16,
-        reason: String,
-    },
-}
-
-/// Bytes offered for a client message at first; a larger one is fetched
-/// with a second call.
-const INLET_GUESS: usize = 1024;
-
-/// The next client message of `socket`, if one waits.
-pub fn inlet_next(socket: u64) -> Option<Inlet> {
-    let mut cap = INLET_GUESS;
-    loop {
-        let mut buf: Vec<u8> = Vec::with_capacity(cap);
-        // SAFETY: `buf` has room for `cap` bytes; the host writes at most
-        // that many and says how many.
-        let answer = unsafe { ffi::inlet_next(socket, buf.as_mut_ptr(), cap as u32) };
-        if answer == 0 {
-            return None;
-        }
-        let (kind, len) = (answer >> 32, (answer & 0xffff_ffff) as usize);
-        if len > cap {
-            cap = len;
-            continue;
-        }
-        // SAFETY: the host wrote `len <= cap` bytes into `buf`.
-        unsafe { buf.set_len(len) };
-        return Some(match kind {
-            1 => Inlet::Text(buf),
-            2 => Inlet::Binary(buf),
-            _ => {
-                let code = match buf.get(..2) {
-                    Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]),
-                    _ => 0,
-                };
-                let reason = String::from_utf8_lossy(buf.get(2..).unwrap_or_default());
-                Inlet::Closed {
-                    code,
-                    reason: reason.into_owned(),
-                }
-            }
-        });
-    }
 }
 
 /// Where a frame goes in an outlet: its lane, the topic (the unit of

@@ -1,8 +1,9 @@
 //! The Chorus guest: every process of a node, compiled to wasm32-wasip1 and
 //! run by the `chorus` host (host-bridge/). `main` reads the node config from
 //! the host and starts the supervision tree declared in [`tree`]; the host
-//! spawns one process per connection from [`chorus_session`] and
-//! [`chorus_http`].
+//! spawns one process per HTTP request from [`chorus_http`] (WebSocket
+//! sessions are native processes of the host, which talk to this guest's
+//! processes with the messages of `chorus_core::msg`).
 
 mod admin;
 mod channel;
@@ -30,12 +31,6 @@ fn main() {
         std::process::exit(2);
     };
     tree::start(config);
-}
-
-/// A WebSocket session, spawned by the host for socket `socket`.
-#[no_mangle]
-pub extern "C" fn chorus_session(socket: u64) {
-    gateway::session::run(socket);
 }
 
 /// One HTTP request, spawned by the host for connection `socket`.

@@ -21,11 +21,6 @@ pub use chorus_core::msg::{
 };
 pub use chorus_core::relay::Outlet;
 
-/// The calling process as a session: its (node, pid).
-pub fn this_session() -> SessionRef {
-    SessionRef::at(mail::node_id(), lunatic::host::process_id())
-}
-
 /// A [`ProcessRef`] for a supervised child's handle.
 pub fn process_ref<M>(child: ChildRef<M>) -> ProcessRef<M> {
     ProcessRef::at(child.node(), child.pid())

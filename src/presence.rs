@@ -49,14 +49,6 @@ pub fn report(key: &str, delta: i32, shards: u32) {
     }
 }
 
-/// Crashes the shard owning `key` (fault injection, see
-/// `chorus_core::command::CRASH_PRESENCE_EVENT`).
-pub fn crash(key: &str, shards: u32) {
-    if let Some(shard) = shard_for(key, shards) {
-        shard.send(ShardMsg::Crash);
-    }
-}
-
 /// The subset of `keys` online anywhere (on this node's shards, which in a
 /// cluster hold every node's reports).
 pub fn online(keys: &[String], shards: u32) -> Vec<String> {

@@ -39,16 +39,6 @@ pub struct Part {
     pub sockets: Vec<u64>,
 }
 
-/// The outlet of `socket`, a socket of this node, as a channel anywhere
-/// addresses it.
-pub fn outlet(socket: u64) -> Outlet {
-    Outlet {
-        node: mail::node_id(),
-        relay: ChildRef::<RelayMsg>::lookup(RELAY).map_or(0, |r| r.pid()),
-        socket,
-    }
-}
-
 /// Queues each group's frame on its outlets: one host call per group for
 /// this node's sockets, one relay message per other node.
 pub fn fanout<B: AsRef<[u8]>>(groups: Vec<(B, Vec<Outlet>)>, route: Route<'_>) {

@@ -17,6 +17,19 @@ use crate::frame::Body;
 use crate::relay::Outlet;
 use crate::session::{JoinParams, Refs};
 
+/// The process id of every node's door, its main process (`src/door.rs`):
+/// the first process a node starts.
+pub const DOOR_PID: u64 = 1;
+
+/// A supervised child's mail as the guest's `supervisors` crate encodes it:
+/// bincode of its envelope's `Msg` variant (variant 0, a `u32`), then the
+/// message. Doors, sessions and answers take plain bincode instead.
+pub fn envelope<M: Serialize>(message: &M) -> Result<Vec<u8>, bincode::Error> {
+    let mut bytes = 0u32.to_le_bytes().to_vec();
+    bincode::serialize_into(&mut bytes, message)?;
+    Ok(bytes)
+}
+
 /// A supervised process reading `M` (as `supervisors::ChildRef<M>`: the
 /// same two numbers, the same encoding).
 #[derive(Serialize, Deserialize)]
@@ -394,5 +407,30 @@ mod tests {
         assert_eq!((c.node(), c.pid(), c.tag()), (3, 4, -5));
         assert_eq!(Located::Found(a).channel(), Some(a));
         assert_eq!(Located::Full("x".into()).channel(), None);
+    }
+
+    /// The guest's `supervisors::child::Envelope<M>` is `enum { Msg(M),
+    /// Shutdown }`: its `Msg` variant encodes as index 0 then `M`, and
+    /// `Shutdown` as index 1 (so a message can never read as a shutdown).
+    #[test]
+    fn envelope_is_variant_zero_then_the_message() {
+        #[derive(Serialize)]
+        enum Envelope<'a> {
+            Msg(&'a ChannelMsg),
+            #[allow(dead_code)]
+            Shutdown,
+        }
+        let msg = ChannelMsg::Leave {
+            session: SessionRef::at(2, 9),
+        };
+        let ours = envelope(&msg).unwrap();
+        assert_eq!(ours, bincode::serialize(&Envelope::Msg(&msg)).unwrap());
+        assert_eq!(&ours[..4], &[0, 0, 0, 0]);
+        assert_eq!(
+            bincode::serialize(&Envelope::Shutdown).unwrap(),
+            vec![1, 0, 0, 0]
+        );
+        let back: ChannelMsg = bincode::deserialize(&ours[4..]).unwrap();
+        assert!(matches!(back, ChannelMsg::Leave { session } if session == SessionRef::at(2, 9)));
     }
 }

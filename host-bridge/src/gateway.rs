@@ -8,14 +8,15 @@
 //! checked. Then:
 //!
 //! * a WebSocket upgrade gets its `101`, a [`Socket`] (inlet and outlet, see
-//!   `socket.rs`) and a session process spawned from the guest's exported
-//!   `chorus_session(socket)`; this task then reads the socket for it;
+//!   `socket.rs`) and a native session process (`session.rs`); this task
+//!   then reads the socket for it;
 //! * any other request gets its body read here and a process spawned from
 //!   `chorus_http(socket)` that answers it through the socket's outlet.
 //!
 //! The host is the sessions' supervisor (they are temporary children): a
 //! session that crashes closes only its own socket (1011) and is counted in
 //! `chorus_session_crashes_total`; one that returns has already closed it.
+//! (An HTTP handler is a guest process, supervised the same way.)
 //! Every refusal before a process exists is an HTTP answer naming its
 //! reason and, for limits, the config key.
 
@@ -34,6 +35,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::cluster::Cluster;
+use crate::session::Sessions;
 use crate::socket::{self, Sockets};
 use crate::spawn::Spawner;
 
@@ -52,6 +55,8 @@ pub struct Gateway {
     sockets: Arc<Sockets>,
     admission: Mutex<Admission>,
     spawner: OnceLock<Spawner>,
+    /// The native session processes' shared part (with the spawner).
+    sessions: OnceLock<Arc<Sessions>>,
     /// Bound at start (so a busy port fails the start, naming it), taken
     /// when the guest's tree is up and asks to accept.
     listener: Mutex<Option<std::net::TcpListener>>,
@@ -89,6 +94,7 @@ impl Gateway {
             sockets,
             admission: Mutex::new(Admission::new(&config.limits)),
             spawner: OnceLock::new(),
+            sessions: OnceLock::new(),
             listener: Mutex::new(Some(listener)),
             crashes: Arc::new(AtomicU64::new(0)),
             refused: AtomicU64::new(0),
@@ -98,8 +104,17 @@ impl Gateway {
     }
 
     /// Gives the gateway the means to spawn guest processes (once the guest
-    /// is compiled).
-    pub fn set_spawner(&self, spawner: Spawner) {
+    /// is compiled) and to start sessions in the same environment.
+    pub fn set_spawner(self: &Arc<Self>, spawner: Spawner, cluster: Option<Arc<Cluster>>) {
+        let sessions = Sessions::new(
+            spawner.env.clone(),
+            spawner.registry.clone(),
+            self.sockets.clone(),
+            cluster,
+            Arc::downgrade(self),
+            self.crashes.clone(),
+        );
+        let _ = self.sessions.set(sessions);
         let _ = self.spawner.set(spawner);
     }
 
@@ -265,16 +280,14 @@ impl Gateway {
         let claims = up
             .claims
             .map(|c| serde_json::Value::Object(c.into_map()).to_string());
-        let socket = self.sockets.open(writer, up.vsn, true, |id| {
-            bincode::serialize(&Start {
-                socket: id,
-                vsn: up.vsn,
-                claims,
-                config: self.session.clone(),
-            })
-            .unwrap_or_default()
-        });
-        if !Box::pin(self.spawn(&socket, "chorus_session")).await {
+        let socket = self.sockets.open(writer, up.vsn, true, |_| Vec::new());
+        let start = Start {
+            socket: socket.id,
+            vsn: up.vsn,
+            claims,
+            config: self.session.clone(),
+        };
+        if !self.start_session(&socket, start) {
             return;
         }
         // This task lives as long as the session; the futures boxed above
@@ -339,6 +352,17 @@ impl Gateway {
         });
         self.spawn(&socket, "chorus_http").await;
         drop(ticket);
+    }
+
+    /// Starts the native session process that owns `socket`. False when
+    /// the node is not ready for sessions (the socket is closed).
+    fn start_session(&self, socket: &Arc<socket::Socket>, start: Start) -> bool {
+        let Some(sessions) = self.sessions.get() else {
+            self.sockets.close(socket.id, Some(1011), "node starting");
+            return false;
+        };
+        sessions.start(socket, start);
+        true
     }
 
     /// Spawns the guest process that owns `socket`, and a task that closes

@@ -18,8 +18,7 @@
 //! | `data` | `(ptr: u32, len: u32) -> u64` | a JSON [`chorus_core::data::DataRequest`], answered with a `DataResponse` |
 //! | `take` | `(ptr: u32, len: u32) -> u32` | copy the parked answer; 0 ok, 1 nothing parked / wrong length |
 //! | `listen_start` | `() -> u32` | the tree is up: start accepting connections (see [`crate::gateway`]); 0 ok, 1 already started or impossible |
-//! | `socket_start` | `(socket: u64) -> u64` | the start record of the connection a process was spawned for (a bincode `chorus_core::session::Start` for a session, the request and body for an HTTP handler), fetched with `take`; 0 when there is none |
-//! | `inlet_next` | `(socket: u64, ptr: u32, cap: u32) -> u64` | the next client message of the socket (see [`crate::socket`]): 0 when none waits; else `kind << 32 \| len` (kind 1 text, 2 binary, 3 closed: a 2-byte close code then the reason), copied to `ptr` when `len <= cap`, else left queued for a call with a larger buffer |
+//! | `socket_start` | `(socket: u64) -> u64` | the start record of the HTTP request a process was spawned for (the request head and body), fetched with `take`; 0 when there is none |
 //! | `outlet_send` | `(socket: u64, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue frame bytes on a lane of the socket's outlet; 0 ok, 1 slow consumer, 2 gone |
 //! | `outlet_close` | `(socket: u64, code: u32, ptr: u32, len: u32)` | close after the queued frames are written; a `code` other than 0 writes a close frame with that reason last |
 //! | `fanout` | `(ids: u32, n: u32, ptr: u32, len: u32, lane: u32, topic_ptr: u32, topic_len: u32, key_ptr: u32, key_len: u32) -> u32` | queue the same bytes on a lane of `n` sockets (`u64` ids); returns how many took them |
@@ -51,7 +50,7 @@ use crate::assets::Assets;
 use crate::gateway::Gateway;
 use crate::metrics::{Format, HostValues, Metrics};
 use crate::modules::ModuleHost;
-use crate::socket::{Inbound, Next, Sockets};
+use crate::socket::Sockets;
 use crate::spawn::State;
 use crate::store::{DataService, Op};
 
@@ -397,28 +396,6 @@ impl HostApi {
                     Some(start) => api.park(caller.data().id(), start),
                     None => 0,
                 }
-            },
-        )?;
-
-        let api = self.clone();
-        linker.func_wrap(
-            "chorus",
-            "inlet_next",
-            move |mut caller: Caller<'_, State>, socket: u64, ptr: u32, cap: u32| -> Result<u64> {
-                let (kind, bytes): (u64, std::borrow::Cow<'_, [u8]>) =
-                    match api.sockets.inlet_next(socket, cap as usize) {
-                        Next::Empty => return Ok(0),
-                        Next::TooBig(len) => return Ok((1 << 32) | len as u64),
-                        Next::Message(Inbound::Text(b)) => (1, b.into()),
-                        Next::Message(Inbound::Binary(b)) => (2, b.into()),
-                        Next::Message(Inbound::Closed { code, reason }) => {
-                            let mut b = code.to_be_bytes().to_vec();
-                            b.extend_from_slice(reason.as_bytes());
-                            (3, b.into())
-                        }
-                    };
-                write_guest(&mut caller, ptr, &bytes)?;
-                Ok((kind << 32) | bytes.len() as u64)
             },
         )?;
 

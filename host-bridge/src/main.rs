@@ -26,6 +26,7 @@ mod metrics;
 mod modules;
 mod node;
 mod procstat;
+mod session;
 mod socket;
 mod spawn;
 mod sysctl;

@@ -323,7 +323,7 @@ async fn spawn_main(
         cluster.serve(envs.clone(), &env, engine.runtime.clone());
     }
     if let Some(gateway) = &host.gateway {
-        gateway.set_spawner(spawner.clone());
+        gateway.set_spawner(spawner.clone(), host.cluster.clone());
     }
     let state = spawner.state()?;
     env.can_spawn_next_process().await?;

@@ -7,7 +7,7 @@
 //!   `core::ws`, answers pings, enforces frame limits and idleness, and
 //!   queues each complete client message. When the queue goes from empty to
 //!   non-empty the owning session gets one small wake message (tag
-//!   [`INLET_TAG`]) and takes the queued messages with `chorus::inlet_next`.
+//!   [`INLET_TAG`]) and takes the queued messages ([`Sockets::inlet_next`]).
 //!   While the session has `limits.inlet_queue_messages` (or
 //!   `limits.inlet_queue_bytes`) unprocessed, the task stops reading: TCP
 //!   backpressure falls on that client only.
@@ -87,15 +87,6 @@ impl Inbound {
             Inbound::Closed { reason, .. } => reason.len(),
         }
     }
-}
-
-/// What [`Sockets::inlet_next`] found.
-#[derive(Debug)]
-pub enum Next {
-    Empty,
-    /// The next message needs a buffer of this many bytes.
-    TooBig(usize),
-    Message(Inbound),
 }
 
 /// Limits of the sockets of a node.
@@ -313,28 +304,19 @@ impl Sockets {
         self.get(id)?.lock().start.take()
     }
 
-    /// The next client message of socket `id` for its session, if it fits
-    /// in `cap` bytes (else it stays queued and its size is returned).
-    /// [`Next::Empty`] when none waits: the next arrival sends a new wake
-    /// message.
-    pub fn inlet_next(&self, id: u64, cap: usize) -> Next {
-        let Some(socket) = self.get(id) else {
-            return Next::Empty;
-        };
+    /// The next client message of socket `id` for its session; `None` when
+    /// none waits (the next arrival sends a new wake message).
+    pub fn inlet_next(&self, id: u64) -> Option<Inbound> {
+        let socket = self.get(id)?;
         let mut state = socket.lock();
-        let Some(len) = state.inlet.front().map(Inbound::len) else {
+        let Some(next) = state.inlet.pop_front() else {
             state.wake_sent = false;
             if state.inlet.capacity() > 4 {
                 state.inlet = VecDeque::new();
             }
-            return Next::Empty;
+            return None;
         };
-        if len > cap {
-            return Next::TooBig(len);
-        }
-        let Some(next) = state.inlet.pop_front() else {
-            return Next::Empty;
-        };
+        let len = next.len();
         state.inlet_bytes = state.inlet_bytes.saturating_sub(len);
         if state.reader_paused
             && state.inlet.len() * 2 <= self.limits.inlet_messages
@@ -343,7 +325,7 @@ impl Sockets {
             state.reader_paused = false;
             socket.read_wake.notify_one();
         }
-        Next::Message(next)
+        Some(next)
     }
 
     /// Queues one frame on `lane` (`topic` and `key` matter on the audio and

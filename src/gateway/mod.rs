@@ -1,7 +1,7 @@
-//! The gateway's guest side: the processes the host spawns per connection.
+//! The gateway's guest side: the process the host spawns per HTTP request.
 //! The host accepts connections, reads request heads and WebSocket frames
-//! (`host-bridge/src/gateway.rs`, `socket.rs`); a WebSocket gets a session
-//! process ([`session`]), any other request an HTTP handler ([`http`]).
+//! (`host-bridge/src/gateway.rs`, `socket.rs`); a WebSocket gets a native
+//! session process of the host (`host-bridge/src/session.rs`), any other
+//! request an HTTP handler here ([`http`]).
 
 pub mod http;
-pub mod session;
