@@ -7,8 +7,9 @@
 //!   and prints `served`;
 //! * `cluster_ping send <node> <pid>`: sends the ping there through
 //!   [`supervisors::mail::send_bytes`] (a remote send for another node),
-//!   prints `pong from <node>` when the answer comes, exits 1 after 10 s
-//!   without one.
+//!   prints `pong from <node>` when the answer comes (and stays one more
+//!   second, for its node to acknowledge it), exits 1 after 10 s without
+//!   one.
 
 use std::time::Duration;
 
@@ -46,7 +47,14 @@ fn main() {
             let to_pid: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0);
             mail::send_bytes(to_node, to_pid, 0, format!("ping {node} {pid}").as_bytes());
             match mail::receive(&[], Some(Duration::from_secs(10))) {
-                Mail::Data { bytes, .. } => println!("{}", String::from_utf8_lossy(&bytes)),
+                Mail::Data { bytes, .. } => {
+                    println!("{}", String::from_utf8_lossy(&bytes));
+                    // The server's send (lunatic's, blocking) waits for this
+                    // node to acknowledge the pong: leaving at once could
+                    // end the node before it does, and the server would
+                    // wait for an acknowledgement that never comes.
+                    let _ = mail::receive(&[], Some(Duration::from_secs(1)));
+                }
                 other => {
                     println!("no pong: {other:?}");
                     std::process::exit(1);
