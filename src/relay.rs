@@ -8,9 +8,17 @@
 //! bytes per serializer and that node's socket ids (`core::relay::plan`);
 //! the relay process there makes the host calls. On a node alone every
 //! outlet is local and no relay message is ever sent.
+//!
+//! Across regions (`cluster.region`) a fan-out sends each other region ONE
+//! [`RelayMsg::Region`], to the relay of that region's hub for the channel
+//! (`core::relay::regional`), which queues its own part and forwards each
+//! other node's part in its region as a [`RelayMsg::Frames`].
+
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 use chorus_core::lanes::Lane;
-use chorus_core::relay::{plan, Outlet};
+use chorus_core::relay::{plan, regional, Batch, Hubs, Outlet};
 use serde::{Deserialize, Serialize};
 use supervisors::{mail, ChildRef, Inbox, Incoming};
 
@@ -29,6 +37,24 @@ pub enum RelayMsg {
         key: String,
         parts: Vec<Part>,
     },
+    /// A hub's share of another region's fan-out: queue `onward`'s parts
+    /// for this node here and forward every other node's as `Frames`.
+    Region {
+        lane: Lane,
+        topic: String,
+        key: String,
+        frames: Vec<serde_bytes::ByteBuf>,
+        onward: Vec<Onward>,
+    },
+}
+
+/// One node's part of a [`RelayMsg::Region`]: its relay, and for each of
+/// the message's frames (by index) the sockets that get it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Onward {
+    pub node: u64,
+    pub relay: u64,
+    pub parts: Vec<(u32, Vec<u64>)>,
 }
 
 /// One frame and the sockets of the relay's node that get it.
@@ -40,7 +66,8 @@ pub struct Part {
 }
 
 /// Queues each group's frame on its outlets: one host call per group for
-/// this node's sockets, one relay message per other node.
+/// this node's sockets, one relay message per other node of this region,
+/// one per other region (to its hub).
 pub fn fanout<B: AsRef<[u8]>>(groups: Vec<(B, Vec<Outlet>)>, route: Route<'_>) {
     // Plans by group index, so the frames are not copied until a remote
     // node needs them.
@@ -63,16 +90,16 @@ pub fn fanout<B: AsRef<[u8]>>(groups: Vec<(B, Vec<Outlet>)>, route: Route<'_>) {
             }
         }
     }
-    for batch in p.remote {
+    if p.remote.is_empty() {
+        return;
+    }
+    let split = REGIONS.with(|r| r.borrow_mut().split(p.remote, route.topic));
+    let frame = |i: usize| frames.get(i).map(|b| b.as_ref().to_vec());
+    for batch in split.direct {
         let parts = batch
             .parts
             .into_iter()
-            .filter_map(|(i, sockets)| {
-                frames.get(i).map(|bytes| Part {
-                    bytes: bytes.as_ref().to_vec(),
-                    sockets,
-                })
-            })
+            .filter_map(|(i, sockets)| frame(i).map(|bytes| Part { bytes, sockets }))
             .collect();
         ChildRef::<RelayMsg>::at(batch.node, batch.relay).send(RelayMsg::Frames {
             lane: route.lane,
@@ -81,6 +108,104 @@ pub fn fanout<B: AsRef<[u8]>>(groups: Vec<(B, Vec<Outlet>)>, route: Route<'_>) {
             parts,
         });
     }
+    for crossing in split.crossings {
+        // The frames this region needs, each once, renumbered.
+        let mut used: Vec<usize> = Vec::new();
+        let onward = crossing
+            .batches
+            .into_iter()
+            .map(|b: Batch<usize>| Onward {
+                node: b.node,
+                relay: b.relay,
+                parts: b
+                    .parts
+                    .into_iter()
+                    .map(|(i, sockets)| {
+                        let at = used.iter().position(|u| *u == i).unwrap_or_else(|| {
+                            used.push(i);
+                            used.len() - 1
+                        });
+                        (at as u32, sockets)
+                    })
+                    .collect(),
+            })
+            .collect();
+        let region_frames = used
+            .iter()
+            .map(|i| serde_bytes::ByteBuf::from(frame(*i).unwrap_or_default()))
+            .collect();
+        ChildRef::<RelayMsg>::at(crossing.hub.node, crossing.hub.relay).send(RelayMsg::Region {
+            lane: route.lane,
+            topic: route.topic.to_string(),
+            key: route.key.to_string(),
+            frames: region_frames,
+            onward,
+        });
+    }
+}
+
+thread_local! {
+    /// This process's view of the regions and its hubs (a channel's hubs
+    /// are its own: each guest process has its own instance).
+    static REGIONS: RefCell<Regions> = RefCell::new(Regions::default());
+}
+
+/// The members' regions as this process last read them, and its hubs.
+#[derive(Default)]
+struct Regions {
+    members: Vec<u64>,
+    here: String,
+    region_of: HashMap<u64, String>,
+    hubs: Hubs,
+}
+
+impl Regions {
+    /// Splits remote batches by region, re-reading the regions when the
+    /// membership changed (one host call per fan-out that leaves the node).
+    fn split(
+        &mut self,
+        remote: Vec<Batch<usize>>,
+        topic: &str,
+    ) -> chorus_core::relay::Regional<usize> {
+        let members = mail::cluster_nodes();
+        if members != self.members || remote.iter().any(|b| !self.region_of.contains_key(&b.node)) {
+            let listed = host::cluster_json();
+            self.here = listed["region"].as_str().unwrap_or_default().to_string();
+            self.region_of = listed["nodes"]
+                .as_array()
+                .map(|nodes| {
+                    nodes
+                        .iter()
+                        .filter_map(|n| {
+                            Some((n["id"].as_u64()?, n["region"].as_str()?.to_string()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.members = members;
+        }
+        let Regions {
+            members,
+            here,
+            region_of,
+            hubs,
+        } = self;
+        let region_of = |node: u64| {
+            if members.contains(&node) {
+                region_of.get(&node).map(String::as_str)
+            } else {
+                None
+            }
+        };
+        regional(remote, here, region_of, hubs, fnv(topic))
+    }
+}
+
+/// FNV-1a of a topic: spreads channels' hubs over a region's nodes.
+fn fnv(topic: &str) -> u64 {
+    topic.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Queues `bytes` on one outlet.
@@ -109,6 +234,50 @@ pub fn relay(_: (), inbox: Inbox<RelayMsg>) {
                     host::fanout(&part.sockets, &part.bytes, route);
                 }
             }
+            Incoming::Message(RelayMsg::Region {
+                lane,
+                topic,
+                key,
+                frames,
+                onward,
+            }) => {
+                let route = Route {
+                    lane,
+                    topic: &topic,
+                    key: &key,
+                };
+                forward(&frames, onward, route);
+            }
+        }
+    }
+}
+
+/// A hub's relay: queues this node's part of a region's fan-out and
+/// forwards each other node's, in the order the channel sent them.
+fn forward(frames: &[serde_bytes::ByteBuf], onward: Vec<Onward>, route: Route<'_>) {
+    let here = mail::node_id();
+    for o in onward {
+        let parts = o
+            .parts
+            .into_iter()
+            .filter_map(|(i, sockets)| frames.get(i as usize).map(|bytes| (bytes, sockets)));
+        if o.node == here {
+            for (bytes, sockets) in parts {
+                host::fanout(&sockets, bytes, route);
+            }
+        } else {
+            let parts = parts
+                .map(|(bytes, sockets)| Part {
+                    bytes: bytes.to_vec(),
+                    sockets,
+                })
+                .collect();
+            ChildRef::<RelayMsg>::at(o.node, o.relay).send(RelayMsg::Frames {
+                lane: route.lane,
+                topic: route.topic.to_string(),
+                key: route.key.to_string(),
+                parts,
+            });
         }
     }
 }

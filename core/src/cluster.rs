@@ -26,6 +26,10 @@ pub struct Join {
     pub name: String,
     /// `cluster.region`.
     pub region: String,
+    /// `cluster.advertise`: the QUIC address nodes of other regions dial
+    /// (empty: the node's own address).
+    #[serde(default)]
+    pub advertise: String,
 }
 
 /// One node as the control server lists it to the nodes.
@@ -196,14 +200,35 @@ impl Registry {
 
     /// The live nodes that started, by node id.
     pub fn members(&self) -> Vec<Member> {
+        self.members_seen_from(None)
+    }
+
+    /// The members as the node of `registration` must dial them: a node of
+    /// another region that set `cluster.advertise` is listed at that
+    /// address, every other node at its own.
+    pub fn members_for(&self, registration: u64) -> Vec<Member> {
+        let region = self
+            .entries
+            .get(&registration)
+            .map(|e| e.join.region.as_str());
+        self.members_seen_from(region)
+    }
+
+    fn members_seen_from(&self, region: Option<&str>) -> Vec<Member> {
         let mut out: Vec<Member> = self
             .entries
             .values()
             .filter_map(|e| {
                 let (id, address) = e.node.as_ref()?;
+                let far = region.is_some_and(|r| r != e.join.region);
+                let address = if far && !e.join.advertise.is_empty() {
+                    e.join.advertise.clone()
+                } else {
+                    address.clone()
+                };
                 Some(Member {
                     id: *id,
-                    address: address.clone(),
+                    address,
                     name: e.uuid.clone(),
                     node_name: e.join.name.clone(),
                     region: e.join.region.clone(),
@@ -332,10 +357,28 @@ pub fn check_node(c: &Config) -> Result<(), (&'static str, String)> {
     }
     check_label("node.name", &c.node.name).map_err(refusal_key)?;
     check_label("cluster.region", &k.region).map_err(refusal_key)?;
-    check_security(
-        c,
-        &[("cluster.control", &k.control), ("cluster.bind", &k.bind)],
-    )
+    if !k.advertise.is_empty() {
+        let advertise: std::net::SocketAddr = k.advertise.parse().map_err(|_| {
+            (
+                "cluster.advertise",
+                format!("{:?} is not an ip:port", k.advertise),
+            )
+        })?;
+        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+            return Err((
+                "cluster.advertise",
+                "must be a specific IP and port (the address nodes of other regions dial)".into(),
+            ));
+        }
+    }
+    let mut addrs = vec![
+        ("cluster.control", k.control.as_str()),
+        ("cluster.bind", &k.bind),
+    ];
+    if !k.advertise.is_empty() {
+        addrs.push(("cluster.advertise", &k.advertise));
+    }
+    check_security(c, &addrs)
 }
 
 /// Can this config start a control server?
@@ -374,7 +417,44 @@ mod tests {
         Join {
             name: name.into(),
             region: "eu".into(),
+            advertise: String::new(),
         }
+    }
+
+    #[test]
+    fn nodes_of_other_regions_are_listed_at_their_advertised_address() {
+        let mut r = Registry::new(10_000);
+        let mut reg = |uuid: &str, name: &str, region: &str, advertise: &str, addr: &str| {
+            let j = Join {
+                name: name.into(),
+                region: region.into(),
+                advertise: advertise.into(),
+            };
+            let (id, _) = r.register(uuid, "t", j, 0).unwrap();
+            r.start(id, addr);
+            id
+        };
+        let a1 = reg("u1", "a1", "a", "127.0.0.1:9101", "127.0.0.1:7101");
+        let a2 = reg("u2", "a2", "a", "", "127.0.0.1:7102");
+        let b1 = reg("u3", "b1", "b", "127.0.0.1:9201", "127.0.0.1:7201");
+        let addrs = |seen: Vec<Member>| seen.into_iter().map(|m| m.address).collect::<Vec<_>>();
+        // Within a region: the own addresses; across: the advertised one
+        // where set (a2 set none).
+        assert_eq!(
+            addrs(r.members_for(a1)),
+            ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:9201"]
+        );
+        assert_eq!(addrs(r.members_for(a2)), addrs(r.members_for(a1)));
+        assert_eq!(
+            addrs(r.members_for(b1)),
+            ["127.0.0.1:9101", "127.0.0.1:7102", "127.0.0.1:7201"]
+        );
+        // Unknown registration, or the plain list: own addresses.
+        assert_eq!(
+            addrs(r.members_for(99)),
+            ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7201"]
+        );
+        assert_eq!(addrs(r.members()), addrs(r.members_for(99)));
     }
 
     #[test]
@@ -493,6 +573,25 @@ mod tests {
             ("CHORUS_CLUSTER_BIND", "0.0.0.0:0"),
         ]);
         assert_eq!(check_node(&c).unwrap_err().0, "cluster.bind");
+        let local = [
+            ("CHORUS_CONTROL", "127.0.0.1:3030"),
+            ("CHORUS_STORE", "scylla"),
+            ("CHORUS_CLUSTER_INSECURE_LOCAL", "true"),
+        ];
+        for (advertise, ok) in [
+            ("127.0.0.2:9000", true),
+            ("proxy:9000", false),
+            ("127.0.0.1:0", false),
+            ("10.0.0.5:9000", false),
+        ] {
+            let mut pairs = local.to_vec();
+            pairs.push(("CHORUS_CLUSTER_ADVERTISE", advertise));
+            let got = check_node(&cluster_config(&pairs));
+            assert_eq!(got.is_ok(), ok, "{advertise}: {got:?}");
+            if !ok {
+                assert_eq!(got.unwrap_err().0, "cluster.advertise");
+            }
+        }
     }
 
     #[test]

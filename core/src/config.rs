@@ -264,8 +264,13 @@ pub struct ClusterConfig {
     /// a free one); it is also the address the control server hands out, so
     /// it must be a specific IP the other nodes can reach.
     pub bind: String,
-    /// This node's region label (shown in membership, used for placement).
+    /// This node's region label (shown in membership; a channel's fan-out
+    /// crosses to each other region once, `crate::relay::regional`).
     pub region: String,
+    /// The QUIC address nodes of OTHER regions dial to reach this node
+    /// (`ip:port` of a NAT, public address or latency proxy in front of
+    /// `cluster.bind`); empty: `cluster.bind` for every node.
+    pub advertise: String,
     /// PEM certificate of the cluster's CA. The control server signs node
     /// certificates with it; a node that has it trusts only it.
     pub ca_cert: String,
@@ -344,6 +349,7 @@ impl Default for ClusterConfig {
             control_bind: "127.0.0.1:3030".into(),
             bind: "127.0.0.1:0".into(),
             region: "local".into(),
+            advertise: String::new(),
             ca_cert: String::new(),
             ca_key: String::new(),
             join_secret: String::new(),

@@ -12,6 +12,18 @@
 //! Ordering: a channel sends to a given relay from one process, one message
 //! at a time, and a relay handles its mail in order, so frames of one
 //! channel reach each socket in the channel's order on every node.
+//!
+//! Regions: nodes carry a region label (`cluster.region`). [`regional`]
+//! splits the remote batches further: nodes of the channel's own region
+//! (and nodes whose region is unknown) get their batch directly; each other
+//! region gets ONE message, to the relay of one node there (the region's
+//! *hub* for this channel), carrying the batches of every node of that
+//! region; the hub's relay queues its own part and forwards the others'
+//! inside its region. A channel keeps its hub per region ([`Hubs`]) for as
+//! long as that node is a member, even while it has no subscribers, so a
+//! node's frames always take the same path and keep the channel's order.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -96,4 +108,225 @@ pub fn plan<K: Copy>(here: u64, groups: impl IntoIterator<Item = (K, Vec<Outlet>
     }
     remote.sort_by_key(|b| (b.node, b.relay));
     Plan { local, remote }
+}
+
+/// A node another region's traffic of one channel enters through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hub {
+    pub node: u64,
+    pub relay: u64,
+}
+
+/// One channel's hub per other region, kept across fan-outs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hubs(BTreeMap<String, Hub>);
+
+impl Hubs {
+    pub fn get(&self, region: &str) -> Option<Hub> {
+        self.0.get(region).copied()
+    }
+}
+
+/// What crosses to one other region: one message to `hub`'s relay with
+/// the batches of that region's nodes (the hub's own among them when it
+/// has subscribers), in ascending node order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crossing<K> {
+    pub region: String,
+    pub hub: Hub,
+    pub batches: Vec<Batch<K>>,
+}
+
+/// Remote batches split by region, as seen from a node of `here`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Regional<K> {
+    /// Batches sent to their node directly: nodes of this region, nodes of
+    /// unknown region, and a region whose only batch is its hub's.
+    pub direct: Vec<Batch<K>>,
+    /// One per other region, in region order.
+    pub crossings: Vec<Crossing<K>>,
+}
+
+/// Splits a plan's `remote` batches by region ([`module docs`](self)).
+/// `region_of` names a member's region (`None`: not a member, or unknown);
+/// `seed` (e.g. a hash of the topic) picks a new hub among the region's
+/// nodes with subscribers, so channels spread their hubs over the region.
+/// A kept hub that is no longer a member is replaced.
+pub fn regional<'r, K>(
+    remote: Vec<Batch<K>>,
+    here: &str,
+    region_of: impl Fn(u64) -> Option<&'r str>,
+    hubs: &mut Hubs,
+    seed: u64,
+) -> Regional<K> {
+    let mut direct = Vec::new();
+    let mut by_region: BTreeMap<&str, Vec<Batch<K>>> = BTreeMap::new();
+    for b in remote {
+        match region_of(b.node) {
+            Some(r) if r != here => by_region.entry(r).or_default().push(b),
+            _ => direct.push(b),
+        }
+    }
+    let mut crossings = Vec::new();
+    for (region, batches) in by_region {
+        let kept = hubs
+            .get(region)
+            .filter(|h| region_of(h.node) == Some(region));
+        let hub = match kept {
+            // The hub's relay as its newest outlets name it (a restarted
+            // relay has a new process id).
+            Some(h) => batches
+                .iter()
+                .find(|b| b.node == h.node)
+                .map_or(h, |b| Hub {
+                    node: b.node,
+                    relay: b.relay,
+                }),
+            None => {
+                let pick = &batches[(seed % batches.len() as u64) as usize];
+                Hub {
+                    node: pick.node,
+                    relay: pick.relay,
+                }
+            }
+        };
+        hubs.0.insert(region.to_string(), hub);
+        if let [only] = batches.as_slice() {
+            if only.node == hub.node && only.relay == hub.relay {
+                direct.extend(batches);
+                continue;
+            }
+        }
+        crossings.push(Crossing {
+            region: region.to_string(),
+            hub,
+            batches,
+        });
+    }
+    direct.sort_by_key(|b| (b.node, b.relay));
+    Regional { direct, crossings }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(node: u64, socket: u64) -> Outlet {
+        Outlet {
+            node,
+            relay: 100 + node,
+            socket,
+        }
+    }
+
+    fn region(node: u64) -> Option<&'static str> {
+        match node {
+            1 | 2 => Some("a"),
+            3..=5 => Some("b"),
+            6 => Some("c"),
+            _ => None,
+        }
+    }
+
+    fn nodes(batches: &[Batch<u8>]) -> Vec<u64> {
+        batches.iter().map(|b| b.node).collect()
+    }
+
+    #[test]
+    fn plan_splits_by_node_and_keeps_keys_apart() {
+        let p = plan(
+            1,
+            [(0u8, vec![o(2, 7), o(1, 1), o(2, 8)]), (1u8, vec![o(1, 2)])],
+        );
+        assert_eq!(p.local, vec![(0, vec![1]), (1, vec![2])]);
+        assert_eq!(
+            p.remote,
+            vec![Batch {
+                node: 2,
+                relay: 102,
+                parts: vec![(0, vec![7, 8])]
+            }]
+        );
+        assert_eq!(p.messages(), 3);
+    }
+
+    #[test]
+    fn each_other_region_gets_one_message_through_a_kept_hub() {
+        let mut hubs = Hubs::default();
+        let groups = || {
+            [
+                (
+                    0u8,
+                    vec![o(2, 1), o(3, 2), o(4, 3), o(5, 4), o(6, 5), o(9, 6)],
+                ),
+                (1u8, vec![o(4, 7)]),
+            ]
+        };
+        let p = plan(1, groups());
+        let r = regional(p.remote, "a", region, &mut hubs, 1);
+        // Own region (2) and an unknown node (9) directly; region c has a
+        // single node, its own hub: directly too.
+        assert_eq!(nodes(&r.direct), [2, 6, 9]);
+        assert_eq!(r.crossings.len(), 1);
+        let b = &r.crossings[0];
+        assert_eq!(b.region, "b");
+        assert_eq!(
+            b.hub,
+            Hub {
+                node: 4,
+                relay: 104
+            },
+            "seed 1 of [3, 4, 5]"
+        );
+        assert_eq!(nodes(&b.batches), [3, 4, 5]);
+        assert_eq!(b.batches[1].parts, vec![(0, vec![3]), (1, vec![7])]);
+        // The hub is kept while it is a member, even without subscribers,
+        // whatever the seed: node 3's frames keep one path.
+        let p = plan(1, [(0u8, vec![o(3, 2)])]);
+        let r = regional(p.remote, "a", region, &mut hubs, 0);
+        assert!(r.direct.is_empty());
+        assert_eq!(r.crossings[0].hub.node, 4);
+        assert_eq!(nodes(&r.crossings[0].batches), [3]);
+        // Node 4 left: a new hub among the nodes with subscribers.
+        let gone = |n: u64| if n == 4 { None } else { region(n) };
+        let p = plan(1, [(0u8, vec![o(3, 2), o(5, 4)])]);
+        let r = regional(p.remote, "a", gone, &mut hubs, 1);
+        assert_eq!(r.crossings[0].hub.node, 5);
+        assert_eq!(hubs.get("b").map(|h| h.node), Some(5));
+    }
+
+    #[test]
+    fn a_restarted_hub_relay_is_followed_and_one_region_alone_is_direct() {
+        let mut hubs = Hubs::default();
+        let p = plan(1, [(0u8, vec![o(3, 1)])]);
+        let r = regional(p.remote, "a", region, &mut hubs, 7);
+        assert_eq!(nodes(&r.direct), [3]);
+        assert!(r.crossings.is_empty());
+        assert_eq!(
+            hubs.get("b"),
+            Some(Hub {
+                node: 3,
+                relay: 103
+            })
+        );
+        let moved = Outlet {
+            node: 3,
+            relay: 555,
+            socket: 1,
+        };
+        let p = plan(1, [(0u8, vec![moved, o(5, 2)])]);
+        let r = regional(p.remote, "a", region, &mut hubs, 7);
+        assert_eq!(
+            r.crossings[0].hub,
+            Hub {
+                node: 3,
+                relay: 555
+            }
+        );
+        // Everything in one region: nothing crosses.
+        let p = plan(3, [(0u8, vec![o(4, 1), o(5, 2)])]);
+        let r = regional(p.remote, "b", region, &mut Hubs::default(), 0);
+        assert_eq!(nodes(&r.direct), [4, 5]);
+        assert!(r.crossings.is_empty());
+    }
 }

@@ -89,6 +89,7 @@ impl Cluster {
             chorus: Join {
                 name: config.node.name.clone(),
                 region: k.region.clone(),
+                advertise: k.advertise.clone(),
             },
         };
         let answer = register(
@@ -130,6 +131,8 @@ impl Cluster {
             node_id,
             worker_id = answer.worker_id,
             quic = %bind,
+            region = %k.region,
+            advertise = %k.advertise,
             control = %control_url,
             "joined the cluster"
         );

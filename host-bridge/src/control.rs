@@ -333,11 +333,14 @@ async fn stopped(State(control): State<Arc<Control>>, headers: HeaderMap) -> Res
 }
 
 async fn nodes(State(control): State<Arc<Control>>, headers: HeaderMap) -> Response {
-    if let Err(e) = node_of(&control, &headers) {
-        return *e;
-    }
+    let registration = match node_of(&control, &headers) {
+        Ok(r) => r,
+        Err(e) => return *e,
+    };
+    // Each node gets the addresses it must dial: a node of another region
+    // at its `cluster.advertise` address.
     let members = match control.registry.lock() {
-        Ok(r) => r.members(),
+        Ok(r) => r.members_for(registration),
         Err(_) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "registry unavailable"),
     };
     Json(Members { nodes: members }).into_response()
