@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::delay::Links;
 use crate::driver::{self, RunResult, Target};
 use crate::proto::System;
 use crate::report::{self, fmt_num, Machine};
@@ -60,9 +61,59 @@ pub struct ClusterResult {
     /// buffer overflows show here (other programs' UDP counts too).
     #[serde(default)]
     pub udp: Udp,
+    /// Simulated regions (`--regions`), `None` for a plain cluster run.
+    /// Then `run.cross_node_*` count deliveries between clients of
+    /// different regions, `run.same_node_*` within one region.
+    #[serde(default)]
+    pub regions: Option<RegionRun>,
     /// The run, its memory and CPU summed over the nodes (`per_server`
     /// holds each node's).
     pub run: RunResult,
+}
+
+/// How clients reach the channels in a regions run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegionMode {
+    /// Nodes in every region, clients on their own region's nodes.
+    #[default]
+    Regional,
+    /// Nodes in region `a` only, the other regions' clients connect there.
+    Home,
+}
+
+impl RegionMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            RegionMode::Regional => "regional",
+            RegionMode::Home => "home",
+        }
+    }
+}
+
+impl std::str::FromStr for RegionMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "regional" => Ok(RegionMode::Regional),
+            "home" => Ok(RegionMode::Home),
+            other => Err(format!("{other:?}: regional or home")),
+        }
+    }
+}
+
+/// A regions run's layout.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct RegionRun {
+    pub regions: u64,
+    pub nodes_per_region: usize,
+    /// The delay of each direction of an inter-region link (a round trip
+    /// takes twice this).
+    pub one_way_delay_ms: u64,
+    pub mode: RegionMode,
+    /// Datagrams the delaying proxies dropped (a full queue).
+    #[serde(default)]
+    pub proxy_dropped: u64,
 }
 
 /// Differences of the `Udp:` line of `/proc/net/snmp` over a run.
@@ -139,6 +190,16 @@ impl Cluster {
     /// Starts the control server and `n` nodes, and waits until every node
     /// lists all `n` and lunatic's own node list has caught up.
     pub fn start(paths: &Paths, n: usize, setup: &Setup) -> Result<Cluster, String> {
+        Cluster::start_with(paths, n, setup, &|_| Vec::new())
+    }
+
+    /// [`Cluster::start`], node `k` (1-based) with `node_env(k)` besides.
+    pub fn start_with(
+        paths: &Paths,
+        n: usize,
+        setup: &Setup,
+        node_env: &dyn Fn(usize) -> Vec<(String, String)>,
+    ) -> Result<Cluster, String> {
         let bin = paths.chorus_bin();
         let control_dir = servers::named_temp_dir("control")?;
         let control_addr = SocketAddr::from(([127, 0, 0, 1], setup.base_port));
@@ -189,7 +250,10 @@ impl Cluster {
                 ("CHORUS_SCYLLA_NODES", setup.cql.clone()),
                 ("CHORUS_STORE_KEYSPACE", setup.keyspace.clone()),
             ]
-            .map(|(k, v)| (k.to_string(), v));
+            .map(|(k, v)| (k.to_string(), v))
+            .into_iter()
+            .chain(node_env(k))
+            .collect::<Vec<_>>();
             let port = setup.base_port + k as u16;
             match Server::start_chorus_node(paths, &format!("bench-{k}"), port, &env) {
                 Ok(s) => cluster.nodes.push(s),
@@ -233,6 +297,7 @@ impl Cluster {
         Target {
             addrs: self.nodes.iter().map(|s| s.addr).collect(),
             pids: self.nodes.iter().map(|s| s.pid).collect(),
+            dial: Vec::new(),
         }
     }
 
@@ -344,8 +409,97 @@ pub fn supported(s: Scenario) -> bool {
 /// One run of `params` on a fresh cluster of `n` nodes; always returns a
 /// result (with `run.failure` set when something did not work).
 pub fn run(paths: &Paths, params: &Params, n: usize, setup: &Setup) -> ClusterResult {
+    run_in(paths, params, n, setup, None)
+}
+
+/// One run of `params` on simulated regions ([`RegionRun`]): `regional`
+/// starts `nodes_per_region` nodes in each region, their QUIC links to the
+/// other regions through delaying UDP proxies (`cluster.advertise`), and
+/// clients connect to a node of their own region; `home` starts
+/// `nodes_per_region` nodes in region `a` only (every channel's home) and
+/// clients of the other regions connect to them through delaying TCP
+/// proxies.
+pub fn run_regions(paths: &Paths, params: &Params, rr: &RegionRun, setup: &Setup) -> ClusterResult {
+    let n = match rr.mode {
+        RegionMode::Regional => rr.nodes_per_region * rr.regions as usize,
+        RegionMode::Home => rr.nodes_per_region,
+    };
+    let mut params = params.clone();
+    params.regions = rr.regions;
+    run_in(paths, &params, n, setup, Some(rr))
+}
+
+/// Region `i`'s label: `a`, `b`, …
+fn region_label(i: usize) -> String {
+    char::from(b'a' + (i % 26) as u8).to_string()
+}
+
+/// Starts the cluster of a regions run with its proxies: the cluster, the
+/// addresses client `id` dials (`dial[id % len]`, region `id % regions`),
+/// and the proxies (stopped when dropped).
+fn start_regions(
+    paths: &Paths,
+    n: usize,
+    setup: &Setup,
+    rr: &RegionRun,
+) -> Result<(Cluster, Vec<SocketAddr>, Links), String> {
+    let links = Links::new()?;
+    let delay = Duration::from_millis(rr.one_way_delay_ms);
+    let regions = rr.regions as usize;
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let quic = |k: usize| at(setup.base_port + 100 + k as u16);
+    let advertised = |k: usize| at(setup.base_port + 200 + k as u16);
+    let cluster = match rr.mode {
+        RegionMode::Regional => {
+            for k in 1..=n {
+                links.udp(advertised(k), quic(k), delay)?;
+            }
+            // Node k is in region (k - 1) % regions: the node list
+            // alternates regions, so client `id` (node `id % n`) lands in
+            // region `id % regions`.
+            Cluster::start_with(paths, n, setup, &|k| {
+                vec![
+                    ("CHORUS_REGION".into(), region_label((k - 1) % regions)),
+                    ("CHORUS_CLUSTER_BIND".into(), quic(k).to_string()),
+                    ("CHORUS_CLUSTER_ADVERTISE".into(), advertised(k).to_string()),
+                ]
+            })?
+        }
+        RegionMode::Home => Cluster::start_with(paths, n, setup, &|_| {
+            vec![("CHORUS_REGION".into(), region_label(0))]
+        })?,
+    };
+    let dial = match rr.mode {
+        RegionMode::Regional => Vec::new(),
+        RegionMode::Home => {
+            let mut dial = Vec::new();
+            for (i, node) in cluster.nodes.iter().enumerate() {
+                dial.push(node.addr);
+                for r in 1..regions {
+                    let proxy = at(setup.base_port + 300 + (i * regions + r) as u16);
+                    if let Err(e) = links.tcp(proxy, node.addr, delay) {
+                        cluster.stop();
+                        return Err(e);
+                    }
+                    dial.push(proxy);
+                }
+            }
+            dial
+        }
+    };
+    Ok((cluster, dial, links))
+}
+
+fn run_in(
+    paths: &Paths,
+    params: &Params,
+    n: usize,
+    setup: &Setup,
+    regions: Option<&RegionRun>,
+) -> ClusterResult {
     let mut c = ClusterResult {
         nodes: n,
+        regions: regions.cloned(),
         commit: commit(&paths.root),
         machine: Machine::here(),
         load_at_start: report::loadavg(),
@@ -366,7 +520,13 @@ pub fn run(paths: &Paths, params: &Params, n: usize, setup: &Setup) -> ClusterRe
         params.describe()
     );
     let udp = Udp::now();
-    let mut cluster = match Cluster::start(paths, n, setup) {
+    let started = match regions {
+        None => Cluster::start(paths, n, setup).map(|cl| (cl, Vec::new(), None)),
+        Some(rr) => {
+            start_regions(paths, n, setup, rr).map(|(cl, dial, links)| (cl, dial, Some(links)))
+        }
+    };
+    let (mut cluster, dial, links) = match started {
         Ok(cl) => cl,
         Err(e) => {
             c.run.failure = Some(format!("cluster did not start: {e}"));
@@ -384,7 +544,8 @@ pub fn run(paths: &Paths, params: &Params, n: usize, setup: &Setup) -> ClusterRe
         .map(|s| s.version.clone())
         .unwrap_or_default();
     let control_cpu = cpu_s(cluster.control_pid);
-    let target = cluster.target();
+    let mut target = cluster.target();
+    target.dial = dial;
     driver::measure(&mut c.run, &target, params);
     c.control_rss_kib = rss_kib(cluster.control_pid).unwrap_or(0);
     if let (Some(a), Some(b)) = (control_cpu, cpu_s(cluster.control_pid)) {
@@ -398,6 +559,9 @@ pub fn run(paths: &Paths, params: &Params, n: usize, setup: &Setup) -> ClusterRe
         ));
     }
     cluster.stop();
+    if let (Some(rr), Some(links)) = (c.regions.as_mut(), links) {
+        rr.proxy_dropped = links.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    }
     c.udp = Udp::now().since(udp);
     c.load_at_end = report::loadavg();
     let r = &c.run;
@@ -432,8 +596,12 @@ pub fn save(out: &Path, c: &ClusterResult) -> Result<PathBuf, String> {
         .params
         .as_ref()
         .map_or("unknown", |p| p.scenario.name());
+    let mode = c
+        .regions
+        .as_ref()
+        .map_or(String::new(), |r| format!("-{}r-{}", r.regions, r.mode.name()));
     let path = out.join(format!(
-        "cluster-{scenario}-{}n-{}.json",
+        "cluster-{scenario}-{}n{mode}-{}.json",
         c.nodes,
         report::suite_id_now()
     ));
@@ -463,12 +631,17 @@ pub fn load_dir(dir: &Path) -> Vec<(String, ClusterResult)> {
 
 /// The newest `cluster-scale-*` directory in `out`.
 pub fn newest_dir(out: &Path) -> Option<PathBuf> {
+    newest_named(out, "cluster-scale-")
+}
+
+/// The newest directory in `out` whose name starts with `prefix`.
+fn newest_named(out: &Path, prefix: &str) -> Option<PathBuf> {
     fs::read_dir(out)
         .ok()?
         .flatten()
         .filter(|e| e.path().is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("cluster-scale-"))
+        .filter(|n| n.starts_with(prefix))
         .max()
         .map(|n| out.join(n))
 }
@@ -480,7 +653,10 @@ fn mib(kib: u64) -> String {
 /// The Markdown tables of `results`: one table per load, one row per run,
 /// then each node's share for the largest run of each load.
 pub fn render(results: &[(String, ClusterResult)]) -> String {
-    let mut md = String::new();
+    let (regions, results): (Vec<_>, Vec<_>) =
+        results.iter().cloned().partition(|(_, c)| c.regions.is_some());
+    let mut md = render_regions(&regions);
+    let results = results.as_slice();
     let mut loads: Vec<String> = Vec::new();
     for (_, c) in results {
         if let Some(p) = &c.run.params {
@@ -598,6 +774,88 @@ pub fn render(results: &[(String, ClusterResult)]) -> String {
     md
 }
 
+/// The regions runs: one table per load, a row per run, regional and home
+/// side by side.
+fn render_regions(results: &[(String, ClusterResult)]) -> String {
+    let mut md = String::new();
+    let mut loads: Vec<String> = Vec::new();
+    for (_, c) in results {
+        if let (Some(p), Some(rr)) = (&c.run.params, &c.regions) {
+            let l = format!(
+                "{}: {}; {} regions, {} ms one-way between regions",
+                p.scenario,
+                p.describe(),
+                rr.regions,
+                rr.one_way_delay_ms
+            );
+            if !loads.contains(&l) {
+                loads.push(l);
+            }
+        }
+    }
+    for load in &loads {
+        let _ = writeln!(md, "#### {load}\n");
+        md.push_str(
+            "| run | clients connect to | nodes | sessions joined | delivered | p50 / p99 (ms) | cross-region deliveries | cross-region p50 / p99 (ms) | same-region p50 / p99 (ms) | server CPU per delivery (µs) | proxy drops | load avg start → end | commit |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for (file, c) in results {
+            let (Some(p), Some(rr)) = (&c.run.params, &c.regions) else {
+                continue;
+            };
+            let l = format!(
+                "{}: {}; {} regions, {} ms one-way between regions",
+                p.scenario,
+                p.describe(),
+                rr.regions,
+                rr.one_way_delay_ms
+            );
+            if &l != load {
+                continue;
+            }
+            let r = &c.run;
+            let mode = match rr.mode {
+                RegionMode::Regional => format!(
+                    "their region's nodes ({} per region)",
+                    rr.nodes_per_region
+                ),
+                RegionMode::Home => "the home region's nodes (region a only)".to_string(),
+            };
+            let pair = |l: &crate::stats::Latency| {
+                if l.count > 0 {
+                    format!("{} / {}", fmt_num(l.p50_ms, 1), fmt_num(l.p99_ms, 1))
+                } else {
+                    "—".to_string()
+                }
+            };
+            let failure = r
+                .failure
+                .as_ref()
+                .map_or(String::new(), |f| format!(" (failed: {})", report::cell_escape(f)));
+            let _ = writeln!(
+                md,
+                "| `{file}` | {mode} | {} | {} of {}{failure} | {:.2} % | {} / {} | {:.1} % | {} | {} | {} | {} | {} → {} | {} |",
+                c.nodes,
+                fmt_num(r.sessions_joined as f64, 0),
+                fmt_num(r.sessions_requested as f64, 0),
+                r.delivered_pct,
+                fmt_num(r.latency.p50_ms, 1),
+                fmt_num(r.latency.p99_ms, 1),
+                c.cross_node_pct(),
+                pair(&r.cross_node_latency),
+                pair(&r.same_node_latency),
+                fmt_num(r.cpu_us_per_delivery, 2),
+                rr.proxy_dropped,
+                c.load_at_start,
+                c.load_at_end,
+                c.commit
+            );
+        }
+        md.push('\n');
+    }
+    md
+}
+
 /// `summary.md` in `dir`, from its result files.
 pub fn write_summary(dir: &Path) -> Result<PathBuf, String> {
     let results = load_dir(dir);
@@ -637,6 +895,27 @@ with a reason that says to retry is sent again after 1, 2, 5, 10 s, as realtime-
                 );
                 md.push_str(&render(&results));
             }
+        }
+        None => md.push_str("Not run yet: no results directory.\n"),
+    }
+    md.push_str("\n## Cluster: two simulated regions\n\n");
+    md.push_str(
+        "Reproduce (needs the CQL store): `target/release/chorus-bench cluster --regions 2 --nodes 2 --scenario many-rooms --rooms 200 --members 10 --room-rate 1 --duration 20 --repeat 2`. \
+Client `id` lives in region `id % 2`, so each room has members in both. *Regional*: two nodes per region, each node's QUIC links to the other region through a delaying UDP proxy in the bench \
+(`cluster.advertise`), clients on a node of their own region, a channel's fan-out crosses to the other region once. *Home*: the same number of nodes in region a only (every channel's home), \
+clients of region b connect to them through a delaying TCP proxy. The delay is one-way per direction (a round trip between regions is twice it). \
+*Cross-region*: publisher and receiver in different regions.\n\n",
+    );
+    match newest_named(out, "regions-") {
+        Some(dir) => {
+            let results = load_dir(&dir);
+            let rel = dir.strip_prefix(root).unwrap_or(&dir);
+            let _ = writeln!(
+                md,
+                "From `{}/` (its README.md says how each was run):\n",
+                rel.display()
+            );
+            md.push_str(&render(&results));
         }
         None => md.push_str("Not run yet: no results directory.\n"),
     }

@@ -142,6 +142,10 @@ pub struct ServerFigures {
 pub struct Target {
     pub addrs: Vec<SocketAddr>,
     pub pids: Vec<u32>,
+    /// Where the loaders connect, when not `addrs` (e.g. some clients
+    /// through a delaying proxy, `crate::delay`): client `id` dials
+    /// `dial[id % len]`.
+    pub dial: Vec<SocketAddr>,
 }
 
 impl Target {
@@ -182,6 +186,7 @@ fn worker_specs(system: System, addrs: &[SocketAddr], p: &Params) -> Vec<WorkerS
         } else {
             Vec::new()
         },
+        regions: p.regions,
         source: None,
         first_id: 0,
         count: 0,
@@ -254,6 +259,7 @@ pub fn run(system: System, params: &Params, paths: &Paths) -> RunResult {
     let target = Target {
         addrs: vec![server.addr],
         pids: vec![server.pid],
+        dial: Vec::new(),
     };
     measure(&mut r, &target, params);
     if r.failure.is_none() && !server.alive() {
@@ -368,7 +374,12 @@ fn sample_connected(r: &mut RunResult, target: &Target) {
 }
 
 fn drive(r: &mut RunResult, target: &Target, p: &Params) {
-    let specs = worker_specs(r.system.unwrap_or(System::Nats), &target.addrs, p);
+    let dial = if target.dial.is_empty() {
+        &target.addrs
+    } else {
+        &target.dial
+    };
+    let specs = worker_specs(r.system.unwrap_or(System::Nats), dial, p);
     r.workers = specs.len();
     let (tx, rx) = mpsc::channel::<(usize, Line)>();
     let mut procs = Vec::new();

@@ -10,6 +10,7 @@
 //! * `worker`: a loader process (started by `run`, not by hand).
 
 mod cluster;
+mod delay;
 mod driver;
 mod loader;
 mod payload;
@@ -294,7 +295,21 @@ struct ClusterArgs {
     /// cluster.node_timeout_ms of the control server and the nodes.
     #[arg(long, default_value_t = 15_000)]
     node_timeout_ms: u64,
-    /// Results directory (default bench/results/cluster-scale-<UTC date>).
+    /// Simulated regions (0: none). With regions, `--nodes` counts the
+    /// nodes per region, and each run is made once per `--region-modes`
+    /// (see `cluster::run_regions`).
+    #[arg(long, default_value_t = 0)]
+    regions: u64,
+    /// One-way delay of the links between regions, ms (a round trip is
+    /// twice it).
+    #[arg(long, default_value_t = 20)]
+    region_delay_ms: u64,
+    /// regional (clients on their region's nodes), home (nodes in region a
+    /// only, every client connects there), or both, alternating.
+    #[arg(long, value_delimiter = ',', default_value = "regional,home")]
+    region_modes: Vec<cluster::RegionMode>,
+    /// Results directory (default bench/results/cluster-scale-<UTC date>,
+    /// with regions bench/results/regions-<UTC date>).
     #[arg(long)]
     dir: Option<PathBuf>,
     #[command(flatten)]
@@ -459,9 +474,18 @@ fn cluster_cmd(a: ClusterArgs) -> ExitCode {
         base_port: a.base_port,
         node_timeout_ms: a.node_timeout_ms,
     };
+    if a.regions == 1 || a.regions > 26 || (a.regions > 0 && a.region_modes.is_empty()) {
+        eprintln!("cluster: --regions wants 2 to 26 regions (0: none) and a --region-modes");
+        return ExitCode::from(2);
+    }
     let dir = a.dir.clone().unwrap_or_else(|| {
         let day: String = report::suite_id_now().chars().take(8).collect();
-        a.common.out.join(format!("cluster-scale-{day}"))
+        let kind = if a.regions > 0 {
+            "regions"
+        } else {
+            "cluster-scale"
+        };
+        a.common.out.join(format!("{kind}-{day}"))
     });
     let paths = Paths {
         root: a.common.root.clone(),
@@ -472,13 +496,32 @@ fn cluster_cmd(a: ClusterArgs) -> ExitCode {
         let len = order.len();
         order.rotate_left(rep as usize % len);
         for n in order {
-            let c = cluster::run(&paths, &p, n, &setup);
-            failed |= !c.run.ok();
-            match cluster::save(&dir, &c) {
-                Ok(path) => eprintln!("result: {}", path.display()),
-                Err(e) => {
-                    eprintln!("could not save the result: {e}");
-                    failed = true;
+            let mut runs = Vec::new();
+            if a.regions == 0 {
+                runs.push(cluster::run(&paths, &p, n, &setup));
+            } else {
+                let mut modes = a.region_modes.clone();
+                let len = modes.len();
+                modes.rotate_left(rep as usize % len);
+                for mode in modes {
+                    let rr = cluster::RegionRun {
+                        regions: a.regions,
+                        nodes_per_region: n,
+                        one_way_delay_ms: a.region_delay_ms,
+                        mode,
+                        proxy_dropped: 0,
+                    };
+                    runs.push(cluster::run_regions(&paths, &p, &rr, &setup));
+                }
+            }
+            for c in runs {
+                failed |= !c.run.ok();
+                match cluster::save(&dir, &c) {
+                    Ok(path) => eprintln!("result: {}", path.display()),
+                    Err(e) => {
+                        eprintln!("could not save the result: {e}");
+                        failed = true;
+                    }
                 }
             }
         }

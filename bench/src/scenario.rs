@@ -132,6 +132,10 @@ pub struct Params {
     /// (seconds; 0 = presence off).
     #[serde(default)]
     pub presence_every_s: f64,
+    /// Simulated regions: client `id` lives in region `id % regions`
+    /// (0: none; see `WorkerSpec::regions`).
+    #[serde(default)]
+    pub regions: u64,
 }
 
 impl Params {
@@ -150,6 +154,7 @@ impl Params {
             room: None,
             after_s: 5.0,
             presence_every_s: 0.0,
+            regions: 0,
         }
     }
 

@@ -32,6 +32,11 @@ pub struct WorkerSpec {
     /// robin, as a load balancer would place them) instead of `server`.
     #[serde(default)]
     pub servers: Vec<SocketAddr>,
+    /// Simulated regions (`chorus-bench cluster --regions`): client `id`
+    /// lives in region `id % regions`, and *cross* deliveries are those
+    /// between regions instead of between nodes. 0: no regions.
+    #[serde(default)]
+    pub regions: u64,
     /// Local address to connect from (127.0.0.x), `None` for the default.
     pub source: Option<IpAddr>,
     /// Global id of this worker's first client; ids are unique per run.
@@ -60,6 +65,15 @@ impl WorkerSpec {
         match self.servers.len() {
             0 | 1 => 0,
             n => (id % n as u64) as usize,
+        }
+    }
+
+    /// What a delivery counts as crossing: the client's region, else its
+    /// node.
+    fn place_of(&self, id: u64) -> u64 {
+        match self.regions {
+            0 => self.node_of(id) as u64,
+            r => id % r,
         }
     }
 
@@ -476,7 +490,7 @@ async fn client(
                             let us = now.saturating_sub(stamp.sent_ns) / 1000;
                             let _ = s.latency_us.record(us.max(1));
                             if spec.servers.len() > 1 {
-                                if spec.node_of(stamp.client) != spec.node_of(id) {
+                                if spec.place_of(stamp.client) != spec.place_of(id) {
                                     s.cross_node += 1;
                                     let _ = s.cross_us.record(us.max(1));
                                 } else {
