@@ -112,12 +112,13 @@ async fn udp_proxy(
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let Ok((n, from)) = listener.recv_from(&mut buf).await else {
-            return;
+            continue;
         };
         let due = Instant::now() + delay;
-        let tx = match clients.get(&from) {
-            Some(tx) if !tx.is_closed() => tx.clone(),
-            _ => {
+        let known = clients.get(&from).filter(|tx| !tx.is_closed()).cloned();
+        let tx = match known {
+            Some(tx) => tx,
+            None => {
                 let Ok(up) = UdpSocket::bind("127.0.0.1:0").await else {
                     continue;
                 };
@@ -170,8 +171,10 @@ async fn udp_back(
     });
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
+        // An error is the ICMP answer to an earlier datagram (the node's
+        // server was not bound yet): the socket stays usable.
         let Ok(n) = up.recv(&mut buf).await else {
-            return;
+            continue;
         };
         if tx
             .try_send((Instant::now() + delay, buf[..n].to_vec()))
