@@ -10,15 +10,18 @@
 //! (`ShardMsg::Copy`, in parts), so every node's shards answer for the
 //! whole cluster. Every second a shard looks at the membership
 //! (`core::online::Peers`): what a node that left reported is dropped at
-//! once.
+//! once. What a shard holds from other nodes is bounded by
+//! `presence.remote_bytes` (`core::online::Budget`): a key past it is
+//! refused, with a logged reason.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chorus_core::online::{Online, Peers};
+use chorus_core::online::{Budget, Online, Peers};
 use chorus_core::ring::shard_of;
 use supervisors::{mail, ChildRef, Inbox, Incoming};
 
+use crate::host::{self, Level};
 use crate::msg::{reply_to, Answer, DoorMsg, ShardMsg};
 
 /// How long a `presence_online` query waits for each shard.
@@ -89,6 +92,11 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
     let mut peers = Peers::new(here);
     let mut started = true;
     let mut looked: Option<Instant> = None;
+    let budget = Budget {
+        here,
+        bytes: crate::config().map_or(4 * 1024 * 1024, |c| c.presence.remote_bytes as usize),
+    };
+    let mut refusing = Refusing::default();
     loop {
         if cluster && looked.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
             looked = Some(Instant::now());
@@ -109,7 +117,9 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
         match incoming {
             Incoming::Shutdown => return,
             Incoming::Message(ShardMsg::Delta { node, key, delta }) => {
-                online.delta(node, &key, delta);
+                let held = online.delta_within(node, &key, delta, budget);
+                let refused = usize::from(!held);
+                refusing.note(index, node, refused, online.bytes_from_others(here), budget);
                 // This node's channels' reports go to every other node.
                 if node == here {
                     for peer in peers.members() {
@@ -129,7 +139,8 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
                 answer,
             }) => {
                 if node != here {
-                    online.set_node(node, &counts, replace);
+                    let refused = online.set_node(node, &counts, replace, budget);
+                    refusing.note(index, node, refused, online.bytes_from_others(here), budget);
                     if answer {
                         send_copy(index, &online, &[node], false);
                     }
@@ -142,6 +153,44 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
                 let found: Vec<String> = keys.into_iter().filter(|k| online.is_online(k)).collect();
                 reply.send(&found);
             }
+        }
+    }
+}
+
+/// Whether a shard refuses other nodes' keys (`presence.remote_bytes`):
+/// logged when it starts, and when what it holds from other nodes is back
+/// under nine tenths of the budget.
+#[derive(Default)]
+struct Refusing {
+    refused: u64,
+}
+
+impl Refusing {
+    fn note(&mut self, index: u32, node: u64, refused: usize, held: usize, budget: Budget) {
+        if refused > 0 {
+            if self.refused == 0 {
+                host::log(
+                    Level::Warn,
+                    &format!(
+                        "presence shard {index}: keys reported by node {node} are refused: this \
+                         shard holds {held} bytes of other nodes' reports, presence.remote_bytes \
+                         = {}; their users show offline here until some leave (raise \
+                         presence.remote_bytes or presence.shards)",
+                        budget.bytes
+                    ),
+                );
+            }
+            self.refused += refused as u64;
+        } else if self.refused > 0 && held <= budget.bytes / 10 * 9 {
+            host::log(
+                Level::Info,
+                &format!(
+                    "presence shard {index}: other nodes' keys are held again after {} were \
+                     refused (presence.remote_bytes)",
+                    self.refused
+                ),
+            );
+            self.refused = 0;
         }
     }
 }

@@ -18,6 +18,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use chorus_core::lanes::Lane;
+use chorus_core::metrics::Metric;
 use chorus_core::relay::{plan, regional, Batch, Hubs, Outlet};
 use serde::{Deserialize, Serialize};
 use supervisors::{mail, ChildRef, Inbox, Incoming};
@@ -266,6 +267,7 @@ fn forward(frames: &[serde_bytes::ByteBuf], onward: Vec<Onward>, route: Route<'_
                 host::fanout(&sockets, bytes, route);
             }
         } else {
+            host::metric(Metric::RegionForwards, 1);
             let parts = parts
                 .map(|(bytes, sockets)| Part {
                     bytes: bytes.to_vec(),

@@ -198,6 +198,11 @@ pub struct PresenceConfig {
     pub relevant_set_size: u32,
     /// How long a member who published counts as a recent chatter.
     pub recent_chat_ms: u64,
+    /// Bytes one presence shard may hold from OTHER nodes' reports (their
+    /// copies and deltas, each key counted as its bytes plus
+    /// `core::online::ENTRY_BYTES`); a key past it is refused, with a
+    /// logged reason.
+    pub remote_bytes: u32,
 }
 
 /// WhatsSound rooms: peak mode (each channel measures its message rate).
@@ -420,6 +425,7 @@ impl Default for PresenceConfig {
             large_room_threshold: 200,
             relevant_set_size: 50,
             recent_chat_ms: 60_000,
+            remote_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -682,6 +688,16 @@ impl Config {
         }
         if self.presence.shards == 0 {
             return bad("presence.shards", "must be at least 1");
+        }
+        // Like a channel's client data: at most half of a process' memory.
+        if u64::from(self.presence.remote_bytes) * 2
+            > u64::from(self.runtime.process_memory_mib) * 1024 * 1024
+            || self.presence.remote_bytes < 64 * 1024
+        {
+            return bad(
+                "presence.remote_bytes",
+                "must be at least 65536 and at most half of runtime.process_memory_mib",
+            );
         }
         if self.limits.client_messages_per_second == 0 {
             return bad("limits.client_messages_per_second", "must be at least 1");

@@ -68,6 +68,7 @@ metrics! {
     RemoteLocates => "chorus_remote_locates_total", Counter, "Channel look-ups sent to the topic's home on another cluster node (joins, REST publishes)";
     HandedOver => "chorus_channels_handed_over_total", Counter, "Channels handed over because their topic's home moved to a node that joined the cluster, or because this node drains (their subscribers rejoin there)";
     LocatesForwarded => "chorus_locates_forwarded_total", Counter, "Channel look-ups a directory passed on to the topic's home on another node (this node drains, or the topic moved to a node that joined and the asker had not seen it yet)";
+    RegionForwards => "chorus_region_forwards_total", Counter, "Relay messages this node's relay forwarded to another node of its region, as the hub of a channel in another region";
 }
 
 impl Metric {

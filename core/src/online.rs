@@ -10,6 +10,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+/// What one (key, reporting node) entry is counted as besides the key's
+/// bytes: the map entries, the count and the key's allocation header.
+pub const ENTRY_BYTES: usize = 64;
+
 /// A shard's presence counts, by key and reporting node.
 #[derive(Debug, Clone, Default)]
 pub struct Online {
@@ -17,6 +21,22 @@ pub struct Online {
     /// Per reporting node, how many keys it reports (so [`Self::reporters`]
     /// costs the number of nodes, not of keys).
     keys_by_node: BTreeMap<u64, usize>,
+    /// Per reporting node, the bytes its entries are counted as (key bytes
+    /// plus [`ENTRY_BYTES`] each).
+    bytes_by_node: BTreeMap<u64, usize>,
+}
+
+fn entry_bytes(key: &str) -> usize {
+    key.len() + ENTRY_BYTES
+}
+
+/// A budget for what a shard holds from other nodes' reports
+/// (`presence.remote_bytes`): `here` is this node, whose own channels'
+/// reports are never refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub here: u64,
+    pub bytes: usize,
 }
 
 impl Online {
@@ -41,17 +61,53 @@ impl Online {
             self.counts.remove(key);
         }
         match (before, after) {
-            (0, a) if a > 0 => *self.keys_by_node.entry(node).or_insert(0) += 1,
-            (b, 0) if b > 0 => self.forget_one(node),
+            (0, a) if a > 0 => {
+                *self.keys_by_node.entry(node).or_insert(0) += 1;
+                *self.bytes_by_node.entry(node).or_insert(0) += entry_bytes(key);
+            }
+            (b, 0) if b > 0 => self.forget_one(node, key),
             _ => {}
         }
     }
 
-    fn forget_one(&mut self, node: u64) {
+    /// [`Self::delta`] of another node's report within `budget`: a key
+    /// `node` does not report yet is refused (`false`, nothing changes)
+    /// when it would take what this shard holds from other nodes past
+    /// `budget.bytes`. This node's reports and leaves always pass.
+    pub fn delta_within(&mut self, node: u64, key: &str, delta: i32, budget: Budget) -> bool {
+        let new_entry = delta > 0
+            && node != budget.here
+            && self
+                .counts
+                .get(key)
+                .is_none_or(|per_node| !per_node.contains_key(&node));
+        if new_entry && self.bytes_from_others(budget.here) + entry_bytes(key) > budget.bytes {
+            return false;
+        }
+        self.delta(node, key, delta);
+        true
+    }
+
+    /// The bytes held for nodes other than `here`.
+    pub fn bytes_from_others(&self, here: u64) -> usize {
+        self.bytes_by_node
+            .iter()
+            .filter(|(n, _)| **n != here)
+            .map(|(_, b)| *b)
+            .sum()
+    }
+
+    fn forget_one(&mut self, node: u64, key: &str) {
         if let Some(n) = self.keys_by_node.get_mut(&node) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.keys_by_node.remove(&node);
+            }
+        }
+        if let Some(b) = self.bytes_by_node.get_mut(&node) {
+            *b = b.saturating_sub(entry_bytes(key));
+            if *b == 0 {
+                self.bytes_by_node.remove(&node);
             }
         }
     }
@@ -75,6 +131,7 @@ impl Online {
         }
         for n in &lost {
             self.keys_by_node.remove(n);
+            self.bytes_by_node.remove(n);
         }
         let mut gone = Vec::new();
         self.counts.retain(|key, per_node| {
@@ -107,14 +164,25 @@ impl Online {
     /// `node`'s full report (a copy another node's shard sends when it
     /// first sees this one): with `replace`, what `node` reported before is
     /// dropped first; without, `counts` adds to it (the next part of a copy
-    /// sent in parts).
-    pub fn set_node(&mut self, node: u64, counts: &[(String, u32)], replace: bool) {
+    /// sent in parts). Each key within `budget` ([`Self::delta_within`]);
+    /// returns how many were refused.
+    pub fn set_node(
+        &mut self,
+        node: u64,
+        counts: &[(String, u32)],
+        replace: bool,
+        budget: Budget,
+    ) -> usize {
         if replace {
             self.retain_nodes(|n| n != node);
         }
-        for (key, count) in counts {
-            self.delta(node, key, i32::try_from(*count).unwrap_or(i32::MAX));
-        }
+        counts
+            .iter()
+            .filter(|(key, count)| {
+                let delta = i32::try_from(*count).unwrap_or(i32::MAX);
+                !self.delta_within(node, key, delta, budget)
+            })
+            .count()
     }
 
     /// The nodes that report anything, ascending.

@@ -1,4 +1,4 @@
-use chorus_core::online::Online;
+use chorus_core::online::{Budget, Online, ENTRY_BYTES};
 
 #[test]
 fn a_key_is_online_while_any_node_reports_it() {
@@ -91,8 +91,12 @@ fn a_copy_replaces_what_a_node_reported() {
     );
     assert_eq!(o.reported_by(3), vec![]);
     // Node 2's copy, in two parts: the first replaces, the second adds.
-    o.set_node(2, &[("cy".to_string(), 2)], true);
-    o.set_node(2, &[("di".to_string(), 1)], false);
+    let roomy = Budget {
+        here: 1,
+        bytes: 1 << 20,
+    };
+    assert_eq!(o.set_node(2, &[("cy".to_string(), 2)], true, roomy), 0);
+    assert_eq!(o.set_node(2, &[("di".to_string(), 1)], false, roomy), 0);
     assert!(o.is_online("ana"), "node 1 still reports ana");
     assert!(!o.is_online("bo"));
     assert_eq!(
@@ -140,3 +144,32 @@ fn peers_send_copies_to_joiners_and_drop_nodes_that_left() {
     assert!(o.is_online("ana"));
     assert!(!o.is_online("bo"));
 }
+
+#[test]
+fn other_nodes_reports_are_held_within_the_byte_budget() {
+    // Room for two entries of 2-byte keys from other nodes.
+    let budget = Budget {
+        here: 1,
+        bytes: 2 * (2 + ENTRY_BYTES),
+    };
+    let mut o = Online::new();
+    let copy: Vec<(String, u32)> = ["aa", "bb", "cc"].iter().map(|k| (k.to_string(), 1)).collect();
+    assert_eq!(o.set_node(2, &copy, true, budget), 1, "the third key is refused");
+    assert!(o.is_online("bb") && !o.is_online("cc"));
+    assert_eq!(o.bytes_from_others(1), budget.bytes);
+    // Full: another node's new key is refused, a key it already holds
+    // counts up, this node's own reports always pass.
+    assert!(!o.delta_within(3, "dd", 1, budget));
+    assert!(o.delta_within(2, "aa", 1, budget));
+    assert!(o.delta_within(1, "zz-long-local-key", 1, budget));
+    assert_eq!(o.bytes_from_others(1), budget.bytes);
+    // A leave frees room; a lost node frees its share.
+    assert!(o.delta_within(2, "aa", -2, budget));
+    assert!(o.delta_within(3, "dd", 1, budget));
+    assert_eq!(o.retain_nodes(|n| n != 2), vec!["bb".to_string()]);
+    assert_eq!(o.bytes_from_others(1), 2 + ENTRY_BYTES);
+    // A replacing copy drops the node's old share before it is counted.
+    assert_eq!(o.set_node(3, &copy[..2], true, budget), 0);
+    assert!(!o.is_online("dd"));
+}
+
