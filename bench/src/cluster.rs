@@ -596,10 +596,9 @@ pub fn save(out: &Path, c: &ClusterResult) -> Result<PathBuf, String> {
         .params
         .as_ref()
         .map_or("unknown", |p| p.scenario.name());
-    let mode = c
-        .regions
-        .as_ref()
-        .map_or(String::new(), |r| format!("-{}r-{}", r.regions, r.mode.name()));
+    let mode = c.regions.as_ref().map_or(String::new(), |r| {
+        format!("-{}r-{}", r.regions, r.mode.name())
+    });
     let path = out.join(format!(
         "cluster-{scenario}-{}n{mode}-{}.json",
         c.nodes,
@@ -653,8 +652,10 @@ fn mib(kib: u64) -> String {
 /// The Markdown tables of `results`: one table per load, one row per run,
 /// then each node's share for the largest run of each load.
 pub fn render(results: &[(String, ClusterResult)]) -> String {
-    let (regions, results): (Vec<_>, Vec<_>) =
-        results.iter().cloned().partition(|(_, c)| c.regions.is_some());
+    let (regions, results): (Vec<_>, Vec<_>) = results
+        .iter()
+        .cloned()
+        .partition(|(_, c)| c.regions.is_some());
     let mut md = render_regions(&regions);
     let results = results.as_slice();
     let mut loads: Vec<String> = Vec::new();
@@ -815,10 +816,9 @@ fn render_regions(results: &[(String, ClusterResult)]) -> String {
             }
             let r = &c.run;
             let mode = match rr.mode {
-                RegionMode::Regional => format!(
-                    "their region's nodes ({} per region)",
-                    rr.nodes_per_region
-                ),
+                RegionMode::Regional => {
+                    format!("their region's nodes ({} per region)", rr.nodes_per_region)
+                }
                 RegionMode::Home => "the home region's nodes (region a only)".to_string(),
             };
             let pair = |l: &crate::stats::Latency| {
@@ -828,10 +828,9 @@ fn render_regions(results: &[(String, ClusterResult)]) -> String {
                     "—".to_string()
                 }
             };
-            let failure = r
-                .failure
-                .as_ref()
-                .map_or(String::new(), |f| format!(" (failed: {})", report::cell_escape(f)));
+            let failure = r.failure.as_ref().map_or(String::new(), |f| {
+                format!(" (failed: {})", report::cell_escape(f))
+            });
             let _ = writeln!(
                 md,
                 "| `{file}` | {mode} | {} | {} of {}{failure} | {:.2} % | {} / {} | {:.1} % | {} | {} | {} | {} | {} → {} | {} |",

@@ -128,13 +128,7 @@ async fn udp_proxy(
                 let up = Arc::new(up);
                 let (tx, rx) = mpsc::channel(QUEUE);
                 tokio::spawn(udp_send_up(up.clone(), rx));
-                tokio::spawn(udp_back(
-                    up,
-                    listener.clone(),
-                    from,
-                    delay,
-                    dropped.clone(),
-                ));
+                tokio::spawn(udp_back(up, listener.clone(), from, delay, dropped.clone()));
                 clients.insert(from, tx.clone());
                 tx
             }

@@ -153,8 +153,15 @@ fn other_nodes_reports_are_held_within_the_byte_budget() {
         bytes: 2 * (2 + ENTRY_BYTES),
     };
     let mut o = Online::new();
-    let copy: Vec<(String, u32)> = ["aa", "bb", "cc"].iter().map(|k| (k.to_string(), 1)).collect();
-    assert_eq!(o.set_node(2, &copy, true, budget), 1, "the third key is refused");
+    let copy: Vec<(String, u32)> = ["aa", "bb", "cc"]
+        .iter()
+        .map(|k| (k.to_string(), 1))
+        .collect();
+    assert_eq!(
+        o.set_node(2, &copy, true, budget),
+        1,
+        "the third key is refused"
+    );
     assert!(o.is_online("bb") && !o.is_online("cc"));
     assert_eq!(o.bytes_from_others(1), budget.bytes);
     // Full: another node's new key is refused, a key it already holds
@@ -172,4 +179,3 @@ fn other_nodes_reports_are_held_within_the_byte_budget() {
     assert_eq!(o.set_node(3, &copy[..2], true, budget), 0);
     assert!(!o.is_online("dd"));
 }
-
