@@ -136,6 +136,10 @@ pub struct Params {
     /// (0: none; see `WorkerSpec::regions`).
     #[serde(default)]
     pub regions: u64,
+    /// Clients offer `permessage-deflate` (`--deflate`); a server that
+    /// agrees sends compressed frames, which the loader inflates.
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 impl Params {
@@ -155,6 +159,7 @@ impl Params {
             after_s: 5.0,
             presence_every_s: 0.0,
             regions: 0,
+            deflate: false,
         }
     }
 
