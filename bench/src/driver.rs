@@ -193,6 +193,7 @@ fn worker_specs(system: System, addrs: &[SocketAddr], p: &Params) -> Vec<WorkerS
         connect_timeout_ms: (p.connect_timeout_s * 1000.0) as u64,
         connect_concurrency: p.connect_concurrency,
         presence_every_ms: (p.presence_every_s * 1000.0) as u64,
+        deflate: p.deflate,
     };
     let mut first = 0;
     while first < p.clients {

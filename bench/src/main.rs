@@ -78,6 +78,10 @@ struct Common {
     connect_concurrency: usize,
     #[arg(long, default_value_t = 100)]
     payload_bytes: usize,
+    /// Clients offer WebSocket compression (`permessage-deflate`); bytes on
+    /// the wire are then what a compressing client reads.
+    #[arg(long)]
+    deflate: bool,
 }
 
 #[derive(Args)]
@@ -332,6 +336,7 @@ fn apply(common: &Common, mut p: Params) -> Params {
     p.clients_per_worker = common.clients_per_worker;
     p.connect_concurrency = common.connect_concurrency;
     p.payload_bytes = common.payload_bytes;
+    p.deflate = common.deflate;
     p
 }
 

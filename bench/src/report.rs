@@ -1300,7 +1300,7 @@ fn other_harnesses(out: &Path) -> String {
         (
             "Runtime: Chorus against stock lunatic (platform bench)",
             Some("platform-latest.md".to_string()),
-            "python3 bench/platform.py --sizes 1000,5000,20000,100000 --repeat 3",
+            "python3 bench/platform.py --sizes 1000,10000 --repeat 3 (the command of each run is in its file; bench/results/light-20261130/README.md breaks a process's start and memory down)",
         ),
         (
             "Data service (store bench)",

@@ -132,6 +132,10 @@ pub struct Params {
     /// (seconds; 0 = presence off).
     #[serde(default)]
     pub presence_every_s: f64,
+    /// Clients offer `permessage-deflate` (`--deflate`); a server that
+    /// agrees sends compressed frames, which the loader inflates.
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 impl Params {
@@ -150,6 +154,7 @@ impl Params {
             room: None,
             after_s: 5.0,
             presence_every_s: 0.0,
+            deflate: false,
         }
     }
 

@@ -52,6 +52,9 @@ pub struct WorkerSpec {
     /// update the presence meta this often after `go` (0: no presence).
     #[serde(default)]
     pub presence_every_ms: u64,
+    /// Offer `permessage-deflate` in the upgrade.
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 impl WorkerSpec {
@@ -275,6 +278,7 @@ async fn open(
         spec.system.ws_path(),
         spec.system.subprotocol(),
         id,
+        spec.deflate,
     )
     .await
     .map_err(|e| format!("connect: {e}"))?;

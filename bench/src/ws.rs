@@ -44,6 +44,7 @@ impl WsConn {
         path: &str,
         subprotocol: Option<&str>,
         seed: u64,
+        deflate: bool,
     ) -> io::Result<WsConn> {
         let socket = match server {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -63,6 +64,11 @@ impl WsConn {
         );
         if let Some(p) = subprotocol {
             req.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+        }
+        if deflate {
+            req.push_str(
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+            );
         }
         req.push_str("\r\n");
         stream.write_all(req.as_bytes()).await?;
@@ -98,7 +104,15 @@ impl WsConn {
                 "upgrade response has a wrong Sec-WebSocket-Accept".into(),
             ));
         }
-        let mut decoder = FrameDecoder::for_client(MAX_MESSAGE);
+        // Frames come compressed only when the server agreed (our client
+        // sends uncompressed, which the extension allows).
+        let agreed = text.lines().any(|l| {
+            l.split_once(':').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("sec-websocket-extensions")
+                    && v.trim_start().starts_with("permessage-deflate")
+            })
+        });
+        let mut decoder = FrameDecoder::for_client(MAX_MESSAGE).with_deflate(agreed);
         decoder.push(&head[end..]);
         Ok(WsConn {
             stream,

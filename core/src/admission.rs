@@ -179,6 +179,9 @@ pub struct Upgrade {
     pub claims: Option<crate::jwt::Claims>,
     /// The `101 Switching Protocols` response to write.
     pub accept: Vec<u8>,
+    /// `permessage-deflate` was agreed (`node.permessage_deflate` and an
+    /// offer Chorus can honour, see [`crate::deflate`]).
+    pub deflate: bool,
 }
 
 /// Decides a WebSocket upgrade request: the `Origin` allow-list (403), the
@@ -214,11 +217,15 @@ pub fn upgrade(
                 })?;
         Some(claims)
     };
-    let accept = crate::ws::accept_upgrade(request).map_err(|e| e.to_response())?;
+    let deflate = config.node.permessage_deflate
+        && crate::deflate::accepts(request.header_values("sec-websocket-extensions"));
+    let accept = crate::ws::accept_upgrade(request, deflate.then_some(crate::deflate::AGREED))
+        .map_err(|e| e.to_response())?;
     Ok(Upgrade {
         vsn,
         claims,
         accept,
+        deflate,
     })
 }
 
@@ -236,6 +243,31 @@ mod upgrade_tests {
              Sec-WebSocket-Version: 13\r\n{extra}\r\n"
         );
         parse_request(head.as_bytes(), 8192).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn permessage_deflate_is_agreed_when_offered_and_on() {
+        let offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+        let up = upgrade(&request("vsn=2.0.0", offer), &Config::default(), 0).unwrap();
+        assert!(up.deflate);
+        let head = String::from_utf8(up.accept).unwrap();
+        assert!(
+            head.contains(&format!(
+                "Sec-WebSocket-Extensions: {}\r\n",
+                crate::deflate::AGREED
+            )),
+            "{head}"
+        );
+        let plain = upgrade(&request("vsn=2.0.0", ""), &Config::default(), 0).unwrap();
+        assert!(!plain.deflate);
+        assert!(!String::from_utf8(plain.accept)
+            .unwrap()
+            .contains("Extensions"));
+        let mut off = Config::default();
+        off.node.permessage_deflate = false;
+        let up = upgrade(&request("vsn=2.0.0", offer), &off, 0).unwrap();
+        assert!(!up.deflate);
+        assert!(!String::from_utf8(up.accept).unwrap().contains("Extensions"));
     }
 
     #[test]

@@ -59,6 +59,12 @@ pub struct NodeConfig {
     pub drain_batch_size: u32,
     /// During a drain, the pause between two batches of closes.
     pub drain_batch_interval_ms: u64,
+    /// Agree to `permessage-deflate` when a client offers it (without
+    /// context takeover: no compression state per socket).
+    pub permessage_deflate: bool,
+    /// With `permessage-deflate`, messages whose payload is shorter than
+    /// this are sent uncompressed.
+    pub deflate_min_bytes: u32,
 }
 
 /// Which backend the data service uses.
@@ -338,6 +344,8 @@ impl Default for NodeConfig {
             shutdown_timeout_ms: 30_000,
             drain_batch_size: 500,
             drain_batch_interval_ms: 100,
+            permessage_deflate: true,
+            deflate_min_bytes: 256,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod command;
 pub mod config;
 pub mod data;
 pub mod dedupe;
+pub mod deflate;
 pub mod drain;
 pub mod frame;
 pub mod http;

@@ -110,6 +110,9 @@ host_metrics! {
     ConnectionsRefused => "chorus_connections_refused_total", Counter, None, "Connections refused before their head was read (limits.max_connections_per_ip, limits.max_pending_connections)";
     SessionCrashes => "chorus_session_crashes_total", Counter, None, "Session or HTTP handler processes that crashed (their socket closed with 1011)";
     InletPauses => "chorus_inlet_pauses_total", Counter, None, "Times the host stopped reading a socket because its session had limits.inlet_queue_messages (or inlet_queue_bytes) unprocessed";
+    DeflateSockets => "chorus_ws_deflate_sockets_total", Counter, None, "WebSocket connections that agreed to permessage-deflate (node.permessage_deflate)";
+    DeflatedFrames => "chorus_ws_deflated_frames_total", Counter, None, "Frames compressed for permessage-deflate sockets (a fan-out frame counts once, however many sockets it goes to)";
+    DeflateSavedBytes => "chorus_ws_deflate_saved_bytes_total", Counter, None, "Bytes not written thanks to permessage-deflate (uncompressed minus compressed size, summed over every socket written)";
     ParkedAnswers => "chorus_parked_answers", Gauge, None, "Host-call answers waiting for their process to take them (dead processes' are swept every second)";
     QueuedFrames => "chorus_outlet_queued_frames", Gauge, None, "Frames waiting in all sockets' send queues now";
     StoreInFlight => "chorus_store_in_flight", Gauge, None, "Data-service requests waiting for an answer now";

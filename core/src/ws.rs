@@ -7,8 +7,10 @@
 //! server role decodes masked frames and encodes unmasked ones, the client
 //! role the reverse.
 //!
-//! Extensions (permessage-deflate) are not negotiated, so the RSV bits must
-//! always be zero.
+//! The one extension is `permessage-deflate` ([`crate::deflate`]): a decoder
+//! built [`FrameDecoder::with_deflate`] takes RSV1 on the first frame of a
+//! data message as "compressed" and inflates the message; every other RSV
+//! bit, and RSV1 without the extension, is a protocol error.
 
 use std::fmt;
 
@@ -126,7 +128,8 @@ impl std::error::Error for HandshakeError {}
 ///
 /// Routing (which path, which `apikey`, which `vsn`) is the caller's job;
 /// this only checks what RFC 6455 §4.2.1 requires of the request.
-pub fn accept_upgrade(req: &Request) -> Result<Vec<u8>, HandshakeError> {
+/// `extensions`: the `Sec-WebSocket-Extensions` value agreed, if any.
+pub fn accept_upgrade(req: &Request, extensions: Option<&str>) -> Result<Vec<u8>, HandshakeError> {
     if req.method != "GET" {
         return Err(HandshakeError::NotGet(req.method.clone()));
     }
@@ -156,11 +159,14 @@ pub fn accept_upgrade(req: &Request) -> Result<Vec<u8>, HandshakeError> {
         Ok(raw) if raw.len() == 16 => {}
         _ => return Err(HandshakeError::InvalidKey),
     }
-    Ok(Response::new(101)
+    let mut response = Response::new(101)
         .with_header("Upgrade", "websocket")
         .with_header("Connection", "Upgrade")
-        .with_header("Sec-WebSocket-Accept", &handshake_accept_key(key))
-        .to_bytes())
+        .with_header("Sec-WebSocket-Accept", &handshake_accept_key(key));
+    if let Some(ext) = extensions {
+        response = response.with_header("Sec-WebSocket-Extensions", ext);
+    }
+    Ok(response.to_bytes())
 }
 
 /// Frame opcodes (RFC 6455 §5.2). Reserved values are not representable;
@@ -231,8 +237,10 @@ pub enum WsError {
     /// Text or a close reason that is not UTF-8 (close code 1007).
     InvalidUtf8,
     /// A frame or reassembled message larger than the configured limit
-    /// (close code 1009).
+    /// (close code 1009), compressed or once inflated.
     TooLarge { limit: usize },
+    /// A compressed message that is not valid deflate data (close code 1007).
+    Inflate,
 }
 
 impl WsError {
@@ -242,6 +250,7 @@ impl WsError {
             WsError::Protocol(_) => 1002,
             WsError::InvalidUtf8 => 1007,
             WsError::TooLarge { .. } => 1009,
+            WsError::Inflate => 1007,
         }
     }
 }
@@ -251,6 +260,7 @@ impl fmt::Display for WsError {
         match self {
             WsError::Protocol(why) => write!(f, "WebSocket protocol error: {why}"),
             WsError::InvalidUtf8 => write!(f, "WebSocket text is not valid UTF-8"),
+            WsError::Inflate => write!(f, "compressed WebSocket message is not valid deflate data"),
             WsError::TooLarge { limit } => {
                 write!(
                     f,
@@ -275,6 +285,8 @@ enum Role {
 #[derive(Debug)]
 struct Partial {
     text: bool,
+    /// RSV1 on its first frame: `data` is deflate data (permessage-deflate).
+    compressed: bool,
     data: Vec<u8>,
     /// Bytes of `data` already known to be valid UTF-8, so each fragment is
     /// validated once and bad text fails at the fragment that carries it.
@@ -304,6 +316,8 @@ pub struct FrameDecoder {
     start: usize,
     partial: Option<Partial>,
     failed: Option<WsError>,
+    /// `permessage-deflate` was agreed: RSV1 marks a compressed message.
+    deflate: bool,
 }
 
 impl FrameDecoder {
@@ -327,7 +341,14 @@ impl FrameDecoder {
             start: 0,
             partial: None,
             failed: None,
+            deflate: false,
         }
+    }
+
+    /// The same decoder for a connection that agreed to `permessage-deflate`.
+    pub fn with_deflate(mut self, deflate: bool) -> Self {
+        self.deflate = deflate;
+        self
     }
 
     /// Appends received bytes. Nothing is parsed until [`FrameDecoder::next`].
@@ -380,7 +401,7 @@ impl FrameDecoder {
     /// Decodes at most one frame from the buffer.
     fn step(&mut self) -> Result<Step, WsError> {
         let pending = self.buf.get(self.start..).unwrap_or_default();
-        let Some(head) = parse_header(pending, self.role, self.limit)? else {
+        let Some(head) = parse_header(pending, self.role, self.limit, self.deflate)? else {
             return Ok(Step::NeedMore);
         };
         let frame_end = head.header_len + head.payload_len;
@@ -411,11 +432,12 @@ impl FrameDecoder {
                 let text = head.opcode == Opcode::Text;
                 let mut partial = Partial {
                     text,
+                    compressed: head.rsv1,
                     data: payload,
                     utf8_checked: 0,
                 };
                 if head.fin {
-                    return finish(partial).map(Step::Event);
+                    return finish(partial, self.limit).map(Step::Event);
                 }
                 check_utf8_prefix(&mut partial)?;
                 self.partial = Some(partial);
@@ -429,7 +451,7 @@ impl FrameDecoder {
                 };
                 partial.data.extend_from_slice(&payload);
                 if head.fin {
-                    return finish(partial).map(Step::Event);
+                    return finish(partial, self.limit).map(Step::Event);
                 }
                 check_utf8_prefix(&mut partial)?;
                 self.partial = Some(partial);
@@ -461,6 +483,8 @@ enum Step {
 
 struct FrameHeader {
     fin: bool,
+    /// RSV1: a compressed message (only where the extension was agreed).
+    rsv1: bool,
     opcode: Opcode,
     mask: Option<[u8; 4]>,
     header_len: usize,
@@ -469,17 +493,28 @@ struct FrameHeader {
 
 /// Parses a frame header, `Ok(None)` if incomplete. Everything that can be
 /// judged from the header alone is judged here.
-fn parse_header(buf: &[u8], role: Role, limit: usize) -> Result<Option<FrameHeader>, WsError> {
+fn parse_header(
+    buf: &[u8],
+    role: Role,
+    limit: usize,
+    deflate: bool,
+) -> Result<Option<FrameHeader>, WsError> {
     let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    let fin = b0 & 0x80 != 0;
+    let opcode = Opcode::from_u8(b0 & 0x0F).ok_or(WsError::Protocol("reserved opcode"))?;
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || rsv1 && !deflate {
         return Err(WsError::Protocol(
             "reserved bits set without a negotiated extension",
         ));
     }
-    let fin = b0 & 0x80 != 0;
-    let opcode = Opcode::from_u8(b0 & 0x0F).ok_or(WsError::Protocol("reserved opcode"))?;
+    if rsv1 && !matches!(opcode, Opcode::Text | Opcode::Binary) {
+        return Err(WsError::Protocol(
+            "RSV1 set on a control or continuation frame",
+        ));
+    }
     let masked = b1 & 0x80 != 0;
     match role {
         Role::Server if !masked => return Err(WsError::Protocol("client frames must be masked")),
@@ -540,6 +575,7 @@ fn parse_header(buf: &[u8], role: Role, limit: usize) -> Result<Option<FrameHead
     };
     Ok(Some(FrameHeader {
         fin,
+        rsv1,
         opcode,
         mask,
         header_len: pos,
@@ -556,7 +592,7 @@ fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
 /// Validates the new bytes of a text message in progress. A code point cut
 /// at the end of a fragment is fine; anything else invalid fails now.
 fn check_utf8_prefix(p: &mut Partial) -> Result<(), WsError> {
-    if !p.text {
+    if !p.text || p.compressed {
         return Ok(());
     }
     let tail = p.data.get(p.utf8_checked..).unwrap_or_default();
@@ -568,13 +604,18 @@ fn check_utf8_prefix(p: &mut Partial) -> Result<(), WsError> {
     Ok(())
 }
 
-fn finish(p: Partial) -> Result<WsEvent, WsError> {
+fn finish(p: Partial, limit: usize) -> Result<WsEvent, WsError> {
+    let data = if p.compressed {
+        crate::deflate::inflate(&p.data, limit)?
+    } else {
+        p.data
+    };
     if p.text {
-        String::from_utf8(p.data)
+        String::from_utf8(data)
             .map(WsEvent::Text)
             .map_err(|_| WsError::InvalidUtf8)
     } else {
-        Ok(WsEvent::Binary(p.data))
+        Ok(WsEvent::Binary(data))
     }
 }
 

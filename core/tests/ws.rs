@@ -63,7 +63,7 @@ const GOOD: [&str; 4] = [
 
 #[test]
 fn valid_upgrade_gets_101_with_accept_key() {
-    let resp = accept_upgrade(&upgrade_request(&GOOD)).unwrap();
+    let resp = accept_upgrade(&upgrade_request(&GOOD), None).unwrap();
     assert_eq!(
         String::from_utf8(resp).unwrap(),
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -79,7 +79,7 @@ fn upgrade_header_tokens_are_case_insensitive() {
         "sec-websocket-version: 13",
         "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==",
     ]);
-    assert!(accept_upgrade(&req).is_ok());
+    assert!(accept_upgrade(&req, None).is_ok());
 }
 
 #[test]
@@ -91,7 +91,7 @@ fn each_missing_piece_is_named() {
             .filter(|(j, _)| *j != i)
             .map(|(_, l)| *l)
             .collect();
-        accept_upgrade(&upgrade_request(&lines)).unwrap_err()
+        accept_upgrade(&upgrade_request(&lines), None).unwrap_err()
     };
     assert_eq!(without(0), HandshakeError::MissingUpgradeHeader);
     assert_eq!(without(1), HandshakeError::MissingConnectionUpgrade);
@@ -105,7 +105,7 @@ fn each_missing_piece_is_named() {
 fn wrong_version_gets_426_advertising_13() {
     let mut lines = GOOD.to_vec();
     lines[2] = "Sec-WebSocket-Version: 8";
-    let err = accept_upgrade(&upgrade_request(&lines)).unwrap_err();
+    let err = accept_upgrade(&upgrade_request(&lines), None).unwrap_err();
     assert_eq!(err, HandshakeError::UnsupportedVersion(Some("8".into())));
     let resp = err.to_response();
     assert_eq!(resp.status, 426);
@@ -119,12 +119,12 @@ fn bad_key_and_wrong_method_are_rejected() {
     let mut lines = GOOD.to_vec();
     lines[3] = "Sec-WebSocket-Key: c2hvcnQ=";
     assert_eq!(
-        accept_upgrade(&upgrade_request(&lines)).unwrap_err(),
+        accept_upgrade(&upgrade_request(&lines), None).unwrap_err(),
         HandshakeError::InvalidKey
     );
     let mut req = upgrade_request(&GOOD);
     req.method = "POST".into();
-    let err = accept_upgrade(&req).unwrap_err();
+    let err = accept_upgrade(&req, None).unwrap_err();
     assert_eq!(err, HandshakeError::NotGet("POST".into()));
     assert_eq!(err.to_response().status, 405);
 }

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = request.query_param("apikey");
             let _ = request.header("content-length");
             let _ = http::percent_decode(&request.path);
-            let _ = ws::accept_upgrade(&request);
+            let _ = ws::accept_upgrade(&request, None);
         }
         Ok(None) => {}
         Err(e) => {

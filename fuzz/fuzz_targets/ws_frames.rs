@@ -1,6 +1,7 @@
 //! The RFC 6455 frame decoder on any byte stream, split at an arbitrary
-//! point: events or a protocol error with a close code, never a panic, and
-//! never a message over the limit.
+//! point, with and without `permessage-deflate` (the split byte's low bit):
+//! events or a protocol error with a close code, never a panic, and never a
+//! message over the limit, inflated or not.
 #![no_main]
 
 use chorus_core::ws::{FrameDecoder, WsEvent};
@@ -13,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let cut = (split as usize * stream.len()) / 256;
-    let mut decoder = FrameDecoder::new(MAX);
+    let mut decoder = FrameDecoder::new(MAX).with_deflate(split & 1 == 1);
     for part in [&stream[..cut], &stream[cut..]] {
         decoder.push(part);
         loop {

@@ -37,7 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::cluster::Cluster;
 use crate::session::Sessions;
-use crate::socket::{self, Sockets};
+use crate::socket::{self, Conn, Sockets};
 use crate::spawn::Spawner;
 
 /// What an HTTP handler process reads: the request head and its body.
@@ -280,7 +280,14 @@ impl Gateway {
         let claims = up
             .claims
             .map(|c| serde_json::Value::Object(c.into_map()).to_string());
-        let socket = self.sockets.open(writer, up.vsn, true, |_| Vec::new());
+        let socket = self.sockets.open(
+            writer,
+            up.vsn,
+            Conn::WebSocket {
+                deflate: up.deflate,
+            },
+            |_| Vec::new(),
+        );
         let start = Start {
             socket: socket.id,
             vsn: up.vsn,
@@ -343,7 +350,7 @@ impl Gateway {
         }
         body.truncate(len);
         let (_reader, writer) = stream.into_split();
-        let socket = self.sockets.open(writer, Vsn::V1, false, |_| {
+        let socket = self.sockets.open(writer, Vsn::V1, Conn::Http, |_| {
             bincode::serialize(&Exchange {
                 request: &request,
                 body: &body,

@@ -253,6 +253,7 @@ fn socket_limits(config: &Config) -> SocketLimits {
         inlet_bytes: l.inlet_queue_bytes as usize,
         max_frame: l.max_frame_bytes as usize,
         idle: std::time::Duration::from_millis(l.heartbeat_timeout_ms),
+        deflate_min: config.node.deflate_min_bytes as usize,
     }
 }
 

@@ -86,6 +86,8 @@ pub struct Sessions {
     tags: AtomicI64,
     /// Sessions that crashed (the gateway's count, for `/metrics`).
     crashes: Arc<AtomicU64>,
+    /// This node's relay process as last found in the registry (0: none).
+    relay: AtomicU64,
 }
 
 impl Sessions {
@@ -108,6 +110,7 @@ impl Sessions {
             // Above the tags the host's own wakes use.
             tags: AtomicI64::new(1 << 32),
             crashes,
+            relay: AtomicU64::new(0),
         })
     }
 
@@ -191,8 +194,13 @@ impl Sessions {
         if node == self.node_id() {
             self.env.get_process(pid).is_some()
         } else {
-            self.cluster.as_ref().is_some_and(|c| c.is_member(node))
+            self.node_alive(node)
         }
+    }
+
+    /// Whether `node` is this node or a member of its cluster.
+    fn node_alive(&self, node: u64) -> bool {
+        node == self.node_id() || self.cluster.as_ref().is_some_and(|c| c.is_member(node))
     }
 
     /// Sends `bytes` under `tag` to process `pid` on `node` (dropped when
@@ -233,12 +241,20 @@ impl Sessions {
 
     /// This node's relay process (0 when none runs: remote channels then
     /// cannot reach this socket, as with the guest sessions).
+    /// Found once in the registry and kept while that process lives (a
+    /// restarted relay is looked up again).
     async fn relay(&self) -> u64 {
+        let known = self.relay.load(Ordering::Relaxed);
+        if known != 0 && self.env.get_process(known).is_some() {
+            return known;
+        }
         let registry = self.registry.read().await;
-        registry
+        let pid = registry
             .iter()
             .find(|(k, _)| k.starts_with("supervisors/") && k.ends_with(RELAY_SUFFIX))
-            .map_or(0, |(_, (_, pid))| *pid)
+            .map_or(0, |(_, (_, pid))| *pid);
+        self.relay.store(pid, Ordering::Relaxed);
+        pid
     }
 
     fn next_tag(&self) -> i64 {
@@ -764,7 +780,7 @@ impl Shell {
         let bytes = self
             .mailbox
             .call(tag, Instant::now() + timeout, node, move |n| {
-                sessions.members().contains(&n)
+                sessions.node_alive(n)
             })
             .await?;
         Ok(bincode::deserialize(&bytes).ok())
@@ -786,63 +802,56 @@ impl Shell {
             else {
                 return Located::Absent;
             };
-            if node != self.this.node() {
+            let remote = node != self.this.node();
+            // Another node's directory is asked through that node's door
+            // (plain message), this node's directly (a supervised child).
+            let asked = if remote {
                 self.count(Metric::RemoteLocates, 1);
-                let sessions = self.sessions.clone();
-                let topic_owned = topic.to_string();
-                let answer = self
-                    .call(
-                        move |reply| {
-                            sessions.send_plain(
-                                node,
-                                DOOR_PID,
-                                &DoorMsg::Locate {
-                                    directory,
-                                    topic: topic_owned,
-                                    spawn,
-                                    reply,
-                                },
-                            )
-                        },
-                        LOCATE_TIMEOUT,
-                        Some(node),
-                    )
-                    .await;
-                return match answer {
-                    Ok(Some(located)) => located,
-                    Ok(None) => Located::Absent,
-                    // The ring has one node fewer each time: this ends.
-                    Err(NoAnswer::NodeLeft) => continue,
-                    Err(NoAnswer::TimedOut) => Located::Unreachable(format!(
-                        "unavailable: the home node of this topic (cluster node {node}) did not answer within {} s, retry",
-                        LOCATE_TIMEOUT.as_secs()
-                    )),
-                };
-            }
-            let key = format!("{DIR_KEY}{}", directory_name(directory));
-            let Some((dnode, dpid)) = self.sessions.lookup(&key).await else {
+                Some((node, DOOR_PID))
+            } else {
+                self.sessions
+                    .lookup(&format!("{DIR_KEY}{}", directory_name(directory)))
+                    .await
+            };
+            let Some((to_node, to_pid)) = asked else {
                 return Located::Absent;
             };
             let sessions = self.sessions.clone();
-            let topic_owned = topic.to_string();
+            let topic = topic.to_string();
             let answer = self
                 .call(
                     move |reply| {
-                        sessions.send_child(
-                            dnode,
-                            dpid,
-                            &DirMsg::Locate {
-                                topic: topic_owned,
+                        if remote {
+                            let msg = DoorMsg::Locate {
+                                directory,
+                                topic,
                                 spawn,
                                 reply,
-                            },
-                        )
+                            };
+                            sessions.send_plain(to_node, to_pid, &msg);
+                        } else {
+                            let msg = DirMsg::Locate {
+                                topic,
+                                spawn,
+                                reply,
+                            };
+                            sessions.send_child(to_node, to_pid, &msg);
+                        }
                     },
                     LOCATE_TIMEOUT,
-                    None,
+                    remote.then_some(node),
                 )
                 .await;
-            return answer.ok().flatten().unwrap_or(Located::Absent);
+            return match answer {
+                Ok(located) => located.unwrap_or(Located::Absent),
+                // The ring has one node fewer each time: this ends.
+                Err(NoAnswer::NodeLeft) => continue,
+                Err(NoAnswer::TimedOut) if remote => Located::Unreachable(format!(
+                    "unavailable: the home node of this topic (cluster node {node}) did not answer within {} s, retry",
+                    LOCATE_TIMEOUT.as_secs()
+                )),
+                Err(NoAnswer::TimedOut) => Located::Absent,
+            };
         }
     }
 

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
+use chorus_core::deflate;
 use chorus_core::lanes::Lane;
 use chorus_core::metrics::Histogram;
 use chorus_core::outq::{self, Frame, Out, OutQ, OutqLimits, Pushed, Route, Status};
@@ -97,6 +98,18 @@ pub struct SocketLimits {
     pub inlet_bytes: usize,
     pub max_frame: usize,
     pub idle: Duration,
+    /// `node.deflate_min_bytes`: payloads shorter than this go uncompressed
+    /// to `permessage-deflate` sockets.
+    pub deflate_min: usize,
+}
+
+/// What a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conn {
+    /// One HTTP exchange answered by a guest handler.
+    Http,
+    /// A WebSocket session; `deflate`: it agreed to `permessage-deflate`.
+    WebSocket { deflate: bool },
 }
 
 struct State {
@@ -119,6 +132,9 @@ pub struct Socket {
     vsn: Vsn,
     /// A WebSocket session's connection (not a one-shot HTTP exchange).
     websocket: bool,
+    /// It agreed to `permessage-deflate`: data frames of at least
+    /// `deflate_min` payload bytes are queued compressed.
+    deflate: bool,
     state: Mutex<State>,
     /// The process that owns the socket (set once it is spawned).
     owner: OnceLock<Arc<dyn Process>>,
@@ -207,6 +223,11 @@ pub struct Sockets {
     pub slow_consumers: AtomicU64,
     /// Times a socket's reading paused because its session was behind.
     pub inlet_paused: AtomicU64,
+    /// `permessage-deflate`: sockets that agreed, frames compressed, bytes
+    /// saved.
+    pub deflate_sockets: AtomicU64,
+    pub deflated_frames: AtomicU64,
+    pub deflate_saved: AtomicU64,
     /// Where message sizes and queue depths are recorded.
     metrics: Arc<Metrics>,
     /// Writer wakes held until the pushing process waits.
@@ -226,6 +247,9 @@ impl Sockets {
             audio_replaced: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
             inlet_paused: AtomicU64::new(0),
+            deflate_sockets: AtomicU64::new(0),
+            deflated_frames: AtomicU64::new(0),
+            deflate_saved: AtomicU64::new(0),
             metrics,
             wakes: Deferred::new(Limits::default()),
         })
@@ -261,15 +285,20 @@ impl Sockets {
         self: &Arc<Self>,
         writer: OwnedWriteHalf,
         vsn: Vsn,
-        websocket: bool,
+        conn: Conn,
         start: impl FnOnce(u64) -> Vec<u8>,
     ) -> Arc<Socket> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let start = start(id);
+        let deflate = conn == Conn::WebSocket { deflate: true };
+        if deflate {
+            self.deflate_sockets.fetch_add(1, Ordering::Relaxed);
+        }
         let socket = Arc::new(Socket {
             id,
             vsn,
-            websocket,
+            websocket: conn != Conn::Http,
+            deflate,
             state: Mutex::new(State {
                 out: OutQ::new(),
                 writer_idle: false,
@@ -345,7 +374,14 @@ impl Sockets {
         };
         self.metrics
             .observe(Histogram::MessageSizeOut, bytes.len() as u64);
-        let frame: Frame = Arc::from(bytes);
+        let frame: Frame = match socket.deflate.then(|| self.deflated(bytes)).flatten() {
+            Some(small) => {
+                self.deflate_saved
+                    .fetch_add((bytes.len() - small.len()) as u64, Ordering::Relaxed);
+                small
+            }
+            None => Arc::from(bytes),
+        };
         let topic = shared_topic(lane, topic);
         let route = route(lane, topic.as_ref(), key);
         let mut after = After::default();
@@ -370,6 +406,10 @@ impl Sockets {
         self.metrics
             .observe(Histogram::MessageSizeOut, bytes.len() as u64);
         let frame: Frame = Arc::from(bytes);
+        // Compressed once, on the first socket that agreed to
+        // permessage-deflate, and shared by all of them.
+        let mut deflated: Option<Option<Frame>> = None;
+        let mut saved = 0u64;
         let topic = shared_topic(lane, topic);
         let route = route(lane, topic.as_ref(), key);
         let mut after = After::default();
@@ -378,13 +418,38 @@ impl Sockets {
         // never taken while a socket's lock is held.
         let took = {
             let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-            ids.iter()
-                .filter_map(|id| map.get(id))
-                .filter(|s| self.push(s, route, &frame, &mut after) == Sent::Ok)
-                .count()
+            let mut took = 0;
+            for socket in ids.iter().filter_map(|id| map.get(id)) {
+                let small = if socket.deflate {
+                    deflated
+                        .get_or_insert_with(|| self.deflated(bytes))
+                        .as_ref()
+                } else {
+                    None
+                };
+                let sent = self.push(socket, route, small.unwrap_or(&frame), &mut after);
+                if sent == Sent::Ok {
+                    took += 1;
+                    if let Some(small) = small {
+                        saved += (bytes.len() - small.len()) as u64;
+                    }
+                }
+            }
+            took
         };
+        if saved > 0 {
+            self.deflate_saved.fetch_add(saved, Ordering::Relaxed);
+        }
         self.finish(after, by, took, took.saturating_mul(bytes.len()));
         took as u32
+    }
+
+    /// `bytes` compressed for permessage-deflate sockets, when that makes
+    /// them smaller (see `chorus_core::deflate::deflate_frame`).
+    fn deflated(&self, bytes: &[u8]) -> Option<Frame> {
+        let small = deflate::deflate_frame(bytes, self.limits.deflate_min)?;
+        self.deflated_frames.fetch_add(1, Ordering::Relaxed);
+        Some(Arc::from(small))
     }
 
     fn push(
@@ -557,7 +622,7 @@ pub async fn read_loop(
     early: Vec<u8>,
 ) {
     let limits = *sockets.limits();
-    let mut decoder = FrameDecoder::new(limits.max_frame);
+    let mut decoder = FrameDecoder::new(limits.max_frame).with_deflate(socket.deflate);
     decoder.push(&early);
     let end = 'read: loop {
         loop {

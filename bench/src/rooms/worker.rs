@@ -334,6 +334,7 @@ async fn open(
         "/realtime/v1/websocket?apikey=bench&vsn=2.0.0",
         None,
         id,
+        false,
     )
     .await
     .map_err(|e| format!("connect: {e}"))?;

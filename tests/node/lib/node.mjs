@@ -402,14 +402,15 @@ export function encodeKind3({ join_ref = '', ref = '', topic, event, payload, me
  * server message lands in `.messages`; close info in `.closed`.
  */
 export class RawClient {
-  constructor(url, vsn) {
+  /** `options`: the `ws` client's (e.g. `{ perMessageDeflate: false }`). */
+  constructor(url, vsn, options = {}) {
     this.vsn = vsn;
     this.url = url;
     this.messages = [];
     this.closed = null;
     this.errors = [];
     this.ref = 0;
-    this.ws = new WebSocket(url);
+    this.ws = new WebSocket(url, options);
     this.ws.on('message', (data, isBinary) => {
       try {
         this.messages.push(decodeServerFrame(vsn, data, isBinary));
@@ -424,8 +425,8 @@ export class RawClient {
     track(() => this.terminate());
   }
 
-  static async open(node, vsn, path = '/realtime/v1/websocket', query = 'apikey=anon') {
-    const c = new RawClient(`ws://127.0.0.1:${node.port}${path}?${query}&vsn=${vsn}`, vsn);
+  static async open(node, vsn, path = '/realtime/v1/websocket', query = 'apikey=anon', options = {}) {
+    const c = new RawClient(`ws://127.0.0.1:${node.port}${path}?${query}&vsn=${vsn}`, vsn, options);
     await within(once(c.ws, 'open').then(() => {}), 5000, 'raw websocket open').catch((e) => {
       throw new Error(`${e.message}; errors: ${c.errors.map((x) => x.message).join('; ')}`);
     });
