@@ -199,6 +199,8 @@ histograms! {
         "Data-service operations as the node's processes see them (coalescing, cache and backend included), by operation";
     OutletQueueDepth => "chorus_outlet_queue_depth_frames", None, 1.0, DEPTH_FRAMES,
         "Frames waiting in a socket's send queue each time its writer takes a batch";
+    OutletWait => "chorus_outlet_wait_seconds", None, NS, LATENCY_NS,
+        "Time from a frame queued on a socket whose writer was idle to the writer taking it (the node's own share of delivery latency: wake-up, scheduling, backlog)";
 }
 
 impl Histogram {

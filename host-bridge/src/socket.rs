@@ -116,6 +116,9 @@ struct State {
     out: OutQ,
     /// The writer found nothing to write and waits: the next push wakes it.
     writer_idle: bool,
+    /// When the push that woke the idle writer happened (for
+    /// `chorus_outlet_wait_seconds`).
+    woken_at: Option<std::time::Instant>,
     inlet: VecDeque<Inbound>,
     inlet_bytes: usize,
     /// A wake message is in the owner's mailbox (or the owner is draining).
@@ -175,6 +178,8 @@ impl Socket {
 /// to bump and writers to wake.
 #[derive(Default)]
 struct After {
+    /// One clock read per call, shared by every writer it wakes.
+    now: Option<std::time::Instant>,
     counted: u64,
     replaced: u64,
     slow: u64,
@@ -302,6 +307,7 @@ impl Sockets {
             state: Mutex::new(State {
                 out: OutQ::new(),
                 writer_idle: false,
+                woken_at: None,
                 inlet: VecDeque::new(),
                 inlet_bytes: 0,
                 wake_sent: false,
@@ -483,6 +489,7 @@ impl Sockets {
         };
         if state.writer_idle {
             state.writer_idle = false;
+            state.woken_at = Some(*after.now.get_or_insert_with(std::time::Instant::now));
             after.wake.push(socket.clone());
         }
         sent
@@ -752,13 +759,18 @@ async fn write_loop(sockets: Arc<Sockets>, socket: Arc<Socket>, mut writer: Owne
     let mut batch: Vec<u8> = Vec::new();
     let mut taken: Vec<Out> = Vec::new();
     let end = loop {
-        let (status, depth) = {
+        let (status, depth, woken_at) = {
             let mut state = socket.lock();
             let depth = state.out.len();
             let status = state.out.take(WRITE_BATCH, &mut taken);
             state.writer_idle = taken.is_empty() && status == Status::Open;
-            (status, depth)
+            (status, depth, state.woken_at.take())
         };
+        if let Some(at) = woken_at {
+            sockets
+                .metrics
+                .observe(Histogram::OutletWait, at.elapsed().as_nanos() as u64);
+        }
         if depth > 0 {
             sockets
                 .metrics
