@@ -18,6 +18,7 @@ use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::dedupe::{self, Window};
 use chorus_core::frame::{self, BodyRef};
 use chorus_core::lanes::{self, Lane};
+use chorus_core::linger::{Linger, Step as LingerStep};
 use chorus_core::metrics::{Histogram, Metric};
 use chorus_core::phoenix::{Frame, Outbound, Vsn};
 use chorus_core::placement::Placement;
@@ -57,7 +58,11 @@ const MAX_METAS_PER_KEY: usize = 10;
 pub struct ChannelArgs {
     pub topic: String,
     pub directory: String,
+    /// `limits.channel_idle_ms` and `limits.channel_empty_ms`: how long it
+    /// lives on once nobody is subscribed (`chorus_core::linger`).
     pub idle_ms: u64,
+    #[serde(default)]
+    pub empty_ms: u64,
     pub history: u32,
     /// `limits.channel_history_bytes`: payload bytes of that history.
     #[serde(default)]
@@ -403,6 +408,7 @@ impl Shard {
                     topic: topic.clone(),
                     directory: self.name.clone(),
                     idle_ms: config.limits.channel_idle_ms,
+                    empty_ms: config.limits.channel_empty_ms,
                     history: config.limits.channel_history,
                     history_bytes: config.limits.channel_history_bytes,
                     presence_bytes: config.limits.presence_bytes,
@@ -644,9 +650,9 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
             channel: process_ref(inbox.this()),
         });
     }
-    let idle = Duration::from_millis(args.idle_ms);
+    let started = Instant::now();
+    let mut linger = Linger::new(args.empty_ms, args.idle_ms);
     let sweep = Duration::from_millis(args.sweep_ms);
-    let mut idle_since = Some(Instant::now());
     let mut asked_to_stop = false;
     // Sweeps run on a clock, not only when the mailbox is quiet: a channel
     // that receives a message more often than every sweep period must still
@@ -664,9 +670,14 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
             ch.sweep_dead();
             last_sweep = now;
         }
-        if ch.subs.is_empty() {
-            let since = *idle_since.get_or_insert(now);
-            if now.saturating_duration_since(since) >= idle && !asked_to_stop {
+        // Nobody subscribed: the directory is asked to stop it once the
+        // linger is over, and the wait below ends by then.
+        let mut wait = sweep.saturating_sub(now.saturating_duration_since(last_sweep));
+        let now_ms = now.saturating_duration_since(started).as_millis() as u64;
+        match linger.step(now_ms, !ch.subs.is_empty(), !ch.dedupe.is_empty()) {
+            LingerStep::Serving => {}
+            LingerStep::Wait(ms) => wait = wait.min(Duration::from_millis(ms)),
+            LingerStep::Stop if !asked_to_stop => {
                 if let Some(dir) = ChildRef::<DirMsg>::lookup(&args.directory) {
                     dir.send(DirMsg::Idle {
                         topic: args.topic.clone(),
@@ -675,10 +686,8 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
                     asked_to_stop = true;
                 }
             }
-        } else {
-            idle_since = None;
+            LingerStep::Stop => {}
         }
-        let wait = sweep.saturating_sub(now.saturating_duration_since(last_sweep));
         let wait = ch.peak.wait(now).map_or(wait, |w| w.min(wait));
         match inbox.receive_until(now + wait.min(ch.viewers.wait()), now) {
             Some(Incoming::Shutdown) => break,

@@ -1,7 +1,7 @@
 //! Caps on channel processes (sans-IO): how many one node runs at once
 //! (`limits.max_channels`) and how fast one socket may start new ones
 //! (`limits.channel_creations_per_second`). A join of a topic nobody has
-//! open starts a channel process that lives at least `limits.channel_idle_ms`;
+//! open starts a channel process that lives at least `limits.channel_empty_ms`;
 //! without these caps a join/leave flood over fresh topics from one socket
 //! would fill the node's process pool.
 //!

@@ -126,8 +126,13 @@ pub struct LimitsConfig {
     pub max_frame_bytes: u32,
     /// Largest HTTP request head before the request is refused with 400/431.
     pub max_http_head_bytes: u32,
-    /// A channel with no subscriber and no traffic for this long stops.
+    /// A channel with no subscriber stops this long after its last one
+    /// left when it remembers client message ids (`dedupe_window_ms`), so a
+    /// retry after a reconnect is still recognised (`crate::linger`).
     pub channel_idle_ms: u64,
+    /// A channel with no subscriber that remembers no client message id
+    /// stops this long after its last one left (`crate::linger`).
+    pub channel_empty_ms: u64,
     /// Messages a channel keeps in memory for late joiners and replay.
     pub channel_history: u32,
     /// Client messages one socket may send per second (token bucket refill);
@@ -402,6 +407,7 @@ impl Default for LimitsConfig {
             max_frame_bytes: 5 * 1024 * 1024,
             max_http_head_bytes: 16 * 1024,
             channel_idle_ms: 30_000,
+            channel_empty_ms: 1_000,
             channel_history: 100,
             client_messages_per_second: 100,
             client_burst: 200,

@@ -22,6 +22,7 @@ pub mod join;
 pub mod json;
 pub mod jwt;
 pub mod lanes;
+pub mod linger;
 pub mod metrics;
 pub mod modules;
 pub mod msg;

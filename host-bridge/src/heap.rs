@@ -18,12 +18,21 @@
 ///   sessions of an exodus freed is returned too (without this, the blocks
 ///   of the last ~1,000 processes to end stayed in the node's RSS).
 ///
+/// * once more at the first second it does not fall after a trim made while
+///   it fell: a process leaves the count before its task has dropped its
+///   store, socket and queues, so what the last ones of an exodus free
+///   lands after that trim (after 19,000 sessions in 1,900 channels left, a
+///   `malloc_trim` called from a debugger 4 s after the last session left
+///   still released 21 MB of the node's RSS).
+///
 /// A population that churns by less than a quarter is never trimmed: the
 /// walk holds each arena's lock, and churn reuses the freed blocks anyway.
 #[derive(Debug, Default)]
 pub struct Trim {
     high: usize,
     prev: usize,
+    /// A trim was made while the count fell: one more when it stops.
+    again: bool,
 }
 
 impl Trim {
@@ -41,8 +50,10 @@ impl Trim {
         let dropped = self.high - live;
         let halved = dropped >= Self::MIN_DROP && live <= self.high / 2;
         let settled = !falling && dropped >= Self::MIN_SETTLED_DROP && live <= self.high / 4 * 3;
-        if halved || settled {
+        let again = !falling && self.again;
+        if halved || settled || again {
             self.high = live;
+            self.again = falling;
             return true;
         }
         false
@@ -88,6 +99,22 @@ mod tests {
         assert!(!t.after(1300), "once");
         assert!(!t.after(1299), "one more gone is not worth a walk");
         assert!(!t.after(1299));
+    }
+
+    #[test]
+    fn a_trim_while_falling_is_followed_by_one_when_it_stops() {
+        let mut t = Trim::default();
+        assert!(!t.after(20_000));
+        assert!(t.after(9_000), "halved while falling");
+        assert!(t.after(2_000), "halved again, still falling");
+        assert!(t.after(2_000), "stopped falling: what the last freed");
+        assert!(!t.after(2_000), "once");
+        // Their channels stop a second later.
+        assert!(t.after(30), "halved while falling");
+        assert!(t.after(30), "stopped falling");
+        assert!(!t.after(30));
+        assert!(!t.after(31));
+        assert!(!t.after(30), "a settled trim needs a fall after it");
     }
 
     #[test]

@@ -89,9 +89,18 @@ export async function failoverOnce(cluster, lb, { perNode = 2, fast = false, dra
   const since = Date.now() - 1000;
   const clients = [];
   const sessionsBefore = await Promise.all(nodes.map((n) => metric(n, 'chorus_sessions_open')));
-  // Channels of earlier topics may still run (until channel_idle_ms): the
-  // home is the node whose count grows when this topic's clients join.
-  const channelsBefore = await Promise.all(nodes.map((n) => metric(n, 'chorus_channels')));
+  // Channels of earlier topics may still run, and stop
+  // limits.channel_empty_ms (1 s) after their clients left: the counts are
+  // read once they hold still, and the home is the node whose count grows
+  // when this topic's clients join.
+  const channelCounts = () => Promise.all(nodes.map((n) => metric(n, 'chorus_channels')));
+  let channelsBefore = await channelCounts();
+  for (let i = 0; i < 10; i++) {
+    await new Promise((r) => setTimeout(r, 1500));
+    const now = await channelCounts();
+    if (now.every((c, k) => c === channelsBefore[k])) break;
+    channelsBefore = now;
+  }
   for (let j = 0; j < perNode; j++) {
     for (let i = 0; i < nodes.length; i++) {
       const vsn = (i + j) % 2 ? '1.0.0' : '2.0.0';
