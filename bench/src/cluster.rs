@@ -629,6 +629,26 @@ pub fn load_dir(dir: &Path) -> Vec<(String, ClusterResult)> {
 }
 
 /// The newest `cluster-scale-*` directory in `out`.
+/// The tables of the runs in `dir` (the newest results directory of a
+/// kind), or why there are none; `say_empty`: an empty directory says so
+/// instead of rendering empty tables.
+fn newest_results(dir: Option<PathBuf>, root: &Path, say_empty: bool) -> String {
+    let Some(dir) = dir else {
+        return "Not run yet: no results directory.\n".to_string();
+    };
+    let results = load_dir(&dir);
+    let rel = dir.strip_prefix(root).unwrap_or(&dir);
+    if say_empty && results.is_empty() {
+        return format!("No results in `{}` yet.\n", rel.display());
+    }
+    let mut md = format!(
+        "From `{}/` (its README.md says how each was run):\n\n",
+        rel.display()
+    );
+    md.push_str(&render(&results));
+    md
+}
+
 pub fn newest_dir(out: &Path) -> Option<PathBuf> {
     newest_named(out, "cluster-scale-")
 }
@@ -880,23 +900,7 @@ client `id` goes to node `id % N` (round robin), so a room's members sit on diff
 node is not the publisher's. Memory and CPU are summed over the nodes (the control server's are in the files). A join refused \
 with a reason that says to retry is sent again after 1, 2, 5, 10 s, as realtime-js rejoins (counted as *joins retried*).\n\n",
     );
-    match newest_dir(out) {
-        Some(dir) => {
-            let results = load_dir(&dir);
-            let rel = dir.strip_prefix(root).unwrap_or(&dir);
-            if results.is_empty() {
-                let _ = writeln!(md, "No results in `{}` yet.", rel.display());
-            } else {
-                let _ = writeln!(
-                    md,
-                    "From `{}/` (its README.md says how each was run):\n",
-                    rel.display()
-                );
-                md.push_str(&render(&results));
-            }
-        }
-        None => md.push_str("Not run yet: no results directory.\n"),
-    }
+    md.push_str(&newest_results(newest_dir(out), root, true));
     md.push_str("\n## Cluster: two simulated regions\n\n");
     md.push_str(
         "Reproduce (needs the CQL store): `target/release/chorus-bench cluster --regions 2 --nodes 2 --scenario many-rooms --rooms 200 --members 10 --room-rate 1 --duration 20 --repeat 2`. \
@@ -905,19 +909,7 @@ Client `id` lives in region `id % 2`, so each room has members in both. *Regiona
 clients of region b connect to them through a delaying TCP proxy. The delay is one-way per direction (a round trip between regions is twice it). \
 *Cross-region*: publisher and receiver in different regions.\n\n",
     );
-    match newest_named(out, "regions-") {
-        Some(dir) => {
-            let results = load_dir(&dir);
-            let rel = dir.strip_prefix(root).unwrap_or(&dir);
-            let _ = writeln!(
-                md,
-                "From `{}/` (its README.md says how each was run):\n",
-                rel.display()
-            );
-            md.push_str(&render(&results));
-        }
-        None => md.push_str("Not run yet: no results directory.\n"),
-    }
+    md.push_str(&newest_results(newest_named(out, "regions-"), root, false));
     md
 }
 
