@@ -124,6 +124,12 @@ host_metrics! {
     SlowConsumers => "chorus_slow_consumers_total", Counter, None, "Sockets closed with 1008 slow_consumer (a full control or chat lane, or a write stuck for 10 s)";
     Restarts => "chorus_restarts_total", Counter, None, "Processes restarted by a supervisor";
     ClusterNodes => "chorus_cluster_nodes", Gauge, None, "Nodes this node knows in its cluster, itself included (1 outside a cluster)";
+    OutboxQueuedMessages => "chorus_cluster_outbox_queued_messages", Gauge, None, "Messages to other cluster nodes waiting in this node's outboxes for a free batch slot (cluster.batches_in_flight)";
+    OutboxQueuedBytes => "chorus_cluster_outbox_queued_bytes", Gauge, None, "Bytes of the messages waiting in this node's outboxes to other nodes (dropped past cluster.send_queue_bytes per node)";
+    OutboxMessages => "chorus_cluster_outbox_messages_total", Counter, None, "Messages queued in this node's outboxes to other cluster nodes (relay frames, remote publishes, answers)";
+    OutboxBatches => "chorus_cluster_outbox_batches_total", Counter, None, "Batches this node's outboxes handed to lunatic's node-to-node send (messages / batches: the batching)";
+    OutboxWaits => "chorus_cluster_outbox_waits_total", Counter, None, "Messages to other nodes that found every batch slot busy and waited for a later batch";
+    OutboxDropped => "chorus_cluster_outbox_dropped_total", Counter, None, "Messages to other nodes dropped because cluster.send_queue_bytes were already waiting";
 }
 
 /// Upper bounds of latency buckets, in nanoseconds (50 µs … 10 s).

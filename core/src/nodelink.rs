@@ -7,9 +7,13 @@
 //! [`Outbox`] and sends the queue as few lunatic messages (batches) as it
 //! can: at most `cluster.batches_in_flight` batches await their
 //! acknowledgement at once; while they do, new messages gather into the
-//! next batch (up to `cluster.batch_bytes`). A message finding a free
-//! slot leaves at once, alone: batching adds no wait, only a lighter load
-//! when the link is busy. The other node's mailbag (host-bridge's
+//! next batch (up to `cluster.batch_bytes`). With a slot free, messages
+//! leave at the end of the burst that queued them: the first push asks
+//! the host to schedule a flush ([`Outbox::wants_flush`]), which runs
+//! once the tasks already ready have run, so what a node's processes send
+//! one node together (a fan-out's relay messages, many channels' at once
+//! under load) leaves as one batch, with no timer and no wait when the
+//! node is idle. The other node's mailbag (host-bridge's
 //! `cluster.rs`) unpacks a batch with [`entries`] and hands each message to
 //! its process, in order.
 //!
@@ -124,12 +128,14 @@ pub struct Limits {
 pub struct Outbox {
     limits: Limits,
     /// Closed batches, oldest first, then the open one (last, possibly
-    /// empty).
-    batches: VecDeque<Vec<u8>>,
+    /// empty), each with its number of messages.
+    batches: VecDeque<(Vec<u8>, usize)>,
     queued: usize,
     in_flight: usize,
     /// Messages dropped since the last one queued.
     dropped: u64,
+    /// A flush is scheduled and has not run yet.
+    flush_due: bool,
 }
 
 /// What [`Outbox::push`] did.
@@ -151,7 +157,26 @@ impl Outbox {
             queued: 0,
             in_flight: 0,
             dropped: 0,
+            flush_due: false,
         }
+    }
+
+    /// Whether the caller must schedule a flush (a task that calls
+    /// [`Outbox::flushing`] then [`Outbox::take`]) after a push: only when
+    /// none is scheduled yet, so a burst of pushes shares one flush.
+    pub fn wants_flush(&mut self) -> bool {
+        !std::mem::replace(&mut self.flush_due, true)
+    }
+
+    /// The scheduled flush runs: a later push schedules another.
+    pub fn flushing(&mut self) {
+        self.flush_due = false;
+    }
+
+    /// Whether a message pushed now waits for a slot (every slot is busy)
+    /// instead of leaving at once.
+    pub fn busy(&self) -> bool {
+        self.in_flight >= self.limits.in_flight
     }
 
     /// Queues one message.
@@ -163,29 +188,31 @@ impl Outbox {
                 first: self.dropped == 1,
             };
         }
-        let open = match self.batches.back_mut() {
-            Some(b) if b.is_empty() || b.len() + len <= self.limits.batch_bytes => b,
+        let (open, count) = match self.batches.back_mut() {
+            Some((b, n)) if b.is_empty() || b.len() + len <= self.limits.batch_bytes => (b, n),
             _ => {
-                self.batches.push_back(Vec::new());
-                self.batches.back_mut().expect("just pushed")
+                self.batches.push_back((Vec::new(), 0));
+                let (b, n) = self.batches.back_mut().expect("just pushed");
+                (b, n)
             }
         };
         push(open, pid, tag, data);
+        *count += 1;
         self.queued += len;
         let dropped = std::mem::take(&mut self.dropped);
         Pushed::Queued { dropped }
     }
 
     /// The next batch to send when a slot is free (counted as in flight
-    /// until [`Outbox::done`]).
-    pub fn take(&mut self) -> Option<Vec<u8>> {
-        if self.in_flight >= self.limits.in_flight {
+    /// until [`Outbox::done`]), with its number of messages.
+    pub fn take(&mut self) -> Option<(Vec<u8>, usize)> {
+        if self.busy() {
             return None;
         }
-        let batch = self.batches.pop_front()?;
+        let (batch, count) = self.batches.pop_front()?;
         self.queued -= batch.len();
         self.in_flight += 1;
-        Some(batch)
+        Some((batch, count))
     }
 
     /// A batch was acknowledged, refused or given up: its slot is free.
@@ -196,6 +223,11 @@ impl Outbox {
     /// Bytes waiting for a slot.
     pub fn queued(&self) -> usize {
         self.queued
+    }
+
+    /// Messages waiting for a slot.
+    pub fn queued_messages(&self) -> usize {
+        self.batches.iter().map(|(_, n)| n).sum()
     }
 
     /// Batches sent and not yet done.
@@ -277,23 +309,47 @@ mod tests {
         let mut o = Outbox::new(LIMITS);
         assert_eq!(o.take(), None);
         o.push(1, None, b"a");
-        let first = o.take().expect("a slot is free");
+        assert!(!o.busy());
+        let (first, n) = o.take().expect("a slot is free");
         assert_eq!(all(&first), vec![(1, None, b"a".to_vec())]);
+        assert_eq!(n, 1);
         o.push(2, None, b"b");
         assert!(o.take().is_some());
         assert_eq!(o.in_flight(), 2);
+        assert!(o.busy());
         // Both slots busy: these gather.
         for pid in 3..6 {
             assert_eq!(o.push(pid, None, b"c"), Pushed::Queued { dropped: 0 });
         }
+        assert_eq!(o.queued_messages(), 3);
         assert_eq!(o.take(), None);
         o.done();
-        let gathered = o.take().expect("a slot was freed");
+        let (gathered, n) = o.take().expect("a slot was freed");
         assert_eq!(
             all(&gathered).iter().map(|e| e.0).collect::<Vec<_>>(),
             vec![3, 4, 5]
         );
+        assert_eq!(n, 3);
         assert_eq!(o.queued(), 0);
+        assert_eq!(o.queued_messages(), 0);
+    }
+
+    #[test]
+    fn a_burst_of_pushes_shares_one_flush() {
+        let mut o = Outbox::new(LIMITS);
+        for pid in 1..=3 {
+            o.push(pid, None, b"m");
+            assert_eq!(o.wants_flush(), pid == 1, "push {pid}");
+        }
+        o.flushing();
+        let (batch, n) = o.take().expect("a slot is free");
+        assert_eq!(n, 3);
+        assert_eq!(
+            all(&batch).iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        o.push(4, None, b"m");
+        assert!(o.wants_flush(), "the next burst schedules its own flush");
     }
 
     #[test]
@@ -316,9 +372,10 @@ mod tests {
         let mut sizes = Vec::new();
         loop {
             o.done();
-            let Some(b) = o.take() else { break };
+            let Some((b, n)) = o.take() else { break };
             assert!(b.len() <= LIMITS.batch_bytes || all(&b).len() == 1);
-            sizes.push(all(&b).len());
+            assert_eq!(n, all(&b).len());
+            sizes.push(n);
             order.extend(all(&b).into_iter().map(|e| e.0));
         }
         assert_eq!(order, vec![1, 2, 3, 4, 5, 6, 7]);

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,6 @@ pub struct Cluster {
     name: String,
     region: String,
     control_url: String,
-    bind: SocketAddr,
     registration: Registration,
     key_pem: String,
     root_pem: String,
@@ -57,8 +56,12 @@ pub struct Cluster {
     left: AtomicBool,
     /// The outboxes to the other nodes.
     links: Arc<Links>,
-    /// `cluster.recv_buffer_bytes`.
-    recv_buffer: usize,
+    /// Counts the changes of the membership [`Cluster::is_member`] reads;
+    /// sessions with a channel on another node wait on it.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// The QUIC server's socket, bound at the join, until [`Cluster::serve`]
+    /// takes it.
+    socket: Mutex<Option<UdpSocket>>,
 }
 
 impl Cluster {
@@ -75,7 +78,11 @@ impl Cluster {
                 k.control
             );
         }
-        let bind = free_udp(k.bind.parse()?)?;
+        // The QUIC server's socket is bound before the control server hears
+        // of this address: a node that lists this one may send at once, and
+        // its datagrams then wait in the socket until the server runs.
+        let socket = server_socket(k.bind.parse()?, k.recv_buffer_bytes as usize)?;
+        let bind = socket.local_addr()?;
         let uuid = uuid::Uuid::new_v4();
         let uuid_text = uuid.hyphenated().to_string();
         let node_cert = distributed::server::gen_node_cert(&uuid_text)?;
@@ -142,7 +149,6 @@ impl Cluster {
             name: config.node.name.clone(),
             region: k.region.clone(),
             control_url,
-            bind,
             registration: reg,
             key_pem,
             root_pem,
@@ -158,9 +164,11 @@ impl Cluster {
                     queue_bytes: usize::try_from(k.send_queue_bytes).unwrap_or(usize::MAX),
                 },
                 outboxes: Mutex::new(HashMap::new()),
+                counts: Counts::default(),
             }),
+            changes: tokio::sync::watch::Sender::new(0),
             dist,
-            recv_buffer: k.recv_buffer_bytes as usize,
+            socket: Mutex::new(Some(socket)),
         });
         cluster.poll().await;
         tokio::spawn(cluster.clone().poll_forever());
@@ -187,12 +195,15 @@ impl Cluster {
             distributed: self.dist.clone(),
             runtime,
         };
+        let Some(socket) = self.socket.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            tracing::error!("the cluster's QUIC node server was already started");
+            return;
+        };
         let endpoint = match server_endpoint(
-            self.bind,
+            socket,
             &self.root_pem,
             &self.registration.cert_pem_chain,
             &self.key_pem,
-            self.recv_buffer,
         ) {
             Ok(e) => e,
             Err(e) => {
@@ -223,8 +234,21 @@ impl Cluster {
             Ok(()) => tracing::info!("left the cluster: the control server dropped this node"),
             Err(e) => tracing::warn!("could not tell the control server this node leaves: {e:#}"),
         }
-        let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
-        members.retain(|m| m.id != self.node_id);
+        self.members
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|m| m.id != self.node_id);
+        self.changed();
+    }
+
+    /// A receiver told of every change of the membership (this node's list
+    /// and lunatic's, as [`Cluster::is_member`] reads them).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     async fn poll(&self) {
@@ -266,6 +290,7 @@ impl Cluster {
                     if let Err(e) = self.dist.control.refresh_nodes().await {
                         tracing::debug!("refreshing lunatic's node list: {e:#}");
                     }
+                    self.changed();
                 }
             }
             Err(e) => {
@@ -302,7 +327,8 @@ impl Cluster {
     /// `node` WITHOUT waiting for the other node: lunatic's own send awaits
     /// its acknowledgement (a round trip that blocks the sending process,
     /// forever when the node died but is still listed). The message joins
-    /// `node`'s outbox ([`chorus_core::nodelink`]): it leaves at once when
+    /// `node`'s outbox ([`chorus_core::nodelink`]): it leaves with the rest of
+    /// its burst (a flush scheduled after the tasks already ready) when
     /// fewer than `cluster.batches_in_flight` batches await their
     /// acknowledgement, else in the next batch; messages to one node keep
     /// their order (batches leave in order on lunatic's one QUIC stream per
@@ -314,6 +340,11 @@ impl Cluster {
         }
         self.links.send(node, env, pid, tag, &data);
         true
+    }
+
+    /// The outboxes to the other nodes, for `/metrics`.
+    pub fn outbox_stats(&self) -> OutboxStats {
+        self.links.stats()
     }
 
     /// The known members (this node included).
@@ -358,6 +389,32 @@ struct Links {
     timeout: Duration,
     limits: Limits,
     outboxes: Mutex<HashMap<(u64, u64), Outbox>>,
+    counts: Counts,
+}
+
+/// What the outboxes did since the node started.
+#[derive(Default)]
+struct Counts {
+    messages: AtomicU64,
+    batches: AtomicU64,
+    waits: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// The `chorus_cluster_outbox_*` metrics: messages and bytes waiting for a
+/// slot now, over all other nodes; counters since the start.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OutboxStats {
+    pub queued_messages: u64,
+    pub queued_bytes: u64,
+    /// Messages queued for another node.
+    pub messages: u64,
+    /// Batches handed to lunatic.
+    pub batches: u64,
+    /// Messages that found every slot busy and waited for a later batch.
+    pub waits: u64,
+    /// Messages dropped at `cluster.send_queue_bytes`.
+    pub dropped: u64,
 }
 
 impl Links {
@@ -366,7 +423,20 @@ impl Links {
         let outbox = outboxes
             .entry((node, env))
             .or_insert_with(|| Outbox::new(self.limits));
-        match outbox.push(pid, tag, data) {
+        let waits = outbox.busy();
+        let pushed = outbox.push(pid, tag, data);
+        let counter = match pushed {
+            Pushed::Queued { .. } if waits => Some(&self.counts.waits),
+            Pushed::Queued { .. } => None,
+            Pushed::Dropped { .. } => Some(&self.counts.dropped),
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Pushed::Queued { .. } = pushed {
+            self.counts.messages.fetch_add(1, Ordering::Relaxed);
+        }
+        match pushed {
             Pushed::Queued { dropped: 0 } => {}
             Pushed::Queued { dropped } => tracing::warn!(
                 node,
@@ -383,14 +453,34 @@ impl Links {
             ),
             Pushed::Dropped { first: false } => {}
         }
-        self.pump(outbox, node, env);
+        if outbox.wants_flush() {
+            // After the tasks already ready: the rest of this burst (this
+            // process's other sends, other processes' under load) joins
+            // the batch.
+            let links = self.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                links.flush(node, env);
+            });
+        }
+    }
+
+    /// The flush a burst of sends scheduled: the batches that have a slot
+    /// leave.
+    fn flush(self: &Arc<Self>, node: u64, env: u64) {
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(outbox) = outboxes.get_mut(&(node, env)) {
+            outbox.flushing();
+            self.pump(outbox, node, env);
+        }
     }
 
     /// Sends the batches `outbox` has slots for. Called with the outboxes
     /// locked: the first poll of lunatic's send queues the request on its
     /// per-node channel, so batches enter it in the order they left.
     fn pump(self: &Arc<Self>, outbox: &mut Outbox, node: u64, env: u64) {
-        while let Some(batch) = outbox.take() {
+        while let Some((batch, _)) = outbox.take() {
+            self.counts.batches.fetch_add(1, Ordering::Relaxed);
             let client = self.client.clone();
             let mut ack: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
                 client
@@ -435,6 +525,24 @@ impl Links {
         if let Some(outbox) = outboxes.get_mut(&(node, env)) {
             outbox.done();
             self.pump(outbox, node, env);
+        }
+    }
+
+    fn stats(&self) -> OutboxStats {
+        let (queued_messages, queued_bytes) = {
+            let outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
+            outboxes.values().fold((0, 0), |(m, b), o| {
+                (m + o.queued_messages() as u64, b + o.queued() as u64)
+            })
+        };
+        let c = &self.counts;
+        OutboxStats {
+            queued_messages,
+            queued_bytes,
+            messages: c.messages.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            waits: c.waits.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -491,29 +599,14 @@ pub fn single_json() -> serde_json::Value {
     json!({ "enabled": false })
 }
 
-/// `ip:0` becomes `ip:<a free UDP port>`: the address is handed to the
-/// control server before the node server binds it.
-fn free_udp(addr: SocketAddr) -> Result<SocketAddr> {
-    if addr.port() != 0 {
-        return Ok(addr);
-    }
-    let socket = UdpSocket::bind(addr).with_context(|| format!("cluster.bind {addr}"))?;
-    Ok(socket.local_addr()?)
-}
-
 /// The QUIC endpoint of this node's server: mutual TLS (a peer must show a
 /// certificate of the cluster's CA, `root_pem`), bidirectional streams
-/// only, as lunatic's node client speaks, on a UDP socket whose receive
-/// buffer is `recv_buffer` bytes. With the system's default buffer (208 KiB)
-/// a node busy for a few milliseconds let the datagrams of the other nodes
-/// overflow it, and QUIC's loss recovery then held every message to the
-/// node back for seconds (bench/results/xnode-20261130).
+/// only, as lunatic's node client speaks, on `socket` ([`server_socket`]).
 fn server_endpoint(
-    bind: SocketAddr,
+    socket: UdpSocket,
     root_pem: &str,
     chain_pem: &[String],
     key_pem: &str,
-    recv_buffer: usize,
 ) -> Result<quinn::Endpoint> {
     let mut roots = rustls::RootCertStore::empty();
     for der in pem_certs(root_pem)? {
@@ -536,7 +629,21 @@ fn server_endpoint(
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_uni_streams(0u8.into());
     config.transport_config(Arc::new(transport));
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        quinn::TokioRuntime,
+    )?)
+}
 
+/// The UDP socket of this node's QUIC server, bound to `bind` (`ip:0`: a
+/// free port), with a receive buffer of `recv_buffer` bytes
+/// (`cluster.recv_buffer_bytes`). With the system's default buffer (208 KiB)
+/// a node busy for a few milliseconds let the datagrams of the other nodes
+/// overflow it, and QUIC's loss recovery then held every message to the
+/// node back for seconds (bench/results/xnode-20261130).
+fn server_socket(bind: SocketAddr, recv_buffer: usize) -> Result<UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(bind),
         socket2::Type::DGRAM,
@@ -559,12 +666,7 @@ fn server_endpoint(
     } else {
         tracing::debug!(got, "QUIC server UDP receive buffer");
     }
-    Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket.into(),
-        quinn::TokioRuntime,
-    )?)
+    Ok(socket.into())
 }
 
 /// The DER certificates of a PEM text.

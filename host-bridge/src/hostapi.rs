@@ -202,6 +202,17 @@ impl HostApi {
                 HostMetric::ClusterNodes,
                 self.cluster.get().map_or(1, |c| c.members().len() as u64),
             );
+        let outbox = self
+            .cluster
+            .get()
+            .map(|c| c.outbox_stats())
+            .unwrap_or_default();
+        host.set(HostMetric::OutboxQueuedMessages, outbox.queued_messages)
+            .set(HostMetric::OutboxQueuedBytes, outbox.queued_bytes)
+            .set(HostMetric::OutboxMessages, outbox.messages)
+            .set(HostMetric::OutboxBatches, outbox.batches)
+            .set(HostMetric::OutboxWaits, outbox.waits)
+            .set(HostMetric::OutboxDropped, outbox.dropped);
         host
     }
 

@@ -164,6 +164,17 @@ test('clients on three nodes share one room: broadcast, presence, history and re
     await waitFor(() => ch.got.length >= expected.length, 10000, `client ${i} got ${JSON.stringify(ch.got)}`);
     assert.deepEqual(ch.got, expected, `client ${i}`);
   }
+  // The home node's outboxes carried those frames: each broadcast has a
+  // recipient on another node, so at least nine relay messages, in batches,
+  // none dropped.
+  const outbox = {};
+  for (const m of ['messages_total', 'batches_total', 'dropped_total', 'queued_messages']) {
+    outbox[m] = await metric(nodes[home], `chorus_cluster_outbox_${m}`);
+  }
+  assert.ok(outbox.messages_total >= 9, `outbox of the home node: ${JSON.stringify(outbox)}`);
+  assert.ok(outbox.batches_total >= 1 && outbox.batches_total <= outbox.messages_total, JSON.stringify(outbox));
+  assert.equal(outbox.dropped_total, 0);
+  assert.equal(typeof outbox.queued_messages, 'number');
 
   // History: the same nine stored messages from every node's REST API.
   const histories = await Promise.all(nodes.map((n) => allHistory(n, `realtime:${room}`)));
