@@ -567,13 +567,15 @@ fn run_in(
     let r = &c.run;
     match &r.failure {
         None => eprintln!(
-            "   done: {} sessions on {n} nodes ({:.0}/s), {:.0} deliveries/s ({:.2}%), p50 {:.1} ms p99 {:.1} ms, cross-node {:.1}%, {:.1} KiB/session (PSS {:.1}), {:.2} µs CPU/delivery",
+            "   done: {} sessions on {n} nodes ({:.0}/s), {:.0} deliveries/s ({:.2}%), p50 {:.1} ms p99 {:.1} ms, {} {:.1}%, {:.1} KiB/session (PSS {:.1}), {:.2} µs CPU/delivery",
             r.sessions_joined,
             r.sessions_per_s,
             r.deliveries_per_s,
             r.delivered_pct,
             r.latency.p50_ms,
             r.latency.p99_ms,
+            // A regions run's "cross" deliveries are those between regions.
+            if c.regions.is_some() { "cross-region" } else { "cross-node" },
             c.cross_node_pct(),
             r.rss_per_session_kib,
             r.pss_per_session_kib,
