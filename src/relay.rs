@@ -1,12 +1,13 @@
-//! The node's relay, and the one way channel frames reach a socket.
+//! The one way channel frames reach a socket.
 //!
 //! Only the node that accepted a socket can queue frames on it, so every
 //! subscriber is addressed by a [`core::relay::Outlet`](Outlet): its node,
-//! that node's relay process and the socket id. [`fanout`] and [`send`]
-//! queue frames on this node's sockets with host calls, as before, and send
-//! each other node that has subscribers ONE [`RelayMsg`] with the frame
-//! bytes per serializer and that node's socket ids (`core::relay::plan`);
-//! the relay process there makes the host calls. On a node alone every
+//! that node's relay (the host's native relay process,
+//! `chorus_core::msg::RELAY_PID`) and the socket id. [`fanout`] and [`send`]
+//! queue frames on this node's sockets with host calls, and send each other
+//! node that has subscribers ONE [`RelayMsg`] with the frame bytes per
+//! serializer and that node's socket ids (`core::relay::plan`); the relay
+//! there queues them natively, in the order they came. On a node alone every
 //! outlet is local and no relay message is ever sent.
 //!
 //! Across regions (`cluster.region`) a fan-out sends each other region ONE
@@ -17,54 +18,11 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use chorus_core::lanes::Lane;
-use chorus_core::metrics::Metric;
+use chorus_core::msg::{Onward, Part, RelayMsg};
 use chorus_core::relay::{plan, regional, Batch, Hubs, Outlet};
-use serde::{Deserialize, Serialize};
-use supervisors::{mail, ChildRef, Inbox, Incoming};
+use supervisors::{mail, ChildRef};
 
 use crate::host::{self, Route};
-
-/// Registered name of the node's relay process.
-pub const RELAY: &str = "chorus-relay";
-
-/// What a relay receives from channels on other nodes.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum RelayMsg {
-    /// Queue each part's frame on its sockets, parts in order.
-    Frames {
-        lane: Lane,
-        topic: String,
-        key: String,
-        parts: Vec<Part>,
-    },
-    /// A hub's share of another region's fan-out: queue `onward`'s parts
-    /// for this node here and forward every other node's as `Frames`.
-    Region {
-        lane: Lane,
-        topic: String,
-        key: String,
-        frames: Vec<serde_bytes::ByteBuf>,
-        onward: Vec<Onward>,
-    },
-}
-
-/// One node's part of a [`RelayMsg::Region`]: its relay, and for each of
-/// the message's frames (by index) the sockets that get it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Onward {
-    pub node: u64,
-    pub relay: u64,
-    pub parts: Vec<(u32, Vec<u64>)>,
-}
-
-/// One frame and the sockets of the relay's node that get it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Part {
-    #[serde(with = "serde_bytes")]
-    pub bytes: Vec<u8>,
-    pub sockets: Vec<u64>,
-}
 
 /// Queues each group's frame on its outlets: one host call per group for
 /// this node's sockets, one relay message per other node of this region,
@@ -212,74 +170,4 @@ fn fnv(topic: &str) -> u64 {
 /// Queues `bytes` on one outlet.
 pub fn send(outlet: Outlet, bytes: &[u8], route: Route<'_>) {
     fanout(vec![(bytes, vec![outlet])], route);
-}
-
-/// The relay process: queues what channels on other nodes send to this
-/// node's sockets.
-pub fn relay(_: (), inbox: Inbox<RelayMsg>) {
-    loop {
-        match inbox.receive() {
-            Incoming::Shutdown => return,
-            Incoming::Message(RelayMsg::Frames {
-                lane,
-                topic,
-                key,
-                parts,
-            }) => {
-                let route = Route {
-                    lane,
-                    topic: &topic,
-                    key: &key,
-                };
-                for part in parts {
-                    host::fanout(&part.sockets, &part.bytes, route);
-                }
-            }
-            Incoming::Message(RelayMsg::Region {
-                lane,
-                topic,
-                key,
-                frames,
-                onward,
-            }) => {
-                let route = Route {
-                    lane,
-                    topic: &topic,
-                    key: &key,
-                };
-                forward(&frames, onward, route);
-            }
-        }
-    }
-}
-
-/// A hub's relay: queues this node's part of a region's fan-out and
-/// forwards each other node's, in the order the channel sent them.
-fn forward(frames: &[serde_bytes::ByteBuf], onward: Vec<Onward>, route: Route<'_>) {
-    let here = mail::node_id();
-    for o in onward {
-        let parts = o
-            .parts
-            .into_iter()
-            .filter_map(|(i, sockets)| frames.get(i as usize).map(|bytes| (bytes, sockets)));
-        if o.node == here {
-            for (bytes, sockets) in parts {
-                host::fanout(&sockets, bytes, route);
-            }
-        } else {
-            host::metric(Metric::RegionForwards, 1);
-            let parts = parts
-                .map(|(bytes, sockets)| Part {
-                    bytes: bytes.to_vec(),
-                    sockets,
-                })
-                .collect();
-            ChildRef::<RelayMsg>::at(o.node, o.relay).send(RelayMsg::Frames {
-                lane: route.lane,
-                topic: route.topic.to_string(),
-                key: route.key.to_string(),
-                parts,
-            });
-        }
-    }
 }

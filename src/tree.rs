@@ -4,8 +4,6 @@
 //! chorus (one_for_one, 10 restarts / 10 s)
 //! ├── presence (one_for_one)      fixed shards chorus-presence-0..N
 //! ├── modules (one_for_one)       module-manager, then chorus-module-<name> per loaded module (permanent)
-//! ├── chorus-relay                queues on this node's sockets the frames channels on
-//! │                               other nodes send (permanent)
 //! └── channels (one_for_all)
 //!     ├── channels                dynamic: one process per active topic (transient,
 //!     │                           restart backoff 100 ms doubling to 5 s)
@@ -16,6 +14,8 @@
 //! process per connection (a session per WebSocket, a handler per HTTP
 //! request) from the guest's exported entries, and is their supervisor
 //! (temporary children: a crash closes only that socket and is counted).
+//! So is the relay that queues on this node's sockets the frames channels on
+//! other nodes send (a native process of the host, `chorus_core::msg::RELAY_PID`).
 //! Order matters: modules start before the channels that ask them, and the
 //! host starts accepting only once the whole tree is up.
 
@@ -27,7 +27,7 @@ use supervisors::{
     SupervisorSpec,
 };
 
-use crate::{channel, host, modules, presence, relay};
+use crate::{channel, host, modules, presence};
 
 /// Registered name of the root supervisor.
 pub const ROOT: &str = "chorus";
@@ -89,7 +89,6 @@ fn spec(config: &Config) -> SupervisorSpec {
             ChildSpec::supervisor("modules", modules::supervisor(config))
                 .register(modules::SUPERVISOR),
         )
-        .child(ChildSpec::new("relay", relay::relay, ()).register(relay::RELAY))
         .child(ChildSpec::supervisor("channels", directories))
 }
 

@@ -14,12 +14,58 @@ use std::marker::PhantomData;
 use serde::{Deserialize, Serialize};
 
 use crate::frame::Body;
+use crate::lanes::Lane;
 use crate::relay::Outlet;
 use crate::session::{JoinParams, Refs};
 
 /// The process id of every node's door, its main process (`src/door.rs`):
 /// the first process a node starts.
 pub const DOOR_PID: u64 = 1;
+
+/// The process id of every cluster node's relay: a native process of the
+/// host (`host-bridge/src/cluster.rs`) that queues on this node's sockets
+/// the frames channels on other nodes send them, as [`RelayMsg`]s in a
+/// supervised child's envelope ([`envelope`]). lunatic's process ids count
+/// up from 1, so this one is never a guest's.
+pub const RELAY_PID: u64 = u64::MAX - 1;
+
+/// What a node's relay receives from channels on other nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RelayMsg {
+    /// Queue each part's frame on its sockets, parts in order.
+    Frames {
+        lane: Lane,
+        topic: String,
+        key: String,
+        parts: Vec<Part>,
+    },
+    /// A hub's share of another region's fan-out: queue `onward`'s parts
+    /// for this node here and forward every other node's as `Frames`.
+    Region {
+        lane: Lane,
+        topic: String,
+        key: String,
+        frames: Vec<serde_bytes::ByteBuf>,
+        onward: Vec<Onward>,
+    },
+}
+
+/// One node's part of a [`RelayMsg::Region`]: its relay, and for each of
+/// the message's frames (by index) the sockets that get it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Onward {
+    pub node: u64,
+    pub relay: u64,
+    pub parts: Vec<(u32, Vec<u64>)>,
+}
+
+/// One frame and the sockets of the relay's node that get it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Part {
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+    pub sockets: Vec<u64>,
+}
 
 /// A supervised child's mail as the guest's `supervisors` crate encodes it:
 /// bincode of its envelope's `Msg` variant (variant 0, a `u32`), then the

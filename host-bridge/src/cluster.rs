@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use chorus_core::cluster::{self, Join, Member};
 use chorus_core::config::Config;
+use chorus_core::lanes::Lane;
+use chorus_core::metrics::Metric;
+use chorus_core::msg::{envelope, Onward, Part, RelayMsg, RELAY_PID};
 use chorus_core::nodelink::{self, Limits, Outbox, Pushed};
 use lunatic_control::api::Registration;
 use lunatic_distributed::distributed::server::ServerCtx;
@@ -34,6 +37,7 @@ use lunatic_process::{Process, Signal};
 use serde_json::json;
 
 use crate::control::{JoinAnswer, JoinRequest, Members};
+use crate::socket::Sockets;
 
 /// How often a node asks the control server for the members.
 const POLL: Duration = Duration::from_secs(1);
@@ -176,17 +180,27 @@ impl Cluster {
     }
 
     /// Starts lunatic's QUIC node server: messages from other nodes reach
-    /// the processes of `envs`, batches through the mailbag of `env`.
+    /// the processes of `envs`, batches through the mailbag of `env`, and
+    /// channels' frames for this node's `sockets` through its relay.
     pub fn serve(
-        &self,
+        self: &Arc<Self>,
         envs: Arc<LunaticEnvironments>,
         env: &Arc<LunaticEnvironment>,
         runtime: WasmtimeRuntime,
+        sockets: Arc<Sockets>,
     ) {
         env.add_process(
             MAILBAG_PID,
             Arc::new(Mailbag {
                 env: Arc::downgrade(env),
+            }),
+        );
+        env.add_process(
+            RELAY_PID,
+            Arc::new(Relay {
+                sockets,
+                cluster: Arc::downgrade(self),
+                env: env.id(),
             }),
         );
         let ctx = ServerCtx {
@@ -589,6 +603,111 @@ impl Process for Mailbag {
                     len = buffer.len(),
                     "a batch from another node ends in a malformed entry: the rest is dropped"
                 ),
+            }
+        }
+    }
+}
+
+/// The node's relay, process [`RELAY_PID`]: queues on this node's sockets
+/// what channels on other nodes send them (`src/relay.rs`), natively, in
+/// the order the messages come (one channel's reach it in order: one
+/// outbox per node, one mailbag). As the hub of a channel homed in another
+/// region it also forwards the other nodes' parts of its region
+/// (`core::relay::regional`).
+struct Relay {
+    sockets: Arc<Sockets>,
+    cluster: Weak<Cluster>,
+    /// This node's environment (the other nodes' relays are in theirs, with
+    /// the same id).
+    env: u64,
+}
+
+impl Process for Relay {
+    fn id(&self) -> u64 {
+        RELAY_PID
+    }
+
+    fn send(&self, signal: Signal) {
+        let Signal::Message(Message::Data(DataMessage { buffer, .. })) = signal else {
+            return;
+        };
+        // A supervised child's mail: its envelope's variant 0, then the
+        // message (`chorus_core::msg::envelope`).
+        let decoded = match buffer.split_first_chunk::<4>() {
+            Some((&[0, 0, 0, 0], msg)) => bincode::deserialize::<RelayMsg>(msg).ok(),
+            _ => None,
+        };
+        match decoded {
+            Some(RelayMsg::Frames {
+                lane,
+                topic,
+                key,
+                parts,
+            }) => {
+                for part in parts {
+                    self.sockets
+                        .fanout(None, &part.sockets, lane, &topic, &key, &part.bytes);
+                }
+            }
+            Some(RelayMsg::Region {
+                lane,
+                topic,
+                key,
+                frames,
+                onward,
+            }) => self.forward(lane, &topic, &key, &frames, onward),
+            None => tracing::warn!(
+                len = buffer.len(),
+                "the relay dropped a message that is not a relay message"
+            ),
+        }
+    }
+}
+
+impl Relay {
+    /// A hub's share of a region's fan-out: this node's part queued here,
+    /// every other node's sent on to its relay as `Frames`, in order.
+    fn forward(
+        &self,
+        lane: Lane,
+        topic: &str,
+        key: &str,
+        frames: &[serde_bytes::ByteBuf],
+        onward: Vec<Onward>,
+    ) {
+        let cluster = self.cluster.upgrade();
+        for o in onward {
+            let parts = o
+                .parts
+                .into_iter()
+                .filter_map(|(i, sockets)| frames.get(i as usize).map(|bytes| (bytes, sockets)));
+            if cluster.as_ref().is_some_and(|c| c.node_id == o.node) {
+                for (bytes, sockets) in parts {
+                    self.sockets.fanout(None, &sockets, lane, topic, key, bytes);
+                }
+                continue;
+            }
+            let Some(cluster) = &cluster else { continue };
+            let msg = RelayMsg::Frames {
+                lane,
+                topic: topic.to_string(),
+                key: key.to_string(),
+                parts: parts
+                    .map(|(bytes, sockets)| Part {
+                        bytes: bytes.to_vec(),
+                        sockets,
+                    })
+                    .collect(),
+            };
+            match envelope(&msg) {
+                Ok(data) => {
+                    if cluster.send(o.node, self.env, o.relay, None, data) {
+                        self.sockets
+                            .metrics()
+                            .add(RELAY_PID, Metric::RegionForwards, 1);
+                    }
+                }
+                Err(e) => tracing::warn!("a relay message could not be encoded: {e}"),
             }
         }
     }

@@ -321,7 +321,12 @@ async fn spawn_main(
     // Messages from other nodes reach this node's processes (environment 1
     // on every node, so a process id means the same on each).
     if let Some(cluster) = &host.cluster {
-        cluster.serve(envs.clone(), &env, engine.runtime.clone());
+        cluster.serve(
+            envs.clone(),
+            &env,
+            engine.runtime.clone(),
+            drain_with.0.clone(),
+        );
     }
     if let Some(gateway) = &host.gateway {
         gateway.set_spawner(spawner.clone(), host.cluster.clone());

@@ -36,7 +36,7 @@ use chorus_core::lanes::Lane;
 use chorus_core::metrics::Metric;
 use chorus_core::msg::{
     envelope, ChannelMsg, ChannelRef, DirMsg, DoorMsg, JoinReq, Located, Publish, ReplyTo, RoomMsg,
-    SessionMsg, SessionRef, ShardMsg, DOOR_PID,
+    SessionMsg, SessionRef, ShardMsg, DOOR_PID, RELAY_PID,
 };
 use chorus_core::phoenix::FrameRef;
 use chorus_core::placement::{directory_name, Placement};
@@ -69,7 +69,6 @@ const REMOTE_CHECK: Duration = Duration::from_millis(250);
 /// processes a session looks up.
 const DIR_KEY: &str = "supervisors/chorus_core::msg::DirMsg/";
 const SHARD_KEY: &str = "supervisors/chorus_core::msg::ShardMsg/";
-const RELAY_SUFFIX: &str = "/chorus-relay";
 
 /// A placement and the members it was built for.
 type Ring = (Vec<u64>, Arc<Placement<String>>);
@@ -89,8 +88,6 @@ pub struct Sessions {
     tags: AtomicI64,
     /// Sessions that crashed (the gateway's count, for `/metrics`).
     crashes: Arc<AtomicU64>,
-    /// This node's relay process as last found in the registry (0: none).
-    relay: AtomicU64,
 }
 
 impl Sessions {
@@ -113,7 +110,6 @@ impl Sessions {
             // Above the tags the host's own wakes use.
             tags: AtomicI64::new(1 << 32),
             crashes,
-            relay: AtomicU64::new(0),
         })
     }
 
@@ -240,24 +236,6 @@ impl Sessions {
     /// The process registered under `key` in this node's registry.
     async fn lookup(&self, key: &str) -> Option<(u64, u64)> {
         self.registry.read().await.get(key).copied()
-    }
-
-    /// This node's relay process (0 when none runs: remote channels then
-    /// cannot reach this socket, as with the guest sessions).
-    /// Found once in the registry and kept while that process lives (a
-    /// restarted relay is looked up again).
-    async fn relay(&self) -> u64 {
-        let known = self.relay.load(Ordering::Relaxed);
-        if known != 0 && self.env.get_process(known).is_some() {
-            return known;
-        }
-        let registry = self.registry.read().await;
-        let pid = registry
-            .iter()
-            .find(|(k, _)| k.starts_with("supervisors/") && k.ends_with(RELAY_SUFFIX))
-            .map_or(0, |(_, (_, pid))| *pid);
-        self.relay.store(pid, Ordering::Relaxed);
-        pid
     }
 
     fn next_tag(&self) -> i64 {
@@ -611,7 +589,7 @@ impl Shell {
                     Located::Found(channel) | Located::Started(channel) => {
                         let outlet = Outlet {
                             node: me.node(),
-                            relay: self.sessions.relay().await,
+                            relay: RELAY_PID,
                             socket: self.socket,
                         };
                         self.sessions.send_child(
