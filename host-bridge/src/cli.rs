@@ -17,6 +17,10 @@ pub struct CheckConfigArgs {
     /// Also print the resolved configuration (file + CHORUS_* variables) as TOML
     #[arg(long)]
     print: bool,
+    /// Check it as the config of `chorus control` (the cluster's control
+    /// server) instead of a node's
+    #[arg(long)]
+    control: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -117,8 +121,35 @@ pub fn check_config(args: CheckConfigArgs) -> Result<ExitCode> {
     } else {
         "JWT HS256"
     };
+    let k = &c.cluster;
+    if args.control {
+        // The same checks `chorus control` makes before it listens.
+        chorus_core::cluster::check_control(c)
+            .map_err(|(key, reason)| anyhow::anyhow!("{source}: {key} {reason}"))?;
+        let trust = if k.insecure_local {
+            "INSECURE LOCAL (lunatic's public test CA, no join secret; loopback only)"
+        } else {
+            "own CA, join secret"
+        };
+        println!(
+            "config ok ({source}): control server on {}, {trust}",
+            k.control_bind
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cluster = if k.control.is_empty() {
+        "single node (no cluster.control)".to_string()
+    } else {
+        // The same checks a node makes before it joins its control server.
+        chorus_core::cluster::check_node(c)
+            .map_err(|(key, reason)| anyhow::anyhow!("{source}: {key} {reason}"))?;
+        format!(
+            "joins the cluster of {} from {} in region {:?}",
+            k.control, k.bind, k.region
+        )
+    };
     println!(
-        "config ok ({source}): node {} on {}:{}, store {}, auth {auth}",
+        "config ok ({source}): node {} on {}:{}, store {}, auth {auth}, {cluster}",
         c.node.name, c.node.host, c.node.port, c.store.backend
     );
     Ok(ExitCode::SUCCESS)

@@ -153,6 +153,68 @@ fn check_config_accepts_the_shipped_file_and_names_what_is_wrong() {
     );
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("/no/such.toml"));
+    // A node that would join a cluster gets the checks it makes before it
+    // joins: SQLite is refused with the key and the way out.
+    let out = chorus(
+        &["check-config"],
+        &[("CHORUS_CONTROL", "127.0.0.1:7070")],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("store.backend") && err.contains("scylla"),
+        "{err}"
+    );
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(
+        &cluster,
+        "[store]\nbackend = \"scylla\"\n[cluster]\ncontrol = \"127.0.0.1:7070\"\n\
+         bind = \"0.0.0.0:7071\"\ninsecure_local = true\n",
+    )
+    .unwrap();
+    let out = chorus(
+        &["check-config", "--config", cluster.to_str().unwrap()],
+        &[],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cluster.bind"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = chorus(
+        &["check-config", "--config", cluster.to_str().unwrap()],
+        &[("CHORUS_CLUSTER_BIND", "127.0.0.1:7071")],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("joins the cluster of 127.0.0.1:7070"),
+        "{}",
+        text(&out.stdout)
+    );
+    // As a control server's config: without a join secret and a CA (and
+    // not insecure_local) it is refused, naming the key.
+    let out = chorus(&["check-config", "--control"], &[], dir.path());
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cluster.join_secret"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = chorus(
+        &["check-config", "--control"],
+        &[("CHORUS_CLUSTER_INSECURE_LOCAL", "true")],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("INSECURE LOCAL"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
