@@ -84,7 +84,7 @@ impl std::fmt::Display for Refusal {
 }
 
 /// One registration in the control server's table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
     /// lunatic's node name (UUID) and the bearer token of its later calls.
     uuid: String,
@@ -94,6 +94,14 @@ struct Entry {
     /// Set once the node reported its QUIC address (`/started`).
     node: Option<(u64, String)>,
     last_seen_ms: u64,
+}
+
+/// What [`Registry::snapshot`] writes.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    entries: Vec<(u64, Entry)>,
+    next_registration: u64,
+    next_node_id: u64,
 }
 
 /// The control server's table of nodes.
@@ -114,6 +122,52 @@ impl Registry {
             next_node_id: 1,
             timeout_ms,
         }
+    }
+
+    /// The table as JSON, for the control server's state file: a restarted
+    /// control server takes its nodes back (their tokens, node ids and
+    /// Snowflake worker ids) instead of orphaning them. It holds the nodes'
+    /// bearer tokens: the file must be private to the server.
+    pub fn snapshot(&self) -> Result<String, String> {
+        let saved = Saved {
+            entries: self.entries.iter().map(|(k, e)| (*k, e.clone())).collect(),
+            next_registration: self.next_registration,
+            next_node_id: self.next_node_id,
+        };
+        serde_json::to_string(&saved).map_err(|e| e.to_string())
+    }
+
+    /// A table read back from [`Registry::snapshot`]. Every node in it counts
+    /// as heard from at `now_ms`: one that died while no control server ran
+    /// is dropped a `timeout_ms` later, as if it had died under this one.
+    pub fn restore(timeout_ms: u64, json: &str, now_ms: u64) -> Result<Self, String> {
+        let saved: Saved = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let entries: BTreeMap<u64, Entry> = saved
+            .entries
+            .into_iter()
+            .map(|(k, mut e)| {
+                e.last_seen_ms = now_ms;
+                (k, e)
+            })
+            .collect();
+        // Ids are never reused, even if the file was edited by hand.
+        let next_registration = entries
+            .keys()
+            .max()
+            .map_or(1, |k| k + 1)
+            .max(saved.next_registration);
+        let next_node_id = entries
+            .values()
+            .filter_map(|e| e.node.as_ref().map(|(id, _)| id + 1))
+            .max()
+            .unwrap_or(1)
+            .max(saved.next_node_id);
+        Ok(Self {
+            entries,
+            next_registration,
+            next_node_id,
+            timeout_ms,
+        })
     }
 
     /// Drops the nodes not heard from within the timeout (their name and
@@ -518,6 +572,34 @@ mod tests {
         assert_eq!(r.stop(a).as_deref(), Some("a"));
         assert!(r.members().is_empty());
         assert_eq!(r.start(a, "x"), None);
+    }
+
+    #[test]
+    fn a_restored_table_keeps_its_nodes_tokens_and_ids() {
+        let mut r = Registry::new(10_000);
+        let (a, wa) = r.register("u1", "token-a", join("a"), 0).unwrap();
+        let (b, wb) = r.register("u2", "token-b", join("b"), 0).unwrap();
+        assert_eq!(r.start(a, "127.0.0.1:7000"), Some(1));
+        assert_eq!(r.start(b, "127.0.0.1:7001"), Some(2));
+        let saved = r.snapshot().unwrap();
+        // Restored long after the last call: every node gets a full
+        // timeout to be heard from again.
+        let mut back = Registry::restore(10_000, &saved, 500_000).unwrap();
+        assert_eq!(back.members(), r.members());
+        assert_eq!(back.authenticate("u1", "token-a", 505_000), Some(a));
+        assert_eq!(back.authenticate("u2", "wrong-token", 505_000), None);
+        // Names, worker ids and node ids stay taken; new ones are fresh.
+        assert!(matches!(
+            back.register("u3", "t", join("a"), 505_000),
+            Err(Refusal::DuplicateName { .. })
+        ));
+        let (c, wc) = back.register("u3", "t", join("c"), 505_000).unwrap();
+        assert!(c > b && wc != wa && wc != wb);
+        assert_eq!(back.start(c, "127.0.0.1:7002"), Some(3));
+        // b is not heard from again: dropped a timeout after the restore.
+        let gone = back.expire(512_000);
+        assert_eq!(gone, vec![("b".to_string(), Some(2))]);
+        assert!(Registry::restore(10_000, "{not json", 0).is_err());
     }
 
     #[test]

@@ -15,7 +15,10 @@
 //!   lunatic's remote spawn of a module is refused (processes are spawned
 //!   locally and talk across nodes by message).
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -73,6 +76,64 @@ struct Control {
     insecure: bool,
     bind: SocketAddr,
     registry: Mutex<Registry>,
+    /// The file the table is kept in (`<node.data_dir>/control-nodes.json`).
+    state: PathBuf,
+}
+
+impl Control {
+    /// Writes the table to its file (a new file renamed over the old one,
+    /// readable by this user only: it holds the nodes' bearer tokens). A
+    /// failure is logged: the server keeps serving from memory.
+    fn save(&self, registry: &Registry) {
+        let written = registry
+            .snapshot()
+            .map_err(anyhow::Error::msg)
+            .and_then(|json| {
+                let tmp = self.state.with_extension("json.tmp");
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                file.write_all(json.as_bytes())?;
+                file.sync_all()?;
+                std::fs::rename(&tmp, &self.state)?;
+                Ok(())
+            });
+        if let Err(e) = written {
+            tracing::warn!(
+                file = %self.state.display(),
+                "cannot save the table of nodes ({e:#}); a restart of this control server \
+                 would forget them"
+            );
+        }
+    }
+}
+
+/// The table of nodes a previous run of the control server saved in
+/// `path`, or a new one.
+fn load_registry(path: &Path, timeout_ms: u64) -> Result<Registry> {
+    match std::fs::read_to_string(path) {
+        Ok(json) => {
+            let registry = Registry::restore(timeout_ms, &json, now_ms()).map_err(|e| {
+                anyhow!(
+                    "{} is not a table of nodes this control server can read ({e}); move it \
+                     away to start with no nodes (running nodes must then restart to rejoin)",
+                    path.display()
+                )
+            })?;
+            tracing::info!(
+                file = %path.display(),
+                nodes = registry.members().len(),
+                "table of nodes taken back from the previous run; nodes not heard from within \
+                 cluster.node_timeout_ms are dropped"
+            );
+            Ok(registry)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry::new(timeout_ms)),
+        Err(e) => Err(anyhow!("reading {}: {e}", path.display())),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -122,13 +183,18 @@ async fn serve(config: &Config) -> Result<()> {
     let listener = std::net::TcpListener::bind(bind)
         .with_context(|| format!("cluster.control_bind {bind}: cannot listen"))?;
     listener.set_nonblocking(true)?;
+    std::fs::create_dir_all(&config.node.data_dir)
+        .with_context(|| format!("node.data_dir {:?}: cannot create it", config.node.data_dir))?;
+    let state = Path::new(&config.node.data_dir).join("control-nodes.json");
+    let registry = load_registry(&state, k.node_timeout_ms)?;
     let control = Arc::new(Control {
         ca,
         ca_pem,
         join_secret: k.join_secret.clone(),
         insecure: k.insecure_local,
         bind: listener.local_addr()?,
-        registry: Mutex::new(Registry::new(k.node_timeout_ms)),
+        registry: Mutex::new(registry),
+        state,
     });
     let expiry = control.clone();
     tokio::spawn(async move {
@@ -137,7 +203,13 @@ async fn serve(config: &Config) -> Result<()> {
             // second of `cluster.node_timeout_ms` (failover time).
             tokio::time::sleep(Duration::from_millis(250)).await;
             let gone = match expiry.registry.lock() {
-                Ok(mut r) => r.expire(now_ms()),
+                Ok(mut r) => {
+                    let gone = r.expire(now_ms());
+                    if !gone.is_empty() {
+                        expiry.save(&r);
+                    }
+                    gone
+                }
                 Err(_) => return,
             };
             for (name, id) in gone {
@@ -251,7 +323,13 @@ async fn register(
     let name = request.chorus.name.clone();
     let region = request.chorus.region.clone();
     let outcome = match control.registry.lock() {
-        Ok(mut r) => r.register(&uuid, &token, request.chorus, now_ms()),
+        Ok(mut r) => {
+            let outcome = r.register(&uuid, &token, request.chorus, now_ms());
+            if outcome.is_ok() {
+                control.save(&r);
+            }
+            outcome
+        }
         Err(_) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "registry unavailable"),
     };
     let worker_id = match outcome {
@@ -304,7 +382,13 @@ async fn started(
         Err(e) => return *e,
     };
     let id = match control.registry.lock() {
-        Ok(mut r) => r.start(registration, &start.node_address.to_string()),
+        Ok(mut r) => {
+            let id = r.start(registration, &start.node_address.to_string());
+            if id.is_some() {
+                control.save(&r);
+            }
+            id
+        }
         Err(_) => None,
     };
     match id {
@@ -326,6 +410,7 @@ async fn stopped(State(control): State<Arc<Control>>, headers: HeaderMap) -> Res
     };
     if let Ok(mut r) = control.registry.lock() {
         if let Some(name) = r.stop(registration) {
+            control.save(&r);
             tracing::info!(node = %name, "node left (stopped)");
         }
     }

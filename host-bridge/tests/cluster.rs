@@ -47,8 +47,10 @@ impl Drop for Control {
     }
 }
 
-fn start_control(ca: &std::path::Path) -> Control {
-    let addr = format!("127.0.0.1:{}", free_port());
+/// `chorus control` on `addr` (a free port when `None`), its table of
+/// nodes kept in `data`.
+fn start_control(ca: &std::path::Path, data: &std::path::Path, addr: Option<String>) -> Control {
+    let addr = addr.unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
     let mut cmd = Command::new(chorus_bin());
     cmd.arg("control")
         .stdin(Stdio::null())
@@ -63,7 +65,8 @@ fn start_control(ca: &std::path::Path) -> Control {
         .env("CHORUS_CLUSTER_CA_CERT", ca.join("ca.pem"))
         .env("CHORUS_CLUSTER_CA_KEY", ca.join("ca-key.pem"))
         .env("CHORUS_CLUSTER_JOIN_SECRET", SECRET)
-        .env("CHORUS_CLUSTER_NODE_TIMEOUT_MS", "6000");
+        .env("CHORUS_CLUSTER_NODE_TIMEOUT_MS", "6000")
+        .env("CHORUS_DATA_DIR", data);
     let mut child = cmd.spawn().expect("spawn chorus control");
     let stderr = Output::default();
     let pipe = child.stderr.take().expect("piped stderr");
@@ -258,7 +261,8 @@ fn three_nodes_join_a_control_server_and_survive_bad_input() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not overwriting"));
 
-    let control = start_control(ca_dir.path());
+    let control_data = TempDir::new("cluster-control");
+    let control = start_control(ca_dir.path(), control_data.path(), None);
     let ca = ca_dir.path().join("ca.pem").display().to_string();
     let a = start_node(&node_env(&control.addr, &ca, "node-a", "eu"));
     let b = start_node(&node_env(&control.addr, &ca, "node-b", "eu"));
@@ -370,4 +374,26 @@ fn three_nodes_join_a_control_server_and_survive_bad_input() {
         one.broadcast(&r1, "room:cluster", "hello", json!({"n": 1}));
         assert_eq!(two.recv_broadcast("room:cluster", "hello"), json!({"n": 1}));
     }
+
+    // It comes back on the same address and data dir: it takes its table
+    // of nodes back (tokens, node ids), so the nodes are members again
+    // without a restart, and a name in use is still refused.
+    let control = start_control(
+        ca_dir.path(),
+        control_data.path(),
+        Some(control_addr.clone()),
+    );
+    for node in [&a, &b] {
+        assert!(
+            node.wait_log("control server reachable again", Duration::from_secs(10)),
+            "the node did not get its control server back:\n{}",
+            node.logs()
+        );
+        let h = health(node);
+        assert_eq!(h["cluster"]["control_reachable"], json!(true), "{h}");
+        wait_members(node, &["node-a", "node-b"]);
+    }
+    let (status, logs) = refused_node(&node_env(&control.addr, &ca, "node-a", "eu"));
+    assert!(!status.success());
+    assert!(logs.contains("already taken"), "{logs}");
 }
