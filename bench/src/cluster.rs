@@ -210,6 +210,9 @@ impl Cluster {
             &[
                 ("CHORUS_CLUSTER_INSECURE_LOCAL", "1".into()),
                 ("CHORUS_CLUSTER_CONTROL_BIND", control_addr.to_string()),
+                // Its table of nodes, kept across its restarts, is this
+                // run's alone.
+                ("CHORUS_DATA_DIR", control_dir.display().to_string()),
                 (
                     "CHORUS_CLUSTER_NODE_TIMEOUT_MS",
                     setup.node_timeout_ms.to_string(),

@@ -94,6 +94,12 @@ struct Entry {
     /// Set once the node reported its QUIC address (`/started`).
     node: Option<(u64, String)>,
     last_seen_ms: u64,
+    /// Heard from by this run of the control server (registered or
+    /// authenticated). A restored entry is not, until its node polls: a
+    /// node registering under its name takes it over (the old node, gone
+    /// while no control server ran, is presumed dead).
+    #[serde(skip)]
+    confirmed: bool,
 }
 
 /// What [`Registry::snapshot`] writes.
@@ -197,6 +203,10 @@ impl Registry {
         check_label("node.name", &join.name)?;
         check_label("cluster.region", &join.region)?;
         self.expire(now_ms);
+        // A restored entry its node never confirmed yields its name (and
+        // worker id) to a node that registers under it.
+        self.entries
+            .retain(|_, e| e.confirmed || e.join.name != join.name);
         if let Some(e) = self.entries.values().find(|e| e.join.name == join.name) {
             return Err(Refusal::DuplicateName {
                 name: join.name,
@@ -219,6 +229,7 @@ impl Registry {
                 worker_id,
                 node: None,
                 last_seen_ms: now_ms,
+                confirmed: true,
             },
         );
         Ok((id, worker_id))
@@ -233,6 +244,7 @@ impl Registry {
             .iter_mut()
             .find(|(_, e)| e.uuid == uuid && constant_time_eq(&e.token, token))?;
         entry.last_seen_ms = now_ms;
+        entry.confirmed = true;
         Some(*id)
     }
 
@@ -588,7 +600,8 @@ mod tests {
         assert_eq!(back.members(), r.members());
         assert_eq!(back.authenticate("u1", "token-a", 505_000), Some(a));
         assert_eq!(back.authenticate("u2", "wrong-token", 505_000), None);
-        // Names, worker ids and node ids stay taken; new ones are fresh.
+        // The name of a node heard from since the restore stays taken;
+        // new ids are fresh.
         assert!(matches!(
             back.register("u3", "t", join("a"), 505_000),
             Err(Refusal::DuplicateName { .. })
@@ -600,6 +613,20 @@ mod tests {
         let gone = back.expire(512_000);
         assert_eq!(gone, vec![("b".to_string(), Some(2))]);
         assert!(Registry::restore(10_000, "{not json", 0).is_err());
+
+        // Restored again: b, never heard from, yields its name and worker id
+        // to a new node b (restarted with the cluster); a, which polled, is
+        // a duplicate.
+        let mut again = Registry::restore(10_000, &saved, 600_000).unwrap();
+        assert_eq!(again.authenticate("u1", "token-a", 600_001), Some(a));
+        let (b2, wb2) = again.register("u9", "t9", join("b"), 600_002).unwrap();
+        assert!(b2 > b);
+        assert_eq!(wb2, wb);
+        assert!(again.authenticate("u2", "token-b", 600_003).is_none());
+        assert!(matches!(
+            again.register("u8", "t8", join("a"), 600_004),
+            Err(Refusal::DuplicateName { .. })
+        ));
     }
 
     #[test]

@@ -16,6 +16,9 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 
 import {
   CHORUS_BIN,
@@ -52,6 +55,8 @@ before(async () => {
       NO_COLOR: '1',
       CHORUS_CLUSTER_INSECURE_LOCAL: '1',
       CHORUS_CLUSTER_CONTROL_BIND: addr,
+      // Its table of nodes (kept across its restarts) is this test's alone.
+      CHORUS_DATA_DIR: mkdtempSync(path.join(os.tmpdir(), 'chorus-control-')),
       // The smallest allowed: a killed node leaves the membership soon.
       CHORUS_CLUSTER_NODE_TIMEOUT_MS: '5000',
     },

@@ -16,6 +16,9 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import dgram from 'node:dgram';
 
 import { CHORUS_BIN, closeAll, freePort, metric, realtime, startNode, subscribe, uid, waitFor } from './lib/node.mjs';
@@ -81,6 +84,8 @@ before(async () => {
       NO_COLOR: '1',
       CHORUS_CLUSTER_INSECURE_LOCAL: '1',
       CHORUS_CLUSTER_CONTROL_BIND: addr,
+      // Its table of nodes (kept across its restarts) is this test's alone.
+      CHORUS_DATA_DIR: mkdtempSync(path.join(os.tmpdir(), 'chorus-control-')),
       CHORUS_CLUSTER_NODE_TIMEOUT_MS: '5000',
     },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -37,6 +37,8 @@ export async function startCluster({ count = 3, prefix = 'node', nodeTimeoutMs =
       CHORUS_CLUSTER_INSECURE_LOCAL: '1',
       CHORUS_CLUSTER_CONTROL_BIND: addr,
       CHORUS_CLUSTER_NODE_TIMEOUT_MS: String(nodeTimeoutMs),
+      // Its table of nodes (kept across its restarts) is this cluster's alone.
+      CHORUS_DATA_DIR: mkdtempSync(path.join(os.tmpdir(), 'chorus-control-')),
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
