@@ -160,8 +160,12 @@ describe('the demo room in headless Chromium, three contexts', () => {
     assert.match(await ana.textContent('#members li[data-user="ana"]'), /host/);
 
     // Pause: everyone stops at the same place.
+    // The host's page takes the paused state when the node acks her push,
+    // the listeners when the broadcast reaches them: either may come first.
     await ana.click('#pause');
-    await waitFor(async () => (await cy.evaluate(() => window.chorusDemo.room.playback?.playing)) === false, 5000, 'the pause on cy');
+    for (const [name, page] of [['ana', ana], ['bo', bo], ['cy', cy]]) {
+      await waitFor(async () => (await page.evaluate(() => window.chorusDemo.room.playback?.playing)) === false, 5000, `the pause on ${name}`);
+    }
     const paused = await Promise.all([ana, bo, cy].map((p) => p.evaluate(() => window.chorusDemo.position())));
     assert.equal(new Set(paused).size, 1, `paused positions ${paused}`);
 
