@@ -313,6 +313,21 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                     }
                 }
             }
+            Incoming::Message(DirMsg::PresenceRebuild {
+                directory,
+                shard: presence_shard,
+                shards,
+            }) => {
+                let mut asked = Vec::new();
+                for channel in shard.channels.values().filter(|c| c.is_alive()) {
+                    channel.send(ChannelMsg::PresenceReport {
+                        shard: presence_shard,
+                        shards,
+                    });
+                    asked.push(channel.pid());
+                }
+                crate::presence::listed(presence_shard, directory, asked);
+            }
             Incoming::Message(DirMsg::Live { topic, channel }) => {
                 match shard.channels.get(&topic) {
                     Some(c) if *c == channel => {}
@@ -729,6 +744,9 @@ impl Channel {
                 if let Some(id) = self.id(session) {
                     self.presence(id, meta, refs);
                 }
+            }
+            ChannelMsg::PresenceReport { shard, shards } => {
+                crate::presence::re_report(shard, shards, lhost::process_id(), &self.presence);
             }
             ChannelMsg::Stop | ChannelMsg::HandOver => {}
             ChannelMsg::Crash => panic!("fault injection: channel {} crashes", self.topic),

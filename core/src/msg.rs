@@ -290,6 +290,13 @@ pub enum ChannelMsg {
         remove: Vec<String>,
         refs: Refs,
     },
+    /// From its directory, for presence shard `shard` (of `shards`) that
+    /// restarted: re-report the keys that hash there as absolute counts
+    /// ([`ShardMsg::Counts`], in parts).
+    PresenceReport {
+        shard: u32,
+        shards: u32,
+    },
 }
 
 /// A channel process, as the directory hands it out.
@@ -324,6 +331,15 @@ pub enum DirMsg {
     /// one already serves the topic, which makes this one stop. So the
     /// directory always knows the live channel and no orphan stays behind.
     Live { topic: String, channel: ChannelRef },
+    /// From presence shard `shard` (of `shards`), restarted, to directory
+    /// shard `directory`: ask every live channel to re-report to it
+    /// ([`ChannelMsg::PresenceReport`]) and name them to it
+    /// ([`ShardMsg::Listed`]).
+    PresenceRebuild {
+        directory: u32,
+        shard: u32,
+        shards: u32,
+    },
 }
 
 /// What a node's door (its main process, pid 1) receives from other nodes
@@ -415,8 +431,15 @@ pub enum RoomMsg {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ShardMsg {
     /// `key` gained (`+1`) or lost (`-1`) a presence in a channel on
-    /// `node`.
-    Delta { node: u64, key: String, delta: i32 },
+    /// `node`; `channel` is that channel's process id (a restarted shard
+    /// sorts the deltas that race its rebuild out by channel,
+    /// `chorus_core::online::Rebuild`).
+    Delta {
+        node: u64,
+        channel: u64,
+        key: String,
+        delta: i32,
+    },
     /// Which of `keys` are online.
     Query {
         keys: Vec<String>,
@@ -435,6 +458,16 @@ pub enum ShardMsg {
         counts: Vec<(String, u32)>,
         replace: bool,
         answer: bool,
+    },
+    /// To a restarted shard, from directory `directory` of its node: the
+    /// channels it asked to re-report (their process ids).
+    Listed { directory: u32, channels: Vec<u64> },
+    /// To a restarted shard, from a channel of its node (process id
+    /// `channel`): a part of its re-report, the keys that hash to the shard
+    /// with how many presences it holds of each.
+    Counts {
+        channel: u64,
+        counts: Vec<(String, u32)>,
     },
 }
 
