@@ -4,8 +4,8 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /healthz` | liveness: 200 `ok`, 503 `draining` once a drain started |
-//! | `GET /readyz` | readiness: 200 while serving, 503 `draining` |
+//! | `GET /healthz` | liveness: 200 `ok`, 503 `draining` once a drain started, 503 `not_a_member` when the cluster's control server refuses the node |
+//! | `GET /readyz` | readiness: the same answers as `/healthz` |
 //! | `POST /realtime/v1/api/drain` | start the node's graceful drain (an admin route when auth is on) |
 //! | `GET /metrics` | Prometheus text 0.0.4, or OpenMetrics when the `Accept` header asks |
 //! | `GET /dashboard` | the operator dashboard (a page that polls the next route) |
@@ -63,10 +63,12 @@ pub fn handle(request: &Request, body: &[u8], config: &Config) -> Response {
     let path = request.path.as_str();
     match request.method.as_str() {
         "GET" if path == "/healthz" || path == "/readyz" => {
-            let (status, state) = chorus_core::drain::health(host::draining());
+            let cluster = host::cluster_json();
+            let refused = cluster["control_refused"].as_bool().unwrap_or(false);
+            let (status, state) = chorus_core::drain::health(host::draining(), refused);
             Response::json(
                 status,
-                &json!({"status": state, "node": config.node.name, "cluster": host::cluster_json()}),
+                &json!({"status": state, "node": config.node.name, "cluster": cluster}),
             )
         }
         "POST" if path == "/realtime/v1/api/drain" => {
