@@ -877,9 +877,11 @@ impl Channel {
         // The publisher's id here (`None`: the admin API, or a session that
         // is not, or no longer, subscribed).
         let from = self.publisher(&p);
+        // A REST post's user is its token's `sub`.
         let user = from
             .and_then(|from| self.subs.get(&from))
-            .map(|s| s.presence_key.clone());
+            .map(|s| s.presence_key.clone())
+            .or_else(|| p.by.clone());
         // A retry of a stored client message id is acknowledged again,
         // neither stored nor delivered twice.
         let msg_id = match (&p.payload, self.persist && user.is_some()) {

@@ -254,6 +254,13 @@ pub struct Publish {
     /// stored id, or the refusal's reason, so a REST post is answered after
     /// the write.
     pub reply: Option<ReplyTo<Result<String, String>>>,
+    /// An admin-API (REST) publisher's identity: its token's `sub`. On a
+    /// chat lane its `msg_id` is deduplicated as a session user's is, so a
+    /// REST post retried after a timeout is stored and delivered once.
+    /// `None` for sessions (the channel knows their presence key) and for
+    /// requests without a token.
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 /// Everything a channel process receives.
