@@ -13,6 +13,10 @@
 //! once. What a shard holds from other nodes is bounded by
 //! `presence.remote_bytes` (`core::online::Budget`): a key past it is
 //! refused, with a logged reason.
+//!
+//! A shard its supervisor restarts takes back what its own node's channels
+//! hold: they re-report, through their directories, the keys that hash to
+//! it as absolute counts ([`shard`], `core::online::Rebuild`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
