@@ -32,7 +32,7 @@ use supervisors::{mail, ChildRef, DynamicSupervisor, Inbox, Incoming};
 use crate::host;
 use crate::msg::{
     process_ref, reply_to, Answer, Body, ChannelMsg, ChannelRef, DirMsg, DoorMsg, JoinReq, Located,
-    Mailer, Outlet, Publish, PublishOutcome, ReplyTo, SessionMsg, SessionRef, ToSession,
+    Mailer, Outlet, Publish, PublishOutcome, ReplyTo, SessionMsg, SessionRef, ShardMsg, ToSession,
 };
 
 mod peak;
@@ -317,16 +317,21 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                 directory,
                 shard: presence_shard,
                 shards,
+                to,
             }) => {
                 let mut asked = Vec::new();
                 for channel in shard.channels.values().filter(|c| c.is_alive()) {
                     channel.send(ChannelMsg::PresenceReport {
                         shard: presence_shard,
                         shards,
+                        to,
                     });
                     asked.push(channel.pid());
                 }
-                crate::presence::listed(presence_shard, directory, asked);
+                to.send(ShardMsg::Listed {
+                    directory,
+                    channels: asked,
+                });
             }
             Incoming::Message(DirMsg::Live { topic, channel }) => {
                 match shard.channels.get(&topic) {
@@ -745,8 +750,8 @@ impl Channel {
                     self.presence(id, meta, refs);
                 }
             }
-            ChannelMsg::PresenceReport { shard, shards } => {
-                crate::presence::re_report(shard, shards, lhost::process_id(), &self.presence);
+            ChannelMsg::PresenceReport { shard, shards, to } => {
+                crate::presence::re_report(to, shard, shards, lhost::process_id(), &self.presence);
             }
             ChannelMsg::Stop | ChannelMsg::HandOver => {}
             ChannelMsg::Crash => panic!("fault injection: channel {} crashes", self.topic),

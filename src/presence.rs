@@ -28,7 +28,7 @@ use chorus_core::ring::shard_of;
 use supervisors::{mail, ChildRef, Inbox, Incoming};
 
 use crate::host::{self, Level};
-use crate::msg::{reply_to, Answer, DirMsg, DoorMsg, ShardMsg};
+use crate::msg::{process_ref, reply_to, Answer, DirMsg, DoorMsg, Mailer, ProcessRef, ShardMsg};
 
 /// How long a `presence_online` query waits for each shard.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,13 +60,16 @@ pub fn report(key: &str, delta: i32, shards: u32) {
     }
 }
 
-/// A channel (process id `channel`) re-reports to restarted shard `index`
-/// (of `shards`) the keys of `presence` that hash there, as absolute
-/// counts in parts of at most [`REPORT_PART_BYTES`].
-pub fn re_report(index: u32, shards: u32, channel: u64, presence: &Presence) {
-    let Some(shard) = ChildRef::<ShardMsg>::lookup(&shard_name(index)) else {
-        return;
-    };
+/// A channel (process id `channel`) re-reports to `to`, restarted shard
+/// `index` (of `shards`), the keys of `presence` that hash there, as
+/// absolute counts in parts of at most [`REPORT_PART_BYTES`].
+pub fn re_report(
+    to: ProcessRef<ShardMsg>,
+    index: u32,
+    shards: u32,
+    channel: u64,
+    presence: &Presence,
+) {
     let parts = report_parts(
         presence.counts(),
         index as usize,
@@ -74,18 +77,7 @@ pub fn re_report(index: u32, shards: u32, channel: u64, presence: &Presence) {
         REPORT_PART_BYTES,
     );
     for counts in parts {
-        shard.send(ShardMsg::Counts { channel, counts });
-    }
-}
-
-/// A directory tells restarted shard `index` which of its channels it asked
-/// to re-report.
-pub fn listed(index: u32, directory: u32, channels: Vec<u64>) {
-    if let Some(shard) = ChildRef::<ShardMsg>::lookup(&shard_name(index)) {
-        shard.send(ShardMsg::Listed {
-            directory,
-            channels,
-        });
+        to.send(ShardMsg::Counts { channel, counts });
     }
 }
 
@@ -153,7 +145,7 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
     };
     let shards = config.as_ref().map_or(16, |c| c.presence.shards);
     let mut refusing = Refusing::default();
-    let mut rebuild = start_rebuild(index, shards, here);
+    let mut rebuild = start_rebuild(index, shards, here, process_ref(inbox.this()));
     let rebuild_until = Instant::now() + REBUILD_TIMEOUT;
     loop {
         if cluster && looked.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
@@ -262,7 +254,7 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
 /// On a restart (the node's directories run already), asks each directory
 /// to have its channels re-report to shard `index`; `None` on the node's
 /// first start.
-fn start_rebuild(index: u32, shards: u32, here: u64) -> Option<Rebuild> {
+fn start_rebuild(index: u32, shards: u32, here: u64, me: ProcessRef<ShardMsg>) -> Option<Rebuild> {
     let directories: Vec<(u32, ChildRef<DirMsg>)> = (0..DIRECTORIES)
         .filter_map(|i| ChildRef::<DirMsg>::lookup(&directory_name(i)).map(|d| (i, d)))
         .collect();
@@ -279,6 +271,7 @@ fn start_rebuild(index: u32, shards: u32, here: u64) -> Option<Rebuild> {
             directory,
             shard: index,
             shards,
+            to: me,
         });
     }
     Some(rebuild)

@@ -299,10 +299,13 @@ pub enum ChannelMsg {
     },
     /// From its directory, for presence shard `shard` (of `shards`) that
     /// restarted: re-report the keys that hash there as absolute counts
-    /// ([`ShardMsg::Counts`], in parts).
+    /// ([`ShardMsg::Counts`], in parts) to `to`, that shard's process (not
+    /// its name: an incarnation that crashes while it rebuilds must not
+    /// have its re-reports counted by the next one, which asks again).
     PresenceReport {
         shard: u32,
         shards: u32,
+        to: ProcessRef<ShardMsg>,
     },
 }
 
@@ -339,13 +342,14 @@ pub enum DirMsg {
     /// directory always knows the live channel and no orphan stays behind.
     Live { topic: String, channel: ChannelRef },
     /// From presence shard `shard` (of `shards`), restarted, to directory
-    /// shard `directory`: ask every live channel to re-report to it
-    /// ([`ChannelMsg::PresenceReport`]) and name them to it
-    /// ([`ShardMsg::Listed`]).
+    /// shard `directory`: ask every live channel to re-report to `to`, the
+    /// shard's process ([`ChannelMsg::PresenceReport`]), and name them to
+    /// it ([`ShardMsg::Listed`]).
     PresenceRebuild {
         directory: u32,
         shard: u32,
         shards: u32,
+        to: ProcessRef<ShardMsg>,
     },
 }
 
