@@ -5,7 +5,9 @@
 //!
 //! Process handles are (node, pid) pairs. [`ProcessRef`] encodes exactly as
 //! the guest's `supervisors::ChildRef<M>` and [`ReplyTo`] as its
-//! `supervisors::ReplyTo<R>` (checked by `host-bridge/tests/msg_encoding.rs`);
+//! `supervisors::ReplyTo<R>`: the same fields in the same order (`node`,
+//! `pid`, then `tag`), pinned byte for byte by this module's tests and
+//! exercised by every Node test (native sessions talk to guest channels);
 //! sending stays with whoever runs the process (the guest's `crate::msg`
 //! helpers, the host's session).
 
@@ -497,6 +499,25 @@ mod tests {
         assert_eq!((c.node(), c.pid(), c.tag()), (3, 4, -5));
         assert_eq!(Located::Found(a).channel(), Some(a));
         assert_eq!(Located::Full("x".into()).channel(), None);
+    }
+
+    /// `supervisors::ChildRef<M>` is `{ node: u64, pid: u64 }` and
+    /// `supervisors::ReplyTo<R>` `{ node: u64, pid: u64, tag: i64 }` (the
+    /// marker fields skipped): bincode writes them as little-endian fixed
+    /// ints in that order, and so must these.
+    #[test]
+    fn handles_encode_as_the_guests_child_ref_and_reply_to() {
+        let child: ChannelRef = ProcessRef::at(0x0102, 0x0a0b);
+        let mut want = 0x0102u64.to_le_bytes().to_vec();
+        want.extend(0x0a0bu64.to_le_bytes());
+        assert_eq!(bincode::serialize(&child).unwrap(), want);
+        let reply: ReplyTo<Located> = ReplyTo::at(3, 4, -5);
+        let mut want = 3u64.to_le_bytes().to_vec();
+        want.extend(4u64.to_le_bytes());
+        want.extend((-5i64).to_le_bytes());
+        assert_eq!(bincode::serialize(&reply).unwrap(), want);
+        let back: ReplyTo<Located> = bincode::deserialize(&want).unwrap();
+        assert_eq!((back.node(), back.pid(), back.tag()), (3, 4, -5));
     }
 
     /// The guest's `supervisors::child::Envelope<M>` is `enum { Msg(M),
