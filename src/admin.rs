@@ -4,8 +4,8 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /healthz` | liveness: 200 `ok`, 503 `draining` once a drain started |
-//! | `GET /readyz` | readiness: 200 while serving, 503 `draining` |
+//! | `GET /healthz` | liveness: 200 `ok`, 503 `draining` once a drain started, 503 `not_a_member` when the cluster's control server refuses the node |
+//! | `GET /readyz` | readiness: the same answers as `/healthz` |
 //! | `POST /realtime/v1/api/drain` | start the node's graceful drain (an admin route when auth is on) |
 //! | `GET /metrics` | Prometheus text 0.0.4, or OpenMetrics when the `Accept` header asks |
 //! | `GET /dashboard` | the operator dashboard (a page that polls the next route) |
@@ -63,10 +63,12 @@ pub fn handle(request: &Request, body: &[u8], config: &Config) -> Response {
     let path = request.path.as_str();
     match request.method.as_str() {
         "GET" if path == "/healthz" || path == "/readyz" => {
-            let (status, state) = chorus_core::drain::health(host::draining());
+            let cluster = host::cluster_json();
+            let refused = cluster["control_refused"].as_bool().unwrap_or(false);
+            let (status, state) = chorus_core::drain::health(host::draining(), refused);
             Response::json(
                 status,
-                &json!({"status": state, "node": config.node.name, "cluster": host::cluster_json()}),
+                &json!({"status": state, "node": config.node.name, "cluster": cluster}),
             )
         }
         "POST" if path == "/realtime/v1/api/drain" => {
@@ -157,7 +159,7 @@ pub fn handle(request: &Request, body: &[u8], config: &Config) -> Response {
                     Err(reason) => return bad_request(&reason),
                 }
             };
-            match publish(&topic, &event, payload) {
+            match publish(&topic, &event, payload, access.sub()) {
                 Ok(()) => Response::json(202, &json!({})),
                 Err(refused) => refused,
             }
@@ -236,6 +238,12 @@ impl Access<'_> {
             Some(c) => policy::needs_service_role(what, c.as_map())
                 .map_err(|reason| Response::json(403, &json!({ "error": reason }))),
         }
+    }
+
+    /// The caller's identity, the token's `sub` (`None` when the node runs
+    /// open or the token has none).
+    fn sub(&self) -> Option<&str> {
+        self.claims.and_then(Claims::sub)
     }
 
     /// Whether `topic` is private: a topic policy covers it. A config that
@@ -343,7 +351,7 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// lane's modules, order and history see it like any other message); the
 /// error is the response to send. Elsewhere only a running channel has
 /// subscribers, and REST never starts one.
-fn publish(topic: &str, event: &str, payload: Body) -> Result<(), Response> {
+fn publish(topic: &str, event: &str, payload: Body, by: Option<&str>) -> Result<(), Response> {
     let full = full_topic(topic);
     if !channel::is_chat_lane(&full) {
         if let Some(ch) = channel::locate(&full, false) {
@@ -353,6 +361,7 @@ fn publish(topic: &str, event: &str, payload: Body) -> Result<(), Response> {
                 payload,
                 ack: None,
                 reply: None,
+                by: by.map(str::to_string),
             }));
         }
         return Ok(());
@@ -377,6 +386,7 @@ fn publish(topic: &str, event: &str, payload: Body) -> Result<(), Response> {
                 payload,
                 ack: None,
                 reply: Some(reply_to(reply)),
+                by: by.map(str::to_string),
             }))
         },
         STORE_TIMEOUT,
@@ -426,7 +436,8 @@ fn broadcast_batch(body: &[u8], access: &Access<'_>) -> Response {
         let payload = m
             .get("payload")
             .map_or_else(|| "{}".to_string(), Value::to_string);
-        if let Err(refused) = publish(topic, event, Body::Json(payload.into_bytes())) {
+        if let Err(refused) = publish(topic, event, Body::Json(payload.into_bytes()), access.sub())
+        {
             // Say which message failed and that the ones before it went out.
             let reason = String::from_utf8_lossy(&refused.body).into_owned();
             let detail: Value = serde_json::from_str(&reason).unwrap_or(Value::Null);

@@ -32,7 +32,7 @@ use supervisors::{mail, ChildRef, DynamicSupervisor, Inbox, Incoming};
 use crate::host;
 use crate::msg::{
     process_ref, reply_to, Answer, Body, ChannelMsg, ChannelRef, DirMsg, DoorMsg, JoinReq, Located,
-    Mailer, Outlet, Publish, PublishOutcome, ReplyTo, SessionMsg, SessionRef, ToSession,
+    Mailer, Outlet, Publish, PublishOutcome, ReplyTo, SessionMsg, SessionRef, ShardMsg, ToSession,
 };
 
 mod peak;
@@ -312,6 +312,26 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                         shard.channels.remove(&topic);
                     }
                 }
+            }
+            Incoming::Message(DirMsg::PresenceRebuild {
+                directory,
+                shard: presence_shard,
+                shards,
+                to,
+            }) => {
+                let mut asked = Vec::new();
+                for channel in shard.channels.values().filter(|c| c.is_alive()) {
+                    channel.send(ChannelMsg::PresenceReport {
+                        shard: presence_shard,
+                        shards,
+                        to,
+                    });
+                    asked.push(channel.pid());
+                }
+                to.send(ShardMsg::Listed {
+                    directory,
+                    channels: asked,
+                });
             }
             Incoming::Message(DirMsg::Live { topic, channel }) => {
                 match shard.channels.get(&topic) {
@@ -730,6 +750,9 @@ impl Channel {
                     self.presence(id, meta, refs);
                 }
             }
+            ChannelMsg::PresenceReport { shard, shards, to } => {
+                crate::presence::re_report(to, shard, shards, lhost::process_id(), &self.presence);
+            }
             ChannelMsg::Stop | ChannelMsg::HandOver => {}
             ChannelMsg::Crash => panic!("fault injection: channel {} crashes", self.topic),
             ChannelMsg::Room(m) => match self.room.as_mut().map(|r| r.handle(m)) {
@@ -859,9 +882,11 @@ impl Channel {
         // The publisher's id here (`None`: the admin API, or a session that
         // is not, or no longer, subscribed).
         let from = self.publisher(&p);
+        // A REST post's user is its token's `sub`.
         let user = from
             .and_then(|from| self.subs.get(&from))
-            .map(|s| s.presence_key.clone());
+            .map(|s| s.presence_key.clone())
+            .or_else(|| p.by.clone());
         // A retry of a stored client message id is acknowledged again,
         // neither stored nor delivered twice.
         let msg_id = match (&p.payload, self.persist && user.is_some()) {

@@ -13,16 +13,22 @@
 //! once. What a shard holds from other nodes is bounded by
 //! `presence.remote_bytes` (`core::online::Budget`): a key past it is
 //! refused, with a logged reason.
+//!
+//! A shard its supervisor restarts takes back what its own node's channels
+//! hold: they re-report, through their directories, the keys that hash to
+//! it as absolute counts ([`shard`], `core::online::Rebuild`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chorus_core::online::{Budget, Online, Peers};
+use chorus_core::online::{report_parts, Budget, Online, Peers, Rebuild, REPORT_PART_BYTES};
+use chorus_core::placement::{directory_name, DIRECTORIES};
+use chorus_core::presence::Presence;
 use chorus_core::ring::shard_of;
 use supervisors::{mail, ChildRef, Inbox, Incoming};
 
 use crate::host::{self, Level};
-use crate::msg::{reply_to, Answer, DoorMsg, ShardMsg};
+use crate::msg::{process_ref, reply_to, Answer, DirMsg, DoorMsg, Mailer, ProcessRef, ShardMsg};
 
 /// How long a `presence_online` query waits for each shard.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -41,14 +47,37 @@ fn shard_for(key: &str, shards: u32) -> Option<ChildRef<ShardMsg>> {
     ChildRef::lookup(&shard_name(i))
 }
 
-/// Reports a presence join (`+1`) or leave (`-1`) of `key`.
+/// Reports a presence join (`+1`) or leave (`-1`) of `key` (from a
+/// channel process).
 pub fn report(key: &str, delta: i32, shards: u32) {
     if let Some(shard) = shard_for(key, shards) {
         shard.send(ShardMsg::Delta {
             node: mail::node_id(),
+            channel: lunatic::host::process_id(),
             key: key.to_string(),
             delta,
         });
+    }
+}
+
+/// A channel (process id `channel`) re-reports to `to`, restarted shard
+/// `index` (of `shards`), the keys of `presence` that hash there, as
+/// absolute counts in parts of at most [`REPORT_PART_BYTES`].
+pub fn re_report(
+    to: ProcessRef<ShardMsg>,
+    index: u32,
+    shards: u32,
+    channel: u64,
+    presence: &Presence,
+) {
+    let parts = report_parts(
+        presence.counts(),
+        index as usize,
+        shards as usize,
+        REPORT_PART_BYTES,
+    );
+    for counts in parts {
+        to.send(ShardMsg::Counts { channel, counts });
     }
 }
 
@@ -84,7 +113,22 @@ pub fn online(keys: &[String], shards: u32) -> Vec<String> {
 /// Most keys in one [`ShardMsg::Copy`] part.
 const COPY_PART: usize = 1_000;
 
+/// How long a restarted shard waits for its node's channels to re-report
+/// before it counts what it has (a channel that died meanwhile never
+/// answers).
+const REBUILD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A presence shard process.
+///
+/// A shard that restarts (its node's channel directories are already
+/// running: on the node's first start the shards start before them) starts
+/// empty and takes back what its node's channels hold: it asks each
+/// directory, which asks its channels to re-report the keys that hash to
+/// this shard as absolute counts (`core::online::Rebuild` sorts out the
+/// deltas that race the re-report). It answers queries meanwhile, from what
+/// it has so far. In a cluster, once the rebuild ends, it sends the other
+/// nodes a copy of its node's reports again (its start told them it had
+/// none).
 pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
     let mut online = Online::new();
     let here = mail::node_id();
@@ -92,11 +136,17 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
     let mut peers = Peers::new(here);
     let mut started = true;
     let mut looked: Option<Instant> = None;
+    let config = crate::config();
     let budget = Budget {
         here,
-        bytes: crate::config().map_or(4 * 1024 * 1024, |c| c.presence.remote_bytes as usize),
+        bytes: config
+            .as_ref()
+            .map_or(4 * 1024 * 1024, |c| c.presence.remote_bytes as usize),
     };
+    let shards = config.as_ref().map_or(16, |c| c.presence.shards);
     let mut refusing = Refusing::default();
+    let mut rebuild = start_rebuild(index, shards, here, process_ref(inbox.this()));
+    let rebuild_until = Instant::now() + REBUILD_TIMEOUT;
     loop {
         if cluster && looked.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
             looked = Some(Instant::now());
@@ -106,17 +156,45 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
             }
             started = false;
         }
-        let incoming = if cluster {
-            match inbox.receive_timeout(SWEEP_EVERY) {
+        if rebuild
+            .as_ref()
+            .is_some_and(|r| r.is_done() || Instant::now() >= rebuild_until)
+        {
+            if let Some(r) = rebuild.take() {
+                end_rebuild(index, r, &mut online, peers.members());
+            }
+        }
+        let wait = if rebuild.is_some() {
+            Some(rebuild_until.saturating_duration_since(Instant::now()))
+        } else {
+            None
+        };
+        let wait = match (cluster, wait) {
+            (true, Some(w)) => Some(w.min(SWEEP_EVERY)),
+            (true, None) => Some(SWEEP_EVERY),
+            (false, w) => w,
+        };
+        let incoming = match wait {
+            Some(wait) => match inbox.receive_timeout(wait) {
                 Some(incoming) => incoming,
                 None => continue,
-            }
-        } else {
-            inbox.receive()
+            },
+            None => inbox.receive(),
         };
         match incoming {
             Incoming::Shutdown => return,
-            Incoming::Message(ShardMsg::Delta { node, key, delta }) => {
+            Incoming::Message(ShardMsg::Delta {
+                node,
+                channel,
+                key,
+                delta,
+            }) => {
+                if rebuild
+                    .as_mut()
+                    .is_some_and(|r| r.hold(node, channel, &key, delta))
+                {
+                    continue;
+                }
                 let held = online.delta_within(node, &key, delta, budget);
                 let refused = usize::from(!held);
                 refusing.note(index, node, refused, online.bytes_from_others(here), budget);
@@ -125,11 +203,27 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
                     for peer in peers.members() {
                         let msg = ShardMsg::Delta {
                             node,
+                            channel,
                             key: key.clone(),
                             delta,
                         };
                         to_peer(*peer, index, msg);
                     }
+                }
+            }
+            Incoming::Message(ShardMsg::Listed {
+                directory,
+                channels,
+            }) => {
+                if let Some(r) = rebuild.as_mut() {
+                    r.listed(directory, &channels);
+                }
+            }
+            Incoming::Message(ShardMsg::Counts { channel, counts }) => {
+                // After the rebuild ended (past its deadline) a late
+                // re-report is dropped: that channel's deltas counted.
+                if let Some(r) = rebuild.as_mut() {
+                    r.counts(&mut online, channel, &counts);
                 }
             }
             Incoming::Message(ShardMsg::Copy {
@@ -154,6 +248,57 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
                 reply.send(&found);
             }
         }
+    }
+}
+
+/// On a restart (the node's directories run already), asks each directory
+/// to have its channels re-report to shard `index`; `None` on the node's
+/// first start.
+fn start_rebuild(index: u32, shards: u32, here: u64, me: ProcessRef<ShardMsg>) -> Option<Rebuild> {
+    let directories: Vec<(u32, ChildRef<DirMsg>)> = (0..DIRECTORIES)
+        .filter_map(|i| ChildRef::<DirMsg>::lookup(&directory_name(i)).map(|d| (i, d)))
+        .collect();
+    if directories.is_empty() {
+        return None;
+    }
+    host::log(
+        Level::Info,
+        &format!("presence shard {index} restarted: its node's channels re-report what they hold"),
+    );
+    let rebuild = Rebuild::new(here, directories.iter().map(|(i, _)| *i));
+    for (directory, dir) in directories {
+        dir.send(DirMsg::PresenceRebuild {
+            directory,
+            shard: index,
+            shards,
+            to: me,
+        });
+    }
+    Some(rebuild)
+}
+
+/// Ends a rebuild: counts what is still held, logs what never answered,
+/// and in a cluster sends the other nodes this node's reports again.
+fn end_rebuild(index: u32, rebuild: Rebuild, online: &mut Online, peers: &[u64]) {
+    let (silent, directories) = rebuild.finish(online);
+    let here = mail::node_id();
+    let keys = online.reported_by(here).len();
+    if silent > 0 || directories > 0 {
+        host::log(
+            Level::Warn,
+            &format!(
+                "presence shard {index}: rebuilt {keys} keys; {silent} channels and {directories}                  directories did not answer within {} s (their users show online again once                  they track again)",
+                REBUILD_TIMEOUT.as_secs()
+            ),
+        );
+    } else {
+        host::log(
+            Level::Info,
+            &format!("presence shard {index}: rebuilt {keys} keys from its node's channels"),
+        );
+    }
+    if !peers.is_empty() {
+        send_copy(index, online, peers, false);
     }
 }
 

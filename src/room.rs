@@ -132,6 +132,7 @@ impl AudioLane {
                     payload: Body::Json(payload),
                     ack: ack.then_some(refs),
                     reply: None,
+                    by: None,
                 })
             }
             RoomMsg::Patch {

@@ -128,10 +128,15 @@ impl Drain {
     }
 }
 
-/// `/healthz` and `/readyz`: `(status, "ok" | "draining")`.
-pub fn health(draining: bool) -> (u16, &'static str) {
+/// `/healthz` and `/readyz`: `(status, "ok" | "draining" | "not_a_member")`.
+/// `refused`: the node is in a cluster whose control server no longer knows
+/// it (the other nodes do not list it): a load balancer should move its
+/// clients to a node that is a member.
+pub fn health(draining: bool, refused: bool) -> (u16, &'static str) {
     if draining {
         (503, "draining")
+    } else if refused {
+        (503, "not_a_member")
     } else {
         (200, "ok")
     }
@@ -203,7 +208,9 @@ mod tests {
     /// Serving state as the admin routes show it.
     #[test]
     fn health_answers_follow_the_state() {
-        assert_eq!(health(false), (200, "ok"));
-        assert_eq!(health(true), (503, "draining"));
+        assert_eq!(health(false, false), (200, "ok"));
+        assert_eq!(health(true, false), (503, "draining"));
+        assert_eq!(health(false, true), (503, "not_a_member"));
+        assert_eq!(health(true, true), (503, "draining"));
     }
 }

@@ -5,7 +5,9 @@
 //!
 //! Process handles are (node, pid) pairs. [`ProcessRef`] encodes exactly as
 //! the guest's `supervisors::ChildRef<M>` and [`ReplyTo`] as its
-//! `supervisors::ReplyTo<R>` (checked by `host-bridge/tests/msg_encoding.rs`);
+//! `supervisors::ReplyTo<R>`: the same fields in the same order (`node`,
+//! `pid`, then `tag`), pinned byte for byte by this module's tests and
+//! exercised by every Node test (native sessions talk to guest channels);
 //! sending stays with whoever runs the process (the guest's `crate::msg`
 //! helpers, the host's session).
 
@@ -254,6 +256,13 @@ pub struct Publish {
     /// stored id, or the refusal's reason, so a REST post is answered after
     /// the write.
     pub reply: Option<ReplyTo<Result<String, String>>>,
+    /// An admin-API (REST) publisher's identity: its token's `sub`. On a
+    /// chat lane its `msg_id` is deduplicated as a session user's is, so a
+    /// REST post retried after a timeout is stored and delivered once.
+    /// `None` for sessions (the channel knows their presence key) and for
+    /// requests without a token.
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 /// Everything a channel process receives.
@@ -290,6 +299,16 @@ pub enum ChannelMsg {
         remove: Vec<String>,
         refs: Refs,
     },
+    /// From its directory, for presence shard `shard` (of `shards`) that
+    /// restarted: re-report the keys that hash there as absolute counts
+    /// ([`ShardMsg::Counts`], in parts) to `to`, that shard's process (not
+    /// its name: an incarnation that crashes while it rebuilds must not
+    /// have its re-reports counted by the next one, which asks again).
+    PresenceReport {
+        shard: u32,
+        shards: u32,
+        to: ProcessRef<ShardMsg>,
+    },
 }
 
 /// A channel process, as the directory hands it out.
@@ -324,6 +343,16 @@ pub enum DirMsg {
     /// one already serves the topic, which makes this one stop. So the
     /// directory always knows the live channel and no orphan stays behind.
     Live { topic: String, channel: ChannelRef },
+    /// From presence shard `shard` (of `shards`), restarted, to directory
+    /// shard `directory`: ask every live channel to re-report to `to`, the
+    /// shard's process ([`ChannelMsg::PresenceReport`]), and name them to
+    /// it ([`ShardMsg::Listed`]).
+    PresenceRebuild {
+        directory: u32,
+        shard: u32,
+        shards: u32,
+        to: ProcessRef<ShardMsg>,
+    },
 }
 
 /// What a node's door (its main process, pid 1) receives from other nodes
@@ -415,8 +444,15 @@ pub enum RoomMsg {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ShardMsg {
     /// `key` gained (`+1`) or lost (`-1`) a presence in a channel on
-    /// `node`.
-    Delta { node: u64, key: String, delta: i32 },
+    /// `node`; `channel` is that channel's process id (a restarted shard
+    /// sorts the deltas that race its rebuild out by channel,
+    /// `chorus_core::online::Rebuild`).
+    Delta {
+        node: u64,
+        channel: u64,
+        key: String,
+        delta: i32,
+    },
     /// Which of `keys` are online.
     Query {
         keys: Vec<String>,
@@ -436,6 +472,16 @@ pub enum ShardMsg {
         replace: bool,
         answer: bool,
     },
+    /// To a restarted shard, from directory `directory` of its node: the
+    /// channels it asked to re-report (their process ids).
+    Listed { directory: u32, channels: Vec<u64> },
+    /// To a restarted shard, from a channel of its node (process id
+    /// `channel`): a part of its re-report, the keys that hash to the shard
+    /// with how many presences it holds of each.
+    Counts {
+        channel: u64,
+        counts: Vec<(String, u32)>,
+    },
 }
 
 #[cfg(test)]
@@ -453,6 +499,25 @@ mod tests {
         assert_eq!((c.node(), c.pid(), c.tag()), (3, 4, -5));
         assert_eq!(Located::Found(a).channel(), Some(a));
         assert_eq!(Located::Full("x".into()).channel(), None);
+    }
+
+    /// `supervisors::ChildRef<M>` is `{ node: u64, pid: u64 }` and
+    /// `supervisors::ReplyTo<R>` `{ node: u64, pid: u64, tag: i64 }` (the
+    /// marker fields skipped): bincode writes them as little-endian fixed
+    /// ints in that order, and so must these.
+    #[test]
+    fn handles_encode_as_the_guests_child_ref_and_reply_to() {
+        let child: ChannelRef = ProcessRef::at(0x0102, 0x0a0b);
+        let mut want = 0x0102u64.to_le_bytes().to_vec();
+        want.extend(0x0a0bu64.to_le_bytes());
+        assert_eq!(bincode::serialize(&child).unwrap(), want);
+        let reply: ReplyTo<Located> = ReplyTo::at(3, 4, -5);
+        let mut want = 3u64.to_le_bytes().to_vec();
+        want.extend(4u64.to_le_bytes());
+        want.extend((-5i64).to_le_bytes());
+        assert_eq!(bincode::serialize(&reply).unwrap(), want);
+        let back: ReplyTo<Located> = bincode::deserialize(&want).unwrap();
+        assert_eq!((back.node(), back.pid(), back.tag()), (3, 4, -5));
     }
 
     /// The guest's `supervisors::child::Envelope<M>` is `enum { Msg(M),

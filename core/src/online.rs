@@ -8,7 +8,9 @@
 //! reporting node and [`Online::retain_nodes`] drops a lost node's share
 //! at once. A key is online while any node reports it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::ring::shard_of;
 
 /// What one (key, reporting node) entry is counted as besides the key's
 /// bytes: the map entries, the count and the key's allocation header.
@@ -279,5 +281,146 @@ impl Peers {
         }
         self.members = now;
         joined
+    }
+}
+
+/// Most bytes of keys in one part of a channel's re-report to a restarted
+/// shard ([`report_parts`]), each key counted as its bytes plus
+/// [`ENTRY_BYTES`]. (What one channel can re-report in all is bounded by
+/// `limits.presence_bytes`: it holds no more keys than that.)
+pub const REPORT_PART_BYTES: usize = 64 * 1024;
+
+/// A channel's re-report to presence shard `shard` of `shards`: of its
+/// `counts` (presence key, metas held), the keys that hash to that shard,
+/// in parts of at most `part_bytes` (at least one key per part). Always at
+/// least one part, empty when no key hashes there: the shard waits for
+/// every channel it asked.
+pub fn report_parts<'a>(
+    counts: impl IntoIterator<Item = (&'a str, usize)>,
+    shard: usize,
+    shards: usize,
+    part_bytes: usize,
+) -> Vec<Vec<(String, u32)>> {
+    let mut parts = vec![Vec::new()];
+    let mut bytes = 0;
+    for (key, n) in counts {
+        if n == 0 || shard_of(key, shards) != shard {
+            continue;
+        }
+        let size = entry_bytes(key);
+        if bytes + size > part_bytes && parts.last().is_some_and(|p| !p.is_empty()) {
+            parts.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(part) = parts.last_mut() {
+            part.push((key.to_string(), u32::try_from(n).unwrap_or(u32::MAX)));
+        }
+    }
+    parts
+}
+
+/// A restarted presence shard taking back what its own node's channels
+/// hold.
+///
+/// The shard asks its node's channel directories, which name their
+/// channels ([`Self::listed`]) and ask each to re-report, in parts, the
+/// keys that hash to the shard as absolute counts ([`Self::counts`]).
+/// Meanwhile channels keep reporting deltas. Mail from one channel arrives
+/// in the order it was sent, so a delta a channel sent before its re-report
+/// is already in the counts and one sent after is not: until a channel's
+/// re-report begins, its deltas are held ([`Self::hold`]) and then dropped;
+/// from then on they count as usual. No delta is counted twice. Deltas of
+/// channels no directory named (started since) are exact from zero and are
+/// applied when the rebuild ends ([`Self::finish`]), as are those of a
+/// channel that never re-reported (gone, or past the shard's deadline; its
+/// leaves of keys held before the crash are then ignored, as without a
+/// rebuild).
+#[derive(Debug, Clone)]
+pub struct Rebuild {
+    here: u64,
+    /// Directories that have not named their channels yet.
+    directories: BTreeSet<u32>,
+    /// Channels named by a directory whose re-report has not begun.
+    awaited: BTreeSet<u64>,
+    /// Channels whose re-report began: their deltas count as usual.
+    reported: BTreeSet<u64>,
+    /// Per channel whose re-report has not begun, its deltas since the
+    /// rebuild began, net per key.
+    held: HashMap<u64, HashMap<String, i64>>,
+}
+
+impl Rebuild {
+    /// A rebuild of node `here`'s reports, asking `directories`.
+    pub fn new(here: u64, directories: impl IntoIterator<Item = u32>) -> Self {
+        Self {
+            here,
+            directories: directories.into_iter().collect(),
+            awaited: BTreeSet::new(),
+            reported: BTreeSet::new(),
+            held: HashMap::new(),
+        }
+    }
+
+    /// A delta of `key` from `channel` on `node`: whether it is held (the
+    /// shard must neither count nor pass it on). Only this node's channels'
+    /// deltas are held, until their re-report begins.
+    pub fn hold(&mut self, node: u64, channel: u64, key: &str, delta: i32) -> bool {
+        if node != self.here || self.reported.contains(&channel) {
+            return false;
+        }
+        *self
+            .held
+            .entry(channel)
+            .or_default()
+            .entry(key.to_string())
+            .or_insert(0) += i64::from(delta);
+        true
+    }
+
+    /// Directory `directory` names its `channels` (each was asked to
+    /// re-report).
+    pub fn listed(&mut self, directory: u32, channels: &[u64]) {
+        self.directories.remove(&directory);
+        for c in channels {
+            if !self.reported.contains(c) {
+                self.awaited.insert(*c);
+            }
+        }
+    }
+
+    /// A part of `channel`'s re-report: its absolute `counts`, added to
+    /// `online` as this node's. The first part drops the deltas held from
+    /// that channel (the counts include them).
+    pub fn counts(&mut self, online: &mut Online, channel: u64, counts: &[(String, u32)]) {
+        if self.reported.insert(channel) {
+            self.held.remove(&channel);
+            self.awaited.remove(&channel);
+        }
+        for (key, n) in counts {
+            online.delta(self.here, key, i32::try_from(*n).unwrap_or(i32::MAX));
+        }
+    }
+
+    /// Whether every directory named its channels and every one of them
+    /// re-reported.
+    pub fn is_done(&self) -> bool {
+        self.directories.is_empty() && self.awaited.is_empty()
+    }
+
+    /// Ends the rebuild (done, or past the shard's deadline): the deltas
+    /// still held are counted in `online`, and the number of channels named
+    /// by a directory that never re-reported is returned (with the
+    /// directories that never answered, for the log).
+    pub fn finish(self, online: &mut Online) -> (usize, usize) {
+        for (_, keys) in self.held {
+            for (key, net) in keys {
+                let delta = i32::try_from(net).unwrap_or(if net < 0 { i32::MIN } else { i32::MAX });
+                if delta != 0 {
+                    online.delta(self.here, &key, delta);
+                }
+            }
+        }
+        (self.awaited.len(), self.directories.len())
     }
 }

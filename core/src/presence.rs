@@ -261,6 +261,12 @@ impl Presence {
         self.by_key.contains_key(key)
     }
 
+    /// Keys present with how many metas each holds, in order (what the
+    /// channel reports to the green dot).
+    pub fn counts(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.by_key.iter().map(|(k, e)| (k.as_str(), e.len()))
+    }
+
     /// Keys present, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.by_key.keys().map(String::as_str)

@@ -179,3 +179,128 @@ fn other_nodes_reports_are_held_within_the_byte_budget() {
     assert_eq!(o.set_node(3, &copy[..2], true, budget), 0);
     assert!(!o.is_online("dd"));
 }
+
+mod rebuild {
+    use chorus_core::online::{report_parts, Online, Rebuild, ENTRY_BYTES};
+    use chorus_core::ring::shard_of;
+
+    const HERE: u64 = 7;
+
+    #[test]
+    fn a_restarted_shard_takes_back_what_the_channels_hold() {
+        let mut o = Online::new();
+        let mut r = Rebuild::new(HERE, 0..2);
+        r.listed(0, &[10]);
+        r.listed(1, &[11]);
+        assert!(!r.is_done());
+        // Both channels hold ana; one holds bo twice.
+        r.counts(&mut o, 10, &[("ana".into(), 1), ("bo".into(), 2)]);
+        r.counts(&mut o, 11, &[("ana".into(), 1)]);
+        assert!(r.is_done());
+        assert_eq!(r.finish(&mut o), (0, 0));
+        assert!(o.is_online("ana") && o.is_online("bo"));
+        // Every leave after the rebuild takes its share; no double count.
+        o.delta(HERE, "ana", -1);
+        assert!(o.is_online("ana"), "channel 11 still holds ana");
+        o.delta(HERE, "ana", -1);
+        o.delta(HERE, "bo", -2);
+        assert!(o.is_empty(), "{o:?}");
+    }
+
+    #[test]
+    fn a_delta_sent_before_the_re_report_is_not_counted_twice() {
+        let mut o = Online::new();
+        let mut r = Rebuild::new(HERE, [0]);
+        // Channel 10 tracks cy, then re-reports (cy included), then cy leaves.
+        assert!(r.hold(HERE, 10, "cy", 1));
+        r.counts(&mut o, 10, &[("cy".into(), 1)]);
+        assert!(
+            !r.hold(HERE, 10, "cy", -1),
+            "after the re-report deltas count"
+        );
+        o.delta(HERE, "cy", -1);
+        // The directory's list may come after the channel's counts.
+        r.listed(0, &[10]);
+        assert!(r.is_done());
+        r.finish(&mut o);
+        assert!(!o.is_online("cy"), "{o:?}");
+    }
+
+    #[test]
+    fn a_leave_racing_the_re_report_is_not_lost_either() {
+        // dee was held before the crash; her leave reaches the shard before
+        // the channel re-reports (without dee): she ends offline, and the
+        // leave is not applied on top of the counts.
+        let mut o = Online::new();
+        let mut r = Rebuild::new(HERE, [0]);
+        r.listed(0, &[10]);
+        assert!(r.hold(HERE, 10, "dee", -1));
+        assert!(r.hold(HERE, 10, "eve", -1));
+        r.counts(&mut o, 10, &[("eve".into(), 2)]);
+        r.finish(&mut o);
+        assert!(!o.is_online("dee"));
+        assert!(o.is_online("eve"));
+        o.delta(HERE, "eve", -1);
+        assert!(o.is_online("eve"), "eve had two presences, one left");
+    }
+
+    #[test]
+    fn channels_started_since_and_silent_ones_count_their_deltas_at_the_end() {
+        let mut o = Online::new();
+        let mut r = Rebuild::new(HERE, 0..2);
+        r.listed(0, &[10, 12]);
+        // Channel 11 started after the directories named theirs.
+        assert!(r.hold(HERE, 11, "fay", 1));
+        assert!(r.hold(HERE, 11, "gus", 1));
+        assert!(r.hold(HERE, 11, "gus", -1));
+        // Channel 12 never answers (it died); it reported a join meanwhile.
+        assert!(r.hold(HERE, 12, "hal", 1));
+        r.counts(&mut o, 10, &[]);
+        assert!(!r.is_done(), "directory 1 and channel 12 are awaited");
+        assert!(!o.is_online("fay"), "held until the rebuild ends");
+        assert_eq!(r.finish(&mut o), (1, 1));
+        assert!(o.is_online("fay") && o.is_online("hal"));
+        assert!(!o.is_online("gus"));
+    }
+
+    #[test]
+    fn other_nodes_deltas_are_never_held() {
+        let mut o = Online::new();
+        let mut r = Rebuild::new(HERE, [0]);
+        assert!(!r.hold(HERE + 1, 10, "ivy", 1));
+        o.delta(HERE + 1, "ivy", 1);
+        r.listed(0, &[]);
+        assert!(r.is_done());
+        assert_eq!(r.finish(&mut o), (0, 0));
+        assert_eq!(o.reported_by(HERE + 1), vec![("ivy".to_string(), 1)]);
+    }
+
+    #[test]
+    fn a_re_report_holds_the_shards_keys_in_bounded_parts() {
+        let keys: Vec<String> = (0..2_000).map(|i| format!("user-{i}")).collect();
+        let counts = keys.iter().map(|k| (k.as_str(), 1 + k.len() % 3));
+        let part_bytes = 40 * (ENTRY_BYTES + 9);
+        let parts = report_parts(counts.clone(), 3, 16, part_bytes);
+        assert!(parts.len() > 1);
+        let mut seen = Vec::new();
+        for part in &parts {
+            assert!(!part.is_empty());
+            let bytes: usize = part.iter().map(|(k, _)| k.len() + ENTRY_BYTES).sum();
+            assert!(bytes <= part_bytes, "{bytes}");
+            seen.extend(part.iter().cloned());
+        }
+        let want: Vec<(String, u32)> = counts
+            .filter(|(k, _)| shard_of(k, 16) == 3)
+            .map(|(k, n)| (k.to_string(), n as u32))
+            .collect();
+        assert_eq!(seen, want);
+        // Nothing hashes there: one empty part still answers the shard.
+        assert_eq!(
+            report_parts([("x", 1)], shard_of("x", 16) ^ 1, 16, 100),
+            vec![vec![]]
+        );
+        // A key bigger than a part goes alone.
+        let big = "k".repeat(500);
+        assert_eq!(report_parts([(big.as_str(), 1)], 0, 1, 100).len(), 1);
+    }
+}

@@ -55,6 +55,9 @@ pub struct Cluster {
     pub dist: DistributedProcessState,
     members: RwLock<Vec<Member>>,
     control_reachable: AtomicBool,
+    /// The control server answered but refused this node's registration
+    /// (401: it has no entry for it): the node is not a member any more.
+    control_refused: AtomicBool,
     /// The node told the control server it leaves (a drain): it polls no
     /// more and lists itself no more.
     left: AtomicBool,
@@ -158,6 +161,7 @@ impl Cluster {
             root_pem,
             members: RwLock::new(Vec::new()),
             control_reachable: AtomicBool::new(true),
+            control_refused: AtomicBool::new(false),
             left: AtomicBool::new(false),
             links: Arc::new(Links {
                 client: dist.node_client.clone(),
@@ -279,6 +283,9 @@ impl Cluster {
                 if !self.control_reachable.swap(true, Ordering::AcqRel) {
                     tracing::info!(control = %self.control_url, "control server reachable again");
                 }
+                if self.control_refused.swap(false, Ordering::AcqRel) {
+                    tracing::info!(control = %self.control_url, "control server knows this node again");
+                }
                 let after: Vec<u64> = list.nodes.iter().map(|m| m.id).collect();
                 let changed = {
                     let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
@@ -305,6 +312,23 @@ impl Cluster {
                         tracing::debug!("refreshing lunatic's node list: {e:#}");
                     }
                     self.changed();
+                }
+            }
+            Err(e) if refused(&e) => {
+                // It answers, so it is reachable: but not for this node.
+                if !self.control_reachable.swap(true, Ordering::AcqRel) {
+                    tracing::info!(control = %self.control_url, "control server reachable again");
+                }
+                if !self.control_refused.swap(true, Ordering::AcqRel) {
+                    tracing::error!(
+                        control = %self.control_url,
+                        node = %self.name,
+                        "the control server refuses this node: it has no registration for it \
+                         (dropped after cluster.node_timeout_ms without a poll, or a control \
+                         server restarted without its data dir); the other nodes no longer \
+                         list it. This node keeps serving its own clients with the last known \
+                         members; restart it to rejoin the cluster"
+                    );
                 }
             }
             Err(e) => {
@@ -376,6 +400,7 @@ impl Cluster {
             "worker_id": self.worker_id,
             "control": self.control_url,
             "control_reachable": self.control_reachable.load(Ordering::Acquire),
+            "control_refused": self.control_refused.load(Ordering::Acquire),
             "left": self.left.load(Ordering::Acquire),
             "nodes": self.members().iter().map(|m| json!({
                 "id": m.id,
@@ -386,6 +411,15 @@ impl Cluster {
             })).collect::<Vec<_>>(),
         })
     }
+}
+
+/// Whether a control-server call failed because the control server answered
+/// 401: it does not know this node's registration (as opposed to not
+/// answering at all).
+fn refused(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<reqwest::Error>())
+        .any(|r| r.status() == Some(reqwest::StatusCode::UNAUTHORIZED))
 }
 
 /// How long a batch holds its slot without an acknowledgement.

@@ -639,6 +639,7 @@ impl Shell {
                     payload,
                     ack,
                     reply: None,
+                    by: None,
                 }),
             ),
             Effect::Playback {

@@ -375,6 +375,38 @@ fn three_nodes_join_a_control_server_and_survive_bad_input() {
         assert_eq!(two.recv_broadcast("room:cluster", "hello"), json!({"n": 1}));
     }
 
+    // A control server without the data dir on that address answers, but
+    // knows neither node: each says it is refused (not "unreachable"),
+    // keeps serving its clients, and its health checks fail with
+    // `not_a_member` so a load balancer moves clients away.
+    let blank_data = TempDir::new("cluster-control-blank");
+    let blank = start_control(ca_dir.path(), blank_data.path(), Some(control_addr.clone()));
+    for node in [&a, &b] {
+        assert!(
+            node.wait_log(
+                "the control server refuses this node",
+                Duration::from_secs(10)
+            ),
+            "no log of the refusal:\n{}",
+            node.logs()
+        );
+        for path in ["/healthz", "/readyz"] {
+            let resp = node.http("GET", path, &[], b"");
+            assert_eq!(resp.status, 503, "{path}: {}", resp.body_text());
+            let h: Value = serde_json::from_slice(&resp.body).expect("healthz JSON");
+            assert_eq!(h["status"], json!("not_a_member"), "{h}");
+            assert_eq!(h["cluster"]["control_refused"], json!(true), "{h}");
+            assert_eq!(h["cluster"]["control_reachable"], json!(true), "{h}");
+        }
+        let mut one = node.connect(Vsn::V2);
+        let mut two = node.connect(Vsn::V2);
+        let r1 = one.join("room:cluster", json!({"broadcast": {"self": false}}));
+        two.join("room:cluster", json!({"broadcast": {"self": false}}));
+        one.broadcast(&r1, "room:cluster", "hello", json!({"n": 2}));
+        assert_eq!(two.recv_broadcast("room:cluster", "hello"), json!({"n": 2}));
+    }
+    drop(blank);
+
     // It comes back on the same address and data dir: it takes its table
     // of nodes back (tokens, node ids), so the nodes are members again
     // without a restart, and a name in use is still refused.
@@ -385,7 +417,10 @@ fn three_nodes_join_a_control_server_and_survive_bad_input() {
     );
     for node in [&a, &b] {
         assert!(
-            node.wait_log("control server reachable again", Duration::from_secs(10)),
+            node.wait_log(
+                "control server knows this node again",
+                Duration::from_secs(10)
+            ),
             "the node did not get its control server back:\n{}",
             node.logs()
         );

@@ -40,6 +40,8 @@ const CQL = process.env.CHORUS_SCYLLA_NODES;
 let control;
 let controlLog = '';
 const nodes = [];
+/** The node the first test kills. */
+let killed = -1;
 
 before(async () => {
   assert.ok(
@@ -74,6 +76,8 @@ before(async () => {
         CHORUS_STORE: 'scylla',
         CHORUS_SCYLLA_NODES: CQL,
         CHORUS_STORE_KEYSPACE: 'chorus_cluster_join_test',
+        // The presence shard crash below (chorus_crash_presence).
+        CHORUS_NODE_FAULT_INJECTION: 'true',
       }),
     );
   }
@@ -217,6 +221,7 @@ test('clients on three nodes share one room: broadcast, presence, history and re
   const deadKey = victim === 2 ? 'cy' : 'ben';
   const aliveIdx = [0, 1, 2].filter((i) => i !== victim);
   await nodes[victim].kill();
+  killed = victim;
   for (const ch of alive) ch.got.length = 0;
   const survivors = alive.map((ch, j) => ({ ch, i: aliveIdx[j] }));
   for (const { ch, i } of survivors) {
@@ -244,4 +249,46 @@ test('clients on three nodes share one room: broadcast, presence, history and re
   assert.equal(await survivors[0].ch.send({ type: 'broadcast', event: 'chat', payload: { last: true } }), 'ok');
   await waitFor(() => survivors[1].ch.got.length === 1, 5000, 'a broadcast after the node left');
   assert.deepEqual(survivors[1].ch.got, [{ last: true }]);
+});
+
+test('a presence shard restarted on the channel\'s node gets its users back, on every node', async () => {
+  // The nodes the test above left running.
+  const live = nodes.filter((_, i) => i !== killed);
+  const topic = uid('pshard');
+  const [k1, k2] = [uid('p-ana'), uid('p-ben')];
+  const before = await Promise.all(live.map((n) => metric(n, 'chorus_channels')));
+  const m1 = await member(live[0], '2.0.0', topic, k1);
+  const m2 = await member(live[1], '2.0.0', topic, k2);
+  assert.equal(await m1.track({ n: 1 }), 'ok');
+  assert.equal(await m2.track({ n: 2 }), 'ok');
+  const both = [k1, k2].sort().join();
+  for (const n of live) {
+    await waitFor(async () => (await online(n, [k1, k2])).join() === both, 5000, `node ${n.port} sees both online`);
+  }
+  // The topic's channel runs on one node, whose shards hold these
+  // presences as its own; crash both keys' shards there (through a client
+  // connected to that node).
+  const channels = await Promise.all(live.map((n) => metric(n, 'chorus_channels')));
+  const home = live[channels.findIndex((c, i) => c > before[i])];
+  const probe = await member(home, '2.0.0', uid('probe'), uid('probe'));
+  const restarts = await metric(home, 'chorus_restarts_total');
+  probe.channelAdapter.push('chorus_crash_presence', { key: k1 });
+  await waitFor(async () => (await metric(home, 'chorus_restarts_total')) > restarts, 5000, 'the shard restarted');
+  const now = await metric(home, 'chorus_restarts_total');
+  probe.channelAdapter.push('chorus_crash_presence', { key: k2 });
+  await waitFor(async () => (await metric(home, 'chorus_restarts_total')) > now, 5000, 'the shard restarted');
+  // Every node shows them online again (the restarted shards rebuild from
+  // their node's channels and send the other nodes a copy again).
+  for (const n of live) {
+    await waitFor(async () => (await online(n, [k1, k2])).join() === both, 5000, `node ${n.port} sees both online again`);
+  }
+  // A leave after the rebuild is seen everywhere: nothing counted twice.
+  await m1.untrack();
+  for (const n of live) {
+    await waitFor(async () => (await online(n, [k1, k2])).join() === k2, 5000, `node ${n.port} sees ${k1} offline`);
+  }
+  await m2.untrack();
+  for (const n of live) {
+    await waitFor(async () => (await online(n, [k1, k2])).length === 0, 5000, `node ${n.port} sees both offline`);
+  }
 });

@@ -150,3 +150,45 @@ describe('token expiry', () => {
     await waitFor(() => ch.state === 'closed' || ch.state === 'errored', 5000, 'the channel closed');
   });
 });
+
+describe('a REST post carries its token’s identity', () => {
+  test('a REST post retried with the same msg_id is stored and delivered once; another caller’s same id is its own', async () => {
+    const room = uid('r');
+    const topic = `room:${room}:chat`;
+    const member = realtime(node, '2.0.0', { apikey: token({ sub: 'dana', rooms: [room] }) });
+    const ch = member.channel(topic, { config: { private: true } });
+    const got = [];
+    ch.on('broadcast', { event: 'm' }, (m) => got.push(m.payload.text));
+    await subscribe(ch);
+
+    const backend = (sub) => signJwt({ exp: now() + 3600, role: 'service_role', sub }, SECRET);
+    const post = async (apikey, text) => {
+      const res = await fetch(`${node.http}/realtime/v1/api/broadcast`, {
+        method: 'POST',
+        headers: { apikey, 'content-type': 'application/json' },
+        body: JSON.stringify({ messages: [{ topic, event: 'm', payload: { msg_id: 'order-1', text } }] }),
+        signal: AbortSignal.timeout(5000),
+      });
+      assert.equal(res.status, 202, await res.text());
+    };
+    // A backend retries its post (it did not see the first 202).
+    await post(backend('backend-1'), 'first try');
+    await post(backend('backend-1'), 'retry');
+    // Another backend's msg_id is its own.
+    await post(backend('backend-2'), 'other caller');
+    await waitFor(() => got.length >= 2, 5000, 'two deliveries');
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(got, ['first try', 'other caller']);
+
+    const res = await fetch(`${node.http}/realtime/v1/api/channels/${encodeURIComponent(topic)}/messages`, {
+      headers: { apikey: SERVICE },
+      signal: AbortSignal.timeout(5000),
+    });
+    const text = await res.text();
+    assert.equal(res.status, 200, text);
+    assert.deepEqual(
+      JSON.parse(text).messages.map((m) => m.payload.text),
+      ['other caller', 'first try'],
+    );
+  });
+});
