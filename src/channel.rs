@@ -334,6 +334,7 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                 });
             }
             Incoming::Message(DirMsg::Live { topic, channel }) => {
+                let fresh = shard.channels.get(&topic) == Some(&channel);
                 match shard.channels.get(&topic) {
                     Some(c) if *c == channel => {}
                     Some(c) if c.is_alive() => {
@@ -345,6 +346,13 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                     _ => {
                         shard.channels.insert(topic, channel);
                     }
+                }
+                if !fresh {
+                    // Not the incarnation this directory started: its
+                    // supervisor restarted the topic's channel after a
+                    // crash, and the presences it held were never reported
+                    // as left.
+                    crate::presence::channel_crashed(shard.config.presence.shards);
                 }
             }
         }

@@ -16,7 +16,8 @@
 //!
 //! A shard its supervisor restarts takes back what its own node's channels
 //! hold: they re-report, through their directories, the keys that hash to
-//! it as absolute counts ([`shard`], `core::online::Rebuild`).
+//! it as absolute counts ([`shard`], `core::online::Rebuild`). It rebuilds
+//! the same way when a channel of its node crashed ([`channel_crashed`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -57,6 +58,17 @@ pub fn report(key: &str, delta: i32, shards: u32) {
             key: key.to_string(),
             delta,
         });
+    }
+}
+
+/// Tells every presence shard of this node that a channel of this node
+/// crashed (from its directory, which saw it restarted): each rebuilds the
+/// node's counts from the live channels.
+pub fn channel_crashed(shards: u32) {
+    for i in 0..shards {
+        if let Some(shard) = ChildRef::<ShardMsg>::lookup(&shard_name(i)) {
+            shard.send(ShardMsg::ChannelCrashed);
+        }
     }
 }
 
@@ -125,10 +137,13 @@ const REBUILD_TIMEOUT: Duration = Duration::from_secs(10);
 /// empty and takes back what its node's channels hold: it asks each
 /// directory, which asks its channels to re-report the keys that hash to
 /// this shard as absolute counts (`core::online::Rebuild` sorts out the
-/// deltas that race the re-report). It answers queries meanwhile, from what
-/// it has so far. In a cluster, once the rebuild ends, it sends the other
-/// nodes a copy of its node's reports again (its start told them it had
-/// none).
+/// deltas that race the re-report). A [`ShardMsg::ChannelCrashed`] starts
+/// the same rebuild (one more after the running one, if any: crashes in a
+/// burst coalesce). The counts are built aside and swapped in for the
+/// node's share when the rebuild ends; queries are answered meanwhile from
+/// the live counts (after a restart, the deltas seen so far). In a cluster,
+/// once the rebuild ends, it sends the other nodes a copy of its node's
+/// reports again (replacing what they held for this node).
 pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
     let mut online = Online::new();
     let here = mail::node_id();
@@ -145,8 +160,12 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
     };
     let shards = config.as_ref().map_or(16, |c| c.presence.shards);
     let mut refusing = Refusing::default();
-    let mut rebuild = start_rebuild(index, shards, here, process_ref(inbox.this()));
-    let rebuild_until = Instant::now() + REBUILD_TIMEOUT;
+    let me = process_ref(inbox.this());
+    let mut rebuild = start_rebuild(index, shards, here, me, "restarted");
+    let mut rebuild_until = Instant::now() + REBUILD_TIMEOUT;
+    // A channel crashed while a rebuild ran (it may have re-reported
+    // already): one more rebuild once this one ends.
+    let mut again = false;
     loop {
         if cluster && looked.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
             looked = Some(Instant::now());
@@ -162,6 +181,10 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
         {
             if let Some(r) = rebuild.take() {
                 end_rebuild(index, r, &mut online, peers.members());
+            }
+            if std::mem::take(&mut again) {
+                rebuild = start_rebuild(index, shards, here, me, "saw a channel crash");
+                rebuild_until = Instant::now() + REBUILD_TIMEOUT;
             }
         }
         let wait = if rebuild.is_some() {
@@ -189,11 +212,10 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
                 key,
                 delta,
             }) => {
-                if rebuild
-                    .as_mut()
-                    .is_some_and(|r| r.hold(node, channel, &key, delta))
-                {
-                    continue;
+                // Counted live as usual; a rebuild also sorts it into the
+                // counts it builds aside.
+                if let Some(r) = rebuild.as_mut() {
+                    r.delta(node, channel, &key, delta);
                 }
                 let held = online.delta_within(node, &key, delta, budget);
                 let refused = usize::from(!held);
@@ -223,7 +245,7 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
                 // After the rebuild ended (past its deadline) a late
                 // re-report is dropped: that channel's deltas counted.
                 if let Some(r) = rebuild.as_mut() {
-                    r.counts(&mut online, channel, &counts);
+                    r.counts(channel, &counts);
                 }
             }
             Incoming::Message(ShardMsg::Copy {
@@ -240,6 +262,16 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
                     }
                 }
             }
+            Incoming::Message(ShardMsg::ChannelCrashed) => {
+                // At most one rebuild runs; crashes meanwhile coalesce
+                // into one more.
+                if rebuild.is_some() {
+                    again = true;
+                } else {
+                    rebuild = start_rebuild(index, shards, here, me, "saw a channel crash");
+                    rebuild_until = Instant::now() + REBUILD_TIMEOUT;
+                }
+            }
             Incoming::Message(ShardMsg::Crash) => {
                 panic!("fault injection: presence shard {index} crashes")
             }
@@ -251,10 +283,16 @@ pub fn shard(index: u32, inbox: Inbox<ShardMsg>) {
     }
 }
 
-/// On a restart (the node's directories run already), asks each directory
-/// to have its channels re-report to shard `index`; `None` on the node's
-/// first start.
-fn start_rebuild(index: u32, shards: u32, here: u64, me: ProcessRef<ShardMsg>) -> Option<Rebuild> {
+/// On a restart or after a channel crash (`why`, for the log; the node's
+/// directories run already), asks each directory to have its channels
+/// re-report to shard `index`; `None` on the node's first start.
+fn start_rebuild(
+    index: u32,
+    shards: u32,
+    here: u64,
+    me: ProcessRef<ShardMsg>,
+    why: &str,
+) -> Option<Rebuild> {
     let directories: Vec<(u32, ChildRef<DirMsg>)> = (0..DIRECTORIES)
         .filter_map(|i| ChildRef::<DirMsg>::lookup(&directory_name(i)).map(|d| (i, d)))
         .collect();
@@ -263,7 +301,7 @@ fn start_rebuild(index: u32, shards: u32, here: u64, me: ProcessRef<ShardMsg>) -
     }
     host::log(
         Level::Info,
-        &format!("presence shard {index} restarted: its node's channels re-report what they hold"),
+        &format!("presence shard {index} {why}: its node's channels re-report what they hold"),
     );
     let rebuild = Rebuild::new(here, directories.iter().map(|(i, _)| *i));
     for (directory, dir) in directories {

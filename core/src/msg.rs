@@ -482,6 +482,11 @@ pub enum ShardMsg {
         channel: u64,
         counts: Vec<(String, u32)>,
     },
+    /// From a directory of the shard's node that saw one of its channels
+    /// restarted after a crash: the crashed channel never reported the
+    /// leaves of the presences it held, so the shard rebuilds its node's
+    /// counts from the live channels (`chorus_core::online::Rebuild`).
+    ChannelCrashed,
 }
 
 #[cfg(test)]

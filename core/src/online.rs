@@ -320,22 +320,27 @@ pub fn report_parts<'a>(
     parts
 }
 
-/// A restarted presence shard taking back what its own node's channels
-/// hold.
+/// A presence shard rebuilding what its own node's channels hold: after
+/// the shard restarted (it starts empty), or after one of the node's
+/// channels crashed (nobody reported the leaves of the presences it held,
+/// so its share would stay counted: the green dot stuck on).
 ///
 /// The shard asks its node's channel directories, which name their
 /// channels ([`Self::listed`]) and ask each to re-report, in parts, the
 /// keys that hash to the shard as absolute counts ([`Self::counts`]).
-/// Meanwhile channels keep reporting deltas. Mail from one channel arrives
+/// These build the node's counts aside; [`Self::finish`] swaps them in for
+/// what the shard counted for its node, so its answers stay those of its
+/// live counts until then (no window where everyone looks offline).
+/// Meanwhile channels keep reporting deltas: the shard counts them as
+/// usual and hands them to [`Self::delta`]. Mail from one channel arrives
 /// in the order it was sent, so a delta a channel sent before its re-report
 /// is already in the counts and one sent after is not: until a channel's
-/// re-report begins, its deltas are held ([`Self::hold`]) and then dropped;
-/// from then on they count as usual. No delta is counted twice. Deltas of
-/// channels no directory named (started since) are exact from zero and are
-/// applied when the rebuild ends ([`Self::finish`]), as are those of a
-/// channel that never re-reported (gone, or past the shard's deadline; its
-/// leaves of keys held before the crash are then ignored, as without a
-/// rebuild).
+/// re-report begins, its deltas are held and then dropped; from then on
+/// they count in the counts built aside. No delta is counted twice. Deltas
+/// of channels no directory named (started since) are exact from zero and
+/// are added when the rebuild ends, as are those of a channel that never
+/// re-reported (gone, or past the shard's deadline; its leaves of keys
+/// held before are then ignored, as without a rebuild).
 #[derive(Debug, Clone)]
 pub struct Rebuild {
     here: u64,
@@ -348,6 +353,8 @@ pub struct Rebuild {
     /// Per channel whose re-report has not begun, its deltas since the
     /// rebuild began, net per key.
     held: HashMap<u64, HashMap<String, i64>>,
+    /// The node's counts being rebuilt.
+    fresh: Online,
 }
 
 impl Rebuild {
@@ -359,14 +366,21 @@ impl Rebuild {
             awaited: BTreeSet::new(),
             reported: BTreeSet::new(),
             held: HashMap::new(),
+            fresh: Online::new(),
         }
     }
 
-    /// A delta of `key` from `channel` on `node`: whether it is held (the
-    /// shard must neither count nor pass it on). Only this node's channels'
-    /// deltas are held, until their re-report begins.
-    pub fn hold(&mut self, node: u64, channel: u64, key: &str, delta: i32) -> bool {
-        if node != self.here || self.reported.contains(&channel) {
+    /// A delta of `key` from `channel` on `node`, which the shard also
+    /// counts in its live counts: whether it is held for the end of the
+    /// rebuild (the channel's re-report has not begun) rather than counted
+    /// in the counts built aside. Other nodes' deltas are not this
+    /// rebuild's business (`false`).
+    pub fn delta(&mut self, node: u64, channel: u64, key: &str, delta: i32) -> bool {
+        if node != self.here {
+            return false;
+        }
+        if self.reported.contains(&channel) {
+            self.fresh.delta(node, key, delta);
             return false;
         }
         *self
@@ -390,15 +404,16 @@ impl Rebuild {
     }
 
     /// A part of `channel`'s re-report: its absolute `counts`, added to
-    /// `online` as this node's. The first part drops the deltas held from
+    /// the counts built aside. The first part drops the deltas held from
     /// that channel (the counts include them).
-    pub fn counts(&mut self, online: &mut Online, channel: u64, counts: &[(String, u32)]) {
+    pub fn counts(&mut self, channel: u64, counts: &[(String, u32)]) {
         if self.reported.insert(channel) {
             self.held.remove(&channel);
             self.awaited.remove(&channel);
         }
         for (key, n) in counts {
-            online.delta(self.here, key, i32::try_from(*n).unwrap_or(i32::MAX));
+            self.fresh
+                .delta(self.here, key, i32::try_from(*n).unwrap_or(i32::MAX));
         }
     }
 
@@ -409,17 +424,23 @@ impl Rebuild {
     }
 
     /// Ends the rebuild (done, or past the shard's deadline): the deltas
-    /// still held are counted in `online`, and the number of channels named
-    /// by a directory that never re-reported is returned (with the
-    /// directories that never answered, for the log).
-    pub fn finish(self, online: &mut Online) -> (usize, usize) {
-        for (_, keys) in self.held {
+    /// still held are added to the counts built aside, which replace what
+    /// `online` counted for this node (other nodes' reports stay). Returns
+    /// the number of channels named by a directory that never re-reported
+    /// (with the directories that never answered, for the log).
+    pub fn finish(mut self, online: &mut Online) -> (usize, usize) {
+        for (_, keys) in std::mem::take(&mut self.held) {
             for (key, net) in keys {
                 let delta = i32::try_from(net).unwrap_or(if net < 0 { i32::MIN } else { i32::MAX });
                 if delta != 0 {
-                    online.delta(self.here, &key, delta);
+                    self.fresh.delta(self.here, &key, delta);
                 }
             }
+        }
+        let here = self.here;
+        online.retain_nodes(|n| n != here);
+        for (key, n) in self.fresh.reported_by(here) {
+            online.delta(here, &key, i32::try_from(n).unwrap_or(i32::MAX));
         }
         (self.awaited.len(), self.directories.len())
     }

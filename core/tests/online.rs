@@ -194,8 +194,8 @@ mod rebuild {
         r.listed(1, &[11]);
         assert!(!r.is_done());
         // Both channels hold ana; one holds bo twice.
-        r.counts(&mut o, 10, &[("ana".into(), 1), ("bo".into(), 2)]);
-        r.counts(&mut o, 11, &[("ana".into(), 1)]);
+        r.counts(10, &[("ana".into(), 1), ("bo".into(), 2)]);
+        r.counts(11, &[("ana".into(), 1)]);
         assert!(r.is_done());
         assert_eq!(r.finish(&mut o), (0, 0));
         assert!(o.is_online("ana") && o.is_online("bo"));
@@ -212,13 +212,12 @@ mod rebuild {
         let mut o = Online::new();
         let mut r = Rebuild::new(HERE, [0]);
         // Channel 10 tracks cy, then re-reports (cy included), then cy leaves.
-        assert!(r.hold(HERE, 10, "cy", 1));
-        r.counts(&mut o, 10, &[("cy".into(), 1)]);
+        assert!(r.delta(HERE, 10, "cy", 1));
+        r.counts(10, &[("cy".into(), 1)]);
         assert!(
-            !r.hold(HERE, 10, "cy", -1),
+            !r.delta(HERE, 10, "cy", -1),
             "after the re-report deltas count"
         );
-        o.delta(HERE, "cy", -1);
         // The directory's list may come after the channel's counts.
         r.listed(0, &[10]);
         assert!(r.is_done());
@@ -234,9 +233,9 @@ mod rebuild {
         let mut o = Online::new();
         let mut r = Rebuild::new(HERE, [0]);
         r.listed(0, &[10]);
-        assert!(r.hold(HERE, 10, "dee", -1));
-        assert!(r.hold(HERE, 10, "eve", -1));
-        r.counts(&mut o, 10, &[("eve".into(), 2)]);
+        assert!(r.delta(HERE, 10, "dee", -1));
+        assert!(r.delta(HERE, 10, "eve", -1));
+        r.counts(10, &[("eve".into(), 2)]);
         r.finish(&mut o);
         assert!(!o.is_online("dee"));
         assert!(o.is_online("eve"));
@@ -250,24 +249,57 @@ mod rebuild {
         let mut r = Rebuild::new(HERE, 0..2);
         r.listed(0, &[10, 12]);
         // Channel 11 started after the directories named theirs.
-        assert!(r.hold(HERE, 11, "fay", 1));
-        assert!(r.hold(HERE, 11, "gus", 1));
-        assert!(r.hold(HERE, 11, "gus", -1));
+        assert!(r.delta(HERE, 11, "fay", 1));
+        assert!(r.delta(HERE, 11, "gus", 1));
+        assert!(r.delta(HERE, 11, "gus", -1));
         // Channel 12 never answers (it died); it reported a join meanwhile.
-        assert!(r.hold(HERE, 12, "hal", 1));
-        r.counts(&mut o, 10, &[]);
+        assert!(r.delta(HERE, 12, "hal", 1));
+        r.counts(10, &[]);
         assert!(!r.is_done(), "directory 1 and channel 12 are awaited");
-        assert!(!o.is_online("fay"), "held until the rebuild ends");
+        assert!(
+            !o.is_online("fay"),
+            "the counts swap in when the rebuild ends"
+        );
         assert_eq!(r.finish(&mut o), (1, 1));
         assert!(o.is_online("fay") && o.is_online("hal"));
         assert!(!o.is_online("gus"));
     }
 
     #[test]
+    fn a_crashed_channels_share_goes_at_the_swap_and_answers_stay_meanwhile() {
+        // Channel 9 held ana and crashed (no leave reported); channel 10
+        // holds bo; another node reports cy.
+        let mut o = Online::new();
+        o.delta(HERE, "ana", 1);
+        o.delta(HERE, "bo", 1);
+        o.delta(HERE + 1, "cy", 1);
+        let mut r = Rebuild::new(HERE, [0]);
+        r.listed(0, &[10]);
+        // ana rejoins on channel 11 (started since): the shard counts the
+        // delta live, the rebuild holds it for the end.
+        o.delta(HERE, "ana", 1);
+        assert!(r.delta(HERE, 11, "ana", 1));
+        r.counts(10, &[("bo".into(), 1)]);
+        assert!(
+            o.is_online("ana") && o.is_online("bo"),
+            "live answers meanwhile"
+        );
+        assert_eq!(r.finish(&mut o), (0, 0));
+        assert_eq!(
+            o.reported_by(HERE),
+            vec![("ana".to_string(), 1), ("bo".to_string(), 1)]
+        );
+        assert!(o.is_online("cy"), "other nodes' reports stay");
+        // ana leaves channel 11: offline (the crashed channel's +1 is gone).
+        o.delta(HERE, "ana", -1);
+        assert!(!o.is_online("ana"));
+    }
+
+    #[test]
     fn other_nodes_deltas_are_never_held() {
         let mut o = Online::new();
         let mut r = Rebuild::new(HERE, [0]);
-        assert!(!r.hold(HERE + 1, 10, "ivy", 1));
+        assert!(!r.delta(HERE + 1, 10, "ivy", 1));
         o.delta(HERE + 1, "ivy", 1);
         r.listed(0, &[]);
         assert!(r.is_done());

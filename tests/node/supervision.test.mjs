@@ -148,3 +148,52 @@ test('a presence shard crashed twice in a row counts each channel once', async (
   for (const [i, key] of users.entries()) if (same.includes(key)) await members[i].untrack();
   await waitFor(async () => !(await onlineKeys(same)).length, 5000, `${same} offline after one leave each`);
 });
+
+// The green dot after a CHANNEL crash (issue 14, item 4): the crashed
+// channel never reported the leaves of the presences it held, so without
+// more its users' +1s stayed in the shards and, after they rejoined (+1)
+// and left (-1), they showed online forever. The directory that sees the
+// channel restarted asks its node's shards to rebuild their counts from
+// the live channels (swapped in when done).
+async function rejoining(topic, key) {
+  const client = realtime(node, '2.0.0');
+  const ch = client.channel(topic, { config: { presence: { key } } });
+  const c = { ch, joins: 0, tracks: 0 };
+  await new Promise((resolve) => {
+    ch.subscribe(async (status) => {
+      if (status !== 'SUBSCRIBED') return;
+      c.joins += 1;
+      // As realtime-js apps do: track in the SUBSCRIBED callback, so again
+      // after a rejoin.
+      if ((await ch.track({ online: true })) === 'ok') c.tracks += 1;
+      resolve();
+    });
+  });
+  return c;
+}
+
+test('a crashed channel\'s users go offline once they leave; other rooms\' users stay online', async () => {
+  const run = uid('chcrash');
+  const [room, other] = [`${run}-room`, `${run}-other`];
+  const users = Array.from({ length: 6 }, (_, i) => `${run}-u${i}`);
+  const bystanders = [`${run}-b0`, `${run}-b1`];
+  const inRoom = [];
+  for (const key of users) inRoom.push(await rejoining(room, key));
+  for (const key of bystanders) await rejoining(other, key);
+  await waitFor(async () => (await onlineKeys([...users, ...bystanders])).length === 8, 5000, 'everyone online');
+
+  const restarts = await metric('chorus_restarts_total');
+  inRoom[0].ch.channelAdapter.push('chorus_crash_channel', {});
+  await waitFor(async () => (await metric('chorus_restarts_total')) > restarts, 5000, 'the channel restarted');
+  // realtime-js rejoins by itself (phx_error) and the app tracks again.
+  await waitFor(() => inRoom.every((c) => c.joins >= 2 && c.tracks >= 2), 15000, 'every user rejoined and tracked again');
+  await waitFor(async () => (await onlineKeys(users)).length === users.length, 5000, 'the room online again');
+
+  // Half leave by untracking, half by closing their channel.
+  for (const [i, c] of inRoom.entries()) {
+    if (i % 2) await c.ch.untrack();
+    else await c.ch.unsubscribe();
+  }
+  await waitFor(async () => !(await onlineKeys(users)).length, 12000, 'the users who left offline on the green dot');
+  assert.deepEqual(await onlineKeys(bystanders), [...bystanders].sort(), 'the other room\'s users stay online');
+});
