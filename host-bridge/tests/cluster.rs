@@ -212,6 +212,20 @@ fn health(node: &Node) -> Value {
     serde_json::from_slice(&resp.body).expect("healthz JSON")
 }
 
+/// Two clients of `node` in one room: a broadcast `{"n": n}` from one
+/// reaches the other.
+fn serves_its_clients(node: &Node, n: u32) {
+    let mut one = node.connect(Vsn::V2);
+    let mut two = node.connect(Vsn::V2);
+    let r1 = one.join("room:cluster", json!({"broadcast": {"self": false}}));
+    two.join("room:cluster", json!({"broadcast": {"self": false}}));
+    one.broadcast(&r1, "room:cluster", "hello", json!({ "n": n }));
+    assert_eq!(
+        two.recv_broadcast("room:cluster", "hello"),
+        json!({ "n": n })
+    );
+}
+
 /// Waits until `node`'s /healthz lists `want` node names.
 fn wait_members(node: &Node, want: &[&str]) -> Value {
     let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
@@ -367,12 +381,7 @@ fn three_nodes_join_a_control_server_and_survive_bad_input() {
         let h = health(node);
         assert_eq!(h["cluster"]["control_reachable"], json!(false), "{h}");
         assert_eq!(h["cluster"]["nodes"].as_array().map(Vec::len), Some(2));
-        let mut one = node.connect(Vsn::V2);
-        let mut two = node.connect(Vsn::V2);
-        let r1 = one.join("room:cluster", json!({"broadcast": {"self": false}}));
-        two.join("room:cluster", json!({"broadcast": {"self": false}}));
-        one.broadcast(&r1, "room:cluster", "hello", json!({"n": 1}));
-        assert_eq!(two.recv_broadcast("room:cluster", "hello"), json!({"n": 1}));
+        serves_its_clients(node, 1);
     }
 
     // A control server without the data dir on that address answers, but
@@ -398,12 +407,7 @@ fn three_nodes_join_a_control_server_and_survive_bad_input() {
             assert_eq!(h["cluster"]["control_refused"], json!(true), "{h}");
             assert_eq!(h["cluster"]["control_reachable"], json!(true), "{h}");
         }
-        let mut one = node.connect(Vsn::V2);
-        let mut two = node.connect(Vsn::V2);
-        let r1 = one.join("room:cluster", json!({"broadcast": {"self": false}}));
-        two.join("room:cluster", json!({"broadcast": {"self": false}}));
-        one.broadcast(&r1, "room:cluster", "hello", json!({"n": 2}));
-        assert_eq!(two.recv_broadcast("room:cluster", "hello"), json!({"n": 2}));
+        serves_its_clients(node, 2);
     }
     drop(blank);
 
