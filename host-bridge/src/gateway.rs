@@ -162,10 +162,38 @@ impl Gateway {
                 }
             }
         }
-        // Dropping the listener closes the port: a second node can bind it
-        // while this one drains.
-        drop(listener);
-        tracing::info!("draining: the listener is closed");
+        // Connections the kernel completed before the drain (in the
+        // listen backlog, not accepted yet) are taken and answered — 503
+        // `draining` to an upgrade, HTTP served — instead of being reset
+        // when the listener closes.
+        let mut late = 0usize;
+        match listener.into_std() {
+            Ok(std) => {
+                // At most a backlog's worth: what was waiting, not what
+                // keeps arriving.
+                let most = self.config.limits.listen_backlog as usize;
+                if std.set_nonblocking(true).is_ok() {
+                    while late < most {
+                        let Ok((stream, peer)) = std.accept() else {
+                            break;
+                        };
+                        late += 1;
+                        let stream = stream
+                            .set_nonblocking(true)
+                            .and_then(|()| TcpStream::from_std(stream));
+                        if let Ok(stream) = stream {
+                            let _ = stream.set_nodelay(true);
+                            tokio::spawn(self.clone().serve(stream, peer));
+                        }
+                    }
+                }
+                // Dropping the listener closes the port: a second node can
+                // bind it while this one drains.
+                drop(std);
+            }
+            Err(e) => tracing::warn!("draining: the listen backlog was not taken: {e}"),
+        }
+        tracing::info!(backlog_taken = late, "draining: the listener is closed");
     }
 
     /// Starts a drain (SIGTERM or the admin route): no connection is

@@ -90,54 +90,59 @@ test('SIGTERM drains: 1001 in batches, port handed over, every client rejoins th
       await new Promise((r) => setTimeout(r, 20));
     }
   });
-  await new Promise((r) => setTimeout(r, 600));
-  const healthz = await acceptedConnection(first.port);
-  const readyz = await acceptedConnection(first.port);
-  const ackedBefore = [...acked.values()].reduce((a, s) => a + s.size, 0);
-  assert.ok(ackedBefore > CLIENTS, `traffic before the drain (${ackedBefore} acked)`);
+  // A failed assertion must not leave the send loops (and the test run) going.
+  try {
+    await new Promise((r) => setTimeout(r, 600));
+    const healthz = await acceptedConnection(first.port);
+    const readyz = await acceptedConnection(first.port);
+    const ackedBefore = [...acked.values()].reduce((a, s) => a + s.size, 0);
+    assert.ok(ackedBefore > CLIENTS, `traffic before the drain (${ackedBefore} acked)`);
 
-  const termAt = Date.now();
-  first.child.kill('SIGTERM');
-  await waitFor(() => closes.length > 0, 5000, 'the first 1001');
-  // Connections accepted before the drain still get answers: 503 draining.
-  const h = await healthz.ask('/healthz');
-  assert.equal(h.status, 503);
-  assert.equal(h.body.status, 'draining');
-  const r = await readyz.ask('/readyz');
-  assert.equal(r.status, 503);
-  assert.equal(r.body.status, 'draining');
+    const termAt = Date.now();
+    first.child.kill('SIGTERM');
+    await waitFor(() => closes.length > 0, 5000, 'the first 1001');
+    // Connections accepted before the drain still get answers: 503 draining.
+    const h = await healthz.ask('/healthz');
+    assert.equal(h.status, 503);
+    assert.equal(h.body.status, 'draining');
+    const r = await readyz.ask('/readyz');
+    assert.equal(r.status, 503);
+    assert.equal(r.body.status, 'draining');
 
-  // The port is free while the first node still drains: the next node takes
-  // it over with the same data.
-  assert.equal(first.exited(), null, 'the first node is still draining (6 batches 400 ms apart)');
-  const second = await startNode({}, { port: first.port, dataDir: first.dataDir });
-  nodes.push(second);
-  const exit = await waitFor(() => first.exited(), 15000, 'the first node exits');
-  assert.deepEqual(exit, { code: 0, signal: null }, first.logs().slice(-3000));
-  assert.ok(Date.now() - termAt < 10000 + 2000, 'exit within node.shutdown_timeout_ms');
-  assert.match(first.logs(), /every connection closed and its outlet written/);
+    // The port is free while the first node still drains: the next node takes
+    // it over with the same data.
+    assert.equal(first.exited(), null, 'the first node is still draining (6 batches 400 ms apart)');
+    const second = await startNode({}, { port: first.port, dataDir: first.dataDir });
+    nodes.push(second);
+    const exit = await waitFor(() => first.exited(), 15000, 'the first node exits');
+    assert.deepEqual(exit, { code: 0, signal: null }, first.logs().slice(-3000));
+    assert.ok(Date.now() - termAt < 10000 + 2000, 'exit within node.shutdown_timeout_ms');
+    assert.match(first.logs(), /every connection closed and its outlet written/);
 
-  // Every client was closed with 1001, in 6 batches of 2 spaced 400 ms apart.
-  assert.equal(closes.length, CLIENTS, JSON.stringify(closes));
-  assert.ok(closes.every((c) => c.code === 1001), JSON.stringify(closes));
-  const spread = Math.max(...closes.map((c) => c.at)) - Math.min(...closes.map((c) => c.at));
-  assert.ok(spread >= 2 * 400, `closes spread over the batches (${spread} ms)`);
+    // Every client was closed with 1001, in 6 batches of 2 spaced 400 ms apart.
+    assert.equal(closes.length, CLIENTS, JSON.stringify(closes));
+    assert.ok(closes.every((c) => c.code === 1001), JSON.stringify(closes));
+    const spread = Math.max(...closes.map((c) => c.at)) - Math.min(...closes.map((c) => c.at));
+    assert.ok(spread >= 2 * 400, `closes spread over the batches (${spread} ms)`);
 
-  // Every client reconnects and rejoins by itself, on the second node.
-  await waitFor(() => clients.every((c) => c.client.isConnected() && c.ch.state === 'joined'), 20000, 'every client rejoined');
-  const ackedAt = new Map(clients.map((c) => [c.i, c.sent]));
-  await waitFor(() => clients.every((c) => c.sent > ackedAt.get(c.i) + 2), 10000, 'traffic after the rejoin');
-  sending = false;
-  await Promise.all(loops);
+    // Every client reconnects and rejoins by itself, on the second node.
+    await waitFor(() => clients.every((c) => c.client.isConnected() && c.ch.state === 'joined'), 20000, 'every client rejoined');
+    const ackedAt = new Map(clients.map((c) => [c.i, c.sent]));
+    await waitFor(() => clients.every((c) => c.sent > ackedAt.get(c.i) + 2), 10000, 'traffic after the rejoin');
+    sending = false;
+    await Promise.all(loops);
 
-  for (const room of rooms) {
-    const stored = new Set((await allHistory(second, room)).map((m) => `${m.payload.c}:${m.payload.n}`));
-    const lost = [...acked.get(room)].filter((k) => !stored.has(k));
-    assert.deepEqual(lost, [], `acked messages missing from ${room}'s history`);
+    for (const room of rooms) {
+      const stored = new Set((await allHistory(second, room)).map((m) => `${m.payload.c}:${m.payload.n}`));
+      const lost = [...acked.get(room)].filter((k) => !stored.has(k));
+      assert.deepEqual(lost, [], `acked messages missing from ${room}'s history`);
+    }
+    // Messages acked by the second node, too.
+    const ackedAfter = [...acked.values()].reduce((a, s) => a + s.size, 0);
+    assert.ok(ackedAfter > ackedBefore + CLIENTS, `acked after the handover: ${ackedAfter} vs ${ackedBefore}`);
+  } finally {
+    sending = false;
   }
-  // Messages acked by the second node, too.
-  const ackedAfter = [...acked.values()].reduce((a, s) => a + s.size, 0);
-  assert.ok(ackedAfter > ackedBefore + CLIENTS, `acked after the handover: ${ackedAfter} vs ${ackedBefore}`);
 });
 
 test('the drain route needs an operator when auth is on; `chorus drain` signs one and drains the node', async () => {
