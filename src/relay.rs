@@ -28,6 +28,13 @@ use crate::host::{self, Route};
 /// this node's sockets, one relay message per other node of this region,
 /// one per other region (to its hub).
 pub fn fanout<B: AsRef<[u8]>>(groups: Vec<(B, Vec<Outlet>)>, route: Route<'_>) {
+    deliver(groups, route, true);
+}
+
+/// [`fanout`], for a broadcast (`true`: every local group goes through the
+/// host's fan-out, whose writer wakes count for `node.fanout_write_delay_*`)
+/// or for one reply (`false`: written at once).
+fn deliver<B: AsRef<[u8]>>(groups: Vec<(B, Vec<Outlet>)>, route: Route<'_>, broadcast: bool) {
     // Plans by group index, so the frames are not copied until a remote
     // node needs them.
     let mut frames = Vec::with_capacity(groups.len());
@@ -40,7 +47,7 @@ pub fn fanout<B: AsRef<[u8]>>(groups: Vec<(B, Vec<Outlet>)>, route: Route<'_>) {
     for (i, sockets) in &p.local {
         if let Some(bytes) = frames.get(*i).map(AsRef::as_ref) {
             match sockets.as_slice() {
-                [one] => {
+                [one] if !broadcast => {
                     host::outlet_send(*one, bytes, route);
                 }
                 many => {
@@ -167,7 +174,7 @@ fn fnv(topic: &str) -> u64 {
     })
 }
 
-/// Queues `bytes` on one outlet.
+/// Queues `bytes` on one outlet (a reply: never delayed).
 pub fn send(outlet: Outlet, bytes: &[u8], route: Route<'_>) {
-    fanout(vec![(bytes, vec![outlet])], route);
+    deliver(vec![(bytes, vec![outlet])], route, false);
 }

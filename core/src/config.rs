@@ -65,6 +65,14 @@ pub struct NodeConfig {
     /// With `permessage-deflate`, messages whose payload is shorter than
     /// this are sent uncompressed.
     pub deflate_min_bytes: u32,
+    /// A fan-out to at least `fanout_write_delay_sockets` sockets wakes
+    /// their writers this long after queuing its frame, so the frames of
+    /// the fan-outs that follow meanwhile go out in the same write (0: at
+    /// once).
+    pub fanout_write_delay_ms: u32,
+    /// Fan-outs to fewer sockets than this (small rooms) are written at
+    /// once.
+    pub fanout_write_delay_sockets: u32,
 }
 
 /// Which backend the data service uses.
@@ -356,6 +364,8 @@ impl Default for NodeConfig {
             drain_batch_interval_ms: 100,
             permessage_deflate: true,
             deflate_min_bytes: 256,
+            fanout_write_delay_ms: 30,
+            fanout_write_delay_sockets: 256,
         }
     }
 }
@@ -727,6 +737,12 @@ impl Config {
                 "limits.outlet_queue_bytes",
                 "must be at least limits.max_frame_bytes",
             );
+        }
+        if self.node.fanout_write_delay_ms > 1000 {
+            return bad("node.fanout_write_delay_ms", "must be at most 1000");
+        }
+        if self.node.fanout_write_delay_sockets == 0 {
+            return bad("node.fanout_write_delay_sockets", "must be at least 1");
         }
         if !(1..=65_535).contains(&self.limits.listen_backlog) {
             return bad("limits.listen_backlog", "must be between 1 and 65535");

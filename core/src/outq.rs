@@ -1,5 +1,5 @@
 //! A socket's outbound queue, split by [`Lane`] (sans-IO). The host's outlet
-//! (`host-bridge/src/outlet.rs`) keeps one per socket under its lock and
+//! (`host-bridge/src/socket.rs`) keeps one per socket under its lock and
 //! drains it from a writer task; every decision lives here:
 //!
 //! * what a push does: queue, replace the unwritten audio frame of the same
@@ -14,8 +14,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::LimitsConfig;
+use crate::config::{LimitsConfig, NodeConfig};
 use crate::lanes::{self, Lane};
 use crate::phoenix::Vsn;
 
@@ -50,6 +51,40 @@ impl OutqLimits {
             reaction_frames: limits.reaction_queue_frames as usize,
             queue_bytes: limits.outlet_queue_bytes as usize,
         }
+    }
+}
+
+/// When the writers of a fan-out's sockets are woken
+/// (`node.fanout_write_delay_ms`, `node.fanout_write_delay_sockets`); the
+/// host applies it to each batch of writer wakes it issues
+/// (`host-bridge/src/wakes.rs`).
+///
+/// Written at once, a room of thousands costs one `write` (and one TCP
+/// segment for its client to read) per socket per message: at tens of
+/// messages a second that kernel work is most of a node's CPU. Woken a few
+/// milliseconds later, each writer finds the frames of the fan-outs that
+/// followed meanwhile and writes them together. Small rooms are written at
+/// once: their latency is what their users feel, and their writes are few.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutDelay {
+    pub delay: Duration,
+    pub min_sockets: usize,
+}
+
+impl FanoutDelay {
+    /// The delay configured in `node`.
+    pub fn from_config(node: &NodeConfig) -> FanoutDelay {
+        FanoutDelay {
+            delay: Duration::from_millis(u64::from(node.fanout_write_delay_ms)),
+            min_sockets: node.fanout_write_delay_sockets as usize,
+        }
+    }
+
+    /// How long a batch of `sockets` writer wakes (the idle writers a
+    /// broadcast found, over all its serializers) waits before it is
+    /// issued; `None`: at once.
+    pub fn for_fanout(&self, sockets: usize) -> Option<Duration> {
+        (!self.delay.is_zero() && sockets >= self.min_sockets).then_some(self.delay)
     }
 }
 
@@ -354,6 +389,27 @@ mod tests {
         reaction_frames: 2,
         queue_bytes: 1 << 20,
     };
+
+    #[test]
+    fn only_large_fanouts_are_delayed_and_zero_turns_the_delay_off() {
+        let node = NodeConfig::default();
+        let d = FanoutDelay::from_config(&node);
+        assert_eq!(d.delay, Duration::from_millis(30));
+        assert_eq!(d.for_fanout(255), None);
+        assert_eq!(d.for_fanout(256), Some(Duration::from_millis(30)));
+        assert_eq!(d.for_fanout(10_000), Some(Duration::from_millis(30)));
+        let off = FanoutDelay::from_config(&NodeConfig {
+            fanout_write_delay_ms: 0,
+            ..NodeConfig::default()
+        });
+        assert_eq!(off.for_fanout(10_000), None);
+        let every = FanoutDelay::from_config(&NodeConfig {
+            fanout_write_delay_sockets: 1,
+            ..NodeConfig::default()
+        });
+        assert_eq!(every.for_fanout(1), Some(Duration::from_millis(30)));
+        assert_eq!(every.for_fanout(0), None);
+    }
 
     #[test]
     fn a_queue_is_bounded_by_bytes_as_well_as_frames() {

@@ -197,6 +197,7 @@ impl HostApi {
             )
             .set(HostMetric::AudioReplaced, counter(&o.audio_replaced))
             .set(HostMetric::SlowConsumers, counter(&o.slow_consumers))
+            .set(HostMetric::DelayedFanouts, o.delayed_fanouts())
             .set(HostMetric::Restarts, restarts)
             .set(
                 HostMetric::ClusterNodes,

@@ -254,6 +254,7 @@ fn socket_limits(config: &Config) -> SocketLimits {
         max_frame: l.max_frame_bytes as usize,
         idle: std::time::Duration::from_millis(l.heartbeat_timeout_ms),
         deflate_min: config.node.deflate_min_bytes as usize,
+        fanout_delay: chorus_core::outq::FanoutDelay::from_config(&config.node),
     }
 }
 

@@ -34,7 +34,7 @@ use std::time::Duration;
 use chorus_core::deflate;
 use chorus_core::lanes::Lane;
 use chorus_core::metrics::Histogram;
-use chorus_core::outq::{self, Frame, Out, OutQ, OutqLimits, Pushed, Route, Status};
+use chorus_core::outq::{self, FanoutDelay, Frame, Out, OutQ, OutqLimits, Pushed, Route, Status};
 use chorus_core::phoenix::Vsn;
 use chorus_core::ws::{self, FrameDecoder, WsEvent};
 use lunatic_process::message::{DataMessage, Message};
@@ -101,6 +101,9 @@ pub struct SocketLimits {
     /// `node.deflate_min_bytes`: payloads shorter than this go uncompressed
     /// to `permessage-deflate` sockets.
     pub deflate_min: usize,
+    /// `node.fanout_write_delay_*`: when the writers of a large fan-out
+    /// wake.
+    pub fanout_delay: FanoutDelay,
 }
 
 /// What a connection is.
@@ -256,7 +259,7 @@ impl Sockets {
             deflated_frames: AtomicU64::new(0),
             deflate_saved: AtomicU64::new(0),
             metrics,
-            wakes: Deferred::new(Limits::default()),
+            wakes: Deferred::new(Limits::default(), limits.fanout_delay),
         })
     }
 
@@ -403,7 +406,7 @@ impl Sockets {
         let mut after = After::default();
         let sent = self.push(&socket, route, &frame, &mut after);
         let took = usize::from(sent == Sent::Ok);
-        self.finish(after, by, took, took * bytes.len());
+        self.finish(after, by, took, took * bytes.len(), false);
         sent
     }
 
@@ -456,7 +459,7 @@ impl Sockets {
         if saved > 0 {
             self.deflate_saved.fetch_add(saved, Ordering::Relaxed);
         }
-        self.finish(after, by, took, took.saturating_mul(bytes.len()));
+        self.finish(after, by, took, took.saturating_mul(bytes.len()), true);
         took as u32
     }
 
@@ -507,8 +510,9 @@ impl Sockets {
 
     /// Counts what the pushes did and wakes their idle writers: at once
     /// for the host, at process `by`'s next wait for a guest process (it
-    /// queued `frames` frames of `bytes` bytes).
-    fn finish(&self, after: After, by: Option<u64>, frames: usize, bytes: usize) {
+    /// queued `frames` frames of `bytes` bytes); a large fan-out's later
+    /// (see [`Deferred::issue`]).
+    fn finish(&self, after: After, by: Option<u64>, frames: usize, bytes: usize, fanout: bool) {
         if after.counted > 0 {
             self.reactions_aggregated
                 .fetch_add(after.counted, Ordering::Relaxed);
@@ -521,9 +525,16 @@ impl Sockets {
             self.slow_consumers.fetch_add(after.slow, Ordering::Relaxed);
         }
         match by {
-            Some(pid) => self.wakes.defer(pid, after.wake, frames, bytes),
-            None => after.wake.iter().for_each(Wake::wake),
+            Some(pid) => self.wakes.defer(pid, after.wake, frames, bytes, fanout),
+            None => self
+                .wakes
+                .issue(after.wake.into_iter().map(|w| (w, fanout)).collect()),
         }
+    }
+
+    /// Batches of writer wakes issued `node.fanout_write_delay_ms` late.
+    pub fn delayed_fanouts(&self) -> u64 {
+        self.wakes.delayed()
     }
 
     /// Process `pid` is about to wait: wakes the writers it holds.
@@ -872,6 +883,7 @@ mod tests {
             max_frame: 1 << 16,
             idle: Duration::from_secs(60),
             deflate_min: 64,
+            fanout_delay: FanoutDelay::from_config(&Default::default()),
         };
         let sockets = Sockets::new(limits, Arc::new(Metrics::new("test")));
         assert!(matches!(

@@ -28,16 +28,24 @@
 //! one for a socket closed meanwhile wakes a writer that finds its queue
 //! closed, as it would have at once.
 //!
+//! A batch of many wakes — a fan-out to a large room found that many
+//! writers idle — is issued `node.fanout_write_delay_ms` later instead, all
+//! on one timer ([`Deferred::issue`], [`FanoutDelay`]): each writer then
+//! finds the frames of the fan-outs that followed meanwhile and writes them
+//! with one `write`.
+//!
 //! The decisions (when a batch opens, when it must flush, which batches a
 //! sweep takes) are the pure [`Pending`], tested here; [`Deferred`] is the
 //! shared, locked shell around it.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
+use chorus_core::outq::FanoutDelay;
 use lunatic_process::message::Message;
 use lunatic_process::state::ProcessState;
 use lunatic_process_api::ProcessCtx;
@@ -166,28 +174,66 @@ pub trait Wake {
     fn wake(&self);
 }
 
+/// A wake, and whether a fan-out asked for it (only those may be delayed:
+/// a reply to one socket is written at once).
+type Tagged<T> = (T, bool);
+
 /// The node's pending wakes, shared by every process.
 pub struct Deferred<T> {
-    shards: Vec<Mutex<Pending<T>>>,
+    shards: Vec<Mutex<Pending<Tagged<T>>>>,
     /// Notified when a batch opens: the backstop sweeps soon after.
     armed: Arc<Notify>,
     /// Whether the backstop task runs (false outside a tokio runtime:
     /// wakes are then issued at once).
     backstop: OnceLock<bool>,
+    /// When a large batch of wakes is issued.
+    delay: FanoutDelay,
+    /// Batches issued late because of `delay`.
+    delayed: AtomicU64,
 }
 
 impl<T: Wake + Send + 'static> Deferred<T> {
-    pub fn new(limits: Limits) -> Arc<Self> {
+    pub fn new(limits: Limits, delay: FanoutDelay) -> Arc<Self> {
         Arc::new(Self {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(Pending::new(limits)))
                 .collect(),
             armed: Arc::new(Notify::new()),
             backstop: OnceLock::new(),
+            delay,
+            delayed: AtomicU64::new(0),
         })
     }
 
-    fn shard(&self, pid: u64) -> std::sync::MutexGuard<'_, Pending<T>> {
+    /// Issues `wakes`: at once, except the fan-outs' when they are many (a
+    /// broadcast to a large room found that many writers idle, see
+    /// [`FanoutDelay`]): those all together `delay` later, on one timer. A
+    /// writer woken late writes everything queued for it meanwhile, and
+    /// pushes to it until then queue without a wake of their own (it is no
+    /// longer idle).
+    pub fn issue(&self, wakes: Vec<Tagged<T>>) {
+        let fanout = wakes.iter().filter(|(_, fanout)| *fanout).count();
+        let later = self.delay.for_fanout(fanout);
+        match (later, tokio::runtime::Handle::try_current()) {
+            (Some(delay), Ok(rt)) => {
+                self.delayed.fetch_add(1, Ordering::Relaxed);
+                let (late, now): (Vec<_>, Vec<_>) = wakes.into_iter().partition(|(_, f)| *f);
+                now.iter().for_each(|(w, _)| w.wake());
+                rt.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    late.iter().for_each(|(w, _)| w.wake());
+                });
+            }
+            _ => wakes.iter().for_each(|(w, _)| w.wake()),
+        }
+    }
+
+    /// Batches of wakes [`Deferred::issue`] delayed so far.
+    pub fn delayed(&self) -> u64 {
+        self.delayed.load(Ordering::Relaxed)
+    }
+
+    fn shard(&self, pid: u64) -> std::sync::MutexGuard<'_, Pending<Tagged<T>>> {
         // A panic while holding the lock leaves at worst wakes that the
         // backstop or the process still issues; keep serving.
         self.shards[pid as usize % SHARDS]
@@ -197,22 +243,32 @@ impl<T: Wake + Send + 'static> Deferred<T> {
 
     /// Defers `wakes` to process `pid`'s next wait (see [`Pending::add`]);
     /// issues them at once when a bound is reached or no backstop can run.
-    pub fn defer(self: &Arc<Self>, pid: u64, wakes: Vec<T>, frames: usize, bytes: usize) {
+    /// `fanout`: a fan-out asked for them (they may be delayed, see
+    /// [`Deferred::issue`]).
+    pub fn defer(
+        self: &Arc<Self>,
+        pid: u64,
+        wakes: Vec<T>,
+        frames: usize,
+        bytes: usize,
+        fanout: bool,
+    ) {
         if !self.backstop_running() {
             wakes.iter().for_each(Wake::wake);
             return;
         }
+        let wakes = wakes.into_iter().map(|w| (w, fanout)).collect();
         let (now, opened) = self.shard(pid).add(pid, wakes, frames, bytes);
         if opened {
             self.armed.notify_one();
         }
-        now.iter().for_each(Wake::wake);
+        self.issue(now);
     }
 
     /// Process `pid` is about to wait: issues the wakes it holds.
     pub fn flush(&self, pid: u64) {
         let wakes = self.shard(pid).take(pid);
-        wakes.iter().for_each(Wake::wake);
+        self.issue(wakes);
     }
 
     fn backstop_running(self: &Arc<Self>) -> bool {
@@ -233,7 +289,7 @@ impl<T: Wake + Send + 'static> Deferred<T> {
         for shard in &self.shards {
             let (wakes, left) = shard.lock().unwrap_or_else(|p| p.into_inner()).sweep();
             more |= left;
-            wakes.iter().for_each(Wake::wake);
+            self.issue(wakes);
         }
         more
     }
@@ -411,6 +467,11 @@ mod tests {
         assert_eq!(p.sweep(), (vec![3], false));
     }
 
+    const NO_DELAY: FanoutDelay = FanoutDelay {
+        delay: Duration::ZERO,
+        min_sockets: 1,
+    };
+
     struct Counter(Arc<std::sync::atomic::AtomicUsize>);
     impl Wake for Counter {
         fn wake(&self) {
@@ -421,17 +482,17 @@ mod tests {
     #[test]
     fn outside_a_runtime_wakes_are_issued_at_once() {
         let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let d = Deferred::new(Limits::default());
-        d.defer(1, vec![Counter(n.clone()), Counter(n.clone())], 2, 2);
+        let d = Deferred::new(Limits::default(), NO_DELAY);
+        d.defer(1, vec![Counter(n.clone()), Counter(n.clone())], 2, 2, false);
         assert_eq!(n.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
     async fn the_backstop_issues_wakes_a_process_never_flushed() {
         let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let d = Deferred::new(Limits::default());
-        d.defer(1, vec![Counter(n.clone())], 1, 1);
-        d.defer(2, vec![Counter(n.clone())], 1, 1);
+        let d = Deferred::new(Limits::default(), NO_DELAY);
+        d.defer(1, vec![Counter(n.clone())], 1, 1, false);
+        d.defer(2, vec![Counter(n.clone())], 1, 1, false);
         assert_eq!(n.load(std::sync::atomic::Ordering::Relaxed), 0, "held");
         d.flush(2);
         assert_eq!(n.load(std::sync::atomic::Ordering::Relaxed), 1);
@@ -443,5 +504,42 @@ mod tests {
             tokio::time::sleep(BACKSTOP).await;
         }
         assert_eq!(n.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn many_wakes_are_issued_together_later_and_a_few_at_once() {
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = || n.load(std::sync::atomic::Ordering::Relaxed);
+        let delay = FanoutDelay {
+            delay: Duration::from_millis(50),
+            min_sockets: 3,
+        };
+        let d = Deferred::new(Limits::default(), delay);
+        let wakes = |k: usize| (0..k).map(|_| Counter(n.clone())).collect::<Vec<_>>();
+        // Two writers of a fan-out (a small room) and a reply: at the
+        // process's wait, at once.
+        d.defer(1, wakes(2), 2, 2, true);
+        d.defer(1, wakes(1), 1, 1, false);
+        d.flush(1);
+        assert_eq!(count(), 3);
+        assert_eq!(d.delayed(), 0);
+        // Three of fan-outs (a large room, over two serializers' calls) and
+        // a reply: the reply at the wait, the three later.
+        d.defer(1, wakes(2), 2, 2, true);
+        d.defer(1, wakes(1), 1, 1, false);
+        d.defer(1, wakes(1), 1, 1, true);
+        d.flush(1);
+        assert_eq!(count(), 4, "the reply at once, the fan-out held");
+        assert_eq!(d.delayed(), 1);
+        for _ in 0..500 {
+            if count() == 7 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(count(), 7, "issued after the delay");
+        // Replies never wait, however many.
+        d.issue(wakes(5).into_iter().map(|w| (w, false)).collect());
+        assert_eq!(count(), 12);
     }
 }
