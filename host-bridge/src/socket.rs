@@ -186,7 +186,11 @@ struct After {
     counted: u64,
     replaced: u64,
     slow: u64,
-    wake: Vec<Arc<Socket>>,
+    /// The idle writers to wake, each marked with `fanout`.
+    wake: Vec<(Arc<Socket>, bool)>,
+    /// The pushes are a broadcast's (their wakes may be delayed, see
+    /// [`Deferred::issue`]), not a reply's.
+    fanout: bool,
 }
 
 /// Hashes socket ids, which this node hands out itself from a counter (no
@@ -406,7 +410,7 @@ impl Sockets {
         let mut after = After::default();
         let sent = self.push(&socket, route, &frame, &mut after);
         let took = usize::from(sent == Sent::Ok);
-        self.finish(after, by, took, took * bytes.len(), false);
+        self.finish(after, by, took, took * bytes.len());
         sent
     }
 
@@ -431,7 +435,10 @@ impl Sockets {
         let mut saved = 0u64;
         let topic = shared_topic(lane, topic);
         let route = route(lane, topic.as_ref(), key);
-        let mut after = After::default();
+        let mut after = After {
+            fanout: true,
+            ..After::default()
+        };
         // Pushed under the map's read lock: no copy of thousands of `Arc`s
         // per frame. Deadlock-free: the map's write lock (open, remove) is
         // never taken while a socket's lock is held.
@@ -459,7 +466,7 @@ impl Sockets {
         if saved > 0 {
             self.deflate_saved.fetch_add(saved, Ordering::Relaxed);
         }
-        self.finish(after, by, took, took.saturating_mul(bytes.len()), true);
+        self.finish(after, by, took, took.saturating_mul(bytes.len()));
         took as u32
     }
 
@@ -503,7 +510,7 @@ impl Sockets {
         if state.writer_idle {
             state.writer_idle = false;
             state.woken_at = Some(*after.now.get_or_insert_with(std::time::Instant::now));
-            after.wake.push(socket.clone());
+            after.wake.push((socket.clone(), after.fanout));
         }
         sent
     }
@@ -512,7 +519,7 @@ impl Sockets {
     /// for the host, at process `by`'s next wait for a guest process (it
     /// queued `frames` frames of `bytes` bytes); a large fan-out's later
     /// (see [`Deferred::issue`]).
-    fn finish(&self, after: After, by: Option<u64>, frames: usize, bytes: usize, fanout: bool) {
+    fn finish(&self, after: After, by: Option<u64>, frames: usize, bytes: usize) {
         if after.counted > 0 {
             self.reactions_aggregated
                 .fetch_add(after.counted, Ordering::Relaxed);
@@ -525,10 +532,8 @@ impl Sockets {
             self.slow_consumers.fetch_add(after.slow, Ordering::Relaxed);
         }
         match by {
-            Some(pid) => self.wakes.defer(pid, after.wake, frames, bytes, fanout),
-            None => self
-                .wakes
-                .issue(after.wake.into_iter().map(|w| (w, fanout)).collect()),
+            Some(pid) => self.wakes.defer(pid, after.wake, frames, bytes),
+            None => self.wakes.issue(after.wake),
         }
     }
 

@@ -176,7 +176,7 @@ pub trait Wake {
 
 /// A wake, and whether a fan-out asked for it (only those may be delayed:
 /// a reply to one socket is written at once).
-type Tagged<T> = (T, bool);
+pub type Tagged<T> = (T, bool);
 
 /// The node's pending wakes, shared by every process.
 pub struct Deferred<T> {
@@ -243,21 +243,11 @@ impl<T: Wake + Send + 'static> Deferred<T> {
 
     /// Defers `wakes` to process `pid`'s next wait (see [`Pending::add`]);
     /// issues them at once when a bound is reached or no backstop can run.
-    /// `fanout`: a fan-out asked for them (they may be delayed, see
-    /// [`Deferred::issue`]).
-    pub fn defer(
-        self: &Arc<Self>,
-        pid: u64,
-        wakes: Vec<T>,
-        frames: usize,
-        bytes: usize,
-        fanout: bool,
-    ) {
+    pub fn defer(self: &Arc<Self>, pid: u64, wakes: Vec<Tagged<T>>, frames: usize, bytes: usize) {
         if !self.backstop_running() {
-            wakes.iter().for_each(Wake::wake);
+            wakes.iter().for_each(|(w, _)| w.wake());
             return;
         }
-        let wakes = wakes.into_iter().map(|w| (w, fanout)).collect();
         let (now, opened) = self.shard(pid).add(pid, wakes, frames, bytes);
         if opened {
             self.armed.notify_one();
@@ -483,7 +473,12 @@ mod tests {
     fn outside_a_runtime_wakes_are_issued_at_once() {
         let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let d = Deferred::new(Limits::default(), NO_DELAY);
-        d.defer(1, vec![Counter(n.clone()), Counter(n.clone())], 2, 2, false);
+        d.defer(
+            1,
+            vec![(Counter(n.clone()), false), (Counter(n.clone()), false)],
+            2,
+            2,
+        );
         assert_eq!(n.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 
@@ -491,8 +486,8 @@ mod tests {
     async fn the_backstop_issues_wakes_a_process_never_flushed() {
         let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let d = Deferred::new(Limits::default(), NO_DELAY);
-        d.defer(1, vec![Counter(n.clone())], 1, 1, false);
-        d.defer(2, vec![Counter(n.clone())], 1, 1, false);
+        d.defer(1, vec![(Counter(n.clone()), false)], 1, 1);
+        d.defer(2, vec![(Counter(n.clone()), false)], 1, 1);
         assert_eq!(n.load(std::sync::atomic::Ordering::Relaxed), 0, "held");
         d.flush(2);
         assert_eq!(n.load(std::sync::atomic::Ordering::Relaxed), 1);
@@ -515,19 +510,23 @@ mod tests {
             min_sockets: 3,
         };
         let d = Deferred::new(Limits::default(), delay);
-        let wakes = |k: usize| (0..k).map(|_| Counter(n.clone())).collect::<Vec<_>>();
+        let wakes = |k: usize, fanout: bool| {
+            (0..k)
+                .map(|_| (Counter(n.clone()), fanout))
+                .collect::<Vec<_>>()
+        };
         // Two writers of a fan-out (a small room) and a reply: at the
         // process's wait, at once.
-        d.defer(1, wakes(2), 2, 2, true);
-        d.defer(1, wakes(1), 1, 1, false);
+        d.defer(1, wakes(2, true), 2, 2);
+        d.defer(1, wakes(1, false), 1, 1);
         d.flush(1);
         assert_eq!(count(), 3);
         assert_eq!(d.delayed(), 0);
         // Three of fan-outs (a large room, over two serializers' calls) and
         // a reply: the reply at the wait, the three later.
-        d.defer(1, wakes(2), 2, 2, true);
-        d.defer(1, wakes(1), 1, 1, false);
-        d.defer(1, wakes(1), 1, 1, true);
+        d.defer(1, wakes(2, true), 2, 2);
+        d.defer(1, wakes(1, false), 1, 1);
+        d.defer(1, wakes(1, true), 1, 1);
         d.flush(1);
         assert_eq!(count(), 4, "the reply at once, the fan-out held");
         assert_eq!(d.delayed(), 1);
@@ -539,7 +538,7 @@ mod tests {
         }
         assert_eq!(count(), 7, "issued after the delay");
         // Replies never wait, however many.
-        d.issue(wakes(5).into_iter().map(|w| (w, false)).collect());
+        d.issue(wakes(5, false));
         assert_eq!(count(), 12);
     }
 }
