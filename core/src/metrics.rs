@@ -121,6 +121,7 @@ host_metrics! {
     StoreBackendQueries => "chorus_store_backend_queries_total", Counter, Some("op"), "Queries the data service sent to its backend (after coalescing and caching), by operation";
     ReactionsAggregated => "chorus_reactions_aggregated_total", Counter, None, "Reactions counted into a reaction_counts frame instead of queued (slow sockets)";
     AudioReplaced => "chorus_audio_frames_replaced_total", Counter, None, "Unwritten audio frames replaced by a newer one of their topic (slow sockets)";
+    SocketWrites => "chorus_socket_writes_total", Counter, None, "Writes to client sockets, each carrying one or more frames (chorus_messages_out_total ÷ this: how many frames a write carries, which node.fanout_write_delay_ms raises)";
     DelayedFanouts => "chorus_fanouts_delayed_total", Counter, None, "Batches of at least node.fanout_write_delay_sockets socket-writer wakes (a broadcast to a large room) issued node.fanout_write_delay_ms late, so the frames of the next broadcasts share their writes";
     SlowConsumers => "chorus_slow_consumers_total", Counter, None, "Sockets closed with 1008 slow_consumer (a full control or chat lane, or a write stuck for 10 s)";
     Restarts => "chorus_restarts_total", Counter, None, "Processes restarted by a supervisor";

@@ -198,6 +198,7 @@ impl HostApi {
             .set(HostMetric::AudioReplaced, counter(&o.audio_replaced))
             .set(HostMetric::SlowConsumers, counter(&o.slow_consumers))
             .set(HostMetric::DelayedFanouts, o.delayed_fanouts())
+            .set(HostMetric::SocketWrites, counter(&o.writes))
             .set(HostMetric::Restarts, restarts)
             .set(
                 HostMetric::ClusterNodes,

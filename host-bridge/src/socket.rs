@@ -223,8 +223,10 @@ pub struct Sockets {
     next: AtomicU64,
     limits: SocketLimits,
     map: RwLock<HashMap<u64, Arc<Socket>, BuildHasherDefault<IdHasher>>>,
-    /// Frames and bytes written by writer tasks, for /metrics.
+    /// Frames and bytes written by writer tasks, and the writes that
+    /// carried them, for /metrics.
     pub frames_out: AtomicU64,
+    pub writes: AtomicU64,
     pub bytes_out: AtomicU64,
     pub bytes_in: AtomicU64,
     /// Reactions counted into `reaction_counts` instead of queued.
@@ -253,6 +255,7 @@ impl Sockets {
             limits,
             map: RwLock::new(HashMap::default()),
             frames_out: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             reactions_aggregated: AtomicU64::new(0),
@@ -825,6 +828,7 @@ async fn write_loop(sockets: Arc<Sockets>, socket: Arc<Socket>, mut writer: Owne
             match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&batch)).await {
                 Ok(Ok(())) => {
                     sockets.frames_out.fetch_add(frames, Ordering::Relaxed);
+                    sockets.writes.fetch_add(1, Ordering::Relaxed);
                     sockets
                         .bytes_out
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);

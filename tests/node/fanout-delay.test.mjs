@@ -8,7 +8,9 @@
 // with realtime-js clients: the large room's message arrives no earlier than
 // the delay after it was sent (a lower bound, which a loaded machine cannot
 // break), every fan-out that was delayed is counted, the small room's is not,
-// and frames sent during the delay reach the clients complete and in order.
+// frames sent during the delay reach the clients complete and in order, and
+// they shared writes (`chorus_socket_writes_total` grew by less than
+// `chorus_messages_out_total`).
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -69,6 +71,8 @@ describe('node.fanout_write_delay_ms', () => {
     // Five messages in quick succession to the large room: the first one's
     // writers wake DELAY_MS later, and the next ones (queued meanwhile) go
     // out with it.
+    const framesBefore = await metric(node, 'chorus_messages_out_total');
+    const writesBefore = await metric(node, 'chorus_socket_writes_total');
     const sentAt = performance.now();
     for (let n = 1; n <= 5; n++) {
       assert.equal(await toLarge.send({ type: 'broadcast', event: 'chat', payload: { n } }), 'ok');
@@ -87,6 +91,13 @@ describe('node.fanout_write_delay_ms', () => {
     // the next ones found them still waiting (nothing more to delay).
     const delayed = (await metric(node, 'chorus_fanouts_delayed_total')) - before;
     assert.ok(delayed >= 1 && delayed <= 5, `delayed fan-outs counted: ${delayed}`);
+    // 5 × LARGE broadcast frames and the sender's 5 acks (and the scrapes'
+    // own replies, one frame and one write each): the broadcasts held back
+    // went out several to a write.
+    const frames = (await metric(node, 'chorus_messages_out_total')) - framesBefore;
+    const writes = (await metric(node, 'chorus_socket_writes_total')) - writesBefore;
+    assert.ok(frames >= 5 * LARGE + 5, `frames out: ${frames}`);
+    assert.ok(writes > 0 && writes < frames, `${writes} socket writes for ${frames} frames: no write carried two`);
     await assertHealthy(node);
   });
 });
