@@ -70,6 +70,9 @@ pub struct NodeConfig {
     /// the fan-outs that follow meanwhile go out in the same write (0: at
     /// once).
     pub fanout_write_delay_ms: u32,
+    /// The longest that delay becomes when writing a delayed fan-out takes
+    /// longer than half of it (never below `fanout_write_delay_ms`).
+    pub fanout_write_delay_max_ms: u32,
     /// Fan-outs to fewer sockets than this (small rooms) are written at
     /// once.
     pub fanout_write_delay_sockets: u32,
@@ -365,6 +368,7 @@ impl Default for NodeConfig {
             permessage_deflate: true,
             deflate_min_bytes: 256,
             fanout_write_delay_ms: 30,
+            fanout_write_delay_max_ms: 250,
             fanout_write_delay_sockets: 256,
         }
     }
@@ -740,6 +744,9 @@ impl Config {
         }
         if self.node.fanout_write_delay_ms > 1000 {
             return bad("node.fanout_write_delay_ms", "must be at most 1000");
+        }
+        if self.node.fanout_write_delay_max_ms > 1000 {
+            return bad("node.fanout_write_delay_max_ms", "must be at most 1000");
         }
         if self.node.fanout_write_delay_sockets == 0 {
             return bad("node.fanout_write_delay_sockets", "must be at least 1");

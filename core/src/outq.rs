@@ -65,26 +65,61 @@ impl OutqLimits {
 /// milliseconds later, each writer finds the frames of the fan-outs that
 /// followed meanwhile and writes them together. Small rooms are written at
 /// once: their latency is what their users feel, and their writes are few.
+///
+/// The delay adapts to how long the writes take ([`FanoutDelay::adapt`]):
+/// `delay` while the writers of a delayed batch are done well within it,
+/// up to `max` when writing a batch takes longer (a slower kernel, a busier
+/// machine). With a fixed delay, a node whose writes of one batch took
+/// longer than the time between two broadcasts wrote about one frame per
+/// write again and fell behind: on one 2-core machine 30 ms was enough
+/// (p99 below NATS'), on another the same load needed 150 ms and 30 ms
+/// left a p99 of seconds (bench/results/machine-20261201).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FanoutDelay {
+    /// The shortest delay: what a batch waits while writes keep up.
     pub delay: Duration,
+    /// The longest delay (never below `delay`).
+    pub max: Duration,
     pub min_sockets: usize,
 }
 
 impl FanoutDelay {
     /// The delay configured in `node`.
     pub fn from_config(node: &NodeConfig) -> FanoutDelay {
+        let delay = Duration::from_millis(u64::from(node.fanout_write_delay_ms));
         FanoutDelay {
-            delay: Duration::from_millis(u64::from(node.fanout_write_delay_ms)),
+            delay,
+            max: Duration::from_millis(u64::from(node.fanout_write_delay_max_ms)).max(delay),
             min_sockets: node.fanout_write_delay_sockets as usize,
         }
     }
 
     /// How long a batch of `sockets` writer wakes (the idle writers a
     /// broadcast found, over all its serializers) waits before it is
-    /// issued; `None`: at once.
-    pub fn for_fanout(&self, sockets: usize) -> Option<Duration> {
-        (!self.delay.is_zero() && sockets >= self.min_sockets).then_some(self.delay)
+    /// issued, when the delay is `current` now; `None`: at once.
+    pub fn for_fanout(&self, sockets: usize, current: Duration) -> Option<Duration> {
+        (!self.delay.is_zero() && sockets >= self.min_sockets)
+            .then(|| current.clamp(self.delay, self.max))
+    }
+
+    /// The delay after a delayed batch's writers (most of them: the host
+    /// ignores the slowest tenth, a few slow clients must not slow a room)
+    /// finished writing `drain` after they were woken, when it was
+    /// `current`. Writing should take at most a quarter of the delay, so
+    /// the writers are idle — and collecting the next frames — the rest of
+    /// it (and the node has CPU left for everything else): a longer drain
+    /// sets the delay to four times it at once (at most `max`); a drain well
+    /// within (an eighth or less) lets it shrink by a sixteenth per batch,
+    /// back to `delay` when the load has gone.
+    pub fn adapt(&self, current: Duration, drain: Duration) -> Duration {
+        let current = current.clamp(self.delay, self.max);
+        if drain * 4 > current {
+            (drain * 4).min(self.max)
+        } else if drain * 8 <= current {
+            (current - current / 16).max(self.delay)
+        } else {
+            current
+        }
     }
 }
 
@@ -394,21 +429,61 @@ mod tests {
     fn only_large_fanouts_are_delayed_and_zero_turns_the_delay_off() {
         let node = NodeConfig::default();
         let d = FanoutDelay::from_config(&node);
-        assert_eq!(d.delay, Duration::from_millis(30));
-        assert_eq!(d.for_fanout(255), None);
-        assert_eq!(d.for_fanout(256), Some(Duration::from_millis(30)));
-        assert_eq!(d.for_fanout(10_000), Some(Duration::from_millis(30)));
+        let ms = Duration::from_millis;
+        assert_eq!(d.delay, ms(30));
+        assert_eq!(d.max, ms(250));
+        assert_eq!(d.for_fanout(255, ms(30)), None);
+        assert_eq!(d.for_fanout(256, ms(30)), Some(ms(30)));
+        assert_eq!(d.for_fanout(10_000, ms(120)), Some(ms(120)));
+        // The current delay is kept within the configured bounds.
+        assert_eq!(d.for_fanout(10_000, ms(0)), Some(ms(30)));
+        assert_eq!(d.for_fanout(10_000, ms(5000)), Some(ms(250)));
         let off = FanoutDelay::from_config(&NodeConfig {
             fanout_write_delay_ms: 0,
             ..NodeConfig::default()
         });
-        assert_eq!(off.for_fanout(10_000), None);
+        assert_eq!(off.for_fanout(10_000, ms(100)), None);
         let every = FanoutDelay::from_config(&NodeConfig {
             fanout_write_delay_sockets: 1,
             ..NodeConfig::default()
         });
-        assert_eq!(every.for_fanout(1), Some(Duration::from_millis(30)));
-        assert_eq!(every.for_fanout(0), None);
+        assert_eq!(every.for_fanout(1, ms(30)), Some(ms(30)));
+        assert_eq!(every.for_fanout(0, ms(30)), None);
+        // A maximum below the delay is the delay: the delay is fixed.
+        let fixed = FanoutDelay::from_config(&NodeConfig {
+            fanout_write_delay_ms: 400,
+            ..NodeConfig::default()
+        });
+        assert_eq!(fixed.max, ms(400));
+        assert_eq!(fixed.adapt(ms(400), ms(1000)), ms(400));
+        assert_eq!(fixed.adapt(ms(400), ms(0)), ms(400));
+    }
+
+    #[test]
+    fn the_delay_follows_how_long_the_writes_take() {
+        let d = FanoutDelay::from_config(&NodeConfig::default());
+        let ms = Duration::from_millis;
+        // Writes done well within the delay: it stays at its minimum.
+        assert_eq!(d.adapt(ms(30), ms(3)), ms(30));
+        // A batch took 25 ms to write: the next wait is four times that.
+        assert_eq!(d.adapt(ms(30), ms(25)), ms(100));
+        // Between an eighth and a quarter of the delay: kept.
+        assert_eq!(d.adapt(ms(100), ms(20)), ms(100));
+        // Longer and longer writes: capped at the maximum.
+        assert_eq!(d.adapt(ms(100), ms(100)), ms(250));
+        // The load gone: a sixteenth less per batch, back to the minimum.
+        let mut now = ms(250);
+        let mut batches = 0;
+        while now > ms(30) {
+            let next = d.adapt(now, ms(1));
+            assert!(next < now && next >= ms(30), "{next:?} after {now:?}");
+            now = next;
+            batches += 1;
+        }
+        assert!(
+            (30..=40).contains(&batches),
+            "{batches} batches to come back"
+        );
     }
 
     #[test]

@@ -44,7 +44,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
-use crate::wakes::{Deferred, Limits, Wake};
+use crate::wakes::{Deferred, DrainToken, Limits, Wake};
 
 /// Tag of the message that tells a session its socket has client messages
 /// waiting (lunatic leaves tags 64..=128 to applications).
@@ -130,6 +130,9 @@ struct State {
     reader_paused: bool,
     /// What the session process reads when it starts (taken once).
     start: Option<Vec<u8>>,
+    /// The writer was woken by a delayed fan-out batch: dropped once it has
+    /// written (times the batch, which adapts the delay).
+    drain: Option<DrainToken>,
 }
 
 /// One client connection.
@@ -150,6 +153,13 @@ pub struct Socket {
 
 impl Wake for Arc<Socket> {
     fn wake(&self) {
+        self.write_wake.notify_one();
+    }
+
+    fn wake_late(&self, token: DrainToken) {
+        // A token still here from an earlier batch (the writer has not
+        // taken it yet) is dropped: that writer counts as done for it.
+        self.lock().drain = Some(token);
         self.write_wake.notify_one();
     }
 }
@@ -323,6 +333,7 @@ impl Sockets {
                 wake_sent: false,
                 reader_paused: false,
                 start: Some(start),
+                drain: None,
             }),
             owner: OnceLock::new(),
             write_wake: Notify::new(),
@@ -788,12 +799,13 @@ async fn write_loop(sockets: Arc<Sockets>, socket: Arc<Socket>, mut writer: Owne
     let mut batch: Vec<u8> = Vec::new();
     let mut taken: Vec<Out> = Vec::new();
     let end = loop {
-        let (status, depth, woken_at) = {
+        // A delayed fan-out's token is dropped after this round's write.
+        let (status, depth, woken_at, drain) = {
             let mut state = socket.lock();
             let depth = state.out.len();
             let status = state.out.take(WRITE_BATCH, &mut taken);
             state.writer_idle = taken.is_empty() && status == Status::Open;
-            (status, depth, state.woken_at.take())
+            (status, depth, state.woken_at.take(), state.drain.take())
         };
         if let Some(at) = woken_at {
             sockets
@@ -809,6 +821,7 @@ async fn write_loop(sockets: Arc<Sockets>, socket: Arc<Socket>, mut writer: Owne
             break End::Slow;
         }
         if taken.is_empty() && status == Status::Open {
+            drop(drain);
             socket.write_wake.notified().await;
             continue;
         }

@@ -32,7 +32,10 @@
 //! writers idle — is issued `node.fanout_write_delay_ms` later instead, all
 //! on one timer ([`Deferred::issue`], [`FanoutDelay`]): each writer then
 //! finds the frames of the fan-outs that followed meanwhile and writes them
-//! with one `write`.
+//! with one `write`. That delay adapts to how long the writes take: the
+//! writers of a delayed batch each get a [`DrainToken`] they drop after
+//! their write, and the time until nine in ten have ([`DrainBatch`]) sets
+//! the next delay ([`FanoutDelay::adapt`]).
 //!
 //! The decisions (when a batch opens, when it must flush, which batches a
 //! sweep takes) are the pure [`Pending`], tested here; [`Deferred`] is the
@@ -40,9 +43,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use chorus_core::outq::FanoutDelay;
@@ -172,6 +176,56 @@ impl<T> Pending<T> {
 /// Something a deferred wake wakes (a socket's writer task).
 pub trait Wake {
     fn wake(&self);
+
+    /// Wakes as one of a delayed batch: `token` is dropped once the woken
+    /// writer has written (here at once, for wakes that write nothing).
+    fn wake_late(&self, token: DrainToken) {
+        drop(token);
+        self.wake();
+    }
+}
+
+/// A delayed batch of writer wakes, timing its writers: when nine in ten
+/// of them have dropped their [`DrainToken`] (written), the time since the
+/// batch was issued adapts the node's delay.
+pub struct DrainBatch {
+    issued: Instant,
+    quorum: usize,
+    done: AtomicUsize,
+    delay: FanoutDelay,
+    /// The node's current delay, in microseconds.
+    current: Arc<AtomicU64>,
+}
+
+impl DrainBatch {
+    fn new(writers: usize, delay: FanoutDelay, current: Arc<AtomicU64>) -> Arc<Self> {
+        Arc::new(DrainBatch {
+            issued: Instant::now(),
+            quorum: (writers * 9).div_ceil(10).max(1),
+            done: AtomicUsize::new(0),
+            delay,
+            current,
+        })
+    }
+}
+
+/// A woken writer's share of a [`DrainBatch`]: dropped when it has written.
+pub struct DrainToken(Arc<DrainBatch>);
+
+impl Drop for DrainToken {
+    fn drop(&mut self) {
+        let batch = &self.0;
+        if batch.done.fetch_add(1, Ordering::Relaxed) + 1 != batch.quorum {
+            return;
+        }
+        let drain = batch.issued.elapsed();
+        let _ = batch
+            .current
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |us| {
+                let next = batch.delay.adapt(Duration::from_micros(us), drain);
+                Some(next.as_micros() as u64)
+            });
+    }
 }
 
 /// A wake, and whether a fan-out asked for it (only those may be delayed:
@@ -188,6 +242,8 @@ pub struct Deferred<T> {
     backstop: OnceLock<bool>,
     /// When a large batch of wakes is issued.
     delay: FanoutDelay,
+    /// The delay now (microseconds), adapted by each batch's writers.
+    current: Arc<AtomicU64>,
     /// Batches issued late because of `delay`.
     delayed: AtomicU64,
 }
@@ -201,6 +257,7 @@ impl<T: Wake + Send + 'static> Deferred<T> {
             armed: Arc::new(Notify::new()),
             backstop: OnceLock::new(),
             delay,
+            current: Arc::new(AtomicU64::new(delay.delay.as_micros() as u64)),
             delayed: AtomicU64::new(0),
         })
     }
@@ -213,15 +270,19 @@ impl<T: Wake + Send + 'static> Deferred<T> {
     /// longer idle).
     pub fn issue(&self, wakes: Vec<Tagged<T>>) {
         let fanout = wakes.iter().filter(|(_, fanout)| *fanout).count();
-        let later = self.delay.for_fanout(fanout);
+        let later = self.delay.for_fanout(fanout, self.current_delay());
         match (later, tokio::runtime::Handle::try_current()) {
             (Some(delay), Ok(rt)) => {
                 self.delayed.fetch_add(1, Ordering::Relaxed);
                 let (late, now): (Vec<_>, Vec<_>) = wakes.into_iter().partition(|(_, f)| *f);
                 now.iter().for_each(|(w, _)| w.wake());
+                let (config, current) = (self.delay, self.current.clone());
                 rt.spawn(async move {
                     tokio::time::sleep(delay).await;
-                    late.iter().for_each(|(w, _)| w.wake());
+                    let batch = DrainBatch::new(late.len(), config, current);
+                    for (w, _) in late {
+                        w.wake_late(DrainToken(batch.clone()));
+                    }
                 });
             }
             _ => wakes.iter().for_each(|(w, _)| w.wake()),
@@ -231,6 +292,11 @@ impl<T: Wake + Send + 'static> Deferred<T> {
     /// Batches of wakes [`Deferred::issue`] delayed so far.
     pub fn delayed(&self) -> u64 {
         self.delayed.load(Ordering::Relaxed)
+    }
+
+    /// The delay a large batch of wakes gets now.
+    pub fn current_delay(&self) -> Duration {
+        Duration::from_micros(self.current.load(Ordering::Relaxed))
     }
 
     fn shard(&self, pid: u64) -> std::sync::MutexGuard<'_, Pending<Tagged<T>>> {
@@ -459,6 +525,7 @@ mod tests {
 
     const NO_DELAY: FanoutDelay = FanoutDelay {
         delay: Duration::ZERO,
+        max: Duration::ZERO,
         min_sockets: 1,
     };
 
@@ -507,6 +574,7 @@ mod tests {
         let count = || n.load(std::sync::atomic::Ordering::Relaxed);
         let delay = FanoutDelay {
             delay: Duration::from_millis(50),
+            max: Duration::from_millis(50),
             min_sockets: 3,
         };
         let d = Deferred::new(Limits::default(), delay);
@@ -540,5 +608,84 @@ mod tests {
         // Replies never wait, however many.
         d.issue(wakes(5, false));
         assert_eq!(count(), 12);
+    }
+
+    /// A writer that writes `after` its wake (holds its token that long).
+    struct Slow {
+        after: Duration,
+        written: Arc<std::sync::atomic::AtomicUsize>,
+    }
+    impl Wake for Slow {
+        fn wake(&self) {}
+        fn wake_late(&self, token: DrainToken) {
+            let (after, written) = (self.after, self.written.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                drop(token);
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_writes_lengthen_the_delay_and_quick_ones_bring_it_back() {
+        let ms = Duration::from_millis;
+        let delay = FanoutDelay {
+            delay: ms(20),
+            max: ms(300),
+            min_sockets: 3,
+        };
+        let d = Deferred::new(Limits::default(), delay);
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let batch = |after: Duration| {
+            (0..10)
+                .map(|_| {
+                    let w = Slow {
+                        after,
+                        written: written.clone(),
+                    };
+                    (w, true)
+                })
+                .collect::<Vec<_>>()
+        };
+        let wait_written = |n: usize| {
+            let written = written.clone();
+            async move {
+                for _ in 0..500 {
+                    if written.load(std::sync::atomic::Ordering::Relaxed) >= n {
+                        return;
+                    }
+                    tokio::time::sleep(ms(5)).await;
+                }
+                panic!("the writers did not write");
+            }
+        };
+        assert_eq!(d.current_delay(), ms(20));
+        // Ten writers that each take 60 ms to write: the next delay is four
+        // times that, at most the maximum.
+        d.issue(batch(ms(60)));
+        wait_written(10).await;
+        let grown = d.current_delay();
+        assert!(grown >= ms(240) && grown <= ms(300), "{grown:?}");
+        // One very slow writer of ten (a slow client) does not count: the
+        // other nine wrote at once.
+        let mut mixed = batch(ms(0));
+        mixed[0].0.after = ms(400);
+        d.issue(mixed);
+        wait_written(19).await;
+        let kept = d.current_delay();
+        assert!(kept < grown, "{kept:?} after {grown:?}");
+        // Quick writes from then on: a sixteenth less per batch, back to
+        // the minimum (about 30 batches; more allowed for a busy machine).
+        let mut n = 20;
+        for _ in 0..200 {
+            if d.current_delay() == ms(20) {
+                break;
+            }
+            d.issue(batch(ms(0)));
+            n += 10;
+            wait_written(n - 1).await;
+        }
+        assert_eq!(d.current_delay(), ms(20), "back to the minimum");
     }
 }
