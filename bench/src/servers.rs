@@ -213,6 +213,29 @@ fn wait_ready(child: &mut Child, port: u16, within: Duration, log: &Path) -> Res
     }
 }
 
+/// Waits until the Chorus node on `port` answers `/healthz` with its JSON
+/// status (its guest compiled and its supervision tree up).
+fn wait_serving(port: u16, within: Duration, log: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    loop {
+        let status = crate::cluster::http_get(addr, "/healthz")
+            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .is_some_and(|v| v.get("status").is_some());
+        if status {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "listening on {port} but /healthz did not answer within {}s: {}",
+                within.as_secs(),
+                tail(log, 5)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn start_chorus(paths: &Paths, extra_env: &[(String, String)]) -> Result<Server, String> {
     start_chorus_on(paths, System::Chorus.to_string(), chorus_port(), extra_env)
 }
@@ -246,7 +269,14 @@ fn start_chorus_on(
     ];
     envs.extend(extra_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let mut child = spawn(&bin, &args, &envs, &log)?;
-    let pid = match wait_ready(&mut child, port, Duration::from_secs(60), &log) {
+    // Listening is not serving: the node binds its port before its guest is
+    // compiled (a first start with a new guest compiles it for seconds), so
+    // a run starts once `/healthz`, answered by a guest process, answers.
+    let ready = wait_ready(&mut child, port, Duration::from_secs(60), &log).and_then(|pid| {
+        wait_serving(port, Duration::from_secs(180), &log)?;
+        Ok(pid)
+    });
+    let pid = match ready {
         Ok(pid) => pid,
         Err(e) => {
             let _ = child.kill();

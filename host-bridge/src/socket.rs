@@ -525,6 +525,12 @@ impl Sockets {
             state.writer_idle = false;
             state.woken_at = Some(*after.now.get_or_insert_with(std::time::Instant::now));
             after.wake.push((socket.clone(), after.fanout));
+        } else if !after.fanout && state.woken_at.is_some() {
+            // The writer waits for a wake not yet issued — a large
+            // fan-out's, held up to `node.fanout_write_delay_max_ms`: a
+            // reply does not wait with it (the writer then writes the held
+            // broadcasts too).
+            after.wake.push((socket.clone(), false));
         }
         sent
     }
@@ -912,6 +918,65 @@ mod tests {
             sockets.inlet_next(7),
             Some(Inbound::Closed { code: 0, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_reply_does_not_wait_for_a_delayed_fanout_wake() {
+        use tokio::io::AsyncReadExt;
+        let limits = SocketLimits {
+            out: OutqLimits {
+                queue_frames: 16,
+                reaction_frames: 16,
+                queue_bytes: 1 << 16,
+            },
+            inlet_messages: 16,
+            inlet_bytes: 1 << 16,
+            max_frame: 1 << 16,
+            idle: Duration::from_secs(60),
+            deflate_min: 1 << 16,
+            // Every fan-out's wakes are held a minute.
+            fanout_delay: FanoutDelay {
+                delay: Duration::from_secs(60),
+                max: Duration::from_secs(60),
+                min_sockets: 1,
+            },
+        };
+        let sockets = Sockets::new(limits, Arc::new(Metrics::new("test")));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_read, write) = server.into_split();
+        let socket = sockets.open(write, Vsn::V2, Conn::WebSocket { deflate: false }, |_| {
+            Vec::new()
+        });
+        while !socket.lock().writer_idle {
+            tokio::task::yield_now().await;
+        }
+        let ids = [socket.id];
+        assert_eq!(
+            sockets.fanout(None, &ids, Lane::Chat, "t", "", b"broadcast|"),
+            1
+        );
+        assert_eq!(sockets.delayed_fanouts(), 1, "the fan-out's wake is held");
+        assert_eq!(
+            sockets.send(None, socket.id, Lane::Control, "t", "", b"reply|"),
+            Sent::Ok
+        );
+        // Both frames arrive long before the held wake (a minute).
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while got.len() < b"broadcast|reply|".len() {
+            let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
+                .await
+                .expect("the reply waited for the fan-out's delayed wake")
+                .unwrap();
+            assert!(n > 0, "closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        // In the lanes' order (control first): both written.
+        assert_eq!(got, b"reply|broadcast|");
     }
 
     #[test]

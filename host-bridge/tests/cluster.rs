@@ -220,10 +220,20 @@ fn serves_its_clients(node: &Node, n: u32) {
     let r1 = one.join("room:cluster", json!({"broadcast": {"self": false}}));
     two.join("room:cluster", json!({"broadcast": {"self": false}}));
     one.broadcast(&r1, "room:cluster", "hello", json!({ "n": n }));
-    assert_eq!(
-        two.recv_broadcast("room:cluster", "hello"),
-        json!({ "n": n })
-    );
+    let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        two.recv_broadcast("room:cluster", "hello")
+    }));
+    match got {
+        Ok(v) => assert_eq!(v, json!({ "n": n })),
+        Err(e) => {
+            eprintln!(
+                "no broadcast {n} on the node at port {}; its log:\n{}",
+                node.port,
+                node.logs()
+            );
+            std::panic::resume_unwind(e)
+        }
+    }
 }
 
 /// Waits until `node`'s /healthz lists `want` node names.
