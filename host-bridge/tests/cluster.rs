@@ -214,23 +214,26 @@ fn health(node: &Node) -> Value {
 
 /// Two clients of `node` in one room: a broadcast `{"n": n}` from one
 /// reaches the other.
-fn serves_its_clients(node: &Node, n: u32) {
-    let mut one = node.connect(Vsn::V2);
-    let mut two = node.connect(Vsn::V2);
-    let r1 = one.join("room:cluster", json!({"broadcast": {"self": false}}));
-    two.join("room:cluster", json!({"broadcast": {"self": false}}));
-    one.broadcast(&r1, "room:cluster", "hello", json!({ "n": n }));
-    let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+fn serves_its_clients(node: &Node, n: u32, all: &[&Node]) {
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut one = node.connect(Vsn::V2);
+        let mut two = node.connect(Vsn::V2);
+        let r1 = one.join("room:cluster", json!({"broadcast": {"self": false}}));
+        two.join("room:cluster", json!({"broadcast": {"self": false}}));
+        one.broadcast(&r1, "room:cluster", "hello", json!({ "n": n }));
         two.recv_broadcast("room:cluster", "hello")
     }));
-    match got {
-        Ok(v) => assert_eq!(v, json!({ "n": n })),
+    match served {
+        Ok(got) => assert_eq!(got, json!({ "n": n })),
         Err(e) => {
-            eprintln!(
-                "no broadcast {n} on the node at port {}; its log:\n{}",
-                node.port,
-                node.logs()
-            );
+            eprintln!("the node at port {} did not serve broadcast {n}", node.port);
+            for other in all {
+                eprintln!(
+                    "--- log of the node at port {}:\n{}",
+                    other.port,
+                    other.logs()
+                );
+            }
             std::panic::resume_unwind(e)
         }
     }
@@ -391,7 +394,7 @@ fn three_nodes_join_a_control_server_and_survive_bad_input() {
         let h = health(node);
         assert_eq!(h["cluster"]["control_reachable"], json!(false), "{h}");
         assert_eq!(h["cluster"]["nodes"].as_array().map(Vec::len), Some(2));
-        serves_its_clients(node, 1);
+        serves_its_clients(node, 1, &[&a, &b]);
     }
 
     // A control server without the data dir on that address answers, but
@@ -417,7 +420,7 @@ fn three_nodes_join_a_control_server_and_survive_bad_input() {
             assert_eq!(h["cluster"]["control_refused"], json!(true), "{h}");
             assert_eq!(h["cluster"]["control_reachable"], json!(true), "{h}");
         }
-        serves_its_clients(node, 2);
+        serves_its_clients(node, 2, &[&a, &b]);
     }
     drop(blank);
 
