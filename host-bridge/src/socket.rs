@@ -898,31 +898,8 @@ mod tests {
     use super::*;
     use std::hash::BuildHasher;
 
-    #[test]
-    fn the_inlet_of_a_removed_socket_is_closed() {
-        let limits = SocketLimits {
-            out: OutqLimits {
-                queue_frames: 16,
-                reaction_frames: 16,
-                queue_bytes: 1 << 16,
-            },
-            inlet_messages: 16,
-            inlet_bytes: 1 << 16,
-            max_frame: 1 << 16,
-            idle: Duration::from_secs(60),
-            deflate_min: 64,
-            fanout_delay: FanoutDelay::from_config(&Default::default()),
-        };
-        let sockets = Sockets::new(limits, Arc::new(Metrics::new("test")));
-        assert!(matches!(
-            sockets.inlet_next(7),
-            Some(Inbound::Closed { code: 0, .. })
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_reply_does_not_wait_for_a_delayed_fanout_wake() {
-        use tokio::io::AsyncReadExt;
+    /// Small limits for tests, with `fanout_delay`.
+    fn test_sockets(fanout_delay: FanoutDelay) -> Arc<Sockets> {
         let limits = SocketLimits {
             out: OutqLimits {
                 queue_frames: 16,
@@ -934,14 +911,29 @@ mod tests {
             max_frame: 1 << 16,
             idle: Duration::from_secs(60),
             deflate_min: 1 << 16,
-            // Every fan-out's wakes are held a minute.
-            fanout_delay: FanoutDelay {
-                delay: Duration::from_secs(60),
-                max: Duration::from_secs(60),
-                min_sockets: 1,
-            },
+            fanout_delay,
         };
-        let sockets = Sockets::new(limits, Arc::new(Metrics::new("test")));
+        Sockets::new(limits, Arc::new(Metrics::new("test")))
+    }
+
+    #[test]
+    fn the_inlet_of_a_removed_socket_is_closed() {
+        let sockets = test_sockets(FanoutDelay::from_config(&Default::default()));
+        assert!(matches!(
+            sockets.inlet_next(7),
+            Some(Inbound::Closed { code: 0, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_reply_does_not_wait_for_a_delayed_fanout_wake() {
+        use tokio::io::AsyncReadExt;
+        // Every fan-out's wakes are held a minute.
+        let sockets = test_sockets(FanoutDelay {
+            delay: Duration::from_secs(60),
+            max: Duration::from_secs(60),
+            min_sockets: 1,
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
