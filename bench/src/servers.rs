@@ -188,23 +188,26 @@ fn signal_group(pgid: i32, signal: &str) {
         .status();
 }
 
-/// Waits until `port` accepts TCP connections, the child is still alive,
-/// and a process listening on it is found.
-fn wait_ready(child: &mut Child, port: u16, within: Duration, log: &Path) -> Result<u32, String> {
+/// Polls `probe` every 200 ms until it gives a value, failing when `child`
+/// exits first or after `within` (`not_yet` says what did not happen).
+fn wait_for<T>(
+    child: &mut Child,
+    within: Duration,
+    log: &Path,
+    not_yet: &str,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
     let deadline = Instant::now() + within;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("exited at start ({status}): {}", tail(log, 5)));
         }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            if let Some(pid) = pid_listening_on(port) {
-                return Ok(pid);
-            }
+        if let Some(found) = probe() {
+            return Ok(found);
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "not listening on {port} after {}s: {}",
+                "{not_yet} after {}s: {}",
                 within.as_secs(),
                 tail(log, 5)
             ));
@@ -213,27 +216,34 @@ fn wait_ready(child: &mut Child, port: u16, within: Duration, log: &Path) -> Res
     }
 }
 
+/// Waits until `port` accepts TCP connections, the child is still alive,
+/// and a process listening on it is found.
+fn wait_ready(child: &mut Child, port: u16, within: Duration, log: &Path) -> Result<u32, String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for(
+        child,
+        within,
+        log,
+        &format!("not listening on {port}"),
+        || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .ok()
+                .and_then(|_| pid_listening_on(port))
+        },
+    )
+}
+
 /// Waits until the Chorus node on `port` answers `/healthz` with its JSON
 /// status (its guest compiled and its supervision tree up).
-fn wait_serving(port: u16, within: Duration, log: &Path) -> Result<(), String> {
-    let deadline = Instant::now() + within;
+fn wait_serving(child: &mut Child, port: u16, within: Duration, log: &Path) -> Result<(), String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    loop {
-        let status = crate::cluster::http_get(addr, "/healthz")
+    let not_yet = format!("listening on {port} but /healthz did not answer");
+    wait_for(child, within, log, &not_yet, || {
+        crate::cluster::http_get(addr, "/healthz")
             .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
-            .is_some_and(|v| v.get("status").is_some());
-        if status {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "listening on {port} but /healthz did not answer within {}s: {}",
-                within.as_secs(),
-                tail(log, 5)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            .filter(|v| v.get("status").is_some())
+            .map(|_| ())
+    })
 }
 
 fn start_chorus(paths: &Paths, extra_env: &[(String, String)]) -> Result<Server, String> {
@@ -273,7 +283,7 @@ fn start_chorus_on(
     // compiled (a first start with a new guest compiles it for seconds), so
     // a run starts once `/healthz`, answered by a guest process, answers.
     let ready = wait_ready(&mut child, port, Duration::from_secs(60), &log).and_then(|pid| {
-        wait_serving(port, Duration::from_secs(180), &log)?;
+        wait_serving(&mut child, port, Duration::from_secs(180), &log)?;
         Ok(pid)
     });
     let pid = match ready {
