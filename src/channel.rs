@@ -515,12 +515,18 @@ impl Moves {
 
     /// Where a look-up for `topic` is passed on to, if anywhere: the
     /// topic's home (node, directory shard) when it is another node and
-    /// this node drains or that node joined lately.
+    /// this node drains or that node joined lately. The home is placed on
+    /// the membership as of now, not as cached for [`MEMBERS_TTL`]: a look-up
+    /// passed on to a node that has just left (a drained node exits a second
+    /// after it left) is lost, and its asker waits [`LOCATE_TIMEOUT`] for
+    /// nothing.
     fn pass_to(&self, topic: &str) -> Option<(u64, u32)> {
         if !self.draining && self.joined.is_empty() {
             return None;
         }
         let here = mail::node_id();
+        // Reads the membership again (and with it the placement below).
+        members_now();
         with_placement(|p| {
             p.home(topic)
                 .and_then(|home| Some((home.node.parse::<u64>().ok()?, home.directory)))
@@ -721,14 +727,20 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
             Some(Incoming::Shutdown) => break,
             Some(Incoming::Message(ChannelMsg::Stop)) => {
                 if ch.subs.is_empty() {
-                    ch.drain_for_restart(&inbox);
+                    ch.drain_for_restart(
+                        &inbox,
+                        "unavailable: this topic's channel stopped, retry",
+                    );
                     break;
                 }
                 asked_to_stop = false;
             }
             Some(Incoming::Message(ChannelMsg::HandOver)) => {
                 ch.hand_over(process_ref(inbox.this()));
-                ch.drain_for_restart(&inbox);
+                ch.drain_for_restart(
+                    &inbox,
+                    "unavailable: this topic moved to another node, retry",
+                );
                 break;
             }
             Some(Incoming::Message(msg)) => ch.handle(msg),
@@ -1293,13 +1305,16 @@ impl Channel {
     }
 
     /// Joins that raced with the stop are sent back to be retried against
-    /// the channel's next incarnation.
-    fn drain_for_restart(&mut self, inbox: &Inbox<ChannelMsg>) {
+    /// the channel's next incarnation; publishes that wait for an answer
+    /// (REST posts) are refused with `reason` at once instead of timing out.
+    fn drain_for_restart(&mut self, inbox: &Inbox<ChannelMsg>, reason: &str) {
         while let Some(Incoming::Message(msg)) = inbox.receive_timeout(Duration::ZERO) {
-            if let ChannelMsg::Join(j) = msg {
-                j.session.send(&SessionMsg::Rejoin {
+            match msg {
+                ChannelMsg::Join(j) => j.session.send(&SessionMsg::Rejoin {
                     topic: self.topic.clone(),
-                });
+                }),
+                ChannelMsg::Publish(p) => p.answer(Err(reason.to_string())),
+                _ => {}
             }
         }
     }

@@ -12,6 +12,13 @@
 //! `node.shutdown_timeout_ms` after the start. Connections that appear
 //! during the drain (upgraded from a head read before the listener closed)
 //! are closed in a later batch like the others.
+//!
+//! A cluster node hands its channels over to the other nodes first
+//! ([`Drain::hand_over_first`]): its own clients are closed only once none of
+//! its channel processes runs any more (or the handover's bound passed).
+//! Closed earlier, they would reconnect to another node and join the topic's
+//! new home while the old channel still stores and acknowledges messages
+//! they would then never see, neither live nor in their replay.
 
 use std::collections::BTreeSet;
 
@@ -75,6 +82,11 @@ pub struct Drain {
     next_batch_ms: u64,
     /// Connections already told to close.
     closing: BTreeSet<u64>,
+    /// Until when no connection is closed while channels still run here
+    /// (0: no handover to wait for, or it is over).
+    handover_until_ms: u64,
+    /// Channel processes still running here, as last reported.
+    channels: usize,
 }
 
 impl Drain {
@@ -85,7 +97,35 @@ impl Drain {
             deadline_ms: now_ms.saturating_add(config.shutdown_timeout_ms),
             next_batch_ms: now_ms,
             closing: BTreeSet::new(),
+            handover_until_ms: 0,
+            channels: 0,
         }
+    }
+
+    /// A cluster node's drain: no connection is closed before the node's
+    /// channels have stopped (reported with [`Drain::channels`]), or for
+    /// `within_ms` from `now_ms` at most.
+    pub fn hand_over_first(mut self, now_ms: u64, within_ms: u64) -> Self {
+        self.handover_until_ms = now_ms.saturating_add(within_ms).min(self.deadline_ms);
+        self.channels = usize::MAX;
+        self
+    }
+
+    /// How many channel processes still run on this node.
+    pub fn channels(&mut self, running: usize) {
+        self.channels = running;
+    }
+
+    /// Whether the drain still waits for the handover of its channels.
+    fn handing_over(&mut self, now_ms: u64) -> bool {
+        if self.handover_until_ms == 0 {
+            return false;
+        }
+        if self.channels == 0 || now_ms >= self.handover_until_ms {
+            self.handover_until_ms = 0;
+            return false;
+        }
+        true
     }
 
     /// When the drain must be over, whatever is still open.
@@ -102,6 +142,9 @@ impl Drain {
             return Step::TimedOut { open: open.len() };
         }
         let left = self.deadline_ms - now_ms;
+        if self.handing_over(now_ms) {
+            return Step::Wait(POLL_MS.min(self.handover_until_ms - now_ms));
+        }
         let mut fresh: Vec<u64> = open
             .iter()
             .copied()
@@ -203,6 +246,33 @@ mod tests {
         let mut d = Drain::new(dc, 0);
         assert_eq!(d.step(&[4, 3], 0), Step::Close(vec![3]));
         assert_eq!(d.step(&[4, 3], 200), Step::TimedOut { open: 2 });
+    }
+
+    #[test]
+    fn a_cluster_node_closes_no_connection_before_its_channels_stopped() {
+        let mut d = Drain::new(cfg(10, 0, 10_000), 0).hand_over_first(0, 2_000);
+        // Nothing reported yet: the channels are assumed to run.
+        assert_eq!(d.step(&[1, 2], 0), Step::Wait(POLL_MS));
+        d.channels(3);
+        assert_eq!(d.step(&[1, 2], 500), Step::Wait(POLL_MS));
+        assert_eq!(d.step(&[1, 2], 1_990), Step::Wait(10));
+        d.channels(0);
+        assert_eq!(d.step(&[1, 2], 1_995), Step::Close(vec![1, 2]));
+        // Over once: a channel seen later does not hold the rest back.
+        d.channels(1);
+        assert_eq!(d.step(&[1, 2, 3], 1_996), Step::Close(vec![3]));
+    }
+
+    #[test]
+    fn the_handover_wait_is_bounded() {
+        let mut d = Drain::new(cfg(10, 0, 10_000), 100).hand_over_first(100, 1_000);
+        d.channels(5);
+        assert_eq!(d.step(&[7], 600), Step::Wait(POLL_MS));
+        assert_eq!(d.step(&[7], 1_100), Step::Close(vec![7]));
+        // The node's own deadline caps the wait too.
+        let mut d = Drain::new(cfg(10, 0, 300), 0).hand_over_first(0, 1_000);
+        assert_eq!(d.step(&[7], 290), Step::Wait(10));
+        assert_eq!(d.step(&[7], 300), Step::TimedOut { open: 1 });
     }
 
     /// Serving state as the admin routes show it.

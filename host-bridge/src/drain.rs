@@ -5,10 +5,14 @@
 //! then for the store's requests in flight, all within
 //! `node.shutdown_timeout_ms`. The listener is already closed by then
 //! (`gateway.rs`), so a second node may bind the port while this one drains.
+//! A cluster node first waits (at most [`HANDOVER_WAIT_MS`]) for its
+//! channels to be handed over and stop: its clients reconnect elsewhere only
+//! once no channel here can acknowledge a message any more.
 
 use std::time::{Duration, Instant};
 
 use chorus_core::drain::{Drain, DrainConfig, Step, CLOSE_CODE, CLOSE_REASON};
+use chorus_core::metrics::Metric;
 
 use crate::socket::Sockets;
 use crate::store::DataService;
@@ -18,6 +22,12 @@ use crate::store::DataService;
 /// over, whose subscribers on other nodes must be told (`Moved`, a message
 /// to another node) before this process exits.
 pub const CLUSTER_HANDOVER_MS: u64 = 1_000;
+
+/// How long a cluster node's drain waits, at most, for its channel
+/// processes to stop (`chorus_channels` at 0) before it closes its clients'
+/// connections: a channel ends once it has answered what was queued before
+/// its handover, which a busy store can stretch.
+pub const HANDOVER_WAIT_MS: u64 = 3_000;
 
 /// Runs the drain to its end (flushed or timed out), lasting at least
 /// `hold_ms` ([`CLUSTER_HANDOVER_MS`] in a cluster).
@@ -29,7 +39,15 @@ pub async fn run(
 ) {
     let started = Instant::now();
     let mut drain = Drain::new(config, 0);
+    if hold_ms > 0 {
+        drain = drain.hand_over_first(0, HANDOVER_WAIT_MS);
+    }
+    let channels = || {
+        let running = sockets.metrics().recorded(Metric::ChannelsActive);
+        usize::try_from(running).unwrap_or(0)
+    };
     let elapsed = || started.elapsed().as_millis() as u64;
+    let mut closing = false;
     tracing::info!(
         connections = sockets.websockets().len(),
         batch = config.batch_size,
@@ -39,8 +57,20 @@ pub async fn run(
     );
     loop {
         let open = sockets.websockets();
+        drain.channels(channels());
         match drain.step(&open, elapsed()) {
             Step::Close(ids) => {
+                if hold_ms > 0 && !closing {
+                    match channels() {
+                        0 => tracing::info!(ms = elapsed(), "draining: channels handed over"),
+                        running => tracing::warn!(
+                            running,
+                            ms = elapsed(),
+                            "draining: channels still running after the handover wait; closing connections anyway"
+                        ),
+                    }
+                }
+                closing = true;
                 for id in ids {
                     sockets.close(id, Some(CLOSE_CODE), CLOSE_REASON);
                 }
@@ -50,7 +80,9 @@ pub async fn run(
             // among them) finish before the exit, and a cluster node's
             // channels are handed over, within the deadline.
             Step::Flushed
-                if (sockets.count() > 0 || elapsed() < hold_ms)
+                if (sockets.count() > 0
+                    || elapsed() < hold_ms
+                    || (hold_ms > 0 && channels() > 0 && elapsed() < HANDOVER_WAIT_MS))
                     && elapsed() < drain.deadline_ms() =>
             {
                 tokio::time::sleep(Duration::from_millis(chorus_core::drain::POLL_MS)).await;

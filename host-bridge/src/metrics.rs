@@ -192,8 +192,13 @@ impl Metrics {
         });
     }
 
+    /// A metric's value as the guest recorded it (a gauge's level).
+    pub fn recorded(&self, m: Metric) -> i64 {
+        self.values[m as usize].load(Ordering::Relaxed)
+    }
+
     fn value(&self, m: Metric, host: &HostValues) -> i64 {
-        let own = self.values[m as usize].load(Ordering::Relaxed);
+        let own = self.recorded(m);
         // Socket reads and writes are counted by the host.
         match m {
             Metric::MessagesOut => own + host.frames_out as i64,
