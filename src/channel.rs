@@ -18,7 +18,7 @@ use chorus_core::data::{DataRequest, DataResponse};
 use chorus_core::dedupe::{self, Window};
 use chorus_core::frame::{self, BodyRef};
 use chorus_core::lanes::{self, Lane};
-use chorus_core::linger::{Linger, Step as LingerStep};
+use chorus_core::linger::{self, Linger, Step as LingerStep};
 use chorus_core::metrics::{Histogram, Metric};
 use chorus_core::phoenix::{Frame, Outbound, Vsn};
 use chorus_core::placement::Placement;
@@ -269,6 +269,8 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
         name,
         config,
         channels: HashMap::new(),
+        handed_out: HashMap::new(),
+        started: Instant::now(),
         pruned: None,
     };
     let cluster = mail::node_id() != 0;
@@ -307,9 +309,10 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
             }) => shard.locate(&moves, topic, spawn, reply, hops),
             Incoming::Message(DirMsg::Idle { topic, pid }) => {
                 if let Some(c) = shard.channels.get(&topic) {
-                    if c.pid() == pid {
+                    if c.pid() == pid && shard.may_stop(&topic) {
                         c.send(ChannelMsg::Stop);
                         shard.channels.remove(&topic);
+                        shard.handed_out.remove(&topic);
                     }
                 }
             }
@@ -365,6 +368,11 @@ struct Shard {
     config: Config,
     sweep_ms: u64,
     channels: HashMap<String, ChannelRef>,
+    /// When each topic's channel was last handed out by a look-up (ms since
+    /// `started`): such a channel is not stopped for
+    /// [`linger::HANDED_OUT_GRACE_MS`] after.
+    handed_out: HashMap<String, u64>,
+    started: Instant,
     /// When channels that died were last dropped from `channels` (done only
     /// when the shard is at its share of limits.max_channels, at most once
     /// a second).
@@ -412,9 +420,37 @@ impl Shard {
         reply.send(&found);
     }
 
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Whether the channel of `topic`, which asked to stop, may stop now.
+    fn may_stop(&self, topic: &str) -> bool {
+        linger::may_stop(self.handed_out.get(topic).copied(), self.now_ms())
+    }
+
+    /// Notes that a look-up handed out `topic`'s channel; entries of topics
+    /// this shard no longer runs are dropped as they pile up.
+    fn handing_out(&mut self, topic: &str) {
+        if self.handed_out.len() > 2 * self.channels.len() + 64 {
+            let channels = &self.channels;
+            self.handed_out.retain(|t, _| channels.contains_key(t));
+        }
+        let now = self.now_ms();
+        self.handed_out.insert(topic.to_string(), now);
+    }
+
     /// The topic's channel here: running, started now (with `spawn`), none,
     /// or none because this shard is full.
     fn serve(&mut self, topic: String, spawn: bool) -> Located {
+        let found = self.serve_now(topic.clone(), spawn);
+        if let Located::Found(_) | Located::Started(_) = found {
+            self.handing_out(&topic);
+        }
+        found
+    }
+
+    fn serve_now(&mut self, topic: String, spawn: bool) -> Located {
         let limits = &self.config.limits;
         if spawn
             && !self.channels.contains_key(&topic)
@@ -687,7 +723,9 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
     let started = Instant::now();
     let mut linger = Linger::new(args.empty_ms, args.idle_ms);
     let sweep = Duration::from_millis(args.sweep_ms);
-    let mut asked_to_stop = false;
+    // When this channel last asked its directory to stop it.
+    let mut asked_to_stop: Option<Instant> = None;
+    let ask_again = Duration::from_millis(linger::ASK_AGAIN_MS);
     // Sweeps run on a clock, not only when the mailbox is quiet: a channel
     // that receives a message more often than every sweep period must still
     // drop its crashed subscribers (and their presences).
@@ -711,16 +749,26 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
         match linger.step(now_ms, !ch.subs.is_empty(), !ch.dedupe.is_empty()) {
             LingerStep::Serving => {}
             LingerStep::Wait(ms) => wait = wait.min(Duration::from_millis(ms)),
-            LingerStep::Stop if !asked_to_stop => {
+            // Asked again while the directory declines (it handed this
+            // channel out lately: a join may be on its way).
+            LingerStep::Stop
+                if asked_to_stop
+                    .is_none_or(|at| now.saturating_duration_since(at) >= ask_again) =>
+            {
                 if let Some(dir) = ChildRef::<DirMsg>::lookup(&args.directory) {
                     dir.send(DirMsg::Idle {
                         topic: args.topic.clone(),
                         pid: lhost::process_id(),
                     });
-                    asked_to_stop = true;
+                    asked_to_stop = Some(now);
                 }
+                wait = wait.min(ask_again);
             }
-            LingerStep::Stop => {}
+            LingerStep::Stop => {
+                let asked =
+                    asked_to_stop.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+                wait = wait.min(ask_again.saturating_sub(asked));
+            }
         }
         let wait = ch.peak.wait(now).map_or(wait, |w| w.min(wait));
         match inbox.receive_until(now + wait.min(ch.viewers.wait()), now) {
@@ -733,14 +781,17 @@ pub fn channel(args: ChannelArgs, inbox: Inbox<ChannelMsg>) {
                     );
                     break;
                 }
-                asked_to_stop = false;
+                asked_to_stop = None;
             }
             Some(Incoming::Message(ChannelMsg::HandOver)) => {
-                ch.hand_over(process_ref(inbox.this()));
+                // Pushes queued behind the handover are refused while the
+                // subscribers are still known, so their clients get the
+                // reason instead of a push timeout.
                 ch.drain_for_restart(
                     &inbox,
                     "unavailable: this topic moved to another node, retry",
                 );
+                ch.hand_over(process_ref(inbox.this()));
                 break;
             }
             Some(Incoming::Message(msg)) => ch.handle(msg),
@@ -1305,15 +1356,16 @@ impl Channel {
     }
 
     /// Joins that raced with the stop are sent back to be retried against
-    /// the channel's next incarnation; publishes that wait for an answer
-    /// (REST posts) are refused with `reason` at once instead of timing out.
+    /// the channel's next incarnation; publishes are refused with `reason`
+    /// (a REST post's answer, a client push's error reply) at once instead
+    /// of timing out.
     fn drain_for_restart(&mut self, inbox: &Inbox<ChannelMsg>, reason: &str) {
         while let Some(Incoming::Message(msg)) = inbox.receive_timeout(Duration::ZERO) {
             match msg {
                 ChannelMsg::Join(j) => j.session.send(&SessionMsg::Rejoin {
                     topic: self.topic.clone(),
                 }),
-                ChannelMsg::Publish(p) => p.answer(Err(reason.to_string())),
+                ChannelMsg::Publish(p) => self.refuse(&p, reason),
                 _ => {}
             }
         }

@@ -15,6 +15,28 @@
 //!   so a client that reconnects and retries an unacknowledged message is
 //!   still answered "duplicate".
 
+//!
+//! The channel asks its directory shard to stop it; the shard declines while
+//! it handed the channel out lately ([`may_stop`]): a look-up it answered
+//! with this channel is followed by a join or a publish, possibly from
+//! another node, that would otherwise reach a process that is gone (its
+//! asker waiting out its timeout), or a channel that no longer is the
+//! topic's (two incarnations, each with part of the subscribers). The
+//! channel asks again every [`ASK_AGAIN_MS`] while it stays empty.
+
+/// How long after a directory shard handed a channel out (a look-up
+/// answered with it) it declines to stop that channel.
+pub const HANDED_OUT_GRACE_MS: u64 = 5_000;
+
+/// How often an empty channel whose stop was declined asks again.
+pub const ASK_AGAIN_MS: u64 = 1_000;
+
+/// Whether a directory shard stops a channel that asked to stop at
+/// `now_ms`, given when it last handed the channel out (same clock).
+pub fn may_stop(handed_out_ms: Option<u64>, now_ms: u64) -> bool {
+    handed_out_ms.is_none_or(|at| now_ms.saturating_sub(at) >= HANDED_OUT_GRACE_MS)
+}
+
 /// What a channel with no subscriber does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -72,7 +94,18 @@ impl Linger {
 
 #[cfg(test)]
 mod tests {
-    use super::{Linger, Step};
+    use super::{may_stop, Linger, Step, HANDED_OUT_GRACE_MS};
+
+    #[test]
+    fn a_channel_handed_out_lately_is_not_stopped() {
+        // Never handed out (started by a restart): stopped when it asks.
+        assert!(may_stop(None, 10));
+        assert!(!may_stop(Some(1_000), 1_000));
+        assert!(!may_stop(Some(1_000), 1_000 + HANDED_OUT_GRACE_MS - 1));
+        assert!(may_stop(Some(1_000), 1_000 + HANDED_OUT_GRACE_MS));
+        // A clock that went backwards never stops it early.
+        assert!(!may_stop(Some(5_000), 4_000));
+    }
 
     #[test]
     fn an_empty_channel_stops_after_channel_empty_ms() {

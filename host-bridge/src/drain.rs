@@ -12,7 +12,6 @@
 use std::time::{Duration, Instant};
 
 use chorus_core::drain::{Drain, DrainConfig, Step, CLOSE_CODE, CLOSE_REASON};
-use chorus_core::metrics::Metric;
 
 use crate::socket::Sockets;
 use crate::store::DataService;
@@ -30,10 +29,12 @@ pub const CLUSTER_HANDOVER_MS: u64 = 1_000;
 pub const HANDOVER_WAIT_MS: u64 = 3_000;
 
 /// Runs the drain to its end (flushed or timed out), lasting at least
-/// `hold_ms` ([`CLUSTER_HANDOVER_MS`] in a cluster).
+/// `hold_ms` ([`CLUSTER_HANDOVER_MS`] in a cluster); `channels` counts the
+/// channel processes still running here.
 pub async fn run(
     sockets: &Sockets,
     store: Option<&DataService>,
+    channels: &(dyn Fn() -> usize + Sync),
     config: DrainConfig,
     hold_ms: u64,
 ) {
@@ -42,10 +43,6 @@ pub async fn run(
     if hold_ms > 0 {
         drain = drain.hand_over_first(0, HANDOVER_WAIT_MS);
     }
-    let channels = || {
-        let running = sockets.metrics().recorded(Metric::ChannelsActive);
-        usize::try_from(running).unwrap_or(0)
-    };
     let elapsed = || started.elapsed().as_millis() as u64;
     let mut closing = false;
     tracing::info!(

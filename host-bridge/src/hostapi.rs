@@ -235,6 +235,13 @@ impl HostApi {
             .render(&self.host_values(restarts), &store, format)
     }
 
+    /// Channel processes running on this node now (`chorus_channels`, the
+    /// shares of channels that died without their decrement taken out).
+    pub fn channels_running(&self) -> usize {
+        self.release_dead_gauge_shares();
+        usize::try_from(self.metrics.recorded(Metric::ChannelsActive)).unwrap_or(0)
+    }
+
     /// Takes the gauge shares of processes that are gone out of the gauges.
     fn release_dead_gauge_shares(&self) {
         use lunatic_process::env::Environment;

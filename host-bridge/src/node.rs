@@ -293,6 +293,7 @@ async fn spawn_main(
         api.set_cluster(cluster.clone());
     }
     api.start_sweeper();
+    let channels = api.clone();
     let cache = crate::engine::cache_dir(&config.runtime.module_cache);
     let module = Arc::new(engine.compile(wasm, api, cache.as_deref())?);
 
@@ -360,9 +361,11 @@ async fn spawn_main(
     match outcome {
         None => {
             let (sockets, store) = drain_with;
+            let running = || channels.channels_running();
             let drain = crate::drain::run(
                 &sockets,
                 store.as_ref(),
+                &running,
                 chorus_core::drain::DrainConfig::from_config(config),
                 if host.cluster.is_some() {
                     crate::drain::CLUSTER_HANDOVER_MS
