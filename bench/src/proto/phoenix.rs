@@ -4,13 +4,12 @@
 //!
 //! Every session joins `realtime:<room>` with broadcast `self: false,
 //! ack: false`; publishes are kind-3 binary frames (what realtime-js sends
-//! for `channel.send({type: "broadcast", …})`); broadcasts arrive as kind-4
-//! binary frames.
+//! for `channel.send({type: "broadcast", …})`); broadcasts with JSON
+//! payloads arrive as 2.0.0 text arrays (the form phoenix.js reads too),
+//! binary payloads as kind-4 frames.
 
 use chorus_core::phoenix::client::{decode_server, encode_push};
-use chorus_core::phoenix::{
-    Frame, FrameRef, Inbound, Message, Outbound, Payload, UserBroadcast, Vsn,
-};
+use chorus_core::phoenix::{Frame, FrameRef, Inbound, Message, Outbound, Payload, Vsn};
 use serde_json::{json, Value};
 
 use super::{Event, Out};
@@ -20,6 +19,14 @@ use crate::payload;
 const JOIN_REF: &str = "1";
 /// User event name of benchmark messages.
 pub const EVENT: &str = "m";
+/// Kind byte of a client's user broadcast push (vsn 2.0.0 binary frame).
+const KIND_USER_BROADCAST_PUSH: u8 = 3;
+/// Encoding byte of a JSON payload in kind-3/4 frames.
+const ENCODING_JSON: u8 = 1;
+/// How a fan-out broadcast in the 2.0.0 text form starts (no refs).
+const TEXT_BROADCAST_HEAD: &[u8] = b"[null,null,\"";
+/// The envelope of a user broadcast in that form, after the topic.
+const TEXT_BROADCAST_BODY: &[u8] = b"\"broadcast\",{\"type\":\"broadcast\"";
 
 #[derive(Debug, Default)]
 pub struct Client {
@@ -88,22 +95,26 @@ impl Client {
         }))
     }
 
-    /// A broadcast push (kind 3, JSON payload, no metadata).
+    /// A broadcast push (kind 3, JSON payload, no metadata): what
+    /// realtime-js sends for `channel.send({type: "broadcast", …})`, its
+    /// payload the `JSON.stringify` text. `body` is one JSON object
+    /// ([`payload::make`]), spliced in as it is: the publisher's cost per
+    /// message is a copy, as NATS' `PUB` and Centrifugo's `publish` are.
     pub fn publish(&mut self, room: &str, body: &[u8]) -> Out {
         let msg_ref = self.take_ref();
-        // Our payloads are JSON objects; parsing here keeps the frame what
-        // realtime-js would send for the same object.
-        let value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        encode(&Inbound::Broadcast {
-            join_ref: Some(JOIN_REF.into()),
-            msg_ref: Some(msg_ref),
-            broadcast: UserBroadcast {
-                topic: topic(room),
-                event: EVENT.into(),
-                meta: None,
-                payload: Payload::Json(value),
-            },
-        })
+        let topic = topic(room);
+        let lens = [JOIN_REF.len(), msg_ref.len(), topic.len(), EVENT.len()];
+        let mut data = Vec::with_capacity(7 + lens.iter().sum::<usize>() + body.len());
+        data.push(KIND_USER_BROADCAST_PUSH);
+        // Refs, our topics and the event are a few bytes each.
+        data.extend(lens.iter().map(|n| u8::try_from(*n).unwrap_or(u8::MAX)));
+        data.push(0); // no metadata
+        data.push(ENCODING_JSON);
+        for field in [JOIN_REF, msg_ref.as_str(), topic.as_str(), EVENT] {
+            data.extend_from_slice(field.as_bytes());
+        }
+        data.extend_from_slice(body);
+        Out::binary(data)
     }
 
     /// realtime-js' `channel.track(meta)`: a `presence` push.
@@ -138,6 +149,19 @@ impl Client {
         if binary && data.len() >= 5 && data[0] == 4 {
             let start = 5 + usize::from(data[1]) + usize::from(data[2]) + usize::from(data[3]);
             if let Some(stamp) = data.get(start..).and_then(payload::scan) {
+                out.push(Event::Message(Some(stamp)));
+                return;
+            }
+        }
+        // The same for the text form the server uses for JSON payloads
+        // (`[null,null,topic,"broadcast",{"type":"broadcast","event":…,
+        // "payload":{…}}]`, which phoenix.js reads too): the stamp is
+        // scanned after `"payload":`, as Centrifugo's publications are.
+        if !binary && data.starts_with(TEXT_BROADCAST_HEAD) {
+            if let Some(stamp) = payload::find(data, TEXT_BROADCAST_BODY)
+                .and_then(|at| payload::find(&data[at..], b"\"payload\":").map(|p| at + p))
+                .and_then(|at| payload::scan(&data[at..]))
+            {
                 out.push(Event::Message(Some(stamp)));
                 return;
             }
@@ -302,6 +326,45 @@ mod tests {
                 }))
             ]
         );
+    }
+
+    #[test]
+    fn text_broadcasts_are_read_by_the_fast_path_as_by_the_codec() {
+        let body = payload::make(1_700_000_000_123_456_789, 42, 9, 100);
+        let frame = chorus_core::frame::broadcast(
+            Vsn::V2,
+            "realtime:r4",
+            EVENT,
+            chorus_core::frame::BodyRef::Json(&body),
+            None,
+        )
+        .expect("a frame");
+        let mut d = chorus_core::ws::FrameDecoder::for_client(1 << 20);
+        d.push(&frame);
+        let Ok(Some(chorus_core::ws::WsEvent::Text(text))) = d.next() else {
+            panic!("JSON broadcasts are text frames under 2.0.0")
+        };
+        let mut fast = Vec::new();
+        Client::new().on_message(false, text.as_bytes(), &mut fast);
+        let want = payload::parse(&body);
+        assert!(want.is_some());
+        assert_eq!(fast, vec![Event::Message(want)]);
+        // The codec reads the same stamp from the same frame.
+        let Ok(Outbound::UserBroadcast(b)) = decode_server(Vsn::V2, FrameRef::Text(&text)) else {
+            panic!("a user broadcast")
+        };
+        let Payload::Json(v) = &b.payload else {
+            panic!("a JSON payload")
+        };
+        assert_eq!(payload::parse_json(v), want);
+        // A text message that is not a broadcast still goes through the codec.
+        let mut other = Vec::new();
+        Client::new().on_message(
+            false,
+            br#"[null,null,"realtime:r4","phx_error",{}]"#,
+            &mut other,
+        );
+        assert!(matches!(&other[..], [Event::Error(e)] if e.contains("phx_error")));
     }
 
     #[test]
