@@ -54,7 +54,11 @@ pub async fn run(
     );
     loop {
         let open = sockets.websockets();
-        drain.channels(channels());
+        // Only a cluster node's drain waits for its channels (a single
+        // node's ignores the count, and counting takes a lock).
+        if hold_ms > 0 {
+            drain.channels(channels());
+        }
         match drain.step(&open, elapsed()) {
             Step::Close(ids) => {
                 if hold_ms > 0 && !closing {
