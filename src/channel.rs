@@ -269,7 +269,6 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
         name,
         config,
         channels: HashMap::new(),
-        handed_out: HashMap::new(),
         started: Instant::now(),
         pruned: None,
     };
@@ -308,11 +307,11 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                 hops,
             }) => shard.locate(&moves, topic, spawn, reply, hops),
             Incoming::Message(DirMsg::Idle { topic, pid }) => {
-                if let Some(c) = shard.channels.get(&topic) {
-                    if c.pid() == pid && shard.may_stop(&topic) {
-                        c.send(ChannelMsg::Stop);
+                let now_ms = shard.now_ms();
+                if let Some(held) = shard.channels.get(&topic) {
+                    if held.channel.pid() == pid && linger::may_stop(held.handed_out_ms, now_ms) {
+                        held.channel.send(ChannelMsg::Stop);
                         shard.channels.remove(&topic);
-                        shard.handed_out.remove(&topic);
                     }
                 }
             }
@@ -323,7 +322,8 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                 to,
             }) => {
                 let mut asked = Vec::new();
-                for channel in shard.channels.values().filter(|c| c.is_alive()) {
+                for Held { channel, .. } in shard.channels.values().filter(|h| h.channel.is_alive())
+                {
                     channel.send(ChannelMsg::PresenceReport {
                         shard: presence_shard,
                         shards,
@@ -337,9 +337,10 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                 });
             }
             Incoming::Message(DirMsg::Live { topic, channel }) => {
-                let fresh = shard.channels.get(&topic) == Some(&channel);
-                match shard.channels.get(&topic) {
-                    Some(c) if *c == channel => {}
+                let held = shard.channels.get(&topic).map(|h| h.channel);
+                let fresh = held == Some(channel);
+                match held {
+                    Some(c) if c == channel => {}
                     Some(c) if c.is_alive() => {
                         // A restarted incarnation came up after a fresh
                         // channel took over the topic: it has no subscriber
@@ -347,7 +348,7 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
                         channel.send(ChannelMsg::Stop);
                     }
                     _ => {
-                        shard.channels.insert(topic, channel);
+                        shard.channels.insert(topic, Held::new(channel));
                     }
                 }
                 if !fresh {
@@ -363,15 +364,30 @@ pub fn directory(args: (String, Config), inbox: Inbox<DirMsg>) {
 }
 
 /// A directory shard's channels and settings.
+/// A channel a directory shard runs, and when a look-up last handed it out
+/// (ms of the shard's clock): such a channel is not stopped for
+/// [`linger::HANDED_OUT_GRACE_MS`] after.
+struct Held {
+    channel: ChannelRef,
+    handed_out_ms: Option<u64>,
+}
+
+impl Held {
+    /// A channel no look-up handed out yet (a restarted incarnation).
+    fn new(channel: ChannelRef) -> Held {
+        Held {
+            channel,
+            handed_out_ms: None,
+        }
+    }
+}
+
 struct Shard {
     name: String,
     config: Config,
     sweep_ms: u64,
-    channels: HashMap<String, ChannelRef>,
-    /// When each topic's channel was last handed out by a look-up (ms since
-    /// `started`): such a channel is not stopped for
-    /// [`linger::HANDED_OUT_GRACE_MS`] after.
-    handed_out: HashMap<String, u64>,
+    channels: HashMap<String, Held>,
+    /// The clock of [`Held::handed_out_ms`].
     started: Instant,
     /// When channels that died were last dropped from `channels` (done only
     /// when the shard is at its share of limits.max_channels, at most once
@@ -424,44 +440,25 @@ impl Shard {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Whether the channel of `topic`, which asked to stop, may stop now.
-    fn may_stop(&self, topic: &str) -> bool {
-        linger::may_stop(self.handed_out.get(topic).copied(), self.now_ms())
-    }
-
-    /// Notes that a look-up handed out `topic`'s channel; entries of topics
-    /// this shard no longer runs are dropped as they pile up.
-    fn handing_out(&mut self, topic: &str) {
-        if self.handed_out.len() > 2 * self.channels.len() + 64 {
-            let channels = &self.channels;
-            self.handed_out.retain(|t, _| channels.contains_key(t));
-        }
-        let now = self.now_ms();
-        self.handed_out.insert(topic.to_string(), now);
-    }
-
     /// The topic's channel here: running, started now (with `spawn`), none,
-    /// or none because this shard is full.
+    /// or none because this shard is full. A channel handed out is noted as
+    /// such ([`Held::handed_out_ms`]).
     fn serve(&mut self, topic: String, spawn: bool) -> Located {
-        let found = self.serve_now(topic.clone(), spawn);
-        if let Located::Found(_) | Located::Started(_) = found {
-            self.handing_out(&topic);
-        }
-        found
-    }
-
-    fn serve_now(&mut self, topic: String, spawn: bool) -> Located {
+        let now_ms = self.now_ms();
         let limits = &self.config.limits;
         if spawn
             && !self.channels.contains_key(&topic)
             && caps::may_start(self.channels.len(), limits.max_channels, DIRECTORIES).is_err()
             && self.pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY)
         {
-            self.channels.retain(|_, c| c.is_alive());
+            self.channels.retain(|_, h| h.channel.is_alive());
             self.pruned = Some(Instant::now());
         }
-        match self.channels.get(&topic) {
-            Some(c) if c.is_alive() => Located::Found(*c),
+        match self.channels.get_mut(&topic) {
+            Some(held) if held.channel.is_alive() => {
+                held.handed_out_ms = Some(now_ms);
+                Located::Found(held.channel)
+            }
             _ if spawn => {
                 let running = self.channels.len() - usize::from(self.channels.contains_key(&topic));
                 if let Err(reason) = caps::may_start(running, limits.max_channels, DIRECTORIES) {
@@ -489,7 +486,9 @@ impl Shard {
                 {
                     Some(Ok(child)) => {
                         let child = process_ref(child);
-                        self.channels.insert(topic, child);
+                        let mut held = Held::new(child);
+                        held.handed_out_ms = Some(now_ms);
+                        self.channels.insert(topic, held);
                         Located::Started(child)
                     }
                     _ => {
@@ -526,7 +525,7 @@ impl Moves {
     /// This node drains: every channel is handed over (the topics' homes are
     /// the other nodes now), and any channel that starts again meanwhile
     /// (a supervisor's restart) at the next wake.
-    fn drain(&mut self, directory: &str, channels: &mut HashMap<String, ChannelRef>) {
+    fn drain(&mut self, directory: &str, channels: &mut HashMap<String, Held>) {
         if !self.draining {
             self.draining = true;
             // This process' placement without this node, from now on.
@@ -536,7 +535,7 @@ impl Moves {
             return;
         }
         let count = channels.len();
-        for (_, channel) in channels.drain() {
+        for (_, Held { channel, .. }) in channels.drain() {
             channel.send(ChannelMsg::HandOver);
             host::metric(Metric::HandedOver, 1);
         }
@@ -575,7 +574,7 @@ impl Moves {
     /// Hands over the channels whose topic's home is now a node that joined
     /// within [`HANDOVER_WINDOW`] (only those: when a node leaves, the topics
     /// of the others keep their home, and its own come here by failover).
-    fn check(&mut self, directory: &str, channels: &mut HashMap<String, ChannelRef>) {
+    fn check(&mut self, directory: &str, channels: &mut HashMap<String, Held>) {
         self.checked = Instant::now();
         let now = members_now();
         for node in &now {
@@ -603,7 +602,7 @@ impl Moves {
                 .collect()
         });
         for topic in &moving {
-            if let Some(channel) = channels.remove(topic) {
+            if let Some(Held { channel, .. }) = channels.remove(topic) {
                 channel.send(ChannelMsg::HandOver);
                 host::metric(Metric::HandedOver, 1);
             }

@@ -14,7 +14,6 @@
 //! * one that does stops `limits.channel_idle_ms` after (if that is longer),
 //!   so a client that reconnects and retries an unacknowledged message is
 //!   still answered "duplicate".
-
 //!
 //! The channel asks its directory shard to stop it; the shard declines while
 //! it handed the channel out lately ([`may_stop`]): a look-up it answered
